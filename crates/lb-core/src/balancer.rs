@@ -1,0 +1,178 @@
+//! The balancer side: turning addresses into subconns and subconn states into pickers.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::{
+    Address, Attributes, ConnectivityState, Error, Picker, SharedError, SubConn, SubConnState,
+    Target,
+};
+
+/// Builds balancers of one policy, and parses that policy's config.
+///
+/// Registered in a [`crate::BalancerRegistry`] under [`BalancerBuilder::name`], the
+/// policy's gRPC name (`pick_first`, `round_robin`, ...). Called from the channel's
+/// control task; must not block.
+pub trait BalancerBuilder: Send + Sync + 'static {
+    /// The policy name, as it appears in a service config's `loadBalancingConfig`.
+    fn name(&self) -> &str;
+
+    /// A new balancer for one channel.
+    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer>;
+
+    /// Parses this policy's entry of `loadBalancingConfig` (the value under the policy's
+    /// name; usually an object). The result reaches the balancer in
+    /// [`ClientConnState::config`].
+    ///
+    /// Errors name the JSON path inside the config ([`Error::lb_config`]). The default
+    /// accepts any object and yields an empty config.
+    fn parse_config(&self, config: &serde_json::Value) -> Result<LbConfig, Error> {
+        if config.is_object() {
+            Ok(LbConfig::new(()))
+        } else {
+            Err(Error::lb_config(self.name(), "$", "expected a JSON object"))
+        }
+    }
+}
+
+/// What a balancer is built with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BuildOptions {
+    /// The channel's target.
+    pub target: Target,
+}
+
+impl BuildOptions {
+    /// Options for a channel dialing `target`.
+    pub fn new(target: Target) -> Self {
+        Self { target }
+    }
+}
+
+/// A load-balancing policy instance, owned by one channel.
+///
+/// # Contract
+///
+/// * Every method is called from the channel's one control task, one call at a time,
+///   so a balancer is plain `&mut self` state and needs no locks.
+/// * No method may block: start work (`SubConn::connect`) and react to its outcome
+///   when it arrives as a state update.
+/// * The channel handle `cc` is passed into each call rather than stored: use it to
+///   create subconns and to publish `(state, picker)` pairs.
+/// * Before the first [`ClientConn::update_state`] the channel treats the balancer as
+///   `Connecting` and queues RPCs.
+pub trait Balancer: Send + 'static {
+    /// New addresses and config from the resolver (a complete state, not a delta).
+    ///
+    /// Returning an error (typically [`Error::NoAddresses`]) tells the channel the state
+    /// was unusable; the channel asks the resolver to re-resolve.
+    fn update_client_conn_state(
+        &mut self,
+        state: ClientConnState,
+        cc: &mut dyn ClientConn,
+    ) -> Result<(), Error>;
+
+    /// The resolver failed. The previous addresses still stand; a balancer that has
+    /// working subconns should keep using them, one that has none should fail RPCs
+    /// with this error.
+    fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn);
+
+    /// A subconn this balancer created changed state. Updates for a subconn arrive in
+    /// the order they happened; after [`SubConn::shutdown`] there may be one final
+    /// `Shutdown` update, which a balancer can ignore.
+    fn update_subconn_state(
+        &mut self,
+        subconn: &SubConn,
+        state: &SubConnState,
+        cc: &mut dyn ClientConn,
+    );
+
+    /// The channel left idle (an RPC arrived while the balancer reported `Idle`): start
+    /// connecting again.
+    fn exit_idle(&mut self, cc: &mut dyn ClientConn);
+
+    /// The channel is closing or switching policy. A balancer may shut its subconns
+    /// down here; the channel shuts down any it leaves open. Called once, last.
+    fn close(&mut self, cc: &mut dyn ClientConn) {
+        let _ = cc;
+    }
+}
+
+/// What the channel offers a balancer. Passed into each [`Balancer`] call.
+pub trait ClientConn {
+    /// Creates a subconn for `address`, in state `Idle`. It does not connect until
+    /// [`SubConn::connect`] is called. Fails only when the channel is shutting down.
+    fn new_subconn(&mut self, address: Address) -> Result<SubConn, Error>;
+
+    /// Publishes the channel's aggregate state and the picker for all RPCs from now on.
+    fn update_state(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>);
+
+    /// Asks the resolver to re-resolve (the balancer saw failures).
+    fn resolve_now(&mut self);
+
+    /// The channel's target.
+    fn target(&self) -> &Target;
+}
+
+/// A resolver state as the balancer receives it: the addresses plus the balancer's
+/// parsed config.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ClientConnState {
+    /// Every address, in the resolver's order.
+    pub addresses: Vec<Address>,
+    /// The resolver state's attributes.
+    pub attributes: Attributes,
+    /// This policy's config from the service config, parsed by
+    /// [`BalancerBuilder::parse_config`]; `None` when the service config names none.
+    pub config: Option<LbConfig>,
+}
+
+impl ClientConnState {
+    /// A state with these addresses and no config.
+    pub fn new(addresses: Vec<Address>) -> Self {
+        Self {
+            addresses,
+            ..Self::default()
+        }
+    }
+
+    /// This state with a policy config.
+    #[must_use]
+    pub fn with_config(mut self, config: LbConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// This state with attributes.
+    #[must_use]
+    pub fn with_attributes(mut self, attributes: Attributes) -> Self {
+        self.attributes = attributes;
+        self
+    }
+}
+
+/// A policy's parsed config: whatever type its builder's
+/// [`BalancerBuilder::parse_config`] produced, read back with [`LbConfig::get`].
+#[derive(Clone)]
+pub struct LbConfig(Arc<dyn Any + Send + Sync>);
+
+impl LbConfig {
+    /// Wraps a parsed config.
+    pub fn new<T: Any + Send + Sync>(config: T) -> Self {
+        Self(Arc::new(config))
+    }
+
+    /// The config, if it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl fmt::Debug for LbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LbConfig(..)")
+    }
+}

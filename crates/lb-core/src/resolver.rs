@@ -1,0 +1,97 @@
+//! The resolver side: turning a target into addresses and pushing them to the channel.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::{Address, Attributes, SharedError, Target};
+
+/// The error type a [`ResolverBuilder`] returns when it cannot build a resolver.
+pub type BuildError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Builds resolvers for one target scheme (`dns`, `etcd`, `zk`, `static`, ...).
+///
+/// Registered in a [`crate::ResolverRegistry`] under [`ResolverBuilder::scheme`]. Called
+/// by the channel once per channel, when it is created; must not block.
+pub trait ResolverBuilder: Send + Sync + 'static {
+    /// The scheme this builder serves, lower-case.
+    fn scheme(&self) -> &str;
+
+    /// Starts resolving `target` and returns the running resolver.
+    ///
+    /// The resolver pushes every result to `cc`, from any thread and at any time, until
+    /// it is dropped. An error here (say, an endpoint this resolver cannot read) fails
+    /// channel creation; errors while running go to [`ClientConn::report_error`].
+    fn build(
+        &self,
+        target: &Target,
+        cc: Arc<dyn ClientConn>,
+    ) -> Result<Box<dyn Resolver>, BuildError>;
+}
+
+/// A running resolver. Dropping it stops it: its background work ends and it sends
+/// nothing more to its [`ClientConn`].
+pub trait Resolver: Send + 'static {
+    /// A hint to re-resolve now (the balancer saw a failure). Non-blocking; a resolver
+    /// may rate-limit it or ignore it (watch-based resolvers are always current).
+    fn resolve_now(&self);
+}
+
+/// What the channel offers a resolver: where results go.
+///
+/// Implemented by the channel; both methods may be called from any thread, never
+/// block, and only enqueue the update for the channel's control task.
+pub trait ClientConn: Send + Sync + 'static {
+    /// A new complete state: it replaces the previous one (states are not deltas).
+    fn update_state(&self, state: ResolverState);
+
+    /// Resolution failed. The channel keeps the last good state and tells the balancer,
+    /// which decides whether RPCs fail; the resolver keeps trying by itself.
+    fn report_error(&self, error: SharedError);
+}
+
+/// One complete resolution result.
+#[derive(Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ResolverState {
+    /// Every address of the target, in the resolver's order.
+    pub addresses: Vec<Address>,
+    /// A service config in gRPC's JSON form, if the naming system carries one. The
+    /// channel parses it; if it is invalid the channel keeps the previous config.
+    pub service_config: Option<String>,
+    /// Attributes for the whole state, passed through to the balancer.
+    pub attributes: Attributes,
+}
+
+impl ResolverState {
+    /// A state with these addresses, no service config and no attributes.
+    pub fn new(addresses: Vec<Address>) -> Self {
+        Self {
+            addresses,
+            ..Self::default()
+        }
+    }
+
+    /// This state with a service config (JSON).
+    #[must_use]
+    pub fn with_service_config(mut self, json: impl Into<String>) -> Self {
+        self.service_config = Some(json.into());
+        self
+    }
+
+    /// This state with attributes.
+    #[must_use]
+    pub fn with_attributes(mut self, attributes: Attributes) -> Self {
+        self.attributes = attributes;
+        self
+    }
+}
+
+impl fmt::Debug for ResolverState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResolverState")
+            .field("addresses", &self.addresses)
+            .field("service_config", &self.service_config.is_some())
+            .field("attributes", &self.attributes)
+            .finish()
+    }
+}

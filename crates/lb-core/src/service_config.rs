@@ -1,0 +1,690 @@
+//! gRPC service config (the JSON form of `grpc.service_config.ServiceConfig`).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::{BalancerRegistry, Code, Error, LbConfig};
+
+/// A parsed, validated service config.
+///
+/// Holds the load-balancing policy choice, `healthCheckConfig` and `methodConfig`
+/// (timeouts, `waitForReady`, `retryPolicy`). Unknown fields are ignored, as gRPC does.
+/// An invalid config is an [`Error::ServiceConfig`] naming the JSON path; a channel that
+/// gets one keeps its previous config.
+///
+/// ```
+/// use lb_core::{BalancerRegistry, ServiceConfig};
+///
+/// let registry = BalancerRegistry::new(); // no policies: none can be chosen
+/// let cfg = ServiceConfig::parse(r#"{"methodConfig": [{"name": [{}], "timeout": "1.5s"}]}"#, &registry)?;
+/// assert_eq!(cfg.method_config("/pkg.Svc/Get").unwrap().timeout, Some(std::time::Duration::from_millis(1500)));
+///
+/// let err = ServiceConfig::parse(r#"{"methodConfig": [{"name": [{}], "timeout": "soon"}]}"#, &registry).unwrap_err();
+/// assert_eq!(err.to_string(), r#"invalid service config at `methodConfig[0].timeout`: expected a duration such as "1.5s", got "soon""#);
+/// # Ok::<(), lb_core::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ServiceConfig {
+    lb_policy: Option<LbPolicy>,
+    health_check: Option<HealthCheckConfig>,
+    method_configs: Vec<MethodConfig>,
+}
+
+/// The load-balancing policy a service config chose.
+#[derive(Clone, Debug)]
+pub struct LbPolicy {
+    /// The policy's registered name.
+    pub name: String,
+    /// Its config, as parsed by its builder.
+    pub config: LbConfig,
+}
+
+/// `healthCheckConfig` (gRFC A17).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// The service name to ask the health service about (may be empty).
+    pub service_name: String,
+}
+
+/// One entry of `methodConfig`.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MethodConfig {
+    /// The methods it applies to.
+    pub names: Vec<MethodName>,
+    /// `timeout`: the default deadline of these RPCs.
+    pub timeout: Option<Duration>,
+    /// `waitForReady`: whether these RPCs wait for a ready subconn instead of failing.
+    pub wait_for_ready: Option<bool>,
+    /// `retryPolicy` (gRFC A6).
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// A `name` entry of a method config: a service and method, a whole service, or (both
+/// empty) every method.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MethodName {
+    /// `package.Service`, or empty for the default config.
+    pub service: String,
+    /// The method, or empty for every method of `service`.
+    pub method: String,
+}
+
+/// `retryPolicy`, validated as gRFC A6 requires.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, 2 to 5 (larger values are capped at 5).
+    pub max_attempts: u32,
+    /// The first backoff; positive.
+    pub initial_backoff: Duration,
+    /// The largest backoff; positive.
+    pub max_backoff: Duration,
+    /// The backoff growth factor; positive.
+    pub backoff_multiplier: f64,
+    /// The status codes that are retried; not empty.
+    pub retryable_status_codes: Vec<Code>,
+}
+
+impl ServiceConfig {
+    /// Parses and validates `json`. `registry` decides which `loadBalancingConfig` entry
+    /// wins (the first whose policy is registered) and parses that entry's config.
+    pub fn parse(json: &str, registry: &BalancerRegistry) -> Result<Self, Error> {
+        let value: Value = serde_json::from_str(json).map_err(|e| Error::ServiceConfig {
+            path: "$".to_owned(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+        let root = value
+            .as_object()
+            .ok_or_else(|| config_error("$", "expected a JSON object"))?;
+        Ok(ServiceConfig {
+            lb_policy: parse_lb_policy(root, registry)?,
+            health_check: parse_health_check(root)?,
+            method_configs: parse_method_configs(root)?,
+        })
+    }
+
+    /// A config that names `policy` and nothing else.
+    pub fn with_policy(name: impl Into<String>, config: LbConfig) -> Self {
+        Self {
+            lb_policy: Some(LbPolicy {
+                name: name.into(),
+                config,
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// The chosen policy, if the config names a registered one.
+    pub fn lb_policy(&self) -> Option<&LbPolicy> {
+        self.lb_policy.as_ref()
+    }
+
+    /// `healthCheckConfig`, if present.
+    pub fn health_check(&self) -> Option<&HealthCheckConfig> {
+        self.health_check.as_ref()
+    }
+
+    /// Every `methodConfig` entry.
+    pub fn method_configs(&self) -> &[MethodConfig] {
+        &self.method_configs
+    }
+
+    /// The config for `path` (`/package.Service/Method`, leading slash optional): an
+    /// exact method match first, then the service's, then the default (empty name).
+    pub fn method_config(&self, path: &str) -> Option<&MethodConfig> {
+        let path = path.strip_prefix('/').unwrap_or(path);
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let find = |service: &str, method: &str| {
+            self.method_configs.iter().find(|mc| {
+                mc.names
+                    .iter()
+                    .any(|n| n.service == service && n.method == method)
+            })
+        };
+        find(service, method)
+            .or_else(|| find(service, ""))
+            .or_else(|| find("", ""))
+    }
+}
+
+fn config_error(path: impl fmt::Display, reason: impl Into<String>) -> Error {
+    Error::ServiceConfig {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_lb_policy(
+    root: &Map<String, Value>,
+    registry: &BalancerRegistry,
+) -> Result<Option<LbPolicy>, Error> {
+    if let Some(list) = root.get("loadBalancingConfig") {
+        let list = list
+            .as_array()
+            .ok_or_else(|| config_error("loadBalancingConfig", "expected an array"))?;
+        let mut names = Vec::with_capacity(list.len());
+        for (i, entry) in list.iter().enumerate() {
+            let path = format!("loadBalancingConfig[{i}]");
+            let (name, config) = match entry.as_object() {
+                Some(obj) if obj.len() == 1 => obj.iter().next().ok_or_else(|| {
+                    config_error(&path, "expected an object with exactly one policy name")
+                })?,
+                _ => {
+                    return Err(config_error(
+                        &path,
+                        "expected an object with exactly one policy name",
+                    ));
+                }
+            };
+            if let Some(builder) = registry.get(name) {
+                // The first registered policy wins; if its config is bad the whole
+                // service config is bad (gRPC does not fall through to the next one).
+                let config = builder.parse_config(config)?;
+                return Ok(Some(LbPolicy {
+                    name: name.clone(),
+                    config,
+                }));
+            }
+            names.push(name.clone());
+        }
+        if !names.is_empty() {
+            return Err(Error::NoSupportedPolicy { names });
+        }
+    }
+    if let Some(policy) = root.get("loadBalancingPolicy") {
+        // The deprecated form: `"loadBalancingPolicy": "round_robin"`, no config.
+        let name = policy
+            .as_str()
+            .ok_or_else(|| config_error("loadBalancingPolicy", "expected a string"))?;
+        let builder = registry.get(name).ok_or_else(|| {
+            config_error(
+                "loadBalancingPolicy",
+                format!("no load-balancing policy is registered as `{name}`"),
+            )
+        })?;
+        let config = builder.parse_config(&Value::Object(Map::new()))?;
+        return Ok(Some(LbPolicy {
+            name: name.to_owned(),
+            config,
+        }));
+    }
+    Ok(None)
+}
+
+fn parse_health_check(root: &Map<String, Value>) -> Result<Option<HealthCheckConfig>, Error> {
+    let Some(hc) = root.get("healthCheckConfig") else {
+        return Ok(None);
+    };
+    let hc = hc
+        .as_object()
+        .ok_or_else(|| config_error("healthCheckConfig", "expected an object"))?;
+    let service_name = match hc.get("serviceName") {
+        None => String::new(),
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| config_error("healthCheckConfig.serviceName", "expected a string"))?
+            .to_owned(),
+    };
+    Ok(Some(HealthCheckConfig { service_name }))
+}
+
+fn parse_method_configs(root: &Map<String, Value>) -> Result<Vec<MethodConfig>, Error> {
+    let Some(list) = root.get("methodConfig") else {
+        return Ok(Vec::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| config_error("methodConfig", "expected an array"))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, mc) in list.iter().enumerate() {
+        let path = format!("methodConfig[{i}]");
+        let mc = mc
+            .as_object()
+            .ok_or_else(|| config_error(&path, "expected an object"))?;
+        let names = parse_names(mc, &path)?;
+        for (j, name) in names.iter().enumerate() {
+            if !seen.insert(name.clone()) {
+                return Err(config_error(
+                    format!("{path}.name[{j}]"),
+                    format!(
+                        "duplicate method name (service {:?}, method {:?})",
+                        name.service, name.method
+                    ),
+                ));
+            }
+        }
+        let wait_for_ready = match mc.get("waitForReady") {
+            None => None,
+            Some(v) => Some(v.as_bool().ok_or_else(|| {
+                config_error(format!("{path}.waitForReady"), "expected a boolean")
+            })?),
+        };
+        let timeout = mc
+            .get("timeout")
+            .map(|v| parse_duration(v, &format!("{path}.timeout")))
+            .transpose()?;
+        let retry_policy = mc
+            .get("retryPolicy")
+            .map(|v| parse_retry_policy(v, &format!("{path}.retryPolicy")))
+            .transpose()?;
+        out.push(MethodConfig {
+            names,
+            timeout,
+            wait_for_ready,
+            retry_policy,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_names(mc: &Map<String, Value>, path: &str) -> Result<Vec<MethodName>, Error> {
+    let Some(names) = mc.get("name") else {
+        return Ok(Vec::new());
+    };
+    let names = names
+        .as_array()
+        .ok_or_else(|| config_error(format!("{path}.name"), "expected an array"))?;
+    names
+        .iter()
+        .enumerate()
+        .map(|(j, n)| {
+            let npath = format!("{path}.name[{j}]");
+            let n = n
+                .as_object()
+                .ok_or_else(|| config_error(&npath, "expected an object"))?;
+            let field = |key: &str| -> Result<String, Error> {
+                match n.get(key) {
+                    None => Ok(String::new()),
+                    Some(v) => v
+                        .as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| config_error(format!("{npath}.{key}"), "expected a string")),
+                }
+            };
+            let name = MethodName {
+                service: field("service")?,
+                method: field("method")?,
+            };
+            if name.service.is_empty() && !name.method.is_empty() {
+                return Err(config_error(
+                    &npath,
+                    "a method name needs a service (only the default config has neither)",
+                ));
+            }
+            Ok(name)
+        })
+        .collect()
+}
+
+/// Parses a protobuf JSON duration: decimal seconds with an `s` suffix, e.g. `"1.5s"`.
+fn parse_duration(v: &Value, path: &str) -> Result<Duration, Error> {
+    let bad = || {
+        config_error(
+            path,
+            format!("expected a duration such as \"1.5s\", got {v}"),
+        )
+    };
+    let s = v.as_str().ok_or_else(bad)?;
+    let secs = s.strip_suffix('s').ok_or_else(bad)?;
+    let (whole, frac) = secs.split_once('.').unwrap_or((secs, ""));
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 9
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let whole: u64 = whole.parse().map_err(|_| bad())?;
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().map_err(|_| bad())?
+    };
+    Ok(Duration::new(whole, nanos))
+}
+
+fn parse_retry_policy(v: &Value, path: &str) -> Result<RetryPolicy, Error> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| config_error(path, "expected an object"))?;
+    let required = |key: &str| {
+        obj.get(key)
+            .ok_or_else(|| config_error(format!("{path}.{key}"), "is required"))
+    };
+    let max_attempts = required("maxAttempts")?
+        .as_u64()
+        .filter(|&n| n >= 2)
+        .ok_or_else(|| {
+            config_error(
+                format!("{path}.maxAttempts"),
+                "expected an integer of at least 2",
+            )
+        })?
+        .min(5) as u32;
+    let positive = |key: &str| -> Result<Duration, Error> {
+        let kpath = format!("{path}.{key}");
+        let d = parse_duration(required(key)?, &kpath)?;
+        if d.is_zero() {
+            return Err(config_error(kpath, "must be greater than zero"));
+        }
+        Ok(d)
+    };
+    let initial_backoff = positive("initialBackoff")?;
+    let max_backoff = positive("maxBackoff")?;
+    let backoff_multiplier = required("backoffMultiplier")?
+        .as_f64()
+        .filter(|m| m.is_finite() && *m > 0.0)
+        .ok_or_else(|| {
+            config_error(
+                format!("{path}.backoffMultiplier"),
+                "expected a number greater than zero",
+            )
+        })?;
+    let codes = required("retryableStatusCodes")?
+        .as_array()
+        .ok_or_else(|| config_error(format!("{path}.retryableStatusCodes"), "expected an array"))?;
+    if codes.is_empty() {
+        return Err(config_error(
+            format!("{path}.retryableStatusCodes"),
+            "must not be empty",
+        ));
+    }
+    let retryable_status_codes = codes
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let code = match c {
+                Value::String(name) => Code::from_name(name),
+                Value::Number(n) => n
+                    .as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .and_then(Code::from_i32),
+                _ => None,
+            };
+            code.ok_or_else(|| {
+                config_error(
+                    format!("{path}.retryableStatusCodes[{k}]"),
+                    format!("not a gRPC status code: {c}"),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(RetryPolicy {
+        max_attempts,
+        initial_backoff,
+        max_backoff,
+        backoff_multiplier,
+        retryable_status_codes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Balancer, BalancerBuilder, BuildOptions};
+
+    /// A policy whose config must be `{"n": <u64>}`.
+    struct Counted(&'static str);
+    impl BalancerBuilder for Counted {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+            unimplemented!("not built in these tests")
+        }
+        fn parse_config(&self, config: &Value) -> Result<LbConfig, Error> {
+            let n = config
+                .get("n")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| Error::lb_config(self.0, "n", "expected an integer"))?;
+            Ok(LbConfig::new(n))
+        }
+    }
+
+    fn registry() -> BalancerRegistry {
+        let mut r = BalancerRegistry::new();
+        r.register(Counted("a")).register(Counted("b"));
+        r
+    }
+
+    fn parse(json: &str) -> Result<ServiceConfig, Error> {
+        ServiceConfig::parse(json, &registry())
+    }
+
+    fn err_at(json: &str) -> (String, String) {
+        match parse(json).unwrap_err() {
+            Error::ServiceConfig { path, reason } => (path, reason),
+            other => panic!("{json}: unexpected error {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_registered_policy_wins_and_gets_its_config() {
+        let cfg = parse(
+            r#"{"loadBalancingConfig": [{"unknown": {}}, {"b": {"n": 2}}, {"a": {"n": 1}}]}"#,
+        )
+        .unwrap();
+        let lb = cfg.lb_policy().unwrap();
+        assert_eq!(lb.name, "b");
+        assert_eq!(lb.config.get::<u64>(), Some(&2));
+    }
+
+    #[test]
+    fn the_chosen_policys_bad_config_is_an_error_naming_the_policy_and_path() {
+        let err =
+            parse(r#"{"loadBalancingConfig": [{"a": {"n": "x"}}, {"b": {"n": 2}}]}"#).unwrap_err();
+        assert_eq!(err, Error::lb_config("a", "n", "expected an integer"));
+        assert_eq!(
+            err.to_string(),
+            "invalid config for load-balancing policy `a` at `n`: expected an integer"
+        );
+    }
+
+    #[test]
+    fn no_registered_policy_is_an_error_listing_them() {
+        let err = parse(r#"{"loadBalancingConfig": [{"x": {}}, {"y": {}}]}"#).unwrap_err();
+        assert_eq!(
+            err,
+            Error::NoSupportedPolicy {
+                names: vec!["x".into(), "y".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn deprecated_load_balancing_policy_is_accepted() {
+        let mut r = BalancerRegistry::new();
+        struct Plain;
+        impl BalancerBuilder for Plain {
+            fn name(&self) -> &str {
+                "plain"
+            }
+            fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+                unimplemented!("not built")
+            }
+        }
+        r.register(Plain);
+        let cfg = ServiceConfig::parse(r#"{"loadBalancingPolicy": "plain"}"#, &r).unwrap();
+        assert_eq!(cfg.lb_policy().unwrap().name, "plain");
+        let err = ServiceConfig::parse(r#"{"loadBalancingPolicy": "nope"}"#, &r).unwrap_err();
+        assert!(err.to_string().contains("`loadBalancingPolicy`"), "{err}");
+        assert!(err.to_string().contains("`nope`"), "{err}");
+    }
+
+    #[test]
+    fn empty_config_has_nothing() {
+        let cfg = parse("{}").unwrap();
+        assert!(cfg.lb_policy().is_none());
+        assert!(cfg.health_check().is_none());
+        assert!(cfg.method_config("/a.B/C").is_none());
+    }
+
+    #[test]
+    fn health_check_config() {
+        let cfg = parse(r#"{"healthCheckConfig": {"serviceName": "greeter"}}"#).unwrap();
+        assert_eq!(cfg.health_check().unwrap().service_name, "greeter");
+        assert_eq!(
+            err_at(r#"{"healthCheckConfig": {"serviceName": 1}}"#).0,
+            "healthCheckConfig.serviceName"
+        );
+    }
+
+    #[test]
+    fn method_configs_match_exact_then_service_then_default() {
+        let cfg = parse(
+            r#"{"methodConfig": [
+                {"name": [{}], "timeout": "10s"},
+                {"name": [{"service": "pkg.Svc"}], "waitForReady": true},
+                {"name": [{"service": "pkg.Svc", "method": "Get"}], "timeout": "0.25s",
+                 "retryPolicy": {"maxAttempts": 9, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                                 "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", 4]}}
+            ]}"#,
+        )
+        .unwrap();
+        let get = cfg.method_config("/pkg.Svc/Get").unwrap();
+        assert_eq!(get.timeout, Some(Duration::from_millis(250)));
+        let retry = get.retry_policy.as_ref().unwrap();
+        assert_eq!(retry.max_attempts, 5, "maxAttempts is capped at 5");
+        assert_eq!(
+            retry.retryable_status_codes,
+            [Code::Unavailable, Code::DeadlineExceeded]
+        );
+        assert_eq!(
+            cfg.method_config("pkg.Svc/Put").unwrap().wait_for_ready,
+            Some(true)
+        );
+        assert_eq!(
+            cfg.method_config("/other.Svc/X").unwrap().timeout,
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn durations() {
+        let ok = |s: &str| parse_duration(&Value::String(s.into()), "p").unwrap();
+        assert_eq!(ok("0s"), Duration::ZERO);
+        assert_eq!(ok("1s"), Duration::from_secs(1));
+        assert_eq!(ok("0.000000001s"), Duration::from_nanos(1));
+        assert_eq!(ok("3.5s"), Duration::from_millis(3500));
+        for bad in [
+            "1",
+            "s",
+            ".5s",
+            "-1s",
+            "1.0000000001s",
+            "1.2.3s",
+            "1ms",
+            "1 s",
+        ] {
+            assert!(
+                parse_duration(&Value::String(bad.into()), "p").is_err(),
+                "{bad}"
+            );
+        }
+        assert!(parse_duration(&Value::from(1), "p").is_err());
+    }
+
+    #[test]
+    fn malformed_configs_name_the_path() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[]", "$", "expected a JSON object"),
+            ("{", "$", "not valid JSON"),
+            (
+                r#"{"loadBalancingConfig": {}}"#,
+                "loadBalancingConfig",
+                "expected an array",
+            ),
+            (
+                r#"{"loadBalancingConfig": [{"a": {"n": 1}, "b": {}}]}"#,
+                "loadBalancingConfig[0]",
+                "exactly one",
+            ),
+            (
+                r#"{"loadBalancingConfig": ["a"]}"#,
+                "loadBalancingConfig[0]",
+                "exactly one",
+            ),
+            (
+                r#"{"methodConfig": {}}"#,
+                "methodConfig",
+                "expected an array",
+            ),
+            (
+                r#"{"methodConfig": [1]}"#,
+                "methodConfig[0]",
+                "expected an object",
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{"method": "Get"}]}]}"#,
+                "methodConfig[0].name[0]",
+                "needs a service",
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{"service": 1}]}]}"#,
+                "methodConfig[0].name[0].service",
+                "expected a string",
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{}]}, {"name": [{}]}]}"#,
+                "methodConfig[1].name[0]",
+                "duplicate",
+            ),
+            (
+                r#"{"methodConfig": [{"waitForReady": "yes"}]}"#,
+                "methodConfig[0].waitForReady",
+                "boolean",
+            ),
+            (
+                r#"{"methodConfig": [{"timeout": 5}]}"#,
+                "methodConfig[0].timeout",
+                "duration",
+            ),
+            (
+                r#"{"methodConfig": [{"retryPolicy": {}}]}"#,
+                "methodConfig[0].retryPolicy.maxAttempts",
+                "required",
+            ),
+            (
+                r#"{"methodConfig": [{"retryPolicy": {"maxAttempts": 1}}]}"#,
+                "methodConfig[0].retryPolicy.maxAttempts",
+                "at least 2",
+            ),
+            (
+                r#"{"methodConfig": [{"retryPolicy": {"maxAttempts": 2, "initialBackoff": "0s"}}]}"#,
+                "methodConfig[0].retryPolicy.initialBackoff",
+                "greater than zero",
+            ),
+            (
+                r#"{"methodConfig": [{"retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 0}}]}"#,
+                "methodConfig[0].retryPolicy.backoffMultiplier",
+                "greater than zero",
+            ),
+            (
+                r#"{"methodConfig": [{"retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": []}}]}"#,
+                "methodConfig[0].retryPolicy.retryableStatusCodes",
+                "must not be empty",
+            ),
+            (
+                r#"{"methodConfig": [{"retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": ["NOPE"]}}]}"#,
+                "methodConfig[0].retryPolicy.retryableStatusCodes[0]",
+                "not a gRPC status code",
+            ),
+            (
+                r#"{"healthCheckConfig": 1}"#,
+                "healthCheckConfig",
+                "expected an object",
+            ),
+        ];
+        for (json, path, reason) in cases {
+            let (got_path, got_reason) = err_at(json);
+            assert_eq!(&got_path, path, "{json}");
+            assert!(
+                got_reason.contains(reason),
+                "{json}: {got_reason:?} should mention {reason:?}"
+            );
+        }
+    }
+}

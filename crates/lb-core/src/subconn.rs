@@ -1,0 +1,148 @@
+//! Subconns: one logical connection to one address, owned by the transport.
+
+use std::any::Any;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{Address, ConnectivityState, SharedError};
+
+/// What a transport implements behind each [`SubConn`].
+///
+/// Both methods may be called from any thread (including from inside
+/// [`crate::Picker::pick`]) and must return at once: they only ask for work that the
+/// transport does in the background, and report its outcome as state changes through
+/// [`crate::Balancer::update_subconn_state`].
+pub trait SubConnHandle: Any + Send + Sync {
+    /// Starts connecting if the subconn is `Idle`; does nothing otherwise.
+    fn connect(&self);
+
+    /// Closes the subconn for good: no new RPCs, in-flight RPCs finish, then the
+    /// connection closes. Idempotent.
+    fn shutdown(&self);
+}
+
+/// Identifies a subconn; unique within the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubConnId(u64);
+
+impl SubConnId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        SubConnId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for SubConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "subconn#{}", self.0)
+    }
+}
+
+/// A balancer's handle on one connection to one address.
+///
+/// Created by [`crate::ClientConn::new_subconn`]. A subconn starts `Idle` and only
+/// connects when [`SubConn::connect`] is called; its state changes reach the balancer
+/// through [`crate::Balancer::update_subconn_state`]. Cloning is one reference count;
+/// equality and hashing use the [`SubConnId`].
+#[derive(Clone)]
+pub struct SubConn {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: SubConnId,
+    address: Address,
+    handle: Arc<dyn SubConnHandle>,
+}
+
+impl SubConn {
+    /// A subconn for `address`, backed by the transport's `handle`. Called by
+    /// channel implementations (and the `test-util` recorder), not by balancers.
+    pub fn new(address: Address, handle: Arc<dyn SubConnHandle>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                id: SubConnId::next(),
+                address,
+                handle,
+            }),
+        }
+    }
+
+    /// The subconn's id.
+    pub fn id(&self) -> SubConnId {
+        self.inner.id
+    }
+
+    /// The address this subconn connects to.
+    pub fn address(&self) -> &Address {
+        &self.inner.address
+    }
+
+    /// Asks the transport to connect if the subconn is `Idle`. Non-blocking.
+    pub fn connect(&self) {
+        self.inner.handle.connect();
+    }
+
+    /// Shuts the subconn down for good. Non-blocking and idempotent.
+    pub fn shutdown(&self) {
+        self.inner.handle.shutdown();
+    }
+
+    /// The transport's handle, if it is a `T`: how a channel gets from a picked
+    /// subconn back to its own connection type.
+    pub fn handle<T: SubConnHandle>(&self) -> Option<&T> {
+        let handle: &dyn Any = self.inner.handle.as_ref();
+        handle.downcast_ref::<T>()
+    }
+}
+
+impl PartialEq for SubConn {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.id == other.inner.id
+    }
+}
+
+impl Eq for SubConn {}
+
+impl Hash for SubConn {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.inner.id.hash(state);
+    }
+}
+
+impl fmt::Debug for SubConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SubConn({} {})", self.inner.id.0, self.inner.address)
+    }
+}
+
+/// A subconn's new state, as delivered to [`crate::Balancer::update_subconn_state`].
+#[derive(Clone, Debug)]
+pub struct SubConnState {
+    /// The state the subconn moved to.
+    pub state: ConnectivityState,
+    /// Why, for `TransientFailure` (and optionally `Idle` after a lost connection).
+    pub error: Option<SharedError>,
+}
+
+impl SubConnState {
+    /// A state with no error.
+    pub fn new(state: ConnectivityState) -> Self {
+        Self { state, error: None }
+    }
+
+    /// `TransientFailure` with the error that caused it.
+    pub fn failure(error: SharedError) -> Self {
+        Self {
+            state: ConnectivityState::TransientFailure,
+            error: Some(error),
+        }
+    }
+}

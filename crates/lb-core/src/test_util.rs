@@ -1,0 +1,355 @@
+//! Test support for policy authors (feature `test-util`): a recording [`ClientConn`]
+//! and a [`Harness`] that drives a balancer the way a channel would.
+//!
+//! Tests read as "send this update, expect these events":
+//!
+//! ```
+//! use lb_core::test_util::{Event, Harness, Outcome};
+//! # use lb_core::base::{BaseBuilder, PickerBuilder, ReadySubConn};
+//! # use lb_core::{ConnectivityState, Pick, PickInfo, PickResult, Picker, SubConn, LbConfig};
+//! # use std::sync::Arc;
+//! # struct First; struct P(SubConn);
+//! # impl Picker for P { fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> { PickResult::Pick(Pick::new(&self.0)) } }
+//! # impl PickerBuilder for First { fn build(&self, r: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> { Arc::new(P(r[0].subconn.clone())) } }
+//! let mut h = Harness::new(BaseBuilder::new("first", First));
+//! h.update_addresses(&["10.0.0.1:80"]).unwrap();
+//! assert_eq!(h.state(), ConnectivityState::Connecting);
+//! h.set_state("10.0.0.1:80", ConnectivityState::Connecting);
+//! h.set_state("10.0.0.1:80", ConnectivityState::Ready);
+//! assert_eq!(h.pick(), Outcome::Picked("10.0.0.1:80".into()));
+//! assert!(h.take_events().contains(&Event::Connect("10.0.0.1:80".into())));
+//! ```
+//!
+//! The harness enforces the subconn state machine: moving a subconn through an
+//! illegal transition, or touching one that was shut down, panics with the reason,
+//! so a test cannot feed a policy states a real transport would never produce.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::{
+    Address, Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState,
+    ConnectivityState, Error, PickInfo, PickResult, Picker, QueuePicker, SharedError, StateTracker,
+    Status, SubConn, SubConnHandle, SubConnId, SubConnState, Target,
+};
+
+/// One thing a balancer did, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `new_subconn` for this address.
+    NewSubConn(String),
+    /// `SubConn::connect` on the subconn for this address.
+    Connect(String),
+    /// `SubConn::shutdown` on the subconn for this address.
+    Shutdown(String),
+    /// `update_state` with this state (the picker is kept by the recorder).
+    UpdateState(ConnectivityState),
+    /// `resolve_now`.
+    ResolveNow,
+}
+
+type Log = Arc<Mutex<Vec<(Event, Option<SubConnId>)>>>;
+
+fn push(log: &Log, event: Event, id: Option<SubConnId>) {
+    log.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((event, id));
+}
+
+struct RecordingHandle {
+    log: Log,
+    addr: String,
+    id: Mutex<Option<SubConnId>>,
+}
+
+impl RecordingHandle {
+    fn id(&self) -> Option<SubConnId> {
+        *self.id.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl SubConnHandle for RecordingHandle {
+    fn connect(&self) {
+        push(&self.log, Event::Connect(self.addr.clone()), self.id());
+    }
+
+    fn shutdown(&self) {
+        push(&self.log, Event::Shutdown(self.addr.clone()), self.id());
+    }
+}
+
+/// A [`ClientConn`] that records every call and keeps the latest published picker.
+pub struct RecordingClientConn {
+    target: Target,
+    log: Log,
+    created: Vec<SubConn>,
+    current: (ConnectivityState, Arc<dyn Picker>),
+}
+
+impl RecordingClientConn {
+    /// A recorder for a channel dialing `target`.
+    pub fn new(target: Target) -> Self {
+        Self {
+            target,
+            log: Arc::default(),
+            created: Vec::new(),
+            current: (ConnectivityState::Connecting, Arc::new(QueuePicker)),
+        }
+    }
+
+    /// The events so far, removing them from the log.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut *self.log.lock().unwrap_or_else(PoisonError::into_inner))
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect()
+    }
+
+    /// Every subconn created so far, in order.
+    pub fn created(&self) -> &[SubConn] {
+        &self.created
+    }
+
+    /// Whether `subconn` has been shut down.
+    pub fn is_shut_down(&self, subconn: &SubConn) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|(e, id)| matches!(e, Event::Shutdown(_)) && *id == Some(subconn.id()))
+    }
+
+    /// The latest published state (`Connecting` before the first publication).
+    pub fn state(&self) -> ConnectivityState {
+        self.current.0
+    }
+
+    /// The latest published picker (a queueing one before the first publication).
+    pub fn picker(&self) -> Arc<dyn Picker> {
+        self.current.1.clone()
+    }
+}
+
+impl ClientConn for RecordingClientConn {
+    fn new_subconn(&mut self, address: Address) -> Result<SubConn, Error> {
+        let handle = Arc::new(RecordingHandle {
+            log: self.log.clone(),
+            addr: address.addr().to_owned(),
+            id: Mutex::new(None),
+        });
+        let subconn = SubConn::new(address, handle.clone());
+        *handle.id.lock().unwrap_or_else(PoisonError::into_inner) = Some(subconn.id());
+        push(
+            &self.log,
+            Event::NewSubConn(subconn.address().addr().to_owned()),
+            Some(subconn.id()),
+        );
+        self.created.push(subconn.clone());
+        Ok(subconn)
+    }
+
+    fn update_state(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
+        push(&self.log, Event::UpdateState(state), None);
+        self.current = (state, picker);
+    }
+
+    fn resolve_now(&mut self) {
+        push(&self.log, Event::ResolveNow, None);
+    }
+
+    fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+/// A pick's outcome, owned so that tests can compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// [`PickResult::Pick`] of the subconn for this address.
+    Picked(String),
+    /// [`PickResult::Queue`].
+    Queued,
+    /// [`PickResult::Fail`].
+    Failed(Status),
+    /// [`PickResult::Drop`].
+    Dropped(Status),
+}
+
+impl From<PickResult<'_>> for Outcome {
+    fn from(result: PickResult<'_>) -> Self {
+        match result {
+            PickResult::Pick(p) => Outcome::Picked(p.subconn.address().addr().to_owned()),
+            PickResult::Queue => Outcome::Queued,
+            PickResult::Fail(s) => Outcome::Failed(s),
+            PickResult::Drop(s) => Outcome::Dropped(s),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TestError(String);
+
+impl std::fmt::Display for TestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TestError {}
+
+/// An error with `message`, for feeding failures to a balancer.
+pub fn error(message: &str) -> SharedError {
+    Arc::new(TestError(message.to_owned()))
+}
+
+/// Drives one balancer through a [`RecordingClientConn`], as the channel's control
+/// task would. Methods panic on misuse (an unknown address, an illegal transition):
+/// they are test helpers.
+pub struct Harness {
+    builder: Arc<dyn BalancerBuilder>,
+    balancer: Box<dyn Balancer>,
+    cc: RecordingClientConn,
+    states: HashMap<SubConnId, StateTracker>,
+}
+
+impl Harness {
+    /// A balancer built by `builder` for the target `test:///harness`.
+    pub fn new(builder: impl BalancerBuilder) -> Self {
+        let target = Target::parse("test:///harness").unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            balancer: builder.build(&BuildOptions::new(target.clone())),
+            builder: Arc::new(builder),
+            cc: RecordingClientConn::new(target),
+            states: HashMap::new(),
+        }
+    }
+
+    /// Sends addresses (with no config) to the balancer.
+    pub fn update_addresses(&mut self, addrs: &[&str]) -> Result<(), Error> {
+        self.update(ClientConnState::new(
+            addrs.iter().map(|a| Address::new(*a)).collect(),
+        ))
+    }
+
+    /// Sends addresses with a config given as JSON, parsed by the builder.
+    pub fn update_with_config(&mut self, addresses: Vec<Address>, json: &str) -> Result<(), Error> {
+        let value: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("bad test JSON {json}: {e}"));
+        let config = self.builder.parse_config(&value)?;
+        self.update(ClientConnState::new(addresses).with_config(config))
+    }
+
+    /// Sends a complete state to the balancer.
+    pub fn update(&mut self, state: ClientConnState) -> Result<(), Error> {
+        self.balancer.update_client_conn_state(state, &mut self.cc)
+    }
+
+    /// Reports a resolver error.
+    pub fn resolver_error(&mut self, message: &str) {
+        self.balancer.resolver_error(error(message), &mut self.cc);
+    }
+
+    /// The newest subconn created for `addr` that is not shut down.
+    pub fn subconn(&self, addr: &str) -> SubConn {
+        self.cc
+            .created()
+            .iter()
+            .rev()
+            .find(|sc| sc.address().addr() == addr && !self.cc.is_shut_down(sc))
+            .cloned()
+            .unwrap_or_else(|| panic!("{}: no live subconn for {addr}", self.builder.name()))
+    }
+
+    /// Every subconn that was created and not shut down, in creation order.
+    pub fn live_subconns(&self) -> Vec<SubConn> {
+        self.cc
+            .created()
+            .iter()
+            .filter(|sc| !self.cc.is_shut_down(sc))
+            .cloned()
+            .collect()
+    }
+
+    /// Moves the live subconn for `addr` to `state` and tells the balancer.
+    pub fn set_state(&mut self, addr: &str, state: ConnectivityState) {
+        let sc = self.subconn(addr);
+        self.set_subconn_state(&sc, SubConnState::new(state));
+    }
+
+    /// Moves the live subconn for `addr` to `TransientFailure` with `message`.
+    pub fn fail(&mut self, addr: &str, message: &str) {
+        let sc = self.subconn(addr);
+        self.set_subconn_state(&sc, SubConnState::failure(error(message)));
+    }
+
+    /// Moves `subconn` to `state`, checking the transition, and tells the balancer.
+    pub fn set_subconn_state(&mut self, subconn: &SubConn, state: SubConnState) {
+        if self.cc.is_shut_down(subconn) && state.state != ConnectivityState::Shutdown {
+            panic!("{subconn:?} was shut down; it can't become {}", state.state);
+        }
+        let tracker = self.states.entry(subconn.id()).or_default();
+        if let Err(e) = tracker.transition(state.state) {
+            panic!("{subconn:?}: {e}");
+        }
+        self.balancer
+            .update_subconn_state(subconn, &state, &mut self.cc);
+    }
+
+    /// The current state of `addr`'s live subconn as the harness tracks it.
+    pub fn subconn_state(&self, addr: &str) -> ConnectivityState {
+        let sc = self.subconn(addr);
+        self.states
+            .get(&sc.id())
+            .map_or(ConnectivityState::Idle, StateTracker::get)
+    }
+
+    /// Calls `exit_idle`.
+    pub fn exit_idle(&mut self) {
+        self.balancer.exit_idle(&mut self.cc);
+    }
+
+    /// Calls `close`.
+    pub fn close(&mut self) {
+        self.balancer.close(&mut self.cc);
+    }
+
+    /// The events so far, removing them from the log.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.cc.take_events()
+    }
+
+    /// The latest published aggregate state.
+    pub fn state(&self) -> ConnectivityState {
+        self.cc.state()
+    }
+
+    /// The latest published picker.
+    pub fn picker(&self) -> Arc<dyn Picker> {
+        self.cc.picker()
+    }
+
+    /// One pick from the latest picker, for the method `/test.Service/Method`.
+    pub fn pick(&self) -> Outcome {
+        self.cc
+            .picker()
+            .pick(&PickInfo::new("/test.Service/Method"))
+            .into()
+    }
+
+    /// `n` picks; panics unless every one picks a subconn. Returns their addresses.
+    pub fn pick_addrs(&self, n: usize) -> Vec<String> {
+        let picker = self.cc.picker();
+        let info = PickInfo::new("/test.Service/Method");
+        (0..n)
+            .map(|i| match Outcome::from(picker.pick(&info)) {
+                Outcome::Picked(addr) => addr,
+                other => panic!("pick {i}: expected a subconn, got {other:?}"),
+            })
+            .collect()
+    }
+
+    /// The recording channel handle.
+    pub fn client_conn(&mut self) -> &mut RecordingClientConn {
+        &mut self.cc
+    }
+}

@@ -1,0 +1,1 @@
+//! Runnable examples for grpc-lb; see the `[[example]]` targets.
