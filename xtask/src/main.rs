@@ -1,1 +1,145 @@
-fn main() {}
+//! Repository automation, run as `cargo xtask <command>`:
+//!
+//! * `test`  installs what the test suite needs (system packages, cargo-nextest), then
+//!   runs every test of the workspace, doc tests included. The README's test command.
+//! * `lint`  `cargo fmt --check`, clippy with warnings denied on all targets and
+//!   features, and `cargo doc` with warnings denied.
+//! * `ci`    `lint`, then `test`.
+//! * `bench` the criterion benchmarks (pass `-- <filter>` to narrow them).
+//! * `demo`  the main demo (no etcd, no ZooKeeper, no system packages).
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Debian packages the test suite needs, with the binary that shows each is present.
+/// The resolver tests add etcd and ZooKeeper here when they land.
+const SYSTEM_PACKAGES: &[(&str, &str)] = &[];
+
+/// The example that `cargo xtask demo` runs.
+const DEMO: &str = "custom_policy";
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let (command, rest) = match args.split_first() {
+        Some((c, rest)) => (c.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let result = match command {
+        "test" => test(),
+        "lint" => lint(),
+        "ci" => lint().and_then(|()| test()),
+        "bench" => bench(rest),
+        "demo" => cargo(&["run", "--quiet", "-p", "examples", "--example", DEMO]),
+        "help" | "-h" | "--help" => {
+            println!("usage: cargo xtask <test|lint|ci|bench|demo>");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {command}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("could not start {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn cargo(args: &[&str]) -> Result {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(Command::new(cargo).args(args))
+}
+
+fn have(binary: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn install_prerequisites() -> Result {
+    let missing: Vec<&str> = SYSTEM_PACKAGES
+        .iter()
+        .filter(|(_, bin)| !have(bin))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !nextest_available() {
+        cargo(&["install", "--locked", "cargo-nextest"])?;
+    }
+    Ok(())
+}
+
+fn nextest_available() -> bool {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    Command::new(cargo)
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn test() -> Result {
+    install_prerequisites()?;
+    cargo(&[
+        "nextest",
+        "run",
+        "--workspace",
+        "--all-features",
+        "--all-targets",
+        "--no-fail-fast",
+    ])?;
+    // nextest does not run doc tests.
+    cargo(&["test", "--workspace", "--all-features", "--doc"])
+}
+
+fn lint() -> Result {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(Command::new(cargo_bin)
+        .args(["doc", "--workspace", "--all-features", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings"))
+}
+
+fn bench(rest: &[String]) -> Result {
+    let mut args = vec!["bench", "--workspace", "--all-features"];
+    args.extend(rest.iter().map(String::as_str));
+    cargo(&args)
+}
