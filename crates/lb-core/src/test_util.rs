@@ -24,7 +24,7 @@
 //! illegal transition, or touching one that was shut down, panics with the reason,
 //! so a test cannot feed a policy states a real transport would never produce.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::{
@@ -48,12 +48,20 @@ pub enum Event {
     ResolveNow,
 }
 
-type Log = Arc<Mutex<Vec<(Event, Option<SubConnId>)>>>;
+#[derive(Default)]
+struct Recorded {
+    events: Vec<Event>,
+    shut_down: HashSet<SubConnId>,
+}
+
+type Log = Arc<Mutex<Recorded>>;
 
 fn push(log: &Log, event: Event, id: Option<SubConnId>) {
-    log.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push((event, id));
+    let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+    if let (Event::Shutdown(_), Some(id)) = (&event, id) {
+        log.shut_down.insert(id);
+    }
+    log.events.push(event);
 }
 
 struct RecordingHandle {
@@ -99,10 +107,13 @@ impl RecordingClientConn {
 
     /// The events so far, removing them from the log.
     pub fn take_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(PoisonError::into_inner))
-            .into_iter()
-            .map(|(e, _)| e)
-            .collect()
+        std::mem::take(
+            &mut self
+                .log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .events,
+        )
     }
 
     /// Every subconn created so far, in order.
@@ -115,8 +126,8 @@ impl RecordingClientConn {
         self.log
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(|(e, id)| matches!(e, Event::Shutdown(_)) && *id == Some(subconn.id()))
+            .shut_down
+            .contains(&subconn.id())
     }
 
     /// The latest published state (`Connecting` before the first publication).

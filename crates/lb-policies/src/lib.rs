@@ -1,2 +1,49 @@
-//! Load-balancing policies for `grpc-lb`: `pick_first`, `round_robin` and
-//! `weighted_round_robin`, written against `lb-core`.
+//! Load-balancing policies for `grpc-lb`, written against `lb-core`:
+//!
+//! | policy | module | what it does |
+//! |---|---|---|
+//! | `pick_first` (the default) | [`pick_first`] | one connection, to the first address that works |
+//! | `round_robin` | [`round_robin`] | all addresses connected, RPCs spread evenly |
+//! | `weighted_round_robin` | [`weighted_round_robin`] | like round robin, in proportion to address weights |
+//!
+//! Every pick is lock-free and allocation-free. [`registry`] returns a registry with
+//! all of them, for a channel (`lb-tonic`) or a service config to choose from:
+//!
+//! ```
+//! use lb_core::{BalancerRegistry, ServiceConfig};
+//!
+//! let registry: BalancerRegistry = lb_policies::registry();
+//! let config = ServiceConfig::parse(
+//!     r#"{"loadBalancingConfig": [{"weighted_round_robin": {}}, {"round_robin": {}}]}"#,
+//!     &registry,
+//! )?;
+//! assert_eq!(config.lb_policy().unwrap().name, "weighted_round_robin");
+//! # Ok::<(), lb_core::Error>(())
+//! ```
+//!
+//! To write your own policy, see `lb_core::base` (a picker over the ready set) or
+//! implement `lb_core::Balancer` directly, as [`pick_first`] does.
+
+mod cursor;
+pub mod pick_first;
+pub mod round_robin;
+pub mod weighted_round_robin;
+
+use lb_core::BalancerRegistry;
+
+pub use pick_first::PickFirst;
+pub use round_robin::RoundRobin;
+pub use weighted_round_robin::WeightedRoundRobin;
+
+/// The policy a channel uses when its service config names none, as in gRPC.
+pub const DEFAULT_POLICY: &str = pick_first::NAME;
+
+/// A registry with every policy of this crate.
+pub fn registry() -> BalancerRegistry {
+    let mut registry = BalancerRegistry::new();
+    registry
+        .register(PickFirst)
+        .register(round_robin::builder())
+        .register(weighted_round_robin::builder());
+    registry
+}
