@@ -63,6 +63,13 @@ impl BalancerBuilder for PickFirst {
 /// Sends every RPC to the one connected subconn.
 pub struct PickFirstPicker(SubConn);
 
+impl PickFirstPicker {
+    /// A picker that always picks `subconn`.
+    pub fn new(subconn: SubConn) -> Self {
+        Self(subconn)
+    }
+}
+
 impl Picker for PickFirstPicker {
     #[inline]
     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
@@ -202,7 +209,7 @@ impl PickFirstBalancer {
         self.first_pass_done = false;
         self.publish(
             ConnectivityState::Ready,
-            Arc::new(PickFirstPicker(subconn.clone())),
+            Arc::new(PickFirstPicker::new(subconn.clone())),
             cc,
         );
     }

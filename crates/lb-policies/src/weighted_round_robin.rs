@@ -120,40 +120,57 @@ pub(crate) fn schedule(weights: &[u32]) -> Box<[u32]> {
         total = w.iter().sum();
     }
     let period = total as usize;
+    let n1 = n as u64 + 1;
 
-    // Slot k of backend i sits at virtual time t = (k + phase_i) / w_i in (0, 1);
-    // bucket = floor(t * period). Counting sort by bucket, then order each (small)
-    // bucket by exact time.
-    let phase = |i: usize| (i as f64 + 1.0) / (n as f64 + 1.0);
-    let bucket = |i: usize, k: u64| {
-        let t = (k as f64 + phase(i)) / w[i] as f64;
-        ((t * period as f64) as usize).min(period - 1)
-    };
-    let mut starts = vec![0usize; period + 1];
+    // Slot k of backend i sits at virtual time t = (k + (i+1)/(n+1)) / w_i, the fraction
+    // (k*(n+1) + i + 1) / (w_i*(n+1)); its bucket is floor(t * period). The buckets of
+    // consecutive k are walked as quotient and remainder, with no division per slot,
+    // then a counting sort places the slots and the few shared buckets are ordered by
+    // exact time.
+    let mut buckets: Vec<u32> = Vec::with_capacity(period);
+    let mut starts = vec![0u32; period + 1];
     for (i, &wi) in w.iter().enumerate() {
-        for k in 0..wi {
-            starts[bucket(i, k) + 1] += 1;
+        let den = wi * n1;
+        let first = (i as u64 + 1) * total;
+        let step = n1 * total;
+        let (mut q, mut r) = (first / den, first % den);
+        let (step_q, step_r) = (step / den, step % den);
+        for _ in 0..wi {
+            let b = (q as usize).min(period - 1);
+            buckets.push(b as u32);
+            starts[b + 1] += 1;
+            q += step_q;
+            r += step_r;
+            if r >= den {
+                q += 1;
+                r -= den;
+            }
         }
     }
     for b in 0..period {
         starts[b + 1] += starts[b];
     }
-    let mut slots: Vec<(f64, u32)> = vec![(0.0, 0); period];
     let mut fill = starts.clone();
+    // (backend, k) per slot.
+    let mut slots: Vec<(u32, u32)> = vec![(0, 0); period];
+    let mut next = buckets.iter();
     for (i, &wi) in w.iter().enumerate() {
         for k in 0..wi {
-            let b = bucket(i, k);
-            slots[fill[b]] = ((k as f64 + phase(i)) / wi as f64, i as u32);
+            let b = next.next().map_or(0, |&b| b as usize);
+            slots[fill[b] as usize] = (i as u32, k as u32);
             fill[b] += 1;
         }
     }
+    let time = |&(i, k): &(u32, u32)| {
+        (u64::from(k) * n1 + u64::from(i) + 1) as f64 / (w[i as usize] * n1) as f64
+    };
     for b in 0..period {
-        let range = starts[b]..starts[b + 1];
+        let range = starts[b] as usize..starts[b + 1] as usize;
         if range.len() > 1 {
-            slots[range].sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+            slots[range].sort_unstable_by(|x, y| time(x).total_cmp(&time(y)).then(x.0.cmp(&y.0)));
         }
     }
-    slots.into_iter().map(|(_, i)| i).collect()
+    slots.into_iter().map(|(i, _)| i).collect()
 }
 
 #[cfg(test)]
