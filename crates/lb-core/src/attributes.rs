@@ -45,8 +45,10 @@ impl<T: Any + Send + Sync + fmt::Debug + PartialEq> AttributeValue for T {
 #[derive(Clone, Default)]
 pub struct Attributes {
     // Few attributes per address: a small vector beats a map. `None` costs nothing.
-    entries: Option<Arc<[(TypeId, Arc<dyn AttributeValue>)]>>,
+    entries: Option<Arc<[Entry]>>,
 }
+
+type Entry = (TypeId, Arc<dyn AttributeValue>);
 
 impl Attributes {
     /// An empty set.
@@ -54,7 +56,7 @@ impl Attributes {
         Self { entries: None }
     }
 
-    fn entries(&self) -> &[(TypeId, Arc<dyn AttributeValue>)] {
+    fn entries(&self) -> &[Entry] {
         self.entries.as_deref().unwrap_or(&[])
     }
 

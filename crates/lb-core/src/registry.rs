@@ -128,10 +128,10 @@ impl ResolverRegistry {
     /// ```
     pub fn resolve(&self, target: &str) -> Result<(Target, Arc<dyn ResolverBuilder>), Error> {
         let parsed = Target::parse(target);
-        if let Ok(t) = &parsed {
-            if let Some(builder) = self.get(t.scheme()) {
-                return Ok((t.clone(), builder.clone()));
-            }
+        if let Ok(t) = &parsed
+            && let Some(builder) = self.get(t.scheme())
+        {
+            return Ok((t.clone(), builder.clone()));
         }
         // Strings like `localhost:50051` parse with the scheme `localhost`, and
         // `10.0.0.1:80` not at all: both are endpoints for the default scheme.

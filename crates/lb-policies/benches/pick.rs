@@ -10,6 +10,8 @@
 //!   picker does), measured in the same run, to compare against.
 //! * `rebuild/<policy>/10000`: building a picker for 10,000 ready subconns.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};

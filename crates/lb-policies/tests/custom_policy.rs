@@ -6,6 +6,8 @@
 //! the resolver's order (a priority list), and reports each RPC's end to a counter via
 //! the pick's completion callback.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,5 +1,7 @@
 //! `pick_first` against the recording harness: gRFC A61/A62 behaviour.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use lb_core::test_util::{Event, Harness, Outcome};
 use lb_core::{Address, ConnectivityState::*, Error};
 use lb_policies::PickFirst;

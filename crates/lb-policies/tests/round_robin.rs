@@ -1,5 +1,7 @@
 //! `round_robin` (and with it `lb_core::base`) against the recording harness.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::collections::HashMap;
 
 use lb_core::test_util::{Event, Harness, Outcome};

@@ -1,5 +1,7 @@
 //! `weighted_round_robin` with static weights: distribution and smoothness.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::collections::HashMap;
 
 use lb_core::test_util::{Event, Harness};

@@ -1,5 +1,7 @@
 //! Picks allocate nothing: measured with a counting global allocator.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::alloc::System;
 
 use lb_core::test_util::Harness;
