@@ -109,6 +109,9 @@ fn nextest_available() -> bool {
 
 fn test() -> Result {
     install_prerequisites()?;
+    // nextest does not run doc tests; run them first so that nextest's summary is
+    // the run's closing line.
+    cargo(&["test", "--workspace", "--all-features", "--doc"])?;
     cargo(&[
         "nextest",
         "run",
@@ -116,9 +119,7 @@ fn test() -> Result {
         "--all-features",
         "--all-targets",
         "--no-fail-fast",
-    ])?;
-    // nextest does not run doc tests.
-    cargo(&["test", "--workspace", "--all-features", "--doc"])
+    ])
 }
 
 fn lint() -> Result {
