@@ -1,3 +1,42 @@
-//! Name resolvers and server-side registrars for `grpc-lb`: DNS, etcd and ZooKeeper,
-//! each behind a cargo feature (`dns`, `etcd`, `zookeeper`). Written against
-//! `lb-core`'s `Resolver` and `ResolverBuilder` traits.
+//! Name resolvers for `grpc-lb`, written against `lb-core`'s [`ResolverBuilder`] and
+//! [`Resolver`] traits.
+//!
+//! | scheme | builder | feature |
+//! |---|---|---|
+//! | `static:///a:1,b:2` | [`StaticResolverBuilder`] | always |
+//! | `passthrough:///host:port` | [`PassthroughResolverBuilder`] | always |
+//!
+//! DNS, etcd and ZooKeeper resolvers (and the server-side registrars) will sit behind
+//! the features `dns`, `etcd` and `zookeeper`.
+//!
+//! ```
+//! use lb_core::ResolverRegistry;
+//!
+//! let registry = lb_resolvers::registry();
+//! let (target, builder) = registry.resolve("static:///127.0.0.1:50051,127.0.0.1:50052")?;
+//! assert_eq!(builder.scheme(), "static");
+//! assert_eq!(target.endpoint(), "127.0.0.1:50051,127.0.0.1:50052");
+//! # Ok::<(), lb_core::Error>(())
+//! ```
+//!
+//! [`ResolverBuilder`]: lb_core::ResolverBuilder
+//! [`Resolver`]: lb_core::Resolver
+
+mod error;
+mod static_list;
+
+use lb_core::ResolverRegistry;
+
+pub use error::Error;
+pub use static_list::{FixedResolver, PassthroughResolverBuilder, StaticResolverBuilder};
+
+/// A registry with every resolver this build of the crate has. Its default scheme,
+/// for targets without one, is `passthrough`: `localhost:50051` dials that address.
+pub fn registry() -> ResolverRegistry {
+    let mut registry = ResolverRegistry::new();
+    registry
+        .register(StaticResolverBuilder)
+        .register(PassthroughResolverBuilder)
+        .set_default_scheme("passthrough");
+    registry
+}

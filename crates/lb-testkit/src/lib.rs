@@ -1,0 +1,268 @@
+//! Dev-only fixtures shared by the tests, examples and benchmarks of `grpc-lb`: the
+//! echo service (every RPC kind) and real tonic backends on 127.0.0.1 that can be
+//! killed abruptly and restarted on the same port.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use lb_testkit::{Backend, pb::{EchoRequest, echo_client::EchoClient}};
+//!
+//! let mut backend = Backend::start("a").await?;
+//! let mut client = EchoClient::connect(format!("http://{}", backend.addr())).await.unwrap();
+//! let reply = client.unary_echo(EchoRequest { message: "hi".into(), ..Default::default() }).await.unwrap();
+//! assert_eq!(reply.get_ref().server, "a");
+//! backend.kill(); // listener and every connection dropped at once
+//! # Ok(()) }
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+/// The generated echo service.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("echo");
+}
+
+use pb::echo_server::{Echo, EchoServer};
+use pb::{EchoReply, EchoRequest};
+
+/// The echo service: replies with the request's message and the backend's name.
+#[derive(Clone)]
+pub struct EchoService {
+    name: Arc<str>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl EchoService {
+    /// A service that names itself `name` in every reply.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Self {
+            name: name.into(),
+            hits: Arc::default(),
+        }
+    }
+
+    /// RPCs received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    fn reply(&self, message: String) -> EchoReply {
+        EchoReply {
+            message,
+            server: self.name.to_string(),
+        }
+    }
+
+    async fn arrive(&self, req: &EchoRequest) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        if req.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(req.delay_ms)).await;
+        }
+    }
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn unary_echo(&self, req: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let req = req.into_inner();
+        self.arrive(&req).await;
+        Ok(Response::new(self.reply(req.message)))
+    }
+
+    type ServerStreamStream = ReplyStream;
+
+    async fn server_stream(
+        &self,
+        req: Request<EchoRequest>,
+    ) -> Result<Response<Self::ServerStreamStream>, Status> {
+        let req = req.into_inner();
+        self.arrive(&req).await;
+        let this = self.clone();
+        let replies = (0..req.count).map(move |i| Ok(this.reply(format!("{} {i}", req.message))));
+        Ok(Response::new(Box::pin(tokio_stream::iter(replies))))
+    }
+
+    async fn client_stream(
+        &self,
+        req: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<EchoReply>, Status> {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        let mut stream = req.into_inner();
+        let mut all = Vec::new();
+        while let Some(msg) = stream.next().await {
+            all.push(msg?.message);
+        }
+        Ok(Response::new(self.reply(all.join(","))))
+    }
+
+    type BidiStreamStream = ReplyStream;
+
+    async fn bidi_stream(
+        &self,
+        req: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<Self::BidiStreamStream>, Status> {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        let replies = req
+            .into_inner()
+            .map(move |msg| msg.map(|m| this.reply(m.message)));
+        Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+/// A real echo server on 127.0.0.1, served with hyper's HTTP/2 server over an accept
+/// loop this fixture owns, so that [`Backend::kill`] drops the listener and every
+/// connection at once, as a killed process would.
+pub struct Backend {
+    name: Arc<str>,
+    addr: SocketAddr,
+    service: EchoService,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts a backend on an ephemeral port.
+    pub async fn start(name: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Ok(Self::serve(name, listener))
+    }
+
+    /// Starts a backend on a port outside the kernel's ephemeral range (32768–60999),
+    /// so that after [`Backend::kill`] no client socket can take the port (a client
+    /// reconnecting to a dead ephemeral port can connect to itself) and
+    /// [`Backend::restart`] can bind it again.
+    pub async fn start_restartable(name: &str) -> std::io::Result<Self> {
+        let mut last = None;
+        for _ in 0..200 {
+            let port = fastrand_port();
+            match bind((Ipv4Addr::LOCALHOST, port).into()) {
+                Ok(listener) => return Ok(Self::serve(name, listener)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Self {
+        let name: Arc<str> = name.into();
+        let service = EchoService::new(name.clone());
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let task = tokio::spawn(accept_loop(listener, service.clone()));
+        Self {
+            name,
+            addr,
+            service,
+            task: Some(task),
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The backend's name, as it appears in replies.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// RPCs received so far (over every run of this backend).
+    pub fn hits(&self) -> usize {
+        self.service.hits()
+    }
+
+    /// Whether it is serving.
+    pub fn is_running(&self) -> bool {
+        self.task.is_some()
+    }
+
+    /// Drops the listener and every connection at once: clients see their
+    /// connections closed, in-flight RPCs fail, new connections are refused.
+    pub fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Serves again on the same port (after [`Backend::kill`]).
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        // The aborted accept loop releases the port when its task is dropped; retry
+        // briefly in case the runtime has not dropped it yet.
+        let mut last = None;
+        for _ in 0..100 {
+            match bind(self.addr) {
+                Ok(listener) => {
+                    self.task = Some(tokio::spawn(accept_loop(listener, self.service.clone())));
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("could not rebind")))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn fastrand_port() -> u16 {
+    // 20000..32000: below the ephemeral range, above common service ports.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let mix = (nanos as usize).wrapping_mul(2654435761) ^ SEQ.fetch_add(7919, Ordering::Relaxed);
+    20_000 + (mix % 12_000) as u16
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(listener: TcpListener, service: EchoService) {
+    let svc = TowerToHyperService::new(EchoServer::new(service));
+    // Owned here: aborting this task drops every connection task with it.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                // Without TCP_NODELAY small responses wait for delayed ACKs (40 ms).
+                let _ = stream.set_nodelay(true);
+                let svc = svc.clone();
+                connections.spawn(async move {
+                    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "test backend connection ended");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
