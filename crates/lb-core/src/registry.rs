@@ -133,6 +133,13 @@ impl ResolverRegistry {
         {
             return Ok((t.clone(), builder.clone()));
         }
+        // A registered scheme with a malformed rest (`static:///`) is the user's
+        // mistake to hear about, not an endpoint of the default scheme.
+        if let (Err(e), Some((scheme, _))) = (&parsed, target.split_once(':'))
+            && self.get(scheme).is_some()
+        {
+            return Err(e.clone());
+        }
         // Strings like `localhost:50051` parse with the scheme `localhost`, and
         // `10.0.0.1:80` not at all: both are endpoints for the default scheme.
         let fallback = Target::parse(&format!("{}:///{}", self.default_scheme, target));
@@ -255,6 +262,14 @@ mod tests {
         );
         let err = registry().resolve("dns:///a b").err().unwrap();
         assert!(err.to_string().contains("whitespace"), "{err}");
+        // A registered scheme with a malformed rest is reported, not re-read.
+        for bad in ["etcd:///", "etcd://", "ETCD:"] {
+            let err = registry().resolve(bad).err().unwrap();
+            assert!(
+                matches!(err, Error::InvalidTarget { ref target, .. } if target == bad),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -45,13 +45,19 @@ pub(crate) fn parse_host_port(target: &Target, entry: &str) -> Result<Address, E
     };
     let entry = entry.trim();
     if entry.contains(',') {
-        return Err(bad("one address expected (`static:///a:1,b:2` takes a list)"));
+        return Err(bad(
+            "one address expected (`static:///a:1,b:2` takes a list)",
+        ));
     }
     let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
-        let (host, port) = rest.split_once("]:").ok_or_else(|| bad("expected `[ipv6]:port`"))?;
+        let (host, port) = rest
+            .split_once("]:")
+            .ok_or_else(|| bad("expected `[ipv6]:port`"))?;
         (host, port)
     } else {
-        entry.rsplit_once(':').ok_or_else(|| bad("missing `:port`"))?
+        entry
+            .rsplit_once(':')
+            .ok_or_else(|| bad("missing `:port`"))?
     };
     if host.is_empty() {
         return Err(bad("empty host"));
@@ -71,7 +77,11 @@ impl ResolverBuilder for StaticResolverBuilder {
         "static"
     }
 
-    fn build(&self, target: &Target, cc: Arc<dyn ClientConn>) -> Result<Box<dyn Resolver>, BuildError> {
+    fn build(
+        &self,
+        target: &Target,
+        cc: Arc<dyn ClientConn>,
+    ) -> Result<Box<dyn Resolver>, BuildError> {
         let addresses = target
             .endpoint()
             .split(',')
@@ -86,7 +96,11 @@ impl ResolverBuilder for PassthroughResolverBuilder {
         "passthrough"
     }
 
-    fn build(&self, target: &Target, cc: Arc<dyn ClientConn>) -> Result<Box<dyn Resolver>, BuildError> {
+    fn build(
+        &self,
+        target: &Target,
+        cc: Arc<dyn ClientConn>,
+    ) -> Result<Box<dyn Resolver>, BuildError> {
         let address = parse_host_port(target, target.endpoint())?;
         Ok(start(ResolverState::new(vec![address]), cc))
     }
@@ -111,18 +125,28 @@ mod tests {
     fn addrs(builder: &dyn ResolverBuilder, target: &str) -> Result<Vec<String>, String> {
         let cc = Arc::new(Record::default());
         let target = Target::parse(target).unwrap();
-        let resolver = builder.build(&target, cc.clone()).map_err(|e| e.to_string())?;
+        let resolver = builder
+            .build(&target, cc.clone())
+            .map_err(|e| e.to_string())?;
         resolver.resolve_now();
         let states = cc.0.lock().unwrap();
         assert_eq!(states.len(), 2, "one state when built, one per resolve_now");
         assert_eq!(states[0], states[1]);
-        Ok(states[0].addresses.iter().map(|a| a.addr().to_owned()).collect())
+        Ok(states[0]
+            .addresses
+            .iter()
+            .map(|a| a.addr().to_owned())
+            .collect())
     }
 
     #[test]
     fn static_lists_every_address() {
         assert_eq!(
-            addrs(&StaticResolverBuilder, "static:///127.0.0.1:1,localhost:2,[::1]:3").unwrap(),
+            addrs(
+                &StaticResolverBuilder,
+                "static:///127.0.0.1:1,localhost:2,[::1]:3"
+            )
+            .unwrap(),
             ["127.0.0.1:1", "localhost:2", "[::1]:3"]
         );
     }
@@ -130,7 +154,11 @@ mod tests {
     #[test]
     fn passthrough_is_one_address() {
         assert_eq!(
-            addrs(&PassthroughResolverBuilder, "passthrough:///example.com:443").unwrap(),
+            addrs(
+                &PassthroughResolverBuilder,
+                "passthrough:///example.com:443"
+            )
+            .unwrap(),
             ["example.com:443"]
         );
     }
@@ -145,7 +173,11 @@ mod tests {
             ("static:///:80", "`:80`", "empty host"),
             ("static:///::1:80", "`::1:80`", "brackets"),
             ("static:///[::1]80", "`[::1]80`", "[ipv6]:port"),
-            ("passthrough:///a:1,b:2", "`a:1,b:2`", "one address expected"),
+            (
+                "passthrough:///a:1,b:2",
+                "`a:1,b:2`",
+                "one address expected",
+            ),
         ];
         for (target, entry, reason) in cases {
             let builder: &dyn ResolverBuilder = if target.starts_with("static") {
@@ -156,7 +188,10 @@ mod tests {
             let err = addrs(builder, target).unwrap_err();
             assert!(err.contains(entry), "{target}: {err}");
             assert!(err.contains(reason), "{target}: {err}");
-            assert!(err.contains(&format!("target `{target}`")), "{target}: {err}");
+            assert!(
+                err.contains(&format!("target `{target}`")),
+                "{target}: {err}"
+            );
         }
     }
 }

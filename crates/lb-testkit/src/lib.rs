@@ -10,7 +10,7 @@
 //! let mut client = EchoClient::connect(format!("http://{}", backend.addr())).await.unwrap();
 //! let reply = client.unary_echo(EchoRequest { message: "hi".into(), ..Default::default() }).await.unwrap();
 //! assert_eq!(reply.get_ref().server, "a");
-//! backend.kill(); // listener and every connection dropped at once
+//! backend.kill().await; // listener and every connection dropped at once
 //! # Ok(()) }
 //! ```
 
@@ -26,6 +26,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+
+mod manual;
+
+pub use manual::ManualResolver;
 
 /// The generated echo service.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -79,6 +83,17 @@ impl Echo for EchoService {
     async fn unary_echo(&self, req: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         let req = req.into_inner();
         self.arrive(&req).await;
+        // `fail:<code>` answers with that gRPC status code.
+        if let Some(code) = req
+            .message
+            .strip_prefix("fail:")
+            .and_then(|c| c.parse::<i32>().ok())
+        {
+            return Err(Status::new(
+                tonic::Code::from_i32(code),
+                format!("{} failed as asked", self.name),
+            ));
+        }
         Ok(Response::new(self.reply(req.message)))
     }
 
@@ -130,6 +145,7 @@ pub struct Backend {
     name: Arc<str>,
     addr: SocketAddr,
     service: EchoService,
+    connections: Arc<AtomicUsize>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -162,11 +178,13 @@ impl Backend {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        let task = tokio::spawn(accept_loop(listener, service.clone()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(accept_loop(listener, service.clone(), connections.clone()));
         Self {
             name,
             addr,
             service,
+            connections,
             task: Some(task),
         }
     }
@@ -186,29 +204,40 @@ impl Backend {
         self.service.hits()
     }
 
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
     /// Whether it is serving.
     pub fn is_running(&self) -> bool {
         self.task.is_some()
     }
 
     /// Drops the listener and every connection at once: clients see their
-    /// connections closed, in-flight RPCs fail, new connections are refused.
-    pub fn kill(&mut self) {
+    /// connections closed, in-flight RPCs fail, new connections are refused. Returns
+    /// once the server task is gone.
+    pub async fn kill(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+            let _ = task.await;
         }
     }
 
     /// Serves again on the same port (after [`Backend::kill`]).
     pub async fn restart(&mut self) -> std::io::Result<()> {
-        self.kill();
+        self.kill().await;
         // The aborted accept loop releases the port when its task is dropped; retry
         // briefly in case the runtime has not dropped it yet.
         let mut last = None;
         for _ in 0..100 {
             match bind(self.addr) {
                 Ok(listener) => {
-                    self.task = Some(tokio::spawn(accept_loop(listener, self.service.clone())));
+                    self.task = Some(tokio::spawn(accept_loop(
+                        listener,
+                        self.service.clone(),
+                        self.connections.clone(),
+                    )));
                     return Ok(());
                 }
                 Err(e) => last = Some(e),
@@ -221,7 +250,9 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -242,7 +273,23 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn accept_loop(listener: TcpListener, service: EchoService) {
+/// Counts a connection while it is alive.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, service: EchoService, open: Arc<AtomicUsize>) {
     let svc = TowerToHyperService::new(EchoServer::new(service));
     // Owned here: aborting this task drops every connection task with it.
     let mut connections = JoinSet::new();
@@ -253,7 +300,9 @@ async fn accept_loop(listener: TcpListener, service: EchoService) {
                 // Without TCP_NODELAY small responses wait for delayed ACKs (40 ms).
                 let _ = stream.set_nodelay(true);
                 let svc = svc.clone();
+                let open = Open::new(&open);
                 connections.spawn(async move {
+                    let _open = open;
                     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;

@@ -1,3 +1,48 @@
-//! The `grpc-lb` channel: load-balanced HTTP/2 subconns behind a `tower::Service`
-//! that generated tonic clients use unchanged. Built on `lb-core` and, for its
-//! default policy, `lb-policies`.
+//! The `grpc-lb` channel: an [`LbChannel`] is a `tower::Service` that generated tonic
+//! clients use unchanged, and behind it a resolver, a load-balancing policy and one
+//! real HTTP/2 connection per subconn.
+//!
+//! ```no_run
+//! use lb_testkit::pb::{EchoRequest, echo_client::EchoClient};
+//! use lb_tonic::{LbChannel, ServedBy};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let channel = LbChannel::builder("static:///127.0.0.1:50051,127.0.0.1:50052")
+//!     .policy("round_robin")
+//!     .build()?;
+//! let mut client = EchoClient::new(channel);
+//! let reply = client.unary_echo(EchoRequest { message: "hi".into(), ..Default::default() }).await?;
+//! println!("served by {:?}", reply.extensions().get::<ServedBy>());
+//! # Ok(()) }
+//! ```
+//!
+//! * One control task per channel serializes resolver updates, subconn state changes
+//!   and balancer calls (`lb-core`'s contract: balancers need no locks).
+//! * A subconn owns one HTTP/2 connection (hyper) and reports true states: `IDLE →
+//!   CONNECTING → READY`, a failed attempt → `TRANSIENT_FAILURE` then, after gRPC's
+//!   connection backoff ([`BackoffConfig`]), `IDLE`; a connection that closes → `IDLE`
+//!   at once.
+//! * Each RPC picks from the current picker with one atomic load and no lock; "queue"
+//!   waits for the next picker (bounded by the RPC's deadline); "fail" returns
+//!   `UNAVAILABLE` naming the last error unless the RPC is wait-for-ready
+//!   ([`WaitForReady`]); the picked backend is in the response's [`ServedBy`].
+//! * A service config that names another policy switches gracefully: the old policy
+//!   serves until the new one is ready.
+//!
+//! Policies come from `lb-policies`, resolvers from `lb-resolvers`; both registries can
+//! be replaced on the [`Builder`].
+
+mod backoff;
+mod body;
+mod call;
+mod channel;
+mod control;
+mod error;
+mod subconn;
+
+pub use backoff::BackoffConfig;
+pub use body::ResponseBody;
+pub use call::{ServedBy, WaitForReady};
+pub use channel::{Builder, LbChannel, ResponseFuture};
+pub use error::{Error, TransportError};
+pub use subconn::Keepalive;

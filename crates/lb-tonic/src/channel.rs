@@ -1,0 +1,252 @@
+//! [`LbChannel`] and its [`Builder`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use lb_core::{BalancerRegistry, ConnectivityState, ResolverRegistry, ServiceConfig};
+use tokio::sync::{mpsc, watch};
+use tonic::body::Body;
+
+use crate::backoff::BackoffConfig;
+use crate::body::ResponseBody;
+use crate::call;
+use crate::control::{Control, ControlParts, Core, Msg, ResolverSink};
+use crate::error::Error;
+use crate::subconn::{Keepalive, TransportOptions};
+
+/// A load-balancing gRPC channel: give it to any generated tonic client.
+///
+/// Cheap to clone (one reference count); every clone shares the same resolver,
+/// balancer and connections. When the last clone is dropped, the resolver stops and
+/// every connection closes once its in-flight RPCs end.
+#[derive(Clone)]
+pub struct LbChannel {
+    handle: Arc<Handle>,
+}
+
+/// Owned by the `LbChannel` clones only: its drop closes the channel.
+struct Handle {
+    core: Arc<Core>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.core.tx.send(Msg::Close);
+    }
+}
+
+impl std::fmt::Debug for LbChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LbChannel")
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl LbChannel {
+    /// A builder for a channel to `target` (`static:///a:1,b:2`, `passthrough:///a:1`,
+    /// `host:port`, or any scheme the resolver registry serves).
+    pub fn builder(target: impl Into<String>) -> Builder {
+        Builder::new(target.into())
+    }
+
+    /// The channel's aggregate connectivity state now.
+    pub fn state(&self) -> ConnectivityState {
+        *self.handle.core.state.borrow()
+    }
+
+    /// A receiver that sees every change of the aggregate state.
+    pub fn watch_state(&self) -> watch::Receiver<ConnectivityState> {
+        self.handle.core.state.subscribe()
+    }
+
+    /// Waits until the aggregate state is `state` or `timeout` passes; returns whether
+    /// it was reached.
+    pub async fn wait_for_state(&self, state: ConnectivityState, timeout: Duration) -> bool {
+        let mut rx = self.watch_state();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s == state))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// The future of one RPC through an [`LbChannel`].
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<ResponseBody>, tonic::Status>> + Send>>;
+
+impl tower_service::Service<http::Request<Body>> for LbChannel {
+    type Response = http::Response<ResponseBody>;
+    type Error = tonic::Status;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Never busy: RPCs that cannot be sent yet wait inside their own future,
+        // bounded by their deadline.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        Box::pin(call::call(self.handle.core.clone(), request))
+    }
+}
+
+/// Configures an [`LbChannel`].
+#[must_use]
+pub struct Builder {
+    target: String,
+    resolvers: ResolverRegistry,
+    balancers: BalancerRegistry,
+    default_service_config: Option<String>,
+    use_resolver_config: bool,
+    wait_for_ready: bool,
+    backoff: BackoffConfig,
+    keepalive: Option<Keepalive>,
+    authority: Option<String>,
+}
+
+impl Builder {
+    fn new(target: String) -> Self {
+        Self {
+            target,
+            resolvers: lb_resolvers::registry(),
+            balancers: lb_policies::registry(),
+            default_service_config: None,
+            use_resolver_config: true,
+            wait_for_ready: false,
+            backoff: BackoffConfig::default(),
+            keepalive: None,
+            authority: None,
+        }
+    }
+
+    /// The resolvers to choose from by the target's scheme (default:
+    /// `lb_resolvers::registry()`).
+    pub fn resolvers(mut self, resolvers: ResolverRegistry) -> Self {
+        self.resolvers = resolvers;
+        self
+    }
+
+    /// The policies a service config may name (default: `lb_policies::registry()`).
+    pub fn balancers(mut self, balancers: BalancerRegistry) -> Self {
+        self.balancers = balancers;
+        self
+    }
+
+    /// The service config (JSON) used until, and unless, the resolver sends one.
+    pub fn default_service_config(mut self, json: impl Into<String>) -> Self {
+        self.default_service_config = Some(json.into());
+        self
+    }
+
+    /// Shorthand for a default service config that names only `policy`.
+    pub fn policy(self, policy: &str) -> Self {
+        let json = format!(
+            r#"{{"loadBalancingConfig": [{{{}: {{}}}}]}}"#,
+            serde_json_string(policy)
+        );
+        self.default_service_config(json)
+    }
+
+    /// Ignore service configs from the resolver; use the default one only.
+    pub fn disable_resolver_service_config(mut self) -> Self {
+        self.use_resolver_config = false;
+        self
+    }
+
+    /// Whether RPCs wait for a ready subconn instead of failing while the channel is
+    /// in `TRANSIENT_FAILURE` (default `false`). Per call: [`crate::WaitForReady`].
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.wait_for_ready = wait;
+        self
+    }
+
+    /// Connection backoff (default: gRPC's).
+    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// HTTP/2 keepalive pings (default: none).
+    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = Some(keepalive);
+        self
+    }
+
+    /// The `:authority` of every request (default: the address of the subconn).
+    pub fn authority(mut self, authority: impl Into<String>) -> Self {
+        self.authority = Some(authority.into());
+        self
+    }
+
+    /// Starts the resolver and the control task. Must be called within a tokio
+    /// runtime. Fails on a bad target, an unknown scheme, an invalid default service
+    /// config, or a resolver that refuses the target.
+    pub fn build(self) -> Result<LbChannel, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let (target, resolver_builder) = self
+            .resolvers
+            .resolve(&self.target)
+            .map_err(Error::Target)?;
+        let default_config = match &self.default_service_config {
+            Some(json) => {
+                ServiceConfig::parse(json, &self.balancers).map_err(Error::ServiceConfig)?
+            }
+            None => ServiceConfig::default(),
+        };
+        let default_config = Arc::new(default_config);
+        let authority = self
+            .authority
+            .map(|a| a.parse().map_err(|_| Error::InvalidAuthority(a)))
+            .transpose()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = Arc::new(Core::new(
+            tx.clone(),
+            default_config.clone(),
+            self.wait_for_ready,
+        ));
+        let mut control = Control::new(ControlParts {
+            core: core.clone(),
+            rx,
+            target: target.clone(),
+            balancers: self.balancers,
+            default_config,
+            use_resolver_config: self.use_resolver_config,
+            transport: Arc::new(TransportOptions {
+                backoff: self.backoff,
+                keepalive: self.keepalive,
+                authority,
+            }),
+        })
+        .map_err(Error::ServiceConfig)?;
+        let resolver = resolver_builder
+            .build(&target, Arc::new(ResolverSink(tx)))
+            .map_err(|source| Error::Resolver {
+                target: target.to_string(),
+                source,
+            })?;
+        control.set_resolver(resolver);
+        runtime.spawn(control.run());
+        tracing::debug!(target = %target, "channel created");
+        Ok(LbChannel {
+            handle: Arc::new(Handle { core }),
+        })
+    }
+}
+
+fn serde_json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

@@ -1,0 +1,276 @@
+//! Subconns over real HTTP/2 connections: one task per subconn owns the connection,
+//! follows gRPC's connection backoff and reports every state change.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http::uri::{Authority, Scheme};
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lb_core::{
+    Address, ConnectivityState, SharedError, StateTracker, SubConnHandle, SubConnId, SubConnState,
+};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tonic::body::Body;
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::control::Msg;
+use crate::error::TransportError;
+
+/// HTTP/2 keepalive pings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Time between pings.
+    pub interval: Duration,
+    /// How long to wait for a ping's answer before the connection counts as dead.
+    pub timeout: Duration,
+    /// Ping also when no RPC is in flight.
+    pub while_idle: bool,
+}
+
+/// Connection settings shared by every subconn of a channel.
+#[derive(Debug, Clone)]
+pub(crate) struct TransportOptions {
+    pub(crate) backoff: BackoffConfig,
+    pub(crate) keepalive: Option<Keepalive>,
+    pub(crate) authority: Option<Authority>,
+}
+
+/// A ready connection: what an RPC needs to send on it.
+pub(crate) struct Connected {
+    pub(crate) sender: SendRequest<Body>,
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: Authority,
+}
+
+enum Cmd {
+    Connect,
+    Shutdown,
+}
+
+/// The transport behind a [`lb_core::SubConn`].
+pub(crate) struct Transport {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    connected: Arc<ArcSwapOption<Connected>>,
+}
+
+impl SubConnHandle for Transport {
+    fn connect(&self) {
+        let _ = self.cmds.send(Cmd::Connect);
+    }
+
+    fn shutdown(&self) {
+        let _ = self.cmds.send(Cmd::Shutdown);
+    }
+}
+
+impl Transport {
+    /// The connection, while the subconn is ready. One atomic load.
+    #[inline]
+    pub(crate) fn connected(&self) -> Option<Arc<Connected>> {
+        self.connected.load_full()
+    }
+}
+
+/// A transport whose task has not started yet (it needs the subconn's id).
+pub(crate) struct Unstarted {
+    cmds: mpsc::UnboundedReceiver<Cmd>,
+    connected: Arc<ArcSwapOption<Connected>>,
+}
+
+pub(crate) fn new_transport() -> (Transport, Unstarted) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let connected = Arc::new(ArcSwapOption::empty());
+    (
+        Transport {
+            cmds: tx,
+            connected: connected.clone(),
+        },
+        Unstarted {
+            cmds: rx,
+            connected,
+        },
+    )
+}
+
+impl Unstarted {
+    /// Starts the subconn's task. It ends after a shutdown, or when every handle on
+    /// the subconn is gone.
+    pub(crate) fn spawn(
+        self,
+        id: SubConnId,
+        address: Address,
+        events: mpsc::UnboundedSender<Msg>,
+        options: Arc<TransportOptions>,
+    ) {
+        tokio::spawn(run(id, address, self, events, options));
+    }
+}
+
+struct Reporter {
+    id: SubConnId,
+    addr: Arc<str>,
+    tracker: StateTracker,
+    events: mpsc::UnboundedSender<Msg>,
+}
+
+impl Reporter {
+    fn report(&mut self, state: ConnectivityState, error: Option<SharedError>) {
+        if let Err(e) = self.tracker.transition(state) {
+            // A bug in this file, not in the caller's input: log it and keep going.
+            tracing::error!(subconn = %self.id, addr = %self.addr, error = %e, "subconn state machine violated");
+            return;
+        }
+        match &error {
+            Some(e) => {
+                tracing::debug!(subconn = %self.id, addr = %self.addr, %state, error = %e, "subconn state")
+            }
+            None => tracing::debug!(subconn = %self.id, addr = %self.addr, %state, "subconn state"),
+        }
+        let _ = self.events.send(Msg::SubConnState {
+            id: self.id,
+            state: SubConnState { state, error },
+        });
+    }
+}
+
+/// Waits for a shutdown (or for every handle to be dropped), ignoring connects.
+async fn shutdown_requested(cmds: &mut mpsc::UnboundedReceiver<Cmd>) {
+    while let Some(Cmd::Connect) = cmds.recv().await {}
+}
+
+async fn run(
+    id: SubConnId,
+    address: Address,
+    unstarted: Unstarted,
+    events: mpsc::UnboundedSender<Msg>,
+    options: Arc<TransportOptions>,
+) {
+    let Unstarted {
+        mut cmds,
+        connected,
+    } = unstarted;
+    let addr: Arc<str> = address.addr().into();
+    let mut reporter = Reporter {
+        id,
+        addr: addr.clone(),
+        tracker: StateTracker::new(),
+        events,
+    };
+    let mut backoff = Backoff::new(options.backoff);
+    // The `:authority` of every request: the override, else the address itself.
+    let authority: Option<Authority> = match &options.authority {
+        Some(a) => Some(a.clone()),
+        None => addr.parse().ok(),
+    };
+
+    'idle: loop {
+        match cmds.recv().await {
+            Some(Cmd::Connect) => {}
+            Some(Cmd::Shutdown) | None => break 'idle,
+        }
+        reporter.report(ConnectivityState::Connecting, None);
+        let timeout = backoff.connect_timeout();
+        let attempt = tokio::select! {
+            r = tokio::time::timeout(timeout, connect(&addr, &options)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(TransportError::Timeout { addr: addr.to_string(), after: timeout }),
+            },
+            () = shutdown_requested(&mut cmds) => break 'idle,
+        };
+        let attempt = attempt.and_then(|c| match &authority {
+            Some(a) => Ok((c, a.clone())),
+            None => Err(TransportError::BadAddress {
+                addr: addr.to_string(),
+            }),
+        });
+        match attempt {
+            Ok(((sender, connection), authority)) => {
+                backoff.reset();
+                connected.store(Some(Arc::new(Connected {
+                    sender,
+                    scheme: Scheme::HTTP,
+                    authority,
+                })));
+                reporter.report(ConnectivityState::Ready, None);
+                let mut connection = Box::pin(connection);
+                let closed = loop {
+                    tokio::select! {
+                        r = &mut connection => break Some(r),
+                        cmd = cmds.recv() => match cmd {
+                            Some(Cmd::Connect) => continue,
+                            Some(Cmd::Shutdown) | None => break None,
+                        },
+                    }
+                };
+                connected.store(None);
+                match closed {
+                    Some(result) => {
+                        let error = TransportError::Closed {
+                            addr: addr.to_string(),
+                            source: result.err(),
+                        };
+                        reporter.report(ConnectivityState::Idle, Some(Arc::new(error)));
+                    }
+                    None => {
+                        // Shut down: no new RPCs; the ones in flight finish, then the
+                        // connection closes (every sender is gone).
+                        tokio::spawn(async move {
+                            let _ = connection.await;
+                        });
+                        break 'idle;
+                    }
+                }
+            }
+            Err(error) => {
+                reporter.report(ConnectivityState::TransientFailure, Some(Arc::new(error)));
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown_requested(&mut cmds) => break 'idle,
+                }
+                reporter.report(ConnectivityState::Idle, None);
+            }
+        }
+    }
+    connected.store(None);
+    reporter.report(ConnectivityState::Shutdown, None);
+}
+
+type Connection = http2::Connection<TokioIo<TcpStream>, Body, TokioExecutor>;
+
+async fn connect(
+    addr: &str,
+    options: &TransportOptions,
+) -> Result<(SendRequest<Body>, Connection), TransportError> {
+    let io_err = |source| TransportError::Connect {
+        addr: addr.to_owned(),
+        source,
+    };
+    let stream = TcpStream::connect(addr).await.map_err(io_err)?;
+    // A connect to a dead local port in the ephemeral range can succeed by connecting
+    // the socket to itself (TCP simultaneous open); that is no server.
+    if stream.local_addr().map_err(io_err)? == stream.peer_addr().map_err(io_err)? {
+        return Err(TransportError::SelfConnect {
+            addr: addr.to_owned(),
+        });
+    }
+    stream.set_nodelay(true).map_err(io_err)?;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    if let Some(k) = options.keepalive {
+        builder
+            .keep_alive_interval(k.interval)
+            .keep_alive_timeout(k.timeout)
+            .keep_alive_while_idle(k.while_idle);
+    }
+    builder
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| TransportError::Handshake {
+            addr: addr.to_owned(),
+            source,
+        })
+}

@@ -1,0 +1,570 @@
+//! The channel against real tonic servers on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lb_core::base::{BaseBuilder, PickerBuilder, ReadySubConn};
+use lb_core::{
+    Address, Code, ConnectivityState, DoneInfo, LbConfig, OnDone, Pick, PickInfo, PickResult,
+    Picker, ResolverState, SubConn,
+};
+use lb_testkit::pb::EchoRequest;
+use lb_testkit::pb::echo_client::EchoClient;
+use lb_testkit::{Backend, ManualResolver};
+use lb_tonic::{BackoffConfig, LbChannel, ServedBy, WaitForReady};
+use tonic::Request;
+
+/// Short backoff so that restarts are noticed in well under a second.
+fn fast_backoff() -> BackoffConfig {
+    BackoffConfig {
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        min_connect_timeout: Duration::from_secs(2),
+        ..BackoffConfig::default()
+    }
+}
+
+async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+fn static_target(backends: &[&Backend]) -> String {
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+    format!("static:///{}", addrs.join(","))
+}
+
+fn echo_req(message: &str) -> Request<EchoRequest> {
+    Request::new(EchoRequest {
+        message: message.into(),
+        ..Default::default()
+    })
+}
+
+fn wfr(mut req: Request<EchoRequest>) -> Request<EchoRequest> {
+    req.extensions_mut().insert(WaitForReady(true));
+    req
+}
+
+/// Sends one unary echo; returns the name of the backend that answered.
+async fn echo(
+    client: &mut EchoClient<LbChannel>,
+    req: Request<EchoRequest>,
+) -> Result<String, tonic::Status> {
+    client.unary_echo(req).await.map(|r| r.into_inner().server)
+}
+
+/// Sends RPCs until every named backend has answered one.
+async fn warm_up(client: &mut EchoClient<LbChannel>, names: &[&str]) {
+    within("every backend to answer", async {
+        let mut seen = std::collections::HashSet::new();
+        while !names.iter().all(|n| seen.contains(*n)) {
+            if let Ok(server) = echo(client, wfr(echo_req("warm-up"))).await {
+                seen.insert(server);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
+
+async fn start(names: &[&str]) -> Vec<Backend> {
+    let mut out = Vec::new();
+    for n in names {
+        out.push(Backend::start_restartable(n).await.unwrap());
+    }
+    out
+}
+
+fn rr_channel(target: String) -> LbChannel {
+    LbChannel::builder(target)
+        .policy("round_robin")
+        .backoff(fast_backoff())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn round_robin_spreads_rpcs_evenly() {
+    let backends = start(&["a", "b", "c"]).await;
+    let channel = rr_channel(static_target(&backends.iter().collect::<Vec<_>>()));
+    let mut client = EchoClient::new(channel.clone());
+    warm_up(&mut client, &["a", "b", "c"]).await;
+    assert_eq!(channel.state(), ConnectivityState::Ready);
+
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for i in 0..300 {
+        let server = echo(&mut client, echo_req(&format!("{i}"))).await.unwrap();
+        *counts.entry(server).or_default() += 1;
+    }
+    // One thread, no picker change: strict rotation.
+    assert_eq!(
+        counts,
+        HashMap::from([("a".into(), 100), ("b".into(), 100), ("c".into(), 100)])
+    );
+}
+
+#[tokio::test]
+async fn responses_name_the_backend_that_served_them() {
+    let backend = Backend::start("only").await.unwrap();
+    let channel = LbChannel::builder(format!("passthrough:///{}", backend.addr()))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    let response = client.unary_echo(wfr(echo_req("hi"))).await.unwrap();
+    let served_by = response.extensions().get::<ServedBy>().unwrap();
+    assert_eq!(served_by.0.addr(), backend.addr().to_string());
+    assert_eq!(response.get_ref().message, "hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_gets_no_new_rpcs_and_a_restarted_one_gets_traffic_again() {
+    let mut backends = start(&["a", "b", "c"]).await;
+    let channel = rr_channel(static_target(&backends.iter().collect::<Vec<_>>()));
+    let mut client = EchoClient::new(channel.clone());
+    warm_up(&mut client, &["a", "b", "c"]).await;
+
+    backends[0].kill().await;
+    let mut failures = Vec::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for i in 0..200 {
+        match echo(&mut client, echo_req(&format!("{i}"))).await {
+            Ok(server) => *counts.entry(server).or_default() += 1,
+            Err(status) => failures.push((i, status)),
+        }
+    }
+    // At most the one RPC that was on the wire when the connection died may fail;
+    // RPCs that had not reached the socket are retried transparently.
+    assert!(failures.len() <= 1, "failures after the kill: {failures:?}");
+    assert!(failures.iter().all(|(i, _)| *i == 0), "{failures:?}");
+    assert_eq!(counts.get("a"), None, "the dead backend served nothing");
+    assert!(counts["b"] >= 90 && counts["c"] >= 90, "{counts:?}");
+
+    backends[0].restart().await.unwrap();
+    warm_up(&mut client, &["a"]).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for i in 0..90 {
+        let server = echo(&mut client, echo_req(&format!("{i}"))).await.unwrap();
+        *counts.entry(server).or_default() += 1;
+    }
+    assert!(
+        counts.get("a").copied().unwrap_or(0) >= 20,
+        "the restarted backend is used again: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn all_backends_down_fails_fast_with_the_last_connection_error() {
+    let mut backends = start(&["a", "b"]).await;
+    let target = static_target(&backends.iter().collect::<Vec<_>>());
+    for b in &mut backends {
+        b.kill().await;
+    }
+    let channel = rr_channel(target);
+    let mut client = EchoClient::new(channel.clone());
+    let status = within("a failing RPC", echo(&mut client, echo_req("x")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("last connection error: connect to 127.0.0.1:"),
+        "{status:?}"
+    );
+    assert!(status.message().contains("refused"), "{status:?}");
+    assert_eq!(channel.state(), ConnectivityState::TransientFailure);
+}
+
+#[tokio::test]
+async fn wait_for_ready_waits_for_a_backend_and_respects_its_deadline() {
+    let mut backend = Backend::start_restartable("late").await.unwrap();
+    let target = format!("passthrough:///{}", backend.addr());
+    backend.kill().await;
+    let channel = rr_channel(target);
+    let mut client = EchoClient::new(channel.clone());
+    assert!(
+        channel
+            .wait_for_state(ConnectivityState::TransientFailure, Duration::from_secs(5))
+            .await
+    );
+
+    // A deadline shorter than the outage: DEADLINE_EXCEEDED, not UNAVAILABLE.
+    let mut req = wfr(echo_req("short"));
+    req.set_timeout(Duration::from_millis(200));
+    let status = within("the deadline", echo(&mut client, req))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+
+    // Without wait-for-ready the same RPC fails at once.
+    let status = echo(&mut client, echo_req("fail-fast")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+
+    let waiting = tokio::spawn({
+        let mut client = client.clone();
+        async move { echo(&mut client, wfr(echo_req("patient"))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a wait-for-ready RPC waits while nothing is ready"
+    );
+    backend.restart().await.unwrap();
+    let server = within("the waiting RPC", waiting).await.unwrap().unwrap();
+    assert_eq!(server, "late");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_updates_add_and_remove_backends_without_failing_in_flight_rpcs() {
+    let backends = start(&["a", "b", "c"]).await;
+    let resolver = ManualResolver::new();
+    resolver.update_addrs(&[backends[0].addr(), backends[1].addr()]);
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .policy("round_robin")
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    warm_up(&mut client, &["a", "b"]).await;
+
+    // Slow RPCs in flight on both a and b...
+    let in_flight: Vec<_> = (0..6)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let req = Request::new(EchoRequest {
+                    message: format!("slow {i}"),
+                    delay_ms: 400,
+                    ..Default::default()
+                });
+                echo(&mut client, req).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...while a is removed and c added.
+    resolver.update_addrs(&[backends[1].addr(), backends[2].addr()]);
+    let mut served = Vec::new();
+    for rpc in in_flight {
+        served.push(
+            within("an in-flight RPC", rpc)
+                .await
+                .unwrap()
+                .expect("in-flight RPCs finish"),
+        );
+    }
+    assert!(
+        served.iter().any(|s| s == "a"),
+        "some slow RPCs were on a: {served:?}"
+    );
+
+    warm_up(&mut client, &["c"]).await;
+    for i in 0..60 {
+        let server = echo(&mut client, echo_req(&format!("{i}"))).await.unwrap();
+        assert_ne!(server, "a", "a was removed");
+    }
+}
+
+#[tokio::test]
+async fn streaming_rpcs_of_every_kind() {
+    let backends = start(&["a", "b"]).await;
+    let channel = rr_channel(static_target(&backends.iter().collect::<Vec<_>>()));
+    let mut client = EchoClient::new(channel);
+    warm_up(&mut client, &["a", "b"]).await;
+
+    let mut stream = client
+        .server_stream(EchoRequest {
+            message: "n".into(),
+            count: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(reply) = stream.message().await.unwrap() {
+        got.push(reply.message);
+    }
+    assert_eq!(got, ["n 0", "n 1", "n 2", "n 3", "n 4"]);
+
+    let requests = tokio_stream::iter((0..4).map(|i| EchoRequest {
+        message: format!("{i}"),
+        ..Default::default()
+    }));
+    let reply = client.client_stream(requests).await.unwrap().into_inner();
+    assert_eq!(reply.message, "0,1,2,3");
+
+    let requests = tokio_stream::iter((0..3).map(|i| EchoRequest {
+        message: format!("m{i}"),
+        ..Default::default()
+    }));
+    let mut replies = client.bidi_stream(requests).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(reply) = replies.message().await.unwrap() {
+        got.push(reply.message);
+    }
+    assert_eq!(got, ["m0", "m1", "m2"]);
+}
+
+#[tokio::test]
+async fn dropping_the_channel_closes_every_connection_and_task() {
+    let backends = start(&["a", "b"]).await;
+    let resolver = ManualResolver::new();
+    resolver.update_addrs(&[backends[0].addr(), backends[1].addr()]);
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .policy("round_robin")
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    warm_up(&mut client, &["a", "b"]).await;
+    assert_eq!(
+        backends[0].open_connections() + backends[1].open_connections(),
+        2
+    );
+    assert!(resolver.is_running());
+
+    let mut state = channel.watch_state();
+    drop(client);
+    drop(channel);
+    within("the control task to end", async {
+        while state.changed().await.is_ok() {}
+    })
+    .await;
+    assert!(!resolver.is_running(), "the resolver was dropped");
+    within("every connection to close", async {
+        while backends.iter().any(|b| b.open_connections() > 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pick_first_is_the_default_and_fails_over() {
+    let mut backends = start(&["first", "second"]).await;
+    let channel = LbChannel::builder(static_target(&backends.iter().collect::<Vec<_>>()))
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    for i in 0..20 {
+        assert_eq!(
+            echo(&mut client, wfr(echo_req(&format!("{i}"))))
+                .await
+                .unwrap(),
+            "first"
+        );
+    }
+    backends[0].kill().await;
+    // The connection drops, pick_first goes idle; the next RPC starts a new pass, the
+    // first address is refused and the second one serves.
+    let server = within("failover", async {
+        loop {
+            if let Ok(s) = echo(&mut client, wfr(echo_req("after"))).await {
+                if s == "second" {
+                    return s;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(server, "second");
+}
+
+/// A policy that records every RPC's final status through the completion callback.
+#[derive(Clone, Default)]
+struct Recording(Arc<Mutex<Vec<Code>>>);
+
+struct RecordingPicker {
+    subconn: SubConn,
+    on_done: Arc<dyn OnDone>,
+}
+
+impl Picker for RecordingPicker {
+    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
+        PickResult::Pick(Pick {
+            subconn: &self.subconn,
+            on_done: Some(self.on_done.clone()),
+        })
+    }
+}
+
+impl PickerBuilder for Recording {
+    fn build(&self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
+        let log = self.0.clone();
+        Arc::new(RecordingPicker {
+            subconn: ready[0].subconn.clone(),
+            on_done: Arc::new(move |info: &DoneInfo<'_>| {
+                log.lock().unwrap().push(info.status.code())
+            }),
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_completion_callback_gets_each_rpcs_final_status() {
+    let backend = Backend::start("a").await.unwrap();
+    let recording = Recording::default();
+    let mut balancers = lb_policies::registry();
+    balancers.register(BaseBuilder::new("recording", recording.clone()));
+    let channel = LbChannel::builder(format!("passthrough:///{}", backend.addr()))
+        .balancers(balancers)
+        .policy("recording")
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    echo(&mut client, wfr(echo_req("ok"))).await.unwrap();
+    let status = echo(&mut client, wfr(echo_req("fail:5")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let mut stream = client
+        .server_stream(EchoRequest {
+            message: "s".into(),
+            count: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    assert_eq!(
+        *recording.0.lock().unwrap(),
+        [Code::Ok, Code::NotFound, Code::Ok]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_config_from_the_resolver_switches_policy_gracefully() {
+    let backends = start(&["a", "b"]).await;
+    let addrs: Vec<Address> = backends.iter().map(|b| Address::from(b.addr())).collect();
+    let resolver = ManualResolver::new();
+    resolver.update(
+        ResolverState::new(addrs.clone())
+            .with_service_config(r#"{"loadBalancingConfig": [{"pick_first": {}}]}"#),
+    );
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    for _ in 0..10 {
+        assert_eq!(echo(&mut client, wfr(echo_req("pf"))).await.unwrap(), "a");
+    }
+
+    // RPCs run throughout the switch; none may fail.
+    let load = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            let mut failures = 0;
+            for _ in 0..300 {
+                if echo(&mut client, echo_req("load")).await.is_err() {
+                    failures += 1;
+                }
+            }
+            failures
+        }
+    });
+    resolver.update(
+        ResolverState::new(addrs.clone())
+            .with_service_config(r#"{"loadBalancingConfig": [{"round_robin": {}}]}"#),
+    );
+    assert_eq!(within("the load", load).await.unwrap(), 0);
+    warm_up(&mut client, &["a", "b"]).await;
+
+    // An invalid config keeps the previous one (round robin).
+    resolver.update(ResolverState::new(addrs).with_service_config(r#"{"loadBalancingConfig": "#));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        seen.insert(echo(&mut client, echo_req("after")).await.unwrap());
+    }
+    assert_eq!(seen.len(), 2, "still round robin: {seen:?}");
+}
+
+#[tokio::test]
+async fn resolver_errors_and_empty_address_lists_fail_rpcs_with_what_went_wrong() {
+    let resolver = ManualResolver::new();
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .policy("round_robin")
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    resolver.report_error("registry unreachable");
+    assert!(
+        channel
+            .wait_for_state(ConnectivityState::TransientFailure, Duration::from_secs(5))
+            .await
+    );
+    let status = echo(&mut client, echo_req("x")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("registry unreachable"),
+        "{status:?}"
+    );
+
+    resolver.update(ResolverState::new(Vec::new()));
+    let status = within("a failing RPC", async {
+        loop {
+            let status = echo(&mut client, echo_req("x")).await.unwrap_err();
+            if status.message().contains("no addresses") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn bad_targets_and_configs_are_typed_errors() {
+    let err = LbChannel::builder("static:///127.0.0.1:1,oops")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, lb_tonic::Error::Resolver { .. }), "{err:?}");
+    assert!(err.to_string().contains("`oops`"), "{err}");
+
+    let err = LbChannel::builder("static:///").build().unwrap_err();
+    assert!(matches!(err, lb_tonic::Error::Target(_)), "{err:?}");
+    assert!(err.to_string().contains("endpoint is empty"), "{err}");
+
+    let err = LbChannel::builder("passthrough:///127.0.0.1:1")
+        .policy("no_such_policy")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, lb_tonic::Error::ServiceConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("no_such_policy"), "{err}");
+
+    let err = LbChannel::builder("passthrough:///127.0.0.1:1")
+        .default_service_config(r#"{"methodConfig": [{"timeout": "soon"}]}"#)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("methodConfig[0].timeout"), "{err}");
+
+    let err = LbChannel::builder("passthrough:///127.0.0.1:1")
+        .authority("bad authority")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, lb_tonic::Error::InvalidAuthority(_)),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn building_outside_a_runtime_is_an_error() {
+    let err = LbChannel::builder("passthrough:///127.0.0.1:1")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, lb_tonic::Error::NoRuntime), "{err:?}");
+}
