@@ -138,10 +138,12 @@ async fn a_killed_backend_gets_no_new_rpcs_and_a_restarted_one_gets_traffic_agai
             Err(status) => failures.push((i, status)),
         }
     }
-    // At most the one RPC that was on the wire when the connection died may fail;
-    // RPCs that had not reached the socket are retried transparently.
+    // At most one RPC may fail: the first one routed to the dead backend, if it was
+    // written before the client read the close (the server sent no GOAWAY, so nothing
+    // could tell). It is among the first three, one rotation of the cursor. RPCs that
+    // had not reached the socket are retried transparently.
     assert!(failures.len() <= 1, "failures after the kill: {failures:?}");
-    assert!(failures.iter().all(|(i, _)| *i == 0), "{failures:?}");
+    assert!(failures.iter().all(|(i, _)| *i < 3), "{failures:?}");
     assert_eq!(counts.get("a"), None, "the dead backend served nothing");
     assert!(counts["b"] >= 90 && counts["c"] >= 90, "{counts:?}");
 
