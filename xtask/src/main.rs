@@ -17,7 +17,7 @@ use std::process::{Command, ExitCode};
 const SYSTEM_PACKAGES: &[(&str, &str)] = &[];
 
 /// The example that `cargo xtask demo` runs.
-const DEMO: &str = "custom_policy";
+const DEMO: &str = "quickstart";
 
 type Result<T = ()> = std::result::Result<T, String>;
 
