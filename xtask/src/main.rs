@@ -5,7 +5,9 @@
 //! * `lint`  `cargo fmt --check`, clippy with warnings denied on all targets and
 //!   features, and `cargo doc` with warnings denied.
 //! * `ci`    `lint`, then `test`.
-//! * `bench` the criterion benchmarks (pass `-- <filter>` to narrow them).
+//! * `bench` every benchmark: criterion pick benches and the end-to-end run, which
+//!   rewrites its section of `docs/benchmarks.md` (`cargo xtask bench --bench e2e` for
+//!   one target).
 //! * `demo`  the main demo (no etcd, no ZooKeeper, no system packages).
 
 use std::env;
@@ -141,6 +143,14 @@ fn lint() -> Result {
 
 fn bench(rest: &[String]) -> Result {
     let mut args = vec!["bench", "--workspace", "--all-features"];
+    if rest.is_empty() {
+        args.push("--benches"); // bench targets only, not unit tests in bench mode
+    }
     args.extend(rest.iter().map(String::as_str));
-    cargo(&args)
+    let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    // The end-to-end bench writes its tables into docs/benchmarks.md.
+    let doc = root().join("docs").join("benchmarks.md");
+    run(Command::new(cargo_bin)
+        .args(&args)
+        .env("GRPC_LB_BENCH_DOC", doc))
 }

@@ -10,6 +10,7 @@ use tonic::body::Body;
 
 use crate::body::{DoneGuard, ResponseBody};
 use crate::control::Core;
+use crate::replay;
 use crate::subconn::{Connected, Transport};
 
 /// Request extension: whether this RPC waits for a ready subconn instead of failing
@@ -95,9 +96,28 @@ async fn send(
     request: http::Request<Body>,
     wait_for_ready: bool,
 ) -> Result<http::Response<ResponseBody>, tonic::Status> {
-    let mut request = request;
+    let (head, body) = request.into_parts();
+    // A unary request's body is ready at once: keep it, so a stream the server refuses
+    // unprocessed can be sent again.
+    let mut body = replay::prefetch(body).await?;
+    let mut head = Some(head);
+    let mut handed_back = None;
     let mut retries = 0;
     loop {
+        let mut request = match handed_back.take() {
+            Some(request) => request,
+            None => {
+                let parts = if body.is_replayable() {
+                    head.as_ref().map(clone_head)
+                } else {
+                    head.take()
+                };
+                match (parts, body.body()) {
+                    (Some(parts), Some(body)) => http::Request::from_parts(parts, body),
+                    _ => return Err(tonic::Status::internal("the request was already sent")),
+                }
+            }
+        };
         let picked = pick(
             core,
             request.uri().path(),
@@ -124,21 +144,70 @@ async fn send(
             }
             Err(mut e) => {
                 let unsent = e.take_message();
-                let status =
-                    tonic::Status::unavailable(format!("{}: {}", picked.address, e.into_error()));
+                let error = e.into_error();
+                let status = tonic::Status::unavailable(format!(
+                    "{}: {}",
+                    picked.address,
+                    error_chain(&error)
+                ));
                 if let Some(d) = &mut done {
                     d.finish(&lb_core::Status::unavailable(status.message()), None);
                 }
-                match unsent {
-                    Some(r) if retries < TRANSPARENT_RETRIES => {
-                        retries += 1;
-                        request = r;
-                    }
-                    _ => return Err(status),
+                if is_goaway(&error) {
+                    picked.connected.drain();
+                }
+                if retries == TRANSPARENT_RETRIES {
+                    return Err(status);
+                }
+                retries += 1;
+                if let Some(request) = unsent {
+                    tracing::debug!(addr = %picked.address, error = %status.message(), "retrying a request that was not sent");
+                    handed_back = Some(request);
+                } else if body.is_replayable() && refused_unprocessed(&error) {
+                    tracing::debug!(addr = %picked.address, error = %status.message(), "retrying a stream the server refused");
+                } else {
+                    return Err(status);
                 }
             }
         }
     }
+}
+
+/// A copy of a request head, for sending the request again.
+fn clone_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut request = http::Request::new(());
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers.clone();
+    *request.extensions_mut() = head.extensions.clone();
+    request.into_parts().0
+}
+
+fn h2_error(error: &hyper::Error) -> Option<&h2::Error> {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// Whether the peer sent GOAWAY on this connection.
+fn is_goaway(error: &hyper::Error) -> bool {
+    h2_error(error).is_some_and(|e| e.is_go_away() && e.is_remote())
+}
+
+/// Whether the server refused the stream before processing it: `REFUSED_STREAM`
+/// (RFC 9113 section 8.7 guarantees no processing).
+///
+/// A GOAWAY error is not enough: h2 gives streams above the GOAWAY's last stream id
+/// (unprocessed) and streams cut off when the connection closes later (possibly
+/// processed) the same error, and resending a processed RPC could run it twice.
+fn refused_unprocessed(error: &hyper::Error) -> bool {
+    h2_error(error).is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 struct Picked {
@@ -211,6 +280,21 @@ async fn pick(
             }
         }
     }
+}
+
+/// An error and its sources, `: `-separated ("http2 error: stream error received: ...").
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        source = e.source();
+    }
+    out
 }
 
 /// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).

@@ -73,6 +73,12 @@ pub enum TransportError {
         /// hyper's error.
         source: hyper::Error,
     },
+    /// The server sent GOAWAY: the connection takes no new RPCs.
+    #[error("{addr} sent GOAWAY: the connection is draining")]
+    GoAway {
+        /// The address.
+        addr: String,
+    },
     /// An established connection ended.
     #[error("connection to {addr} closed{}", match .source { Some(e) => format!(": {e}"), None => String::new() })]
     Closed {

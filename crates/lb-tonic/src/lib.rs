@@ -38,6 +38,7 @@ mod call;
 mod channel;
 mod control;
 mod error;
+mod replay;
 mod subconn;
 
 pub use backoff::BackoffConfig;

@@ -2,6 +2,7 @@
 //! follows gRPC's connection backoff and reports every state change.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -43,10 +44,23 @@ pub(crate) struct Connected {
     pub(crate) sender: SendRequest<Body>,
     pub(crate) scheme: Scheme,
     pub(crate) authority: Authority,
+    draining: AtomicBool,
+    cmds: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Connected {
+    /// The server sent GOAWAY: no new RPCs on this connection. The subconn goes
+    /// `IDLE` at once and lets the RPCs in flight finish in the background.
+    pub(crate) fn drain(&self) {
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            let _ = self.cmds.send(Cmd::Drain);
+        }
+    }
 }
 
 enum Cmd {
     Connect,
+    Drain,
     Shutdown,
 }
 
@@ -67,16 +81,19 @@ impl SubConnHandle for Transport {
 }
 
 impl Transport {
-    /// The connection, while the subconn is ready. One atomic load.
+    /// The connection, while the subconn is ready and not draining. One atomic load.
     #[inline]
     pub(crate) fn connected(&self) -> Option<Arc<Connected>> {
-        self.connected.load_full()
+        self.connected
+            .load_full()
+            .filter(|c| !c.draining.load(Ordering::Acquire))
     }
 }
 
 /// A transport whose task has not started yet (it needs the subconn's id).
 pub(crate) struct Unstarted {
     cmds: mpsc::UnboundedReceiver<Cmd>,
+    drain: mpsc::WeakUnboundedSender<Cmd>,
     connected: Arc<ArcSwapOption<Connected>>,
 }
 
@@ -85,11 +102,14 @@ pub(crate) fn new_transport() -> (Transport, Unstarted) {
     let connected = Arc::new(ArcSwapOption::empty());
     (
         Transport {
-            cmds: tx,
+            cmds: tx.clone(),
             connected: connected.clone(),
         },
         Unstarted {
             cmds: rx,
+            // A weak sender: the task must not keep its own command channel open, or
+            // it would never see every handle dropped.
+            drain: tx.downgrade(),
             connected,
         },
     )
@@ -136,9 +156,16 @@ impl Reporter {
     }
 }
 
-/// Waits for a shutdown (or for every handle to be dropped), ignoring connects.
+/// Waits for a shutdown (or for every handle to be dropped), ignoring the rest.
 async fn shutdown_requested(cmds: &mut mpsc::UnboundedReceiver<Cmd>) {
-    while let Some(Cmd::Connect) = cmds.recv().await {}
+    while let Some(Cmd::Connect | Cmd::Drain) = cmds.recv().await {}
+}
+
+/// How a ready connection stopped being used.
+enum Ended {
+    Closed(Result<(), hyper::Error>),
+    Draining,
+    Shutdown,
 }
 
 async fn run(
@@ -150,6 +177,7 @@ async fn run(
 ) {
     let Unstarted {
         mut cmds,
+        drain,
         connected,
     } = unstarted;
     let addr: Arc<str> = address.addr().into();
@@ -169,6 +197,7 @@ async fn run(
     'idle: loop {
         match cmds.recv().await {
             Some(Cmd::Connect) => {}
+            Some(Cmd::Drain) => continue 'idle, // for a connection already gone
             Some(Cmd::Shutdown) | None => break 'idle,
         }
         reporter.report(ConnectivityState::Connecting, None);
@@ -188,33 +217,50 @@ async fn run(
         });
         match attempt {
             Ok(((sender, connection), authority)) => {
+                let Some(drain) = drain.upgrade() else {
+                    break 'idle; // every handle is gone
+                };
                 backoff.reset();
                 connected.store(Some(Arc::new(Connected {
                     sender,
                     scheme: Scheme::HTTP,
                     authority,
+                    draining: AtomicBool::new(false),
+                    cmds: drain,
                 })));
                 reporter.report(ConnectivityState::Ready, None);
                 let mut connection = Box::pin(connection);
-                let closed = loop {
+                let ended = loop {
                     tokio::select! {
-                        r = &mut connection => break Some(r),
+                        r = &mut connection => break Ended::Closed(r),
                         cmd = cmds.recv() => match cmd {
                             Some(Cmd::Connect) => continue,
-                            Some(Cmd::Shutdown) | None => break None,
+                            Some(Cmd::Drain) => break Ended::Draining,
+                            Some(Cmd::Shutdown) | None => break Ended::Shutdown,
                         },
                     }
                 };
                 connected.store(None);
-                match closed {
-                    Some(result) => {
+                match ended {
+                    Ended::Closed(result) => {
                         let error = TransportError::Closed {
                             addr: addr.to_string(),
                             source: result.err(),
                         };
                         reporter.report(ConnectivityState::Idle, Some(Arc::new(error)));
                     }
-                    None => {
+                    Ended::Draining => {
+                        // No new RPCs here; the ones in flight finish in the background
+                        // while the balancer decides whether to reconnect.
+                        tokio::spawn(async move {
+                            let _ = connection.await;
+                        });
+                        let error = TransportError::GoAway {
+                            addr: addr.to_string(),
+                        };
+                        reporter.report(ConnectivityState::Idle, Some(Arc::new(error)));
+                    }
+                    Ended::Shutdown => {
                         // Shut down: no new RPCs; the ones in flight finish, then the
                         // connection closes (every sender is gone).
                         tokio::spawn(async move {

@@ -14,7 +14,7 @@ use lb_core::{
 };
 use lb_testkit::pb::EchoRequest;
 use lb_testkit::pb::echo_client::EchoClient;
-use lb_testkit::{Backend, ManualResolver};
+use lb_testkit::{Backend, GracefulServer, ManualResolver};
 use lb_tonic::{BackoffConfig, LbChannel, ServedBy, WaitForReady};
 use tonic::Request;
 
@@ -158,6 +158,64 @@ async fn a_killed_backend_gets_no_new_rpcs_and_a_restarted_one_gets_traffic_agai
         counts.get("a").copied().unwrap_or(0) >= 20,
         "the restarted backend is used again: {counts:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_gracefully_under_load_loses_at_most_the_rpcs_racing_its_goaway() {
+    let mut servers = Vec::new();
+    for name in ["a", "b", "c"] {
+        servers.push(GracefulServer::start(name).await.unwrap());
+    }
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
+    let channel = rr_channel(format!("static:///{}", addrs.join(",")));
+    let mut client = EchoClient::new(channel.clone());
+    warm_up(&mut client, &["a", "b", "c"]).await;
+
+    // Eight workers send RPCs (not wait-for-ready) while b sends GOAWAY and closes.
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (Vec::new(), Vec::new());
+                for i in 0..150 {
+                    match echo(&mut client, echo_req(&format!("{i}"))).await {
+                        Ok(server) => ok.push(server),
+                        Err(status) => failed.push(status),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    within("b to stop", servers[1].stop()).await;
+    let (mut served, mut failed) = (Vec::new(), Vec::new());
+    for w in workers {
+        let (ok, f) = within("the load", w).await.unwrap();
+        served.extend(ok);
+        failed.extend(f);
+    }
+    // The server's GOAWAY can cross RPCs that hyper had already committed to the
+    // connection; h2 fails them with the GOAWAY error, which it also uses for streams
+    // the server may have processed, so the channel does not resend them. The first
+    // such failure drains the connection, so at most one RPC per concurrent caller
+    // (8 here) can be caught, never the RPCs after it.
+    assert!(failed.len() <= 8, "failed RPCs: {failed:?}");
+    for status in &failed {
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status.message().contains("connection error received"),
+            "{status:?}"
+        );
+    }
+    assert_eq!(served.len() + failed.len(), 8 * 150);
+    // After the stop, b serves nothing more.
+    for i in 0..30 {
+        assert_ne!(
+            echo(&mut client, echo_req(&format!("{i}"))).await.unwrap(),
+            "b"
+        );
+    }
 }
 
 #[tokio::test]

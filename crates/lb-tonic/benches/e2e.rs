@@ -1,0 +1,278 @@
+//! End-to-end throughput and latency on loopback, and a fault run.
+//!
+//! Run: `cargo xtask bench` (or `cargo bench -p lb-tonic --bench e2e`). With
+//! `GRPC_LB_BENCH_DOC=<path>` the results replace the section between
+//! `<!-- e2e:start -->` and `<!-- e2e:end -->` in that file.
+//!
+//! In one process, on the same three loopback echo backends:
+//! * `tonic Channel (1 backend)`: tonic's plain channel to one backend, the limit;
+//! * `tonic balance_list (3)`: tonic's `Channel::balance_list` over the three;
+//! * `LbChannel round_robin (3)`: ours.
+//!
+//! Unary echo at concurrency 1, 16 and 64, each for a fixed time; then a fault run per
+//! balancing channel: one of three backends is killed under load, and the failed RPCs
+//! and the time from the kill to the last failure are counted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark code: a panic is a failure report
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lb_testkit::Backend;
+use lb_testkit::pb::EchoRequest;
+use lb_testkit::pb::echo_client::EchoClient;
+use lb_tonic::{BackoffConfig, LbChannel};
+use tonic::transport::{Channel, Endpoint};
+
+const RUN: Duration = Duration::from_secs(3);
+const WARM_UP: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+enum Client {
+    Tonic(EchoClient<Channel>),
+    Lb(EchoClient<LbChannel>),
+}
+
+impl Client {
+    async fn echo(&mut self) -> Result<(), tonic::Status> {
+        let req = EchoRequest {
+            message: "bench".into(),
+            ..Default::default()
+        };
+        match self {
+            Client::Tonic(c) => c.unary_echo(req).await.map(drop),
+            Client::Lb(c) => c.unary_echo(req).await.map(drop),
+        }
+    }
+}
+
+struct Stats {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: usize,
+}
+
+/// `concurrency` tasks send unary RPCs back to back for `run`.
+async fn load(client: &Client, concurrency: usize, run: Duration) -> Stats {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let mut client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(200_000);
+                let mut failed = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match client.echo().await {
+                        Ok(()) => latencies.push(t.elapsed()),
+                        Err(_) => failed += 1,
+                    }
+                }
+                (latencies, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(run).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        all.extend(l);
+        failed += f;
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Stats {
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        failed,
+    }
+}
+
+async fn tonic_channel(backend: &Backend) -> EchoClient<Channel> {
+    let channel = Endpoint::from_shared(format!("http://{}", backend.addr()))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    EchoClient::new(channel)
+}
+
+fn balance_list(backends: &[Backend]) -> EchoClient<Channel> {
+    let endpoints = backends.iter().map(|b| {
+        Endpoint::from_shared(format!("http://{}", b.addr()))
+            .unwrap()
+            .tcp_nodelay(true)
+    });
+    EchoClient::new(Channel::balance_list(endpoints))
+}
+
+async fn lb_channel(backends: &[Backend]) -> EchoClient<LbChannel> {
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+    let channel = LbChannel::builder(format!("static:///{}", addrs.join(",")))
+        .policy("round_robin")
+        .backoff(BackoffConfig {
+            base_delay: Duration::from_millis(100),
+            ..BackoffConfig::default()
+        })
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    // Wait until every backend is connected so every run starts from the same state.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backends.iter().any(|b| b.open_connections() == 0) && Instant::now() < deadline {
+        let _ = client.unary_echo(EchoRequest::default()).await;
+    }
+    client
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+/// Kills one of three backends after one second of load at concurrency 16; returns
+/// (failed RPCs, time from the kill to the last failure, RPCs that succeeded).
+async fn fault_run(make: impl AsyncFnOnce(&[Backend]) -> Client) -> (usize, Duration, usize) {
+    let mut backends = Vec::new();
+    for name in ["f1", "f2", "f3"] {
+        backends.push(Backend::start_restartable(name).await.unwrap());
+    }
+    let client = make(&backends).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let mut client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut ok = 0;
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match client.echo().await {
+                        Ok(()) => ok += 1,
+                        Err(_) => failures.push(Instant::now()),
+                    }
+                }
+                (ok, failures)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed_at = Instant::now();
+    backends[0].kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed, mut last) = (0, 0, Duration::ZERO);
+    for t in tasks {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed += f.len();
+        if let Some(l) = f.iter().max() {
+            last = last.max(l.saturating_duration_since(killed_at));
+        }
+    }
+    (failed, last, ok)
+}
+
+#[tokio::main]
+async fn main() {
+    // Run only as a benchmark (`cargo bench` passes --bench), not as a test target.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let mut backends = Vec::new();
+    for name in ["b1", "b2", "b3"] {
+        backends.push(Backend::start(name).await.unwrap());
+    }
+    let clients = [
+        (
+            "tonic Channel (1 backend)",
+            Client::Tonic(tonic_channel(&backends[0]).await),
+        ),
+        (
+            "tonic balance_list (3)",
+            Client::Tonic(balance_list(&backends)),
+        ),
+        (
+            "LbChannel round_robin (3)",
+            Client::Lb(lb_channel(&backends).await),
+        ),
+    ];
+    let mut table = String::from(
+        "| client | concurrency | RPC/s | vs plain Channel | p50 ms | p99 ms | failed |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for concurrency in [1, 16, 64] {
+        let mut baseline = None;
+        for (name, client) in &clients {
+            load(client, concurrency, WARM_UP).await;
+            let s = load(client, concurrency, RUN).await;
+            let base = *baseline.get_or_insert(s.rps);
+            let row = format!(
+                "| {name} | {concurrency} | {:.0} | {:.2}× | {} | {} | {} |\n",
+                s.rps,
+                s.rps / base,
+                ms(s.p50),
+                ms(s.p99),
+                s.failed
+            );
+            print!("{row}");
+            table.push_str(&row);
+        }
+    }
+
+    let mut faults = String::from(
+        "| client | failed RPCs | kill → last failure | RPCs served in the run |\n|---|---:|---:|---:|\n",
+    );
+    let runs: [(&str, (usize, Duration, usize)); 2] = [
+        (
+            "tonic balance_list (3)",
+            fault_run(async |b: &[Backend]| Client::Tonic(balance_list(b))).await,
+        ),
+        (
+            "LbChannel round_robin (3)",
+            fault_run(async |b: &[Backend]| Client::Lb(lb_channel(b).await)).await,
+        ),
+    ];
+    for (name, (failed, last, ok)) in runs {
+        let row = format!("| {name} | {failed} | {} ms | {ok} |\n", ms(last));
+        print!("{row}");
+        faults.push_str(&row);
+    }
+
+    if let Ok(path) = std::env::var("GRPC_LB_BENCH_DOC") {
+        let mut section = String::new();
+        let _ = writeln!(
+            section,
+            "Unary echo, {} s per cell after {} ms of warm-up, three loopback backends in the same process.\n",
+            RUN.as_secs(),
+            WARM_UP.as_millis()
+        );
+        section.push_str(&table);
+        section.push_str("\nFault run: concurrency 16, one of three backends killed after 1 s (listener and connections dropped), 2 s more of load.\n\n");
+        section.push_str(&faults);
+        match std::fs::read_to_string(&path) {
+            Ok(doc) => match (doc.find("<!-- e2e:start -->"), doc.find("<!-- e2e:end -->")) {
+                (Some(a), Some(b)) if a < b => {
+                    let start = a + "<!-- e2e:start -->".len();
+                    let updated = format!("{}\n{}{}", &doc[..start], section, &doc[b..]);
+                    std::fs::write(&path, updated).unwrap();
+                    println!("wrote {path}");
+                }
+                _ => eprintln!("{path} has no <!-- e2e:start --> / <!-- e2e:end --> markers"),
+            },
+            Err(e) => eprintln!("cannot read {path}: {e}"),
+        }
+    }
+}
