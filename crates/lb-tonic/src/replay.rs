@@ -23,7 +23,7 @@ pub(crate) const LIMIT: usize = 64 * 1024;
 pub(crate) enum Prefetched {
     /// The whole body, kept: [`Prefetched::body`] can be called again.
     Complete {
-        data: Vec<Bytes>,
+        data: Chunks,
         trailers: Option<HeaderMap>,
     },
     /// Part of the body was read; the rest still streams. Sendable once.
@@ -36,7 +36,7 @@ impl Prefetched {
     pub(crate) fn body(&mut self) -> Option<Body> {
         match self {
             Prefetched::Complete { data, trailers } => Some(Body::new(Replay {
-                data: data.iter().cloned().collect(),
+                data: data.clone(),
                 trailers: trailers.clone(),
             })),
             Prefetched::Partial(body) => body.take(),
@@ -49,9 +49,50 @@ impl Prefetched {
     }
 }
 
+/// A body's data: nearly always one chunk (a unary message), kept without a vector.
+#[derive(Clone, Default)]
+pub(crate) enum Chunks {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(VecDeque<Bytes>),
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::take(self) {
+            Chunks::Empty => Chunks::One(chunk),
+            Chunks::One(first) => Chunks::Many(VecDeque::from([first, chunk])),
+            Chunks::Many(mut all) => {
+                all.push_back(chunk);
+                Chunks::Many(all)
+            }
+        };
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        match self {
+            Chunks::Empty => None,
+            Chunks::One(_) => match std::mem::take(self) {
+                Chunks::One(chunk) => Some(chunk),
+                _ => None,
+            },
+            Chunks::Many(all) => all.pop_front(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Chunks::Empty => true,
+            Chunks::One(_) => false,
+            Chunks::Many(all) => all.is_empty(),
+        }
+    }
+}
+
 /// Reads the frames `body` has ready now, up to [`LIMIT`] bytes, without waiting.
 pub(crate) async fn prefetch(mut body: Body) -> Result<Prefetched, tonic::Status> {
-    let mut data = Vec::new();
+    let mut data = Chunks::Empty;
     let mut size = 0;
     let mut trailers = None;
     let ended = std::future::poll_fn(|cx| {
@@ -79,7 +120,7 @@ pub(crate) async fn prefetch(mut body: Body) -> Result<Prefetched, tonic::Status
         return Ok(Prefetched::Complete { data, trailers });
     }
     Ok(Prefetched::Partial(Some(Body::new(Chain {
-        prefix: data.into(),
+        prefix: data,
         trailers,
         rest: body,
     }))))
@@ -87,7 +128,7 @@ pub(crate) async fn prefetch(mut body: Body) -> Result<Prefetched, tonic::Status
 
 /// A complete body, sent again from memory.
 struct Replay {
-    data: VecDeque<Bytes>,
+    data: Chunks,
     trailers: Option<HeaderMap>,
 }
 
@@ -99,7 +140,7 @@ impl http_body::Body for Replay {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        if let Some(chunk) = self.data.pop_front() {
+        if let Some(chunk) = self.data.pop() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
@@ -112,7 +153,7 @@ impl http_body::Body for Replay {
 
 /// The frames already read, then the rest of the original body.
 struct Chain {
-    prefix: VecDeque<Bytes>,
+    prefix: Chunks,
     trailers: Option<HeaderMap>,
     rest: Body,
 }
@@ -125,7 +166,7 @@ impl http_body::Body for Chain {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        if let Some(chunk) = self.prefix.pop_front() {
+        if let Some(chunk) = self.prefix.pop() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if let Some(t) = self.trailers.take() {
@@ -175,6 +216,23 @@ mod tests {
             .unwrap();
         drop(tx);
         assert_eq!(collect(body).await, b"first second");
+    }
+
+    #[tokio::test]
+    async fn several_chunks_replay_in_order() {
+        let chunks = vec![
+            Ok::<_, tonic::Status>(Frame::data(Bytes::from_static(b"a"))),
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+            Ok(Frame::data(Bytes::from_static(b"c"))),
+        ];
+        let mut p = prefetch(Body::new(http_body_util::StreamBody::new(
+            tokio_stream::iter(chunks),
+        )))
+        .await
+        .unwrap();
+        assert!(p.is_replayable());
+        assert_eq!(collect(p.body().unwrap()).await, b"abc");
+        assert_eq!(collect(p.body().unwrap()).await, b"abc");
     }
 
     #[tokio::test]
