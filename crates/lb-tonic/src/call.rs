@@ -70,10 +70,11 @@ pub(crate) async fn call(
         Some(t) => Some(t),
         None => {
             let t = method_config.1;
-            if let Some(t) = t {
-                if let Ok(v) = http::HeaderValue::from_str(&format!("{}m", t.as_millis())) {
-                    request.headers_mut().insert("grpc-timeout", v);
-                }
+            // Tell the server the deadline the method config set.
+            if let Some(t) = t
+                && let Ok(v) = http::HeaderValue::from_str(&format!("{}m", t.as_millis()))
+            {
+                request.headers_mut().insert("grpc-timeout", v);
             }
             t
         }

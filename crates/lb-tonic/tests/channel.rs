@@ -428,10 +428,10 @@ async fn pick_first_is_the_default_and_fails_over() {
     // first address is refused and the second one serves.
     let server = within("failover", async {
         loop {
-            if let Ok(s) = echo(&mut client, wfr(echo_req("after"))).await {
-                if s == "second" {
-                    return s;
-                }
+            if let Ok(s) = echo(&mut client, wfr(echo_req("after"))).await
+                && s == "second"
+            {
+                return s;
             }
         }
     })
