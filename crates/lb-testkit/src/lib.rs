@@ -28,8 +28,11 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 mod manual;
+mod tls;
 
 pub use manual::ManualResolver;
+pub use tls::TestPki;
+use tokio_rustls::TlsAcceptor;
 
 /// The generated echo service.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -146,6 +149,7 @@ pub struct Backend {
     addr: SocketAddr,
     service: EchoService,
     connections: Arc<AtomicUsize>,
+    tls: Option<TlsAcceptor>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -153,7 +157,13 @@ impl Backend {
     /// Starts a backend on an ephemeral port.
     pub async fn start(name: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        Ok(Self::serve(name, listener))
+        Ok(Self::serve(name, listener, None))
+    }
+
+    /// Starts a backend that speaks TLS (ALPN `h2`) with `pki`'s server certificate.
+    pub async fn start_tls(name: &str, pki: &TestPki) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Ok(Self::serve(name, listener, Some(pki.acceptor())))
     }
 
     /// Starts a backend on a port outside the kernel's ephemeral range (32768–60999),
@@ -165,26 +175,32 @@ impl Backend {
         for _ in 0..200 {
             let port = fastrand_port();
             match bind((Ipv4Addr::LOCALHOST, port).into()) {
-                Ok(listener) => return Ok(Self::serve(name, listener)),
+                Ok(listener) => return Ok(Self::serve(name, listener, None)),
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
     }
 
-    fn serve(name: &str, listener: TcpListener) -> Self {
+    fn serve(name: &str, listener: TcpListener, tls: Option<TlsAcceptor>) -> Self {
         let name: Arc<str> = name.into();
         let service = EchoService::new(name.clone());
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let connections = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(accept_loop(listener, service.clone(), connections.clone()));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            service.clone(),
+            connections.clone(),
+            tls.clone(),
+        ));
         Self {
             name,
             addr,
             service,
             connections,
+            tls,
             task: Some(task),
         }
     }
@@ -237,6 +253,7 @@ impl Backend {
                         listener,
                         self.service.clone(),
                         self.connections.clone(),
+                        self.tls.clone(),
                     )));
                     return Ok(());
                 }
@@ -348,7 +365,12 @@ impl Drop for Open {
     }
 }
 
-async fn accept_loop(listener: TcpListener, service: EchoService, open: Arc<AtomicUsize>) {
+async fn accept_loop(
+    listener: TcpListener,
+    service: EchoService,
+    open: Arc<AtomicUsize>,
+    tls: Option<TlsAcceptor>,
+) {
     let svc = TowerToHyperService::new(EchoServer::new(service));
     // Owned here: aborting this task drops every connection task with it.
     let mut connections = JoinSet::new();
@@ -360,11 +382,20 @@ async fn accept_loop(listener: TcpListener, service: EchoService, open: Arc<Atom
                 let _ = stream.set_nodelay(true);
                 let svc = svc.clone();
                 let open = Open::new(&open);
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let _open = open;
-                    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    let served = match tls {
+                        None => http2.serve_connection(TokioIo::new(stream), svc).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => http2.serve_connection(TokioIo::new(stream), svc).await,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "test backend TLS handshake failed");
+                                return;
+                            }
+                        },
+                    };
                     if let Err(e) = served {
                         tracing::debug!(error = %e, "test backend connection ended");
                     }

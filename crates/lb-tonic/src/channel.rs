@@ -105,6 +105,8 @@ pub struct Builder {
     backoff: BackoffConfig,
     keepalive: Option<Keepalive>,
     authority: Option<String>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Builder {
@@ -119,6 +121,8 @@ impl Builder {
             backoff: BackoffConfig::default(),
             keepalive: None,
             authority: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -175,6 +179,13 @@ impl Builder {
         self
     }
 
+    /// Connect with TLS (feature `tls`); requests use the `https` scheme.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The `:authority` of every request (default: the address of the subconn).
     pub fn authority(mut self, authority: impl Into<String>) -> Self {
         self.authority = Some(authority.into());
@@ -218,6 +229,8 @@ impl Builder {
                 backoff: self.backoff,
                 keepalive: self.keepalive,
                 authority,
+                #[cfg(feature = "tls")]
+                tls: self.tls,
             }),
         })
         .map_err(Error::ServiceConfig)?;

@@ -27,6 +27,10 @@ pub enum Error {
     #[error("LbChannel::build must be called from within a tokio runtime")]
     NoRuntime,
 
+    /// TLS settings could not be built (bad PEM, bad server name).
+    #[error("TLS: {0}")]
+    Tls(String),
+
     /// The `:authority` override is not a valid URI authority.
     #[error("invalid authority `{0}`")]
     InvalidAuthority(String),
@@ -64,6 +68,14 @@ pub enum TransportError {
     BadAddress {
         /// The address.
         addr: String,
+    },
+    /// The TLS handshake failed (untrusted certificate, wrong name, no ALPN h2).
+    #[error("TLS with {addr}: {reason}")]
+    Tls {
+        /// The address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
     },
     /// The HTTP/2 handshake failed.
     #[error("HTTP/2 handshake with {addr}: {source}")]

@@ -40,6 +40,8 @@ mod control;
 mod error;
 mod replay;
 mod subconn;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use backoff::BackoffConfig;
 pub use body::ResponseBody;
@@ -47,3 +49,5 @@ pub use call::{ServedBy, WaitForReady};
 pub use channel::{Builder, LbChannel, ResponseFuture};
 pub use error::{Error, TransportError};
 pub use subconn::Keepalive;
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;

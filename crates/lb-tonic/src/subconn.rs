@@ -37,7 +37,24 @@ pub(crate) struct TransportOptions {
     pub(crate) backoff: BackoffConfig,
     pub(crate) keepalive: Option<Keepalive>,
     pub(crate) authority: Option<Authority>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::TlsConfig>,
 }
+
+impl TransportOptions {
+    fn scheme(&self) -> Scheme {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return Scheme::HTTPS;
+        }
+        Scheme::HTTP
+    }
+}
+
+/// The byte stream under HTTP/2: plain TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// A ready connection: what an RPC needs to send on it.
 pub(crate) struct Connected {
@@ -223,7 +240,7 @@ async fn run(
                 backoff.reset();
                 connected.store(Some(Arc::new(Connected {
                     sender,
-                    scheme: Scheme::HTTP,
+                    scheme: options.scheme(),
                     authority,
                     draining: AtomicBool::new(false),
                     cmds: drain,
@@ -285,7 +302,7 @@ async fn run(
     reporter.report(ConnectivityState::Shutdown, None);
 }
 
-type Connection = http2::Connection<TokioIo<TcpStream>, Body, TokioExecutor>;
+type Connection = http2::Connection<TokioIo<Box<dyn Io>>, Body, TokioExecutor>;
 
 async fn connect(
     addr: &str,
@@ -304,6 +321,13 @@ async fn connect(
         });
     }
     stream.set_nodelay(true).map_err(io_err)?;
+    #[cfg(feature = "tls")]
+    let io: Box<dyn Io> = match &options.tls {
+        Some(tls) => Box::new(tls.connect(addr, stream).await?),
+        None => Box::new(stream),
+    };
+    #[cfg(not(feature = "tls"))]
+    let io: Box<dyn Io> = Box::new(stream);
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     if let Some(k) = options.keepalive {
@@ -313,7 +337,7 @@ async fn connect(
             .keep_alive_while_idle(k.while_idle);
     }
     builder
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|source| TransportError::Handshake {
             addr: addr.to_owned(),

@@ -1,0 +1,148 @@
+//! TLS for the channel's connections (feature `tls`), through rustls.
+
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::pem::PemObject;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::error::{Error, TransportError};
+
+/// TLS settings: which certificates to trust and, optionally, the name to verify.
+///
+/// ALPN is always `h2`; a server that does not agree to HTTP/2 is a failed connect.
+///
+/// ```no_run
+/// # fn demo(ca_pem: &[u8]) -> Result<(), lb_tonic::Error> {
+/// use lb_tonic::{LbChannel, TlsConfig};
+///
+/// let tls = TlsConfig::with_ca_pem(ca_pem)?.server_name("greeter.internal")?;
+/// let channel = LbChannel::builder("static:///10.0.0.1:443,10.0.0.2:443").tls(tls).build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TlsConfig {
+    connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConfig {
+    /// Trusts the CA certificates in `pem` (one or more PEM blocks).
+    pub fn with_ca_pem(pem: &[u8]) -> Result<Self, Error> {
+        let mut roots = RootCertStore::empty();
+        let mut found = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::Tls(format!("bad PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::Tls(format!("bad CA certificate: {e}")))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(Error::Tls("no certificate in the PEM".to_owned()));
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self::from_rustls(config))
+    }
+
+    /// Uses a rustls client config as it is (client certificates, custom verifiers),
+    /// with ALPN set to `h2`.
+    pub fn from_rustls(mut config: rustls::ClientConfig) -> Self {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name: None,
+        }
+    }
+
+    /// Verifies every backend's certificate against `name` instead of the host of
+    /// its address.
+    pub fn server_name(mut self, name: &str) -> Result<Self, Error> {
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|_| Error::Tls(format!("invalid server name `{name}`")))?;
+        self.server_name = Some(name);
+        Ok(self)
+    }
+
+    pub(crate) async fn connect(
+        &self,
+        addr: &str,
+        stream: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, TransportError> {
+        let fail = |reason: String| TransportError::Tls {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => {
+                let host = host_of(addr);
+                ServerName::try_from(host.to_owned())
+                    .map_err(|_| fail(format!("`{host}` is not a valid TLS server name")))?
+            }
+        };
+        let tls = self
+            .connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(fail(
+                "the server did not agree to HTTP/2 (ALPN h2)".to_owned(),
+            ));
+        }
+        Ok(tls)
+    }
+}
+
+/// The host part of `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_addresses() {
+        assert_eq!(host_of("localhost:443"), "localhost");
+        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:50051"), "::1");
+        assert_eq!(host_of("example.com"), "example.com");
+    }
+
+    #[test]
+    fn bad_pem_is_an_error_that_says_so() {
+        let err = TlsConfig::with_ca_pem(b"not a pem").unwrap_err();
+        assert!(err.to_string().contains("no certificate"), "{err}");
+        let err = TlsConfig::with_ca_pem(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("CA certificate") || err.to_string().contains("PEM"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! The channel over TLS (feature `tls`) against real TLS backends.
+
+#![cfg(feature = "tls")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::time::Duration;
+
+use lb_core::ConnectivityState;
+use lb_testkit::pb::EchoRequest;
+use lb_testkit::pb::echo_client::EchoClient;
+use lb_testkit::{Backend, TestPki};
+use lb_tonic::{LbChannel, TlsConfig};
+
+fn request() -> tonic::Request<EchoRequest> {
+    let mut req = tonic::Request::new(EchoRequest {
+        message: "secret".into(),
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_secs(10));
+    req
+}
+
+#[tokio::test]
+async fn rpcs_go_over_tls_to_every_backend() {
+    let pki = TestPki::new().unwrap();
+    let a = Backend::start_tls("a", &pki).await.unwrap();
+    let b = Backend::start_tls("b", &pki).await.unwrap();
+    let channel = LbChannel::builder(format!("static:///{},{}", a.addr(), b.addr()))
+        .policy("round_robin")
+        .tls(TlsConfig::with_ca_pem(pki.ca_pem().as_bytes()).unwrap())
+        .wait_for_ready(true)
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        seen.insert(
+            client
+                .unary_echo(request())
+                .await
+                .unwrap()
+                .into_inner()
+                .server,
+        );
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(channel.state(), ConnectivityState::Ready);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_fails_the_connection_and_says_why() {
+    let server_pki = TestPki::new().unwrap();
+    let other_ca = TestPki::new().unwrap();
+    let backend = Backend::start_tls("a", &server_pki).await.unwrap();
+    let channel = LbChannel::builder(format!("passthrough:///{}", backend.addr()))
+        .tls(TlsConfig::with_ca_pem(other_ca.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    let status = client.unary_echo(request()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("TLS with 127.0.0.1:"),
+        "{status:?}"
+    );
+    assert!(
+        status.message().to_lowercase().contains("certificate"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_name_the_certificate_does_not_cover_is_rejected() {
+    let pki = TestPki::new().unwrap();
+    let backend = Backend::start_tls("a", &pki).await.unwrap();
+    let tls = TlsConfig::with_ca_pem(pki.ca_pem().as_bytes())
+        .unwrap()
+        .server_name("elsewhere.example")
+        .unwrap();
+    let channel = LbChannel::builder(format!("passthrough:///{}", backend.addr()))
+        .tls(tls)
+        .build()
+        .unwrap();
+    let status = EchoClient::new(channel)
+        .unary_echo(request())
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("TLS with"), "{status:?}");
+}
+
+#[tokio::test]
+async fn tls_to_a_plaintext_server_fails_clearly() {
+    let pki = TestPki::new().unwrap();
+    let plain = Backend::start("plain").await.unwrap();
+    let channel = LbChannel::builder(format!("passthrough:///{}", plain.addr()))
+        .tls(TlsConfig::with_ca_pem(pki.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let status = EchoClient::new(channel)
+        .unary_echo(request())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("TLS with"), "{status:?}");
+}
