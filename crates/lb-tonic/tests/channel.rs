@@ -59,6 +59,25 @@ async fn echo(
     client.unary_echo(req).await.map(|r| r.into_inner().server)
 }
 
+/// A server-streaming RPC of `count` replies; returns their messages.
+async fn server_stream(
+    client: &mut EchoClient<LbChannel>,
+    message: &str,
+    count: u32,
+) -> Vec<String> {
+    let request = EchoRequest {
+        message: message.into(),
+        count,
+        ..Default::default()
+    };
+    let mut stream = client.server_stream(request).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(reply) = stream.message().await.unwrap() {
+        got.push(reply.message);
+    }
+    got
+}
+
 /// Sends RPCs until every named backend has answered one.
 async fn warm_up(client: &mut EchoClient<LbChannel>, names: &[&str]) {
     within("every backend to answer", async {
@@ -339,20 +358,10 @@ async fn streaming_rpcs_of_every_kind() {
     let mut client = EchoClient::new(channel);
     warm_up(&mut client, &["a", "b"]).await;
 
-    let mut stream = client
-        .server_stream(EchoRequest {
-            message: "n".into(),
-            count: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut got = Vec::new();
-    while let Some(reply) = stream.message().await.unwrap() {
-        got.push(reply.message);
-    }
-    assert_eq!(got, ["n 0", "n 1", "n 2", "n 3", "n 4"]);
+    assert_eq!(
+        server_stream(&mut client, "n", 5).await,
+        ["n 0", "n 1", "n 2", "n 3", "n 4"]
+    );
 
     let requests = tokio_stream::iter((0..4).map(|i| EchoRequest {
         message: format!("{i}"),
@@ -486,16 +495,7 @@ async fn the_completion_callback_gets_each_rpcs_final_status() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
-    let mut stream = client
-        .server_stream(EchoRequest {
-            message: "s".into(),
-            count: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while stream.message().await.unwrap().is_some() {}
+    assert_eq!(server_stream(&mut client, "s", 2).await.len(), 2);
     assert_eq!(
         *recording.0.lock().unwrap(),
         [Code::Ok, Code::NotFound, Code::Ok]
