@@ -7,7 +7,7 @@
 //! | `grpc_lb::*` | `lb-core`: the model (resolvers, balancers, subconns, pickers, service config) | always |
 //! | [`grpc_lb::policies`](policies) | `lb-policies`: `pick_first`, `round_robin`, `weighted_round_robin` | always |
 //! | [`grpc_lb::resolvers`](resolvers) | `lb-resolvers`: DNS, etcd, ZooKeeper | `dns`, `etcd`, `zookeeper` |
-//! | `grpc_lb::tonic` | `lb-tonic`: the load-balancing channel | `tonic` (default) |
+//! | `grpc_lb::tonic` | `lb-tonic`: the load-balancing channel | `tonic` (default); `tls` adds rustls |
 //!
 //! ```
 //! use grpc_lb::{ServiceConfig, policies};
