@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `static:///a:1,b:2` | [`StaticResolverBuilder`] | always |
 //! | `passthrough:///host:port` | [`PassthroughResolverBuilder`] | always |
+//! | `dns:///host:port`, `dns://server-ip:port/host:port` | `dns::DnsResolverBuilder` | `dns` |
 //!
 //! DNS, etcd and ZooKeeper resolvers (and the server-side registrars) will sit behind
 //! the features `dns`, `etcd` and `zookeeper`.
@@ -22,6 +23,8 @@
 //! [`ResolverBuilder`]: lb_core::ResolverBuilder
 //! [`Resolver`]: lb_core::Resolver
 
+#[cfg(feature = "dns")]
+pub mod dns;
 mod error;
 mod static_list;
 
@@ -31,12 +34,17 @@ pub use error::Error;
 pub use static_list::{FixedResolver, PassthroughResolverBuilder, StaticResolverBuilder};
 
 /// A registry with every resolver this build of the crate has. Its default scheme,
-/// for targets without one, is `passthrough`: `localhost:50051` dials that address.
+/// for targets without one, is `dns` when the `dns` feature is on (as in gRPC), else
+/// `passthrough`: either way `localhost:50051` dials that host and port.
 pub fn registry() -> ResolverRegistry {
     let mut registry = ResolverRegistry::new();
     registry
         .register(StaticResolverBuilder)
         .register(PassthroughResolverBuilder)
         .set_default_scheme("passthrough");
+    #[cfg(feature = "dns")]
+    registry
+        .register(dns::DnsResolverBuilder::default())
+        .set_default_scheme("dns");
     registry
 }

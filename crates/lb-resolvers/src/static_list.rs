@@ -25,6 +25,14 @@ pub struct FixedResolver {
     cc: Arc<dyn ClientConn>,
 }
 
+impl FixedResolver {
+    /// A resolver that sends `state` again on every `resolve_now` (the caller sends
+    /// it the first time).
+    pub fn new(state: ResolverState, cc: Arc<dyn ClientConn>) -> Self {
+        Self { state, cc }
+    }
+}
+
 impl Resolver for FixedResolver {
     fn resolve_now(&self) {
         self.cc.update_state(self.state.clone());

@@ -27,9 +27,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+mod dns;
 mod manual;
 mod tls;
 
+pub use dns::DnsServer;
 pub use manual::ManualResolver;
 pub use tls::TestPki;
 use tokio_rustls::TlsAcceptor;
@@ -158,6 +160,12 @@ impl Backend {
     pub async fn start(name: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         Ok(Self::serve(name, listener, None))
+    }
+
+    /// Starts a backend on `addr` (any 127.0.0.0/8 address is local on Linux, so
+    /// several backends can share one port, as DNS-discovered backends do).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        Ok(Self::serve(name, bind(addr)?, None))
     }
 
     /// Starts a backend that speaks TLS (ALPN `h2`) with `pki`'s server certificate.

@@ -1,0 +1,316 @@
+//! `dns:///host:port` and `dns://dns-server:port/host:port` (feature `dns`), through
+//! hickory-resolver.
+//!
+//! * A and AAAA records of `host`, each with `port` (default 443, as gRPC's).
+//! * No authority: the system's resolver configuration (`/etc/resolv.conf`). An
+//!   authority `ip[:port]` (port 53 by default) asks that server only.
+//! * An IP literal host is not looked up: it resolves to itself, once.
+//! * Re-resolves on `resolve_now` (the channel asks when connections fail), at most
+//!   once per [`DnsOptions::min_resolve_interval`] (30 s, as grpc-go), and every
+//!   [`DnsOptions::refresh_interval`]. After a failed lookup it retries every
+//!   [`DnsOptions::error_retry_interval`]; the channel keeps the last good addresses
+//!   meanwhile.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::{Resolver as Hickory, TokioResolver};
+use lb_core::resolver::{BuildError, ClientConn};
+use lb_core::{Address, Resolver, ResolverBuilder, ResolverState, Target};
+use tokio::sync::Notify;
+
+use crate::Error;
+
+/// Timing of the DNS resolver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsOptions {
+    /// The least time between two lookups caused by `resolve_now` (default 30 s).
+    pub min_resolve_interval: Duration,
+    /// Look up again this often even if nobody asks (default 5 min).
+    pub refresh_interval: Duration,
+    /// After a failed lookup, try again this soon (default 5 s).
+    pub error_retry_interval: Duration,
+    /// The port of a host given without one (default 443).
+    pub default_port: u16,
+}
+
+impl Default for DnsOptions {
+    fn default() -> Self {
+        Self {
+            min_resolve_interval: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(300),
+            error_retry_interval: Duration::from_secs(5),
+            default_port: 443,
+        }
+    }
+}
+
+/// Builds resolvers for the `dns` scheme.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DnsResolverBuilder {
+    options: DnsOptions,
+}
+
+impl DnsResolverBuilder {
+    /// A builder with these timings.
+    pub fn new(options: DnsOptions) -> Self {
+        Self { options }
+    }
+}
+
+/// A lookup failed.
+#[derive(Debug, thiserror::Error)]
+#[error("DNS lookup of `{host}` failed: {reason}")]
+pub struct DnsError {
+    host: String,
+    reason: String,
+}
+
+/// A running DNS resolver; dropping it stops its task.
+pub struct DnsResolver {
+    wake: Arc<Notify>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Resolver for DnsResolver {
+    fn resolve_now(&self) {
+        self.wake.notify_one();
+    }
+}
+
+impl Drop for DnsResolver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Splits `host[:port]` (IPv6 in brackets) into host and port.
+fn split_host_port<'a>(
+    target: &Target,
+    endpoint: &'a str,
+    default_port: u16,
+) -> Result<(&'a str, u16), Error> {
+    let bad = |reason| Error::BadAddress {
+        target: target.as_str().to_owned(),
+        entry: endpoint.to_owned(),
+        reason,
+    };
+    let (host, port) = if let Some(rest) = endpoint.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, port)) => (
+                host,
+                Some(
+                    port.strip_prefix(':')
+                        .ok_or_else(|| bad("expected `[ipv6]:port`"))?,
+                ),
+            ),
+            None => return Err(bad("missing `]`")),
+        }
+    } else if endpoint.matches(':').count() > 1 {
+        return Err(bad("an IPv6 host must be in brackets"));
+    } else {
+        match endpoint.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (endpoint, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("empty host"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?,
+    };
+    Ok((host, port))
+}
+
+fn name_server(target: &Target) -> Result<Option<NameServerConfig>, Error> {
+    let authority = target.authority();
+    if authority.is_empty() {
+        return Ok(None);
+    }
+    let bad = |reason| Error::BadAddress {
+        target: target.as_str().to_owned(),
+        entry: authority.to_owned(),
+        reason,
+    };
+    let (ip, port) = match authority.parse::<SocketAddr>() {
+        Ok(sa) => (sa.ip(), sa.port()),
+        Err(_) => (
+            authority
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .map_err(|_| bad("the DNS server must be an IP address, optionally with a port"))?,
+            53,
+        ),
+    };
+    let mut config = NameServerConfig::udp_and_tcp(ip);
+    for c in &mut config.connections {
+        c.port = port;
+    }
+    Ok(Some(config))
+}
+
+impl ResolverBuilder for DnsResolverBuilder {
+    fn scheme(&self) -> &str {
+        "dns"
+    }
+
+    fn build(
+        &self,
+        target: &Target,
+        cc: Arc<dyn ClientConn>,
+    ) -> Result<Box<dyn Resolver>, BuildError> {
+        let (host, port) = split_host_port(target, target.endpoint(), self.options.default_port)?;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let state = ResolverState::new(vec![Address::from(SocketAddr::new(ip, port))]);
+            cc.update_state(state.clone());
+            return Ok(Box::new(crate::FixedResolver::new(state, cc)));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| format!("the dns resolver for `{target}` needs a tokio runtime"))?;
+        let resolver: TokioResolver = match name_server(target)? {
+            Some(server) => Hickory::builder_with_config(
+                ResolverConfig::from_name_servers(vec![server]),
+                TokioRuntimeProvider::default(),
+            ),
+            None => Hickory::builder(TokioRuntimeProvider::default())
+                .map_err(|e| format!("reading the system DNS configuration: {e}"))?,
+        }
+        .build()
+        .map_err(|e| format!("starting the DNS resolver for `{target}`: {e}"))?;
+        let wake = Arc::new(Notify::new());
+        let task = runtime.spawn(run(
+            resolver,
+            host.to_owned(),
+            port,
+            self.options,
+            wake.clone(),
+            cc,
+        ));
+        Ok(Box::new(DnsResolver {
+            wake,
+            task: task.abort_handle(),
+        }))
+    }
+}
+
+async fn run(
+    resolver: TokioResolver,
+    host: String,
+    port: u16,
+    options: DnsOptions,
+    wake: Arc<Notify>,
+    cc: Arc<dyn ClientConn>,
+) {
+    // Absolute names: no search-domain guessing for service names.
+    let name = if host.ends_with('.') {
+        host.clone()
+    } else {
+        format!("{host}.")
+    };
+    loop {
+        let looked_up = Instant::now();
+        let next = match resolver.lookup_ip(name.as_str()).await {
+            Ok(ips) => {
+                let addresses: Vec<Address> = ips
+                    .iter()
+                    .map(|ip| Address::from(SocketAddr::new(ip, port)))
+                    .collect();
+                tracing::debug!(%host, addresses = addresses.len(), "DNS resolved");
+                if addresses.is_empty() {
+                    cc.report_error(Arc::new(DnsError {
+                        host: host.clone(),
+                        reason: "no A or AAAA records".to_owned(),
+                    }));
+                    options.error_retry_interval
+                } else {
+                    cc.update_state(ResolverState::new(addresses));
+                    options.refresh_interval
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "DNS lookup failed");
+                cc.report_error(Arc::new(DnsError {
+                    host: host.clone(),
+                    reason: e.to_string(),
+                }));
+                options.error_retry_interval
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(next) => {}
+            () = wake.notified() => {
+                // Rate-limit: a resolve_now within the interval waits for its end.
+                let earliest = looked_up + options.min_resolve_interval;
+                tokio::time::sleep_until(earliest.into()).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(endpoint: &str) -> Result<(String, u16), String> {
+        let target = Target::parse(&format!("dns:///{endpoint}")).unwrap();
+        split_host_port(&target, target.endpoint(), 443)
+            .map(|(h, p)| (h.to_owned(), p))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn hosts_and_ports() {
+        assert_eq!(
+            split("example.com:50051").unwrap(),
+            ("example.com".into(), 50051)
+        );
+        assert_eq!(split("example.com").unwrap(), ("example.com".into(), 443));
+        assert_eq!(split("[::1]:80").unwrap(), ("::1".into(), 80));
+        assert_eq!(split("[::1]").unwrap(), ("::1".into(), 443));
+        for (bad, why) in [
+            ("example.com:0", "1 to 65535"),
+            ("example.com:http", "1 to 65535"),
+            (":80", "empty host"),
+            ("::1:80", "brackets"),
+            ("[::1", "missing `]`"),
+            ("[::1]x", "[ipv6]:port"),
+        ] {
+            let err = split(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_authority_must_be_an_ip() {
+        let t = Target::parse("dns://ns.example:53/a:1").unwrap();
+        assert!(
+            name_server(&t)
+                .unwrap_err()
+                .to_string()
+                .contains("must be an IP")
+        );
+        let t = Target::parse("dns://127.0.0.1:5353/a:1").unwrap();
+        let ns = name_server(&t).unwrap().unwrap();
+        assert!(ns.connections.iter().all(|c| c.port == 5353));
+        let t = Target::parse("dns://127.0.0.1/a:1").unwrap();
+        assert!(
+            name_server(&t)
+                .unwrap()
+                .unwrap()
+                .connections
+                .iter()
+                .all(|c| c.port == 53)
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! The DNS resolver against a DNS server on 127.0.0.1 that the test controls.
+
+#![cfg(feature = "dns")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_core::resolver::ClientConn;
+use lb_core::{ResolverBuilder, ResolverState, SharedError, Target};
+use lb_resolvers::dns::{DnsOptions, DnsResolverBuilder};
+use lb_testkit::DnsServer;
+use tokio::sync::mpsc;
+
+enum Event {
+    State(ResolverState),
+    Error(SharedError),
+}
+
+struct Channel(mpsc::UnboundedSender<Event>);
+
+impl ClientConn for Channel {
+    fn update_state(&self, state: ResolverState) {
+        let _ = self.0.send(Event::State(state));
+    }
+    fn report_error(&self, error: SharedError) {
+        let _ = self.0.send(Event::Error(error));
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn options() -> DnsOptions {
+    DnsOptions {
+        min_resolve_interval: Duration::ZERO,
+        refresh_interval: Duration::from_secs(3600),
+        error_retry_interval: Duration::from_secs(3600),
+        ..DnsOptions::default()
+    }
+}
+
+fn start(
+    server: &DnsServer,
+    endpoint: &str,
+    options: DnsOptions,
+) -> (Box<dyn lb_core::Resolver>, mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let target = Target::parse(&format!("dns://{}/{endpoint}", server.addr())).unwrap();
+    let resolver = DnsResolverBuilder::new(options)
+        .build(&target, Arc::new(Channel(tx)))
+        .unwrap();
+    (resolver, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the resolver said nothing for 10 s")
+        .expect("the resolver stopped")
+}
+
+async fn next_addrs(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<String> {
+    match next(rx).await {
+        Event::State(s) => {
+            let mut a: Vec<_> = s.addresses.iter().map(|a| a.addr().to_owned()).collect();
+            a.sort();
+            a
+        }
+        Event::Error(e) => panic!("expected addresses, got error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn resolves_a_and_aaaa_records_with_the_port() {
+    let server = DnsServer::start().await.unwrap();
+    server.set("svc.test", &[ip("10.0.0.1"), ip("10.0.0.2"), ip("::1")]);
+    let (_resolver, mut rx) = start(&server, "svc.test:50051", options());
+    assert_eq!(
+        next_addrs(&mut rx).await,
+        ["10.0.0.1:50051", "10.0.0.2:50051", "[::1]:50051"]
+    );
+}
+
+#[tokio::test]
+async fn a_changed_record_set_is_picked_up_on_resolve_now() {
+    let server = DnsServer::start().await.unwrap();
+    server.set("svc.test", &[ip("10.0.0.1")]);
+    let (resolver, mut rx) = start(&server, "svc.test:80", options());
+    assert_eq!(next_addrs(&mut rx).await, ["10.0.0.1:80"]);
+    server.set("svc.test", &[ip("10.0.0.2"), ip("10.0.0.3")]);
+    resolver.resolve_now();
+    assert_eq!(next_addrs(&mut rx).await, ["10.0.0.2:80", "10.0.0.3:80"]);
+}
+
+#[tokio::test]
+async fn the_refresh_period_picks_up_changes_by_itself() {
+    let server = DnsServer::start().await.unwrap();
+    server.set("svc.test", &[ip("10.0.0.1")]);
+    let opts = DnsOptions {
+        refresh_interval: Duration::from_millis(50),
+        ..options()
+    };
+    let (_resolver, mut rx) = start(&server, "svc.test:80", opts);
+    assert_eq!(next_addrs(&mut rx).await, ["10.0.0.1:80"]);
+    server.set("svc.test", &[ip("10.0.0.9")]);
+    loop {
+        if next_addrs(&mut rx).await == ["10.0.0.9:80"] {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_name_is_reported_and_recovers_by_itself() {
+    let server = DnsServer::start().await.unwrap();
+    let opts = DnsOptions {
+        error_retry_interval: Duration::from_millis(50),
+        ..options()
+    };
+    let (_resolver, mut rx) = start(&server, "missing.test:80", opts);
+    match next(&mut rx).await {
+        Event::Error(e) => assert!(e.to_string().contains("`missing.test`"), "{e}"),
+        Event::State(s) => panic!("expected an error, got {s:?}"),
+    }
+    server.set("missing.test", &[ip("10.0.0.5")]);
+    loop {
+        if let Event::State(s) = next(&mut rx).await {
+            assert_eq!(s.addresses[0].addr(), "10.0.0.5:80");
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn resolve_now_is_rate_limited() {
+    let server = DnsServer::start().await.unwrap();
+    server.set("svc.test", &[ip("10.0.0.1")]);
+    let opts = DnsOptions {
+        min_resolve_interval: Duration::from_secs(3600),
+        ..options()
+    };
+    let (resolver, mut rx) = start(&server, "svc.test:80", opts);
+    next_addrs(&mut rx).await;
+    let after_first = server.queries();
+    for _ in 0..5 {
+        resolver.resolve_now();
+    }
+    // Nothing more may arrive while the interval lasts.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "a resolve_now inside the interval resolved"
+    );
+    assert_eq!(server.queries(), after_first, "no extra lookups");
+}
+
+#[tokio::test]
+async fn dropping_the_resolver_stops_it() {
+    let server = DnsServer::start().await.unwrap();
+    server.set("svc.test", &[ip("10.0.0.1")]);
+    let opts = DnsOptions {
+        refresh_interval: Duration::from_millis(10),
+        ..options()
+    };
+    let (resolver, mut rx) = start(&server, "svc.test:80", opts);
+    next_addrs(&mut rx).await;
+    drop(resolver);
+    // The task ends, so its sender is dropped and the stream ends.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while rx.recv().await.is_some() {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the resolver kept running after it was dropped"
+    );
+}
+
+#[tokio::test]
+async fn ip_literals_and_bad_targets() {
+    let server = DnsServer::start().await.unwrap();
+    let (_r, mut rx) = start(&server, "127.0.0.1:9", options());
+    assert_eq!(next_addrs(&mut rx).await, ["127.0.0.1:9"]);
+    assert_eq!(server.queries(), 0, "an IP literal is not looked up");
+
+    let (tx, _rx) = mpsc::unbounded_channel();
+    for (target, why) in [
+        ("dns:///svc.test:0", "1 to 65535"),
+        ("dns://ns.example/svc.test:80", "must be an IP"),
+        ("dns:///::1:80", "brackets"),
+    ] {
+        let err = DnsResolverBuilder::default()
+            .build(
+                &Target::parse(target).unwrap(),
+                Arc::new(Channel(tx.clone())),
+            )
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(why), "{target}: {err}");
+    }
+}

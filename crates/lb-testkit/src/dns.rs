@@ -1,0 +1,114 @@
+//! A DNS server on 127.0.0.1 whose records the test sets and changes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hickory_proto::op::{Message, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{RData, Record, RecordType};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+type Records = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
+
+/// Answers A and AAAA queries over UDP from a table the test controls; unknown names
+/// get NXDOMAIN. Answers carry TTL 0 so resolvers do not cache them.
+pub struct DnsServer {
+    addr: SocketAddr,
+    records: Records,
+    queries: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl DnsServer {
+    /// Starts on an ephemeral UDP port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<Self> {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = socket.local_addr()?;
+        let records = Records::default();
+        let queries = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(serve(socket, records.clone(), queries.clone()));
+        Ok(Self {
+            addr,
+            records,
+            queries,
+            task,
+        })
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sets the addresses of `name` (no trailing dot needed); an empty list removes it.
+    pub fn set(&self, name: &str, ips: &[IpAddr]) {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        if ips.is_empty() {
+            records.remove(&name);
+        } else {
+            records.insert(name, ips.to_vec());
+        }
+    }
+
+    /// Queries answered so far.
+    pub fn queries(&self) -> usize {
+        self.queries.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(socket: UdpSocket, records: Records, queries: Arc<AtomicUsize>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(request) = Message::from_vec(&buf[..n]) else {
+            continue; // not DNS: ignore, as a server would
+        };
+        queries.fetch_add(1, Ordering::Relaxed);
+        let mut response = Message::response(request.metadata.id, OpCode::Query);
+        response.metadata.recursion_desired = request.metadata.recursion_desired;
+        response.metadata.recursion_available = true;
+        response.metadata.authoritative = true;
+        let mut known = false;
+        for query in &request.queries {
+            response.add_query(query.clone());
+            let name = query
+                .name()
+                .to_ascii()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            let ips = records
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&name)
+                .cloned();
+            let Some(ips) = ips else { continue };
+            known = true;
+            for ip in ips {
+                let rdata = match (query.query_type(), ip) {
+                    (RecordType::A, IpAddr::V4(v4)) => RData::A(A(v4)),
+                    (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(v6)),
+                    _ => continue,
+                };
+                response.add_answer(Record::from_rdata(query.name().clone(), 0, rdata));
+            }
+        }
+        if !known {
+            response.metadata.response_code = ResponseCode::NXDomain;
+        }
+        if let Ok(bytes) = response.to_vec() {
+            let _ = socket.send_to(&bytes, peer).await;
+        }
+    }
+}
