@@ -14,9 +14,19 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-/// Debian packages the test suite needs, with the binary that shows each is present.
-/// The resolver tests add etcd and ZooKeeper here when they land.
-const SYSTEM_PACKAGES: &[(&str, &str)] = &[];
+/// Debian packages the build and the test suite need, with what shows each is present
+/// (a binary on PATH, or an absolute path).
+const SYSTEM_PACKAGES: &[(&str, &str)] = &[
+    // etcd-client compiles etcd's protos: protoc and the well-known types.
+    ("protobuf-compiler", "protoc"),
+    (
+        "libprotobuf-dev",
+        "/usr/include/google/protobuf/descriptor.proto",
+    ),
+    // A real etcd for the resolver and registrar tests.
+    ("etcd-server", "etcd"),
+    ("etcd-client", "etcdctl"),
+];
 
 /// The example that `cargo xtask demo` runs.
 const DEMO: &str = "quickstart";
@@ -75,7 +85,11 @@ fn cargo(args: &[&str]) -> Result {
     run(Command::new(cargo).args(args))
 }
 
-fn have(binary: &str) -> bool {
+fn have(probe: &str) -> bool {
+    if probe.starts_with('/') {
+        return Path::new(probe).exists();
+    }
+    let binary = probe;
     Command::new("sh")
         .args(["-c", &format!("command -v {binary}")])
         .output()
@@ -89,6 +103,7 @@ fn install_prerequisites() -> Result {
         .map(|(pkg, _)| *pkg)
         .collect();
     if !missing.is_empty() {
+        eprintln!("installing {missing:?}");
         run(Command::new("apt-get").arg("update").arg("-q"))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -125,6 +140,8 @@ fn test() -> Result {
 }
 
 fn lint() -> Result {
+    // Clippy builds every feature, etcd's protos included.
+    install_prerequisites()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
         "clippy",

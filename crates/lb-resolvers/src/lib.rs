@@ -6,6 +6,7 @@
 //! | `static:///a:1,b:2` | [`StaticResolverBuilder`] | always |
 //! | `passthrough:///host:port` | [`PassthroughResolverBuilder`] | always |
 //! | `dns:///host:port`, `dns://server-ip:port/host:port` | `dns::DnsResolverBuilder` | `dns` |
+//! | `etcd:///service`, `etcd://host:port/service` | `etcd::EtcdResolverBuilder` (and `etcd::EtcdRegistrar`) | `etcd` |
 //!
 //! DNS, etcd and ZooKeeper resolvers (and the server-side registrars) will sit behind
 //! the features `dns`, `etcd` and `zookeeper`.
@@ -26,11 +27,19 @@
 #[cfg(feature = "dns")]
 pub mod dns;
 mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod static_list;
 
 use lb_core::ResolverRegistry;
 
 pub use error::Error;
+
+/// Registry metadata of an address (etcd's `Metadata`, Curator's `payload`), as an
+/// address attribute.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg(feature = "etcd")]
+pub struct Metadata(pub serde_json::Value);
 pub use static_list::{FixedResolver, PassthroughResolverBuilder, StaticResolverBuilder};
 
 /// A registry with every resolver this build of the crate has. Its default scheme,
@@ -46,5 +55,7 @@ pub fn registry() -> ResolverRegistry {
     registry
         .register(dns::DnsResolverBuilder::default())
         .set_default_scheme("dns");
+    #[cfg(feature = "etcd")]
+    registry.register(etcd::EtcdResolverBuilder::default());
     registry
 }

@@ -44,6 +44,16 @@ fn start(state: ResolverState, cc: Arc<dyn ClientConn>) -> Box<dyn Resolver> {
     Box::new(FixedResolver { state, cc })
 }
 
+/// Checks `addr` is `host:port` (IPv6 in brackets); the reason when it is not.
+pub(crate) fn check_host_port(addr: &str) -> Result<(), &'static str> {
+    let target = Target::parse("static:///check").map_err(|_| "internal")?;
+    parse_host_port(&target, addr)
+        .map(drop)
+        .map_err(|e| match e {
+            Error::BadAddress { reason, .. } => reason,
+        })
+}
+
 /// Checks that `entry` is `host:port` (IPv6 hosts in brackets) with a numeric port.
 pub(crate) fn parse_host_port(target: &Target, entry: &str) -> Result<Address, Error> {
     let bad = |reason| Error::BadAddress {

@@ -28,10 +28,12 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 mod dns;
+mod etcd;
 mod manual;
 mod tls;
 
 pub use dns::DnsServer;
+pub use etcd::EtcdServer;
 pub use manual::ManualResolver;
 pub use tls::TestPki;
 use tokio_rustls::TlsAcceptor;
@@ -279,6 +281,20 @@ impl Drop for Backend {
             task.abort();
         }
     }
+}
+
+/// A free TCP port on 127.0.0.1 outside the ephemeral range, for servers that must
+/// restart on the same port.
+pub fn free_port() -> std::io::Result<u16> {
+    let mut last = None;
+    for _ in 0..200 {
+        let port = fastrand_port();
+        match std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
 }
 
 fn fastrand_port() -> u16 {

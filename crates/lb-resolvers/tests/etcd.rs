@@ -1,0 +1,262 @@
+//! The etcd resolver and registrar against a real etcd on 127.0.0.1.
+
+#![cfg(feature = "etcd")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_core::resolver::ClientConn;
+use lb_core::{ResolverBuilder, ResolverState, SharedError, Target};
+use lb_resolvers::Metadata;
+use lb_resolvers::etcd::{EtcdOptions, EtcdRegistrar, EtcdResolverBuilder};
+use lb_testkit::EtcdServer;
+use tokio::sync::watch;
+
+/// Records the latest state and error.
+struct Latest {
+    state: watch::Sender<Option<ResolverState>>,
+    error: watch::Sender<Option<String>>,
+}
+
+impl ClientConn for Latest {
+    fn update_state(&self, state: ResolverState) {
+        self.state.send_replace(Some(state));
+    }
+    fn report_error(&self, error: SharedError) {
+        self.error.send_replace(Some(error.to_string()));
+    }
+}
+
+struct Watching {
+    _resolver: Box<dyn lb_core::Resolver>,
+    state: watch::Receiver<Option<ResolverState>>,
+    error: watch::Receiver<Option<String>>,
+}
+
+fn options(etcd: &EtcdServer) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: vec![etcd.endpoint()],
+        retry_interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
+    }
+}
+
+fn resolve(etcd: &EtcdServer, service: &str) -> Watching {
+    let (state, state_rx) = watch::channel(None);
+    let (error, error_rx) = watch::channel(None);
+    let target = Target::parse(&format!("etcd://{}/{service}", etcd.addr())).unwrap();
+    let resolver = EtcdResolverBuilder::default()
+        .build(&target, Arc::new(Latest { state, error }))
+        .unwrap();
+    Watching {
+        _resolver: resolver,
+        state: state_rx,
+        error: error_rx,
+    }
+}
+
+fn addrs(state: &ResolverState) -> Vec<String> {
+    let mut a: Vec<_> = state
+        .addresses
+        .iter()
+        .map(|a| a.addr().to_owned())
+        .collect();
+    a.sort();
+    a
+}
+
+/// Waits (at most `within`) until the resolver's addresses are `expected`.
+async fn expect_addrs(w: &mut Watching, expected: &[&str], within: Duration) -> ResolverState {
+    let found = tokio::time::timeout(
+        within,
+        w.state
+            .wait_for(|s| s.as_ref().is_some_and(|s| addrs(s) == expected)),
+    )
+    .await
+    .map(|r| r.map(|s| s.clone()));
+    match found {
+        Ok(Ok(Some(state))) => state,
+        _ => panic!(
+            "addresses never became {expected:?}; last: {:?}",
+            w.state.borrow().as_ref().map(addrs)
+        ),
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn client(etcd: &EtcdServer) -> etcd_client::Client {
+    etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn discovers_additions_and_removals() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut c = client(&etcd).await;
+    c.put("greeter/a", r#"{"Op":0,"Addr":"10.0.0.1:80"}"#, None)
+        .await
+        .unwrap();
+    let mut w = resolve(&etcd, "greeter");
+    expect_addrs(&mut w, &["10.0.0.1:80"], WAIT).await;
+    c.put("greeter/b", r#"{"Op":0,"Addr":"10.0.0.2:80"}"#, None)
+        .await
+        .unwrap();
+    // Another service's keys are not ours.
+    c.put("greeterx/c", r#"{"Op":0,"Addr":"10.0.0.3:80"}"#, None)
+        .await
+        .unwrap();
+    expect_addrs(&mut w, &["10.0.0.1:80", "10.0.0.2:80"], WAIT).await;
+    c.delete("greeter/a", None).await.unwrap();
+    expect_addrs(&mut w, &["10.0.0.2:80"], WAIT).await;
+}
+
+#[tokio::test]
+async fn reads_keys_written_by_etcdctl_in_the_go_format_with_metadata() {
+    let etcd = EtcdServer::start().await.unwrap();
+    etcd.etcdctl(&[
+        "put",
+        "billing/10.0.0.7:443",
+        r#"{"Op":0,"Addr":"10.0.0.7:443","Metadata":{"weight":4,"zone":"eu"}}"#,
+    ])
+    .await
+    .unwrap();
+    let mut w = resolve(&etcd, "billing");
+    let state = expect_addrs(&mut w, &["10.0.0.7:443"], WAIT).await;
+    let a = &state.addresses[0];
+    assert_eq!(a.weight().get(), 4);
+    assert_eq!(a.attributes().get::<Metadata>().unwrap().0["zone"], "eu");
+}
+
+#[tokio::test]
+async fn malformed_entries_are_skipped_and_never_hide_good_ones() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut c = client(&etcd).await;
+    c.put("svc/good", r#"{"Op":0,"Addr":"10.0.0.1:80"}"#, None)
+        .await
+        .unwrap();
+    c.put("svc/not-json", "hello", None).await.unwrap();
+    c.put("svc/no-addr", r#"{"Op":0}"#, None).await.unwrap();
+    c.put("svc/bad-addr", r#"{"Op":0,"Addr":"nowhere"}"#, None)
+        .await
+        .unwrap();
+    let mut w = resolve(&etcd, "svc");
+    expect_addrs(&mut w, &["10.0.0.1:80"], WAIT).await;
+    // A good entry turned bad leaves the set; the others stay.
+    c.put("svc/good2", r#"{"Op":0,"Addr":"10.0.0.2:80"}"#, None)
+        .await
+        .unwrap();
+    expect_addrs(&mut w, &["10.0.0.1:80", "10.0.0.2:80"], WAIT).await;
+    c.put("svc/good2", "{broken", None).await.unwrap();
+    expect_addrs(&mut w, &["10.0.0.1:80"], WAIT).await;
+}
+
+#[tokio::test]
+async fn a_registrar_registers_and_deregisters() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut w = resolve(&etcd, "echo");
+    let r = EtcdRegistrar::register(
+        options(&etcd),
+        "echo",
+        "127.0.0.1:7001",
+        Some(serde_json::json!({"weight": 2})),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.key(), "echo/127.0.0.1:7001");
+    let state = expect_addrs(&mut w, &["127.0.0.1:7001"], WAIT).await;
+    assert_eq!(state.addresses[0].weight().get(), 2);
+    // What we wrote is what etcd's Go package writes.
+    let raw = etcd
+        .etcdctl(&["get", "echo/127.0.0.1:7001", "--print-value-only"])
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(raw.trim()).unwrap(),
+        serde_json::json!({"Op": 0, "Addr": "127.0.0.1:7001", "Metadata": {"weight": 2}})
+    );
+    r.deregister().await;
+    expect_addrs(&mut w, &[], WAIT).await;
+}
+
+#[tokio::test]
+async fn a_dead_registrars_key_expires_with_its_lease() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut w = resolve(&etcd, "echo");
+    let ttl = Duration::from_secs(3);
+    let r = EtcdRegistrar::register(options(&etcd), "echo", "127.0.0.1:7002", None, ttl)
+        .await
+        .unwrap();
+    expect_addrs(&mut w, &["127.0.0.1:7002"], WAIT).await;
+    // Dropped without deregistering: the keep-alives stop, as if the process died.
+    drop(r);
+    expect_addrs(&mut w, &[], ttl + Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn an_etcd_restart_keeps_the_set_and_the_registration_comes_back() {
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let mut w = resolve(&etcd, "echo");
+    let _r = EtcdRegistrar::register(
+        options(&etcd),
+        "echo",
+        "127.0.0.1:7003",
+        None,
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    expect_addrs(&mut w, &["127.0.0.1:7003"], WAIT).await;
+
+    etcd.kill().await;
+    // The resolver reports the outage and keeps its last good set.
+    tokio::time::timeout(WAIT, w.error.wait_for(|e| e.is_some()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        addrs(w.state.borrow().as_ref().unwrap()),
+        ["127.0.0.1:7003"]
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await; // longer than the lease TTL
+
+    etcd.restart().await.unwrap();
+    // The registration is back (re-put under a new lease if the old one expired)...
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let out = etcd
+                .etcdctl(&["get", "echo/127.0.0.1:7003", "--print-value-only"])
+                .await
+                .unwrap();
+            if out.contains("127.0.0.1:7003") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the registration did not come back");
+    // ...and the resolver follows new changes again.
+    let mut c = client(&etcd).await;
+    c.put("echo/late", r#"{"Op":0,"Addr":"127.0.0.1:7004"}"#, None)
+        .await
+        .unwrap();
+    expect_addrs(&mut w, &["127.0.0.1:7003", "127.0.0.1:7004"], WAIT).await;
+}
+
+#[tokio::test]
+async fn bad_targets_are_errors() {
+    let (state, _s) = watch::channel(None);
+    let (error, _e) = watch::channel(None);
+    let err = EtcdResolverBuilder::default()
+        .build(
+            &Target::parse("etcd:////").unwrap(),
+            Arc::new(Latest { state, error }),
+        )
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("empty service name"), "{err}");
+}
