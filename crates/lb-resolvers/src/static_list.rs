@@ -45,6 +45,7 @@ fn start(state: ResolverState, cc: Arc<dyn ClientConn>) -> Box<dyn Resolver> {
 }
 
 /// Checks `addr` is `host:port` (IPv6 in brackets); the reason when it is not.
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) fn check_host_port(addr: &str) -> Result<(), &'static str> {
     let target = Target::parse("static:///check").map_err(|_| "internal")?;
     parse_host_port(&target, addr)
