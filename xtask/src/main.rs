@@ -26,6 +26,8 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     // A real etcd for the resolver and registrar tests.
     ("etcd-server", "etcd"),
     ("etcd-client", "etcdctl"),
+    // A real ZooKeeper (it brings its JVM) for the ZooKeeper tests.
+    ("zookeeper", "/usr/share/zookeeper/bin/zkServer.sh"),
 ];
 
 /// The example that `cargo xtask demo` runs.

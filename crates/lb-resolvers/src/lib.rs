@@ -7,6 +7,7 @@
 //! | `passthrough:///host:port` | [`PassthroughResolverBuilder`] | always |
 //! | `dns:///host:port`, `dns://server-ip:port/host:port` | `dns::DnsResolverBuilder` | `dns` |
 //! | `etcd:///service`, `etcd://host:port/service` | `etcd::EtcdResolverBuilder` (and `etcd::EtcdRegistrar`) | `etcd` |
+//! | `zk:///service`, `zk://host:port,host:port/service` | `zookeeper::ZkResolverBuilder` (and `zookeeper::ZkRegistrar`) | `zookeeper` |
 //!
 //! DNS, etcd and ZooKeeper resolvers (and the server-side registrars) will sit behind
 //! the features `dns`, `etcd` and `zookeeper`.
@@ -30,6 +31,8 @@ mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod static_list;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 use lb_core::ResolverRegistry;
 
@@ -38,7 +41,7 @@ pub use error::Error;
 /// Registry metadata of an address (etcd's `Metadata`, Curator's `payload`), as an
 /// address attribute.
 #[derive(Debug, Clone, PartialEq)]
-#[cfg(feature = "etcd")]
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub struct Metadata(pub serde_json::Value);
 pub use static_list::{FixedResolver, PassthroughResolverBuilder, StaticResolverBuilder};
 
@@ -57,5 +60,7 @@ pub fn registry() -> ResolverRegistry {
         .set_default_scheme("dns");
     #[cfg(feature = "etcd")]
     registry.register(etcd::EtcdResolverBuilder::default());
+    #[cfg(feature = "zookeeper")]
+    registry.register(zookeeper::ZkResolverBuilder::default());
     registry
 }

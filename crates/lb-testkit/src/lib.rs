@@ -31,12 +31,14 @@ mod dns;
 mod etcd;
 mod manual;
 mod tls;
+mod zookeeper;
 
 pub use dns::DnsServer;
 pub use etcd::EtcdServer;
 pub use manual::ManualResolver;
 pub use tls::TestPki;
 use tokio_rustls::TlsAcceptor;
+pub use zookeeper::ZooKeeperServer;
 
 /// The generated echo service.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

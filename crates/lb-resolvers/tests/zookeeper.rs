@@ -1,0 +1,219 @@
+//! The ZooKeeper resolver and registrar against a real ZooKeeper on 127.0.0.1.
+
+#![cfg(feature = "zookeeper")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_core::resolver::ClientConn;
+use lb_core::{ResolverBuilder, ResolverState, SharedError, Target};
+use lb_resolvers::Metadata;
+use lb_resolvers::zookeeper::{ZkOptions, ZkRegistrar, ZkResolverBuilder};
+use lb_testkit::ZooKeeperServer;
+use tokio::sync::watch;
+use zookeeper_client as zk;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Latest {
+    state: watch::Sender<Option<ResolverState>>,
+    errors: watch::Sender<usize>,
+}
+
+impl ClientConn for Latest {
+    fn update_state(&self, state: ResolverState) {
+        self.state.send_replace(Some(state));
+    }
+    fn report_error(&self, _: SharedError) {
+        self.errors.send_modify(|n| *n += 1);
+    }
+}
+
+struct Watching {
+    _resolver: Box<dyn lb_core::Resolver>,
+    state: watch::Receiver<Option<ResolverState>>,
+    errors: watch::Receiver<usize>,
+}
+
+fn options(zk: &ZooKeeperServer) -> ZkOptions {
+    ZkOptions {
+        cluster: zk.connect_string(),
+        session_timeout: Duration::from_secs(2),
+        retry_interval: Duration::from_millis(200),
+        ..ZkOptions::default()
+    }
+}
+
+fn resolve(server: &ZooKeeperServer, service: &str) -> Watching {
+    let (state, state_rx) = watch::channel(None);
+    let (errors, errors_rx) = watch::channel(0);
+    let target = Target::parse(&format!("zk:///{service}")).unwrap();
+    let resolver = ZkResolverBuilder::new(options(server))
+        .build(&target, Arc::new(Latest { state, errors }))
+        .unwrap();
+    Watching {
+        _resolver: resolver,
+        state: state_rx,
+        errors: errors_rx,
+    }
+}
+
+fn addrs(state: &ResolverState) -> Vec<String> {
+    let mut a: Vec<_> = state
+        .addresses
+        .iter()
+        .map(|a| a.addr().to_owned())
+        .collect();
+    a.sort();
+    a
+}
+
+async fn expect_addrs(w: &mut Watching, expected: &[&str], within: Duration) -> ResolverState {
+    let found = tokio::time::timeout(
+        within,
+        w.state
+            .wait_for(|s| s.as_ref().is_some_and(|s| addrs(s) == expected)),
+    )
+    .await
+    .map(|r| r.map(|s| s.clone()));
+    match found {
+        Ok(Ok(Some(state))) => state,
+        _ => panic!(
+            "addresses never became {expected:?}; last: {:?}",
+            w.state.borrow().as_ref().map(addrs)
+        ),
+    }
+}
+
+/// A raw client, as a Java service using Curator would write.
+async fn raw(server: &ZooKeeperServer) -> zk::Client {
+    zk::Client::connect(&server.connect_string()).await.unwrap()
+}
+
+async fn put_node(client: &zk::Client, path: &str, data: &str) {
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let parent = &path[..path.rfind('/').unwrap()];
+    match client.mkdir(parent, &persistent).await {
+        Ok(()) | Err(zk::Error::NodeExists) => {}
+        Err(e) => panic!("mkdir {parent}: {e}"),
+    }
+    client
+        .create(path, data.as_bytes(), &persistent)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn discovers_curator_instances_as_they_come_and_go() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let mut w = resolve(&server, "greeter");
+    expect_addrs(&mut w, &[], WAIT).await; // nothing registered yet
+    let client = raw(&server).await;
+    // Exactly what Curator's JsonInstanceSerializer writes.
+    put_node(
+        &client,
+        "/services/greeter/6a1b2c3d-0000-4000-8000-000000000001",
+        r#"{"name":"greeter","id":"6a1b2c3d-0000-4000-8000-000000000001","address":"10.0.0.1","port":8080,"sslPort":null,"payload":{"weight":3,"zone":"a"},"registrationTimeUTC":1700000000000,"serviceType":"DYNAMIC","uriSpec":{"parts":[{"value":"scheme","variable":true}]}}"#,
+    )
+    .await;
+    let state = expect_addrs(&mut w, &["10.0.0.1:8080"], WAIT).await;
+    assert_eq!(state.addresses[0].weight().get(), 3);
+    assert_eq!(
+        state.addresses[0].attributes().get::<Metadata>().unwrap().0["zone"],
+        "a"
+    );
+    put_node(
+        &client,
+        "/services/greeter/two",
+        r#"{"name":"greeter","id":"two","address":"10.0.0.2","port":8080}"#,
+    )
+    .await;
+    expect_addrs(&mut w, &["10.0.0.1:8080", "10.0.0.2:8080"], WAIT).await;
+    client.delete("/services/greeter/two", None).await.unwrap();
+    expect_addrs(&mut w, &["10.0.0.1:8080"], WAIT).await;
+}
+
+#[tokio::test]
+async fn malformed_nodes_are_skipped_and_never_hide_good_ones() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let client = raw(&server).await;
+    put_node(
+        &client,
+        "/services/svc/good",
+        r#"{"address":"10.0.0.1","port":1}"#,
+    )
+    .await;
+    put_node(&client, "/services/svc/junk", "not json").await;
+    put_node(&client, "/services/svc/noport", r#"{"address":"10.0.0.2"}"#).await;
+    let mut w = resolve(&server, "svc");
+    expect_addrs(&mut w, &["10.0.0.1:1"], WAIT).await;
+}
+
+#[tokio::test]
+async fn a_registrar_registers_deregisters_and_a_dead_one_vanishes_with_its_session() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let mut w = resolve(&server, "echo");
+    let a = ZkRegistrar::register(
+        options(&server),
+        "echo",
+        "a",
+        "127.0.0.1",
+        7001,
+        Some(serde_json::json!({"weight": 2})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.path(), "/services/echo/a");
+    let state = expect_addrs(&mut w, &["127.0.0.1:7001"], WAIT).await;
+    assert_eq!(state.addresses[0].weight().get(), 2);
+    let b = ZkRegistrar::register(options(&server), "echo", "b", "127.0.0.1", 7002, None)
+        .await
+        .unwrap();
+    expect_addrs(&mut w, &["127.0.0.1:7001", "127.0.0.1:7002"], WAIT).await;
+    a.deregister().await;
+    expect_addrs(&mut w, &["127.0.0.1:7002"], WAIT).await;
+    // b dies without deregistering: its ephemeral node goes with its session.
+    drop(b);
+    expect_addrs(&mut w, &[], WAIT).await;
+}
+
+#[tokio::test]
+async fn after_session_expiry_the_registration_and_the_watch_come_back() {
+    let mut server = ZooKeeperServer::start().await.unwrap();
+    let mut w = resolve(&server, "echo");
+    let _r = ZkRegistrar::register(options(&server), "echo", "a", "127.0.0.1", 7003, None)
+        .await
+        .unwrap();
+    expect_addrs(&mut w, &["127.0.0.1:7003"], WAIT).await;
+
+    // A ZooKeeper that forgot every session: both clients' sessions expire.
+    let errors_before = *w.errors.borrow();
+    server.restart_wiped().await.unwrap();
+    // The registrar creates its node again (parents included) under a new session,
+    // and the resolver, under its own new session, sees it.
+    tokio::time::timeout(WAIT, w.errors.wait_for(|n| *n > errors_before))
+        .await
+        .unwrap()
+        .unwrap();
+    expect_addrs(&mut w, &["127.0.0.1:7003"], WAIT).await;
+    // The new watch works: a later change arrives.
+    let _r2 = ZkRegistrar::register(options(&server), "echo", "b", "127.0.0.1", 7004, None)
+        .await
+        .unwrap();
+    expect_addrs(&mut w, &["127.0.0.1:7003", "127.0.0.1:7004"], WAIT).await;
+}
+
+#[tokio::test]
+async fn bad_targets_are_errors() {
+    let (state, _s) = watch::channel(None);
+    let (errors, _e) = watch::channel(0);
+    let err = ZkResolverBuilder::default()
+        .build(
+            &Target::parse("zk:////").unwrap(),
+            Arc::new(Latest { state, errors }),
+        )
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("empty service name"), "{err}");
+}

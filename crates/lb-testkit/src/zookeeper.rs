@@ -1,0 +1,145 @@
+//! A real ZooKeeper server on 127.0.0.1 for tests (Debian's `zookeeper` package): a
+//! free port, a temporary data directory, short session timeouts allowed, killed when
+//! dropped, restartable.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const ZK_SERVER: &str = "/usr/share/zookeeper/bin/zkServer.sh";
+
+/// A running (or stopped) ZooKeeper.
+pub struct ZooKeeperServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ZooKeeperServer {
+    /// Starts ZooKeeper and waits until it answers `ruok`. Fails with the install
+    /// command when it is missing.
+    pub async fn start() -> Result<Self, String> {
+        if !std::path::Path::new(ZK_SERVER).exists() {
+            return Err(format!(
+                "{ZK_SERVER} not found; install ZooKeeper with `apt-get install zookeeper` (cargo xtask test does)"
+            ));
+        }
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+        let config = format!(
+            "tickTime=100\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             admin.enableServer=false\n4lw.commands.whitelist=ruok\nminSessionTimeout=200\nmaxSessionTimeout=60000\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("zoo.cfg"), config).map_err(|e| format!("zoo.cfg: {e}"))?;
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// The connect string, `127.0.0.1:port`.
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The client address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Kills the server at once (SIGKILL).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts it again on the same port with its data wiped: every client session is
+    /// unknown to it, so clients that reconnect see their session expire.
+    pub async fn restart_wiped(&mut self) -> Result<(), String> {
+        self.kill().await;
+        let data = self.dir.path().join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data).map_err(|e| format!("wipe {}: {e}", data.display()))?;
+        }
+        self.launch().await
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.kill().await;
+        self.launch().await
+    }
+
+    async fn launch(&mut self) -> Result<(), String> {
+        let dir = self.dir.path();
+        let log =
+            std::fs::File::create(dir.join("zookeeper.out")).map_err(|e| format!("log: {e}"))?;
+        let child = Command::new(ZK_SERVER)
+            .arg("start-foreground")
+            .arg(dir.join("zoo.cfg"))
+            .env("ZOOCFGDIR", dir)
+            .env("ZOO_LOG_DIR", dir)
+            .env("JVMFLAGS", "-Xmx256m")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                format!("cannot start ZooKeeper ({e}); install it with `apt-get install zookeeper`")
+            })?;
+        self.child = Some(child);
+        // The JVM takes a moment; allow 20 s on a loaded machine.
+        for _ in 0..400 {
+            if ruok(self.port).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = std::fs::read_to_string(dir.join("zookeeper.out")).unwrap_or_default();
+        Err(format!(
+            "ZooKeeper did not answer ruok in 20 s; its output: {}",
+            log.chars()
+                .rev()
+                .take(2000)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect::<String>()
+        ))
+    }
+}
+
+impl Drop for ZooKeeperServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+async fn ruok(port: u16) -> bool {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_millis(200),
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    if s.write_all(b"ruok").await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_millis(500), s.read_to_end(&mut answer)).await;
+    read.is_ok() && answer == b"imok"
+}
