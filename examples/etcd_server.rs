@@ -3,7 +3,7 @@
 //! Run (with etcd on 127.0.0.1:2379, e.g. `etcd` from Debian's `etcd-server`):
 //!
 //! ```sh
-//! cargo run -p examples --features etcd --example etcd_server -- 127.0.0.1:50051
+//! cargo run -p examples --features registries --example etcd_server -- 127.0.0.1:50051
 //! ```
 //!
 //! It serves the echo service, registers `greeter/127.0.0.1:50051` in the format of

@@ -1,15 +1,17 @@
-//! A client that finds its servers in etcd and balances over them.
+//! A client that finds its servers in a registry (etcd or ZooKeeper) and balances
+//! over them. The target chooses the registry; nothing else changes.
 //!
-//! Run (with etcd on 127.0.0.1:2379 and a few `etcd_server` examples registered):
+//! Run (with a few `etcd_server` or `zk_server` examples registered):
 //!
 //! ```sh
-//! cargo run -p examples --features etcd --example etcd_client
+//! cargo run -p examples --features registries --example registry_client                                  # etcd://127.0.0.1:2379/greeter
+//! TARGET=zk://127.0.0.1:2181/greeter cargo run -p examples --features registries --example registry_client
 //! ```
 //!
 //! It sends one RPC every 200 ms for `RUN_SECS` (default 30) seconds and prints which
 //! server answered; start and stop servers meanwhile and watch the traffic follow.
-//! `ETCD` (`host:port`, default `127.0.0.1:2379`) and `POLICY` (default `round_robin`)
-//! can be set.
+//! `POLICY` (default `round_robin`; try `weighted_round_robin` with `WEIGHT` set on
+//! the servers) can be set.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,8 @@ use lb_tonic::{LbChannel, ServedBy, WaitForReady};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let etcd = std::env::var("ETCD").unwrap_or_else(|_| "127.0.0.1:2379".to_owned());
+    let target =
+        std::env::var("TARGET").unwrap_or_else(|_| "etcd://127.0.0.1:2379/greeter".to_owned());
     let policy = std::env::var("POLICY").unwrap_or_else(|_| "round_robin".to_owned());
     let run_for = Duration::from_secs(
         std::env::var("RUN_SECS")
@@ -28,10 +31,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(30),
     );
 
-    // `lb_resolvers::registry()` has the etcd scheme when the `etcd` feature is on.
-    let channel = LbChannel::builder(format!("etcd://{etcd}/greeter"))
-        .policy(&policy)
-        .build()?;
+    // `lb_resolvers::registry()` has the etcd and zk schemes with those features on.
+    let channel = LbChannel::builder(&target).policy(&policy).build()?;
     let mut client = EchoClient::new(channel.clone());
     let end = Instant::now() + run_for;
     while Instant::now() < end {
