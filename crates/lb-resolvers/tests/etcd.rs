@@ -247,6 +247,92 @@ async fn an_etcd_restart_keeps_the_set_and_the_registration_comes_back() {
     expect_addrs(&mut w, &["127.0.0.1:7003", "127.0.0.1:7004"], WAIT).await;
 }
 
+/// Not a test of its own: the registrar process that
+/// `a_sigkilled_registrar_process_leaves_its_key_to_expire` starts (this test binary
+/// re-executed). Without `LB_REGISTRAR_CHILD` it returns at once.
+#[tokio::test]
+async fn registrar_child_process() {
+    let Ok(endpoint) = std::env::var("LB_REGISTRAR_CHILD") else {
+        return;
+    };
+    let options = EtcdOptions {
+        endpoints: vec![endpoint],
+        retry_interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
+    };
+    let _r = EtcdRegistrar::register(
+        options,
+        "echo",
+        "127.0.0.1:7010",
+        None,
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    println!("registered");
+    // Stay registered until killed (bounded, in case the parent is gone).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_registrar_process_leaves_its_key_to_expire() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut w = resolve(&etcd, "echo");
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "registrar_child_process", "--nocapture"])
+        .env("LB_REGISTRAR_CHILD", etcd.endpoint())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    expect_addrs(&mut w, &["127.0.0.1:7010"], WAIT).await;
+    child.kill().await.unwrap(); // SIGKILL: no deregistration, keep-alives just stop
+    expect_addrs(&mut w, &[], Duration::from_secs(3) + Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_compacted_revision_makes_the_resolver_list_again() {
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let mut c = client(&etcd).await;
+    c.put("svc/a", r#"{"Op":0,"Addr":"10.0.0.1:80"}"#, None)
+        .await
+        .unwrap();
+    // A resolver that waits 2 s before reconnecting.
+    let (state, state_rx) = watch::channel(None);
+    let (error, error_rx) = watch::channel(None);
+    let target = Target::parse(&format!("etcd://{}/svc", etcd.addr())).unwrap();
+    let resolver = EtcdResolverBuilder::new(EtcdOptions {
+        endpoints: vec![etcd.endpoint()],
+        retry_interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(1),
+    })
+    .build(&target, Arc::new(Latest { state, error }))
+    .unwrap();
+    let mut w = Watching {
+        _resolver: resolver,
+        state: state_rx,
+        error: error_rx,
+    };
+    expect_addrs(&mut w, &["10.0.0.1:80"], WAIT).await;
+
+    // While the resolver is away, the set changes and history is compacted, so the
+    // revision it would resume from is gone.
+    etcd.restart().await.unwrap();
+    tokio::time::timeout(WAIT, w.error.wait_for(|e| e.is_some()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut c = client(&etcd).await;
+    c.delete("svc/a", None).await.unwrap();
+    let put = c
+        .put("svc/b", r#"{"Op":0,"Addr":"10.0.0.2:80"}"#, None)
+        .await
+        .unwrap();
+    let revision = put.header().unwrap().revision();
+    c.compact(revision, None).await.unwrap();
+    expect_addrs(&mut w, &["10.0.0.2:80"], WAIT).await;
+}
+
 #[tokio::test]
 async fn bad_targets_are_errors() {
     let (state, _s) = watch::channel(None);

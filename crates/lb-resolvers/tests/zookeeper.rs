@@ -205,6 +205,34 @@ async fn after_session_expiry_the_registration_and_the_watch_come_back() {
 }
 
 #[tokio::test]
+async fn a_zookeeper_restart_keeps_the_set_and_changes_arrive_again() {
+    let mut server = ZooKeeperServer::start().await.unwrap();
+    let mut w = resolve(&server, "echo");
+    let _a = ZkRegistrar::register(options(&server), "echo", "a", "127.0.0.1", 7005, None)
+        .await
+        .unwrap();
+    expect_addrs(&mut w, &["127.0.0.1:7005"], WAIT).await;
+
+    // Connection loss: reported, and the last set stands meanwhile.
+    let errors_before = *w.errors.borrow();
+    server.kill().await;
+    tokio::time::timeout(WAIT, w.errors.wait_for(|n| *n > errors_before))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        addrs(w.state.borrow().as_ref().unwrap()),
+        ["127.0.0.1:7005"]
+    );
+
+    server.restart().await.unwrap();
+    let _b = ZkRegistrar::register(options(&server), "echo", "b", "127.0.0.1", 7006, None)
+        .await
+        .unwrap();
+    expect_addrs(&mut w, &["127.0.0.1:7005", "127.0.0.1:7006"], WAIT).await;
+}
+
+#[tokio::test]
 async fn bad_targets_are_errors() {
     let (state, _s) = watch::channel(None);
     let (errors, _e) = watch::channel(0);
