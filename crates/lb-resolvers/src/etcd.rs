@@ -21,12 +21,10 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
 use lb_core::resolver::{BuildError, ClientConn};
-use lb_core::{Address, Resolver, ResolverBuilder, ResolverState, Target, Weight};
+use lb_core::{Address, Resolver, ResolverBuilder, ResolverState, Target};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-use crate::Metadata;
 
 /// Connection settings for etcd.
 #[derive(Debug, Clone)]
@@ -87,23 +85,10 @@ pub fn parse_endpoint(value: &[u8]) -> Result<Address, String> {
         .ok_or("missing `Addr`")?;
     crate::static_list::check_host_port(addr)
         .map_err(|reason| format!("`Addr` {addr:?}: {reason}"))?;
-    let mut address = Address::new(addr);
-    if let Some(metadata) = obj.get("Metadata").filter(|m| !m.is_null()) {
-        if let Some(weight) = metadata.get("weight") {
-            match weight
-                .as_u64()
-                .and_then(|w| u32::try_from(w).ok())
-                .and_then(Weight::new)
-            {
-                Some(w) => address = address.with_attribute(w),
-                None => {
-                    tracing::warn!(%addr, %weight, "ignoring an invalid weight (want an integer from 1 to 2^32-1)")
-                }
-            }
-        }
-        address = address.with_attribute(Metadata(metadata.clone()));
-    }
-    Ok(address)
+    Ok(crate::watching::with_metadata(
+        Address::new(addr),
+        obj.get("Metadata"),
+    ))
 }
 
 /// The value a registrar writes for `addr`.
@@ -132,23 +117,6 @@ impl EtcdResolverBuilder {
     }
 }
 
-/// A running etcd resolver; dropping it stops it.
-pub struct EtcdResolver {
-    task: tokio::task::AbortHandle,
-}
-
-impl Resolver for EtcdResolver {
-    fn resolve_now(&self) {
-        // The watch keeps the set current; nothing to do.
-    }
-}
-
-impl Drop for EtcdResolver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl ResolverBuilder for EtcdResolverBuilder {
     fn scheme(&self) -> &str {
         "etcd"
@@ -159,10 +127,7 @@ impl ResolverBuilder for EtcdResolverBuilder {
         target: &Target,
         cc: Arc<dyn ClientConn>,
     ) -> Result<Box<dyn Resolver>, BuildError> {
-        let service = target.endpoint().trim_matches('/');
-        if service.is_empty() {
-            return Err(format!("target `{target}`: empty service name").into());
-        }
+        let service = crate::watching::service_name(target)?;
         let mut options = self.options.clone();
         if !target.authority().is_empty() {
             options.endpoints = target
@@ -171,12 +136,7 @@ impl ResolverBuilder for EtcdResolverBuilder {
                 .map(|hp| format!("http://{hp}"))
                 .collect();
         }
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| format!("the etcd resolver for `{target}` needs a tokio runtime"))?;
-        let task = runtime.spawn(watch_service(format!("{service}/"), options, cc));
-        Ok(Box::new(EtcdResolver {
-            task: task.abort_handle(),
-        }))
+        crate::watching::spawn(target, watch_service(format!("{service}/"), options, cc))
     }
 }
 
@@ -457,6 +417,7 @@ async fn deregister(client: &mut Client, key: &str, lease: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Metadata;
 
     #[test]
     fn parses_the_go_format_and_names_what_is_wrong() {

@@ -43,6 +43,9 @@ pub use error::Error;
 #[derive(Debug, Clone, PartialEq)]
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub struct Metadata(pub serde_json::Value);
+
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+mod watching;
 pub use static_list::{FixedResolver, PassthroughResolverBuilder, StaticResolverBuilder};
 
 /// A registry with every resolver this build of the crate has. Its default scheme,

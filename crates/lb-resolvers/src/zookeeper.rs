@@ -8,9 +8,10 @@
 //!   `payload` becomes the attribute [`crate::Metadata`], and a positive integer
 //!   `payload.weight` the [`lb_core::Weight`].
 //! * The resolver sets a persistent recursive watch on the service node, lists and
-//!   reads the children, and does so again on every change. After connection loss it
-//!   lists again when the session reconnects; after session expiry it starts a new
-//!   session, watch and list. Errors are reported; the last good set stays.
+//!   reads the children, and does so again on every change. After connection loss or
+//!   session expiry it starts over with a new session, watch and list (a restarted
+//!   server may have forgotten the watch). Errors are reported; the last good set
+//!   stays.
 //! * The registrar creates an ephemeral node `/<base>/<service>/<id>` and creates it
 //!   again under a new session after expiry; deregistering deletes it. A registrar
 //!   that dies leaves the node to vanish with its session.
@@ -20,13 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lb_core::resolver::{BuildError, ClientConn};
-use lb_core::{Address, Resolver, ResolverBuilder, ResolverState, Target, Weight};
+use lb_core::{Address, Resolver, ResolverBuilder, ResolverState, Target};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use zookeeper_client as zk;
-
-use crate::Metadata;
 
 /// ZooKeeper connection settings.
 #[derive(Debug, Clone)]
@@ -104,23 +103,10 @@ pub fn parse_instance(data: &[u8]) -> Result<Address, String> {
         format!("{host}:{port}")
     };
     crate::static_list::check_host_port(&addr).map_err(|reason| format!("{addr:?}: {reason}"))?;
-    let mut address = Address::new(addr);
-    if let Some(payload) = obj.get("payload").filter(|p| !p.is_null()) {
-        if let Some(weight) = payload.get("weight") {
-            match weight
-                .as_u64()
-                .and_then(|w| u32::try_from(w).ok())
-                .and_then(Weight::new)
-            {
-                Some(w) => address = address.with_attribute(w),
-                None => {
-                    tracing::warn!(%weight, "ignoring an invalid weight (want an integer from 1 to 2^32-1)")
-                }
-            }
-        }
-        address = address.with_attribute(Metadata(payload.clone()));
-    }
-    Ok(address)
+    Ok(crate::watching::with_metadata(
+        Address::new(addr),
+        obj.get("payload"),
+    ))
 }
 
 /// The Curator `ServiceInstance` a registrar writes.
@@ -161,23 +147,6 @@ impl ZkResolverBuilder {
     }
 }
 
-/// A running ZooKeeper resolver; dropping it stops it.
-pub struct ZkResolver {
-    task: tokio::task::AbortHandle,
-}
-
-impl Resolver for ZkResolver {
-    fn resolve_now(&self) {
-        // The watch keeps the set current.
-    }
-}
-
-impl Drop for ZkResolver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl ResolverBuilder for ZkResolverBuilder {
     fn scheme(&self) -> &str {
         "zk"
@@ -188,21 +157,13 @@ impl ResolverBuilder for ZkResolverBuilder {
         target: &Target,
         cc: Arc<dyn ClientConn>,
     ) -> Result<Box<dyn Resolver>, BuildError> {
-        let service = target.endpoint().trim_matches('/');
-        if service.is_empty() {
-            return Err(format!("target `{target}`: empty service name").into());
-        }
+        let service = crate::watching::service_name(target)?;
         let mut options = self.options.clone();
         if !target.authority().is_empty() {
             options.cluster = target.authority().to_owned();
         }
         let path = options.service_path(service);
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| format!("the ZooKeeper resolver for `{target}` needs a tokio runtime"))?;
-        let task = runtime.spawn(watch_service(path, options, cc));
-        Ok(Box::new(ZkResolver {
-            task: task.abort_handle(),
-        }))
+        crate::watching::spawn(target, watch_service(path, options, cc))
     }
 }
 
@@ -226,41 +187,27 @@ async fn follow(path: &str, options: &ZkOptions, cc: &dyn ClientConn) -> Result<
         .map_err(zk_error(format!("watch {path}")))?;
     let mut last: Option<Vec<Address>> = None;
     loop {
-        match list(&client, path).await {
-            Ok(addresses) => {
-                if last.as_ref() != Some(&addresses) {
-                    cc.update_state(ResolverState::new(addresses.clone()));
-                    last = Some(addresses);
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.source,
-                    zk::Error::SessionExpired | zk::Error::ClientClosed
-                ) =>
-            {
-                return Err(e);
-            }
-            // Connection loss: the session may survive; list again once it is back.
-            Err(e) => cc.report_error(Arc::new(e)),
+        // Any failure starts over with a new session (see below).
+        let addresses = list(&client, path).await?;
+        if last.as_ref() != Some(&addresses) {
+            cc.update_state(ResolverState::new(addresses.clone()));
+            last = Some(addresses);
         }
         let event = watcher.changed().await;
-        if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
+        if event.event_type == zk::EventType::Session
+            && (event.session_state == zk::SessionState::Disconnected
+                || event.session_state.is_terminated())
+        {
+            // The watch may not survive the reconnect (a restarted server forgets it),
+            // so start over: a new session, a new watch, a fresh list.
             return Err(ZkError {
                 what: format!("session for {path}"),
                 source: match event.session_state {
+                    zk::SessionState::Disconnected => zk::Error::ConnectionLoss,
                     zk::SessionState::Closed => zk::Error::ClientClosed,
                     _ => zk::Error::SessionExpired,
                 },
             });
-        }
-        if event.event_type == zk::EventType::Session
-            && event.session_state == zk::SessionState::Disconnected
-        {
-            cc.report_error(Arc::new(ZkError {
-                what: format!("session for {path}"),
-                source: zk::Error::ConnectionLoss,
-            }));
         }
     }
 }
@@ -430,6 +377,7 @@ async fn keep_registered(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Metadata;
 
     #[test]
     fn parses_curator_instances_and_names_what_is_wrong() {

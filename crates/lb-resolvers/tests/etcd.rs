@@ -3,36 +3,14 @@
 #![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use lb_core::resolver::ClientConn;
-use lb_core::{ResolverBuilder, ResolverState, SharedError, Target};
+use common::{WAIT, Watching, build_error, watching};
 use lb_resolvers::Metadata;
 use lb_resolvers::etcd::{EtcdOptions, EtcdRegistrar, EtcdResolverBuilder};
 use lb_testkit::EtcdServer;
-use tokio::sync::watch;
-
-/// Records the latest state and error.
-struct Latest {
-    state: watch::Sender<Option<ResolverState>>,
-    error: watch::Sender<Option<String>>,
-}
-
-impl ClientConn for Latest {
-    fn update_state(&self, state: ResolverState) {
-        self.state.send_replace(Some(state));
-    }
-    fn report_error(&self, error: SharedError) {
-        self.error.send_replace(Some(error.to_string()));
-    }
-}
-
-struct Watching {
-    _resolver: Box<dyn lb_core::Resolver>,
-    state: watch::Receiver<Option<ResolverState>>,
-    error: watch::Receiver<Option<String>>,
-}
 
 fn options(etcd: &EtcdServer) -> EtcdOptions {
     EtcdOptions {
@@ -43,48 +21,11 @@ fn options(etcd: &EtcdServer) -> EtcdOptions {
 }
 
 fn resolve(etcd: &EtcdServer, service: &str) -> Watching {
-    let (state, state_rx) = watch::channel(None);
-    let (error, error_rx) = watch::channel(None);
-    let target = Target::parse(&format!("etcd://{}/{service}", etcd.addr())).unwrap();
-    let resolver = EtcdResolverBuilder::default()
-        .build(&target, Arc::new(Latest { state, error }))
-        .unwrap();
-    Watching {
-        _resolver: resolver,
-        state: state_rx,
-        error: error_rx,
-    }
-}
-
-fn addrs(state: &ResolverState) -> Vec<String> {
-    let mut a: Vec<_> = state
-        .addresses
-        .iter()
-        .map(|a| a.addr().to_owned())
-        .collect();
-    a.sort();
-    a
-}
-
-/// Waits (at most `within`) until the resolver's addresses are `expected`.
-async fn expect_addrs(w: &mut Watching, expected: &[&str], within: Duration) -> ResolverState {
-    let found = tokio::time::timeout(
-        within,
-        w.state
-            .wait_for(|s| s.as_ref().is_some_and(|s| addrs(s) == expected)),
+    watching(
+        &EtcdResolverBuilder::default(),
+        &format!("etcd://{}/{service}", etcd.addr()),
     )
-    .await
-    .map(|r| r.map(|s| s.clone()));
-    match found {
-        Ok(Ok(Some(state))) => state,
-        _ => panic!(
-            "addresses never became {expected:?}; last: {:?}",
-            w.state.borrow().as_ref().map(addrs)
-        ),
-    }
 }
-
-const WAIT: Duration = Duration::from_secs(10);
 
 async fn client(etcd: &EtcdServer) -> etcd_client::Client {
     etcd_client::Client::connect([etcd.endpoint()], None)
@@ -100,7 +41,7 @@ async fn discovers_additions_and_removals() {
         .await
         .unwrap();
     let mut w = resolve(&etcd, "greeter");
-    expect_addrs(&mut w, &["10.0.0.1:80"], WAIT).await;
+    w.expect_addrs(&["10.0.0.1:80"], WAIT).await;
     c.put("greeter/b", r#"{"Op":0,"Addr":"10.0.0.2:80"}"#, None)
         .await
         .unwrap();
@@ -108,9 +49,9 @@ async fn discovers_additions_and_removals() {
     c.put("greeterx/c", r#"{"Op":0,"Addr":"10.0.0.3:80"}"#, None)
         .await
         .unwrap();
-    expect_addrs(&mut w, &["10.0.0.1:80", "10.0.0.2:80"], WAIT).await;
+    w.expect_addrs(&["10.0.0.1:80", "10.0.0.2:80"], WAIT).await;
     c.delete("greeter/a", None).await.unwrap();
-    expect_addrs(&mut w, &["10.0.0.2:80"], WAIT).await;
+    w.expect_addrs(&["10.0.0.2:80"], WAIT).await;
 }
 
 #[tokio::test]
@@ -124,7 +65,7 @@ async fn reads_keys_written_by_etcdctl_in_the_go_format_with_metadata() {
     .await
     .unwrap();
     let mut w = resolve(&etcd, "billing");
-    let state = expect_addrs(&mut w, &["10.0.0.7:443"], WAIT).await;
+    let state = w.expect_addrs(&["10.0.0.7:443"], WAIT).await;
     let a = &state.addresses[0];
     assert_eq!(a.weight().get(), 4);
     assert_eq!(a.attributes().get::<Metadata>().unwrap().0["zone"], "eu");
@@ -143,14 +84,14 @@ async fn malformed_entries_are_skipped_and_never_hide_good_ones() {
         .await
         .unwrap();
     let mut w = resolve(&etcd, "svc");
-    expect_addrs(&mut w, &["10.0.0.1:80"], WAIT).await;
+    w.expect_addrs(&["10.0.0.1:80"], WAIT).await;
     // A good entry turned bad leaves the set; the others stay.
     c.put("svc/good2", r#"{"Op":0,"Addr":"10.0.0.2:80"}"#, None)
         .await
         .unwrap();
-    expect_addrs(&mut w, &["10.0.0.1:80", "10.0.0.2:80"], WAIT).await;
+    w.expect_addrs(&["10.0.0.1:80", "10.0.0.2:80"], WAIT).await;
     c.put("svc/good2", "{broken", None).await.unwrap();
-    expect_addrs(&mut w, &["10.0.0.1:80"], WAIT).await;
+    w.expect_addrs(&["10.0.0.1:80"], WAIT).await;
 }
 
 #[tokio::test]
@@ -167,7 +108,7 @@ async fn a_registrar_registers_and_deregisters() {
     .await
     .unwrap();
     assert_eq!(r.key(), "echo/127.0.0.1:7001");
-    let state = expect_addrs(&mut w, &["127.0.0.1:7001"], WAIT).await;
+    let state = w.expect_addrs(&["127.0.0.1:7001"], WAIT).await;
     assert_eq!(state.addresses[0].weight().get(), 2);
     // What we wrote is what etcd's Go package writes.
     let raw = etcd
@@ -179,7 +120,7 @@ async fn a_registrar_registers_and_deregisters() {
         serde_json::json!({"Op": 0, "Addr": "127.0.0.1:7001", "Metadata": {"weight": 2}})
     );
     r.deregister().await;
-    expect_addrs(&mut w, &[], WAIT).await;
+    w.expect_addrs(&[], WAIT).await;
 }
 
 #[tokio::test]
@@ -190,10 +131,10 @@ async fn a_dead_registrars_key_expires_with_its_lease() {
     let r = EtcdRegistrar::register(options(&etcd), "echo", "127.0.0.1:7002", None, ttl)
         .await
         .unwrap();
-    expect_addrs(&mut w, &["127.0.0.1:7002"], WAIT).await;
+    w.expect_addrs(&["127.0.0.1:7002"], WAIT).await;
     // Dropped without deregistering: the keep-alives stop, as if the process died.
     drop(r);
-    expect_addrs(&mut w, &[], ttl + Duration::from_secs(1)).await;
+    w.expect_addrs(&[], ttl + Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -209,18 +150,13 @@ async fn an_etcd_restart_keeps_the_set_and_the_registration_comes_back() {
     )
     .await
     .unwrap();
-    expect_addrs(&mut w, &["127.0.0.1:7003"], WAIT).await;
+    w.expect_addrs(&["127.0.0.1:7003"], WAIT).await;
 
+    let errors = w.error_count();
     etcd.kill().await;
     // The resolver reports the outage and keeps its last good set.
-    tokio::time::timeout(WAIT, w.error.wait_for(|e| e.is_some()))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        addrs(w.state.borrow().as_ref().unwrap()),
-        ["127.0.0.1:7003"]
-    );
+    w.expect_error_after(errors).await;
+    assert_eq!(w.current(), ["127.0.0.1:7003"]);
     tokio::time::sleep(Duration::from_secs(4)).await; // longer than the lease TTL
 
     etcd.restart().await.unwrap();
@@ -244,7 +180,8 @@ async fn an_etcd_restart_keeps_the_set_and_the_registration_comes_back() {
     c.put("echo/late", r#"{"Op":0,"Addr":"127.0.0.1:7004"}"#, None)
         .await
         .unwrap();
-    expect_addrs(&mut w, &["127.0.0.1:7003", "127.0.0.1:7004"], WAIT).await;
+    w.expect_addrs(&["127.0.0.1:7003", "127.0.0.1:7004"], WAIT)
+        .await;
 }
 
 /// Not a test of its own: the registrar process that
@@ -285,9 +222,10 @@ async fn a_sigkilled_registrar_process_leaves_its_key_to_expire() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    expect_addrs(&mut w, &["127.0.0.1:7010"], WAIT).await;
+    w.expect_addrs(&["127.0.0.1:7010"], WAIT).await;
     child.kill().await.unwrap(); // SIGKILL: no deregistration, keep-alives just stop
-    expect_addrs(&mut w, &[], Duration::from_secs(3) + Duration::from_secs(1)).await;
+    w.expect_addrs(&[], Duration::from_secs(3) + Duration::from_secs(1))
+        .await;
 }
 
 #[tokio::test]
@@ -298,30 +236,19 @@ async fn a_compacted_revision_makes_the_resolver_list_again() {
         .await
         .unwrap();
     // A resolver that waits 2 s before reconnecting.
-    let (state, state_rx) = watch::channel(None);
-    let (error, error_rx) = watch::channel(None);
-    let target = Target::parse(&format!("etcd://{}/svc", etcd.addr())).unwrap();
-    let resolver = EtcdResolverBuilder::new(EtcdOptions {
+    let builder = EtcdResolverBuilder::new(EtcdOptions {
         endpoints: vec![etcd.endpoint()],
         retry_interval: Duration::from_secs(2),
         timeout: Duration::from_secs(1),
-    })
-    .build(&target, Arc::new(Latest { state, error }))
-    .unwrap();
-    let mut w = Watching {
-        _resolver: resolver,
-        state: state_rx,
-        error: error_rx,
-    };
-    expect_addrs(&mut w, &["10.0.0.1:80"], WAIT).await;
+    });
+    let mut w = watching(&builder, &format!("etcd://{}/svc", etcd.addr()));
+    w.expect_addrs(&["10.0.0.1:80"], WAIT).await;
 
     // While the resolver is away, the set changes and history is compacted, so the
     // revision it would resume from is gone.
+    let errors = w.error_count();
     etcd.restart().await.unwrap();
-    tokio::time::timeout(WAIT, w.error.wait_for(|e| e.is_some()))
-        .await
-        .unwrap()
-        .unwrap();
+    w.expect_error_after(errors).await;
     let mut c = client(&etcd).await;
     c.delete("svc/a", None).await.unwrap();
     let put = c
@@ -330,19 +257,11 @@ async fn a_compacted_revision_makes_the_resolver_list_again() {
         .unwrap();
     let revision = put.header().unwrap().revision();
     c.compact(revision, None).await.unwrap();
-    expect_addrs(&mut w, &["10.0.0.2:80"], WAIT).await;
+    w.expect_addrs(&["10.0.0.2:80"], WAIT).await;
 }
 
 #[tokio::test]
 async fn bad_targets_are_errors() {
-    let (state, _s) = watch::channel(None);
-    let (error, _e) = watch::channel(None);
-    let err = EtcdResolverBuilder::default()
-        .build(
-            &Target::parse("etcd:////").unwrap(),
-            Arc::new(Latest { state, error }),
-        )
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("empty service name"), "{err}");
+    let err = build_error(&EtcdResolverBuilder::default(), "etcd:////");
+    assert!(err.contains("empty service name"), "{err}");
 }

@@ -3,38 +3,15 @@
 #![cfg(feature = "zookeeper")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use lb_core::resolver::ClientConn;
-use lb_core::{ResolverBuilder, ResolverState, SharedError, Target};
+use common::{WAIT, Watching, build_error, watching};
 use lb_resolvers::Metadata;
 use lb_resolvers::zookeeper::{ZkOptions, ZkRegistrar, ZkResolverBuilder};
 use lb_testkit::ZooKeeperServer;
-use tokio::sync::watch;
 use zookeeper_client as zk;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-struct Latest {
-    state: watch::Sender<Option<ResolverState>>,
-    errors: watch::Sender<usize>,
-}
-
-impl ClientConn for Latest {
-    fn update_state(&self, state: ResolverState) {
-        self.state.send_replace(Some(state));
-    }
-    fn report_error(&self, _: SharedError) {
-        self.errors.send_modify(|n| *n += 1);
-    }
-}
-
-struct Watching {
-    _resolver: Box<dyn lb_core::Resolver>,
-    state: watch::Receiver<Option<ResolverState>>,
-    errors: watch::Receiver<usize>,
-}
 
 fn options(zk: &ZooKeeperServer) -> ZkOptions {
     ZkOptions {
@@ -46,44 +23,10 @@ fn options(zk: &ZooKeeperServer) -> ZkOptions {
 }
 
 fn resolve(server: &ZooKeeperServer, service: &str) -> Watching {
-    let (state, state_rx) = watch::channel(None);
-    let (errors, errors_rx) = watch::channel(0);
-    let target = Target::parse(&format!("zk:///{service}")).unwrap();
-    let resolver = ZkResolverBuilder::new(options(server))
-        .build(&target, Arc::new(Latest { state, errors }))
-        .unwrap();
-    Watching {
-        _resolver: resolver,
-        state: state_rx,
-        errors: errors_rx,
-    }
-}
-
-fn addrs(state: &ResolverState) -> Vec<String> {
-    let mut a: Vec<_> = state
-        .addresses
-        .iter()
-        .map(|a| a.addr().to_owned())
-        .collect();
-    a.sort();
-    a
-}
-
-async fn expect_addrs(w: &mut Watching, expected: &[&str], within: Duration) -> ResolverState {
-    let found = tokio::time::timeout(
-        within,
-        w.state
-            .wait_for(|s| s.as_ref().is_some_and(|s| addrs(s) == expected)),
+    watching(
+        &ZkResolverBuilder::new(options(server)),
+        &format!("zk:///{service}"),
     )
-    .await
-    .map(|r| r.map(|s| s.clone()));
-    match found {
-        Ok(Ok(Some(state))) => state,
-        _ => panic!(
-            "addresses never became {expected:?}; last: {:?}",
-            w.state.borrow().as_ref().map(addrs)
-        ),
-    }
 }
 
 /// A raw client, as a Java service using Curator would write.
@@ -108,7 +51,7 @@ async fn put_node(client: &zk::Client, path: &str, data: &str) {
 async fn discovers_curator_instances_as_they_come_and_go() {
     let server = ZooKeeperServer::start().await.unwrap();
     let mut w = resolve(&server, "greeter");
-    expect_addrs(&mut w, &[], WAIT).await; // nothing registered yet
+    w.expect_addrs(&[], WAIT).await; // nothing registered yet
     let client = raw(&server).await;
     // Exactly what Curator's JsonInstanceSerializer writes.
     put_node(
@@ -117,7 +60,7 @@ async fn discovers_curator_instances_as_they_come_and_go() {
         r#"{"name":"greeter","id":"6a1b2c3d-0000-4000-8000-000000000001","address":"10.0.0.1","port":8080,"sslPort":null,"payload":{"weight":3,"zone":"a"},"registrationTimeUTC":1700000000000,"serviceType":"DYNAMIC","uriSpec":{"parts":[{"value":"scheme","variable":true}]}}"#,
     )
     .await;
-    let state = expect_addrs(&mut w, &["10.0.0.1:8080"], WAIT).await;
+    let state = w.expect_addrs(&["10.0.0.1:8080"], WAIT).await;
     assert_eq!(state.addresses[0].weight().get(), 3);
     assert_eq!(
         state.addresses[0].attributes().get::<Metadata>().unwrap().0["zone"],
@@ -129,9 +72,10 @@ async fn discovers_curator_instances_as_they_come_and_go() {
         r#"{"name":"greeter","id":"two","address":"10.0.0.2","port":8080}"#,
     )
     .await;
-    expect_addrs(&mut w, &["10.0.0.1:8080", "10.0.0.2:8080"], WAIT).await;
+    w.expect_addrs(&["10.0.0.1:8080", "10.0.0.2:8080"], WAIT)
+        .await;
     client.delete("/services/greeter/two", None).await.unwrap();
-    expect_addrs(&mut w, &["10.0.0.1:8080"], WAIT).await;
+    w.expect_addrs(&["10.0.0.1:8080"], WAIT).await;
 }
 
 #[tokio::test]
@@ -147,7 +91,7 @@ async fn malformed_nodes_are_skipped_and_never_hide_good_ones() {
     put_node(&client, "/services/svc/junk", "not json").await;
     put_node(&client, "/services/svc/noport", r#"{"address":"10.0.0.2"}"#).await;
     let mut w = resolve(&server, "svc");
-    expect_addrs(&mut w, &["10.0.0.1:1"], WAIT).await;
+    w.expect_addrs(&["10.0.0.1:1"], WAIT).await;
 }
 
 #[tokio::test]
@@ -165,17 +109,18 @@ async fn a_registrar_registers_deregisters_and_a_dead_one_vanishes_with_its_sess
     .await
     .unwrap();
     assert_eq!(a.path(), "/services/echo/a");
-    let state = expect_addrs(&mut w, &["127.0.0.1:7001"], WAIT).await;
+    let state = w.expect_addrs(&["127.0.0.1:7001"], WAIT).await;
     assert_eq!(state.addresses[0].weight().get(), 2);
     let b = ZkRegistrar::register(options(&server), "echo", "b", "127.0.0.1", 7002, None)
         .await
         .unwrap();
-    expect_addrs(&mut w, &["127.0.0.1:7001", "127.0.0.1:7002"], WAIT).await;
+    w.expect_addrs(&["127.0.0.1:7001", "127.0.0.1:7002"], WAIT)
+        .await;
     a.deregister().await;
-    expect_addrs(&mut w, &["127.0.0.1:7002"], WAIT).await;
+    w.expect_addrs(&["127.0.0.1:7002"], WAIT).await;
     // b dies without deregistering: its ephemeral node goes with its session.
     drop(b);
-    expect_addrs(&mut w, &[], WAIT).await;
+    w.expect_addrs(&[], WAIT).await;
 }
 
 #[tokio::test]
@@ -185,23 +130,21 @@ async fn after_session_expiry_the_registration_and_the_watch_come_back() {
     let _r = ZkRegistrar::register(options(&server), "echo", "a", "127.0.0.1", 7003, None)
         .await
         .unwrap();
-    expect_addrs(&mut w, &["127.0.0.1:7003"], WAIT).await;
+    w.expect_addrs(&["127.0.0.1:7003"], WAIT).await;
 
     // A ZooKeeper that forgot every session: both clients' sessions expire.
-    let errors_before = *w.errors.borrow();
+    let errors = w.error_count();
     server.restart_wiped().await.unwrap();
     // The registrar creates its node again (parents included) under a new session,
     // and the resolver, under its own new session, sees it.
-    tokio::time::timeout(WAIT, w.errors.wait_for(|n| *n > errors_before))
-        .await
-        .unwrap()
-        .unwrap();
-    expect_addrs(&mut w, &["127.0.0.1:7003"], WAIT).await;
+    w.expect_error_after(errors).await;
+    w.expect_addrs(&["127.0.0.1:7003"], WAIT).await;
     // The new watch works: a later change arrives.
     let _r2 = ZkRegistrar::register(options(&server), "echo", "b", "127.0.0.1", 7004, None)
         .await
         .unwrap();
-    expect_addrs(&mut w, &["127.0.0.1:7003", "127.0.0.1:7004"], WAIT).await;
+    w.expect_addrs(&["127.0.0.1:7003", "127.0.0.1:7004"], WAIT)
+        .await;
 }
 
 #[tokio::test]
@@ -211,37 +154,24 @@ async fn a_zookeeper_restart_keeps_the_set_and_changes_arrive_again() {
     let _a = ZkRegistrar::register(options(&server), "echo", "a", "127.0.0.1", 7005, None)
         .await
         .unwrap();
-    expect_addrs(&mut w, &["127.0.0.1:7005"], WAIT).await;
+    w.expect_addrs(&["127.0.0.1:7005"], WAIT).await;
 
     // Connection loss: reported, and the last set stands meanwhile.
-    let errors_before = *w.errors.borrow();
+    let errors = w.error_count();
     server.kill().await;
-    tokio::time::timeout(WAIT, w.errors.wait_for(|n| *n > errors_before))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        addrs(w.state.borrow().as_ref().unwrap()),
-        ["127.0.0.1:7005"]
-    );
+    w.expect_error_after(errors).await;
+    assert_eq!(w.current(), ["127.0.0.1:7005"]);
 
     server.restart().await.unwrap();
     let _b = ZkRegistrar::register(options(&server), "echo", "b", "127.0.0.1", 7006, None)
         .await
         .unwrap();
-    expect_addrs(&mut w, &["127.0.0.1:7005", "127.0.0.1:7006"], WAIT).await;
+    w.expect_addrs(&["127.0.0.1:7005", "127.0.0.1:7006"], WAIT)
+        .await;
 }
 
 #[tokio::test]
 async fn bad_targets_are_errors() {
-    let (state, _s) = watch::channel(None);
-    let (errors, _e) = watch::channel(0);
-    let err = ZkResolverBuilder::default()
-        .build(
-            &Target::parse("zk:////").unwrap(),
-            Arc::new(Latest { state, errors }),
-        )
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("empty service name"), "{err}");
+    let err = build_error(&ZkResolverBuilder::default(), "zk:////");
+    assert!(err.contains("empty service name"), "{err}");
 }

@@ -23,20 +23,29 @@ impl EtcdServer {
     /// Starts etcd and waits until it serves. Fails with the install command when the
     /// binary is missing.
     pub async fn start() -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-        let client_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
-        let mut peer_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
-        while peer_port == client_port {
-            peer_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+        let mut last = String::new();
+        // A probed port can be taken by a parallel test before etcd binds it: retry
+        // on fresh ports when that happens.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+            let client_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+            let mut peer_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+            while peer_port == client_port {
+                peer_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+            }
+            let mut server = Self {
+                client_port,
+                peer_port,
+                dir,
+                child: None,
+            };
+            match server.launch().await {
+                Ok(()) => return Ok(server),
+                Err(e) if e.contains("address already in use") => last = e,
+                Err(e) => return Err(e),
+            }
         }
-        let mut server = Self {
-            client_port,
-            peer_port,
-            dir,
-            child: None,
-        };
-        server.launch().await?;
-        Ok(server)
+        Err(last)
     }
 
     /// The client endpoint, `http://127.0.0.1:port`.
@@ -106,14 +115,18 @@ impl EtcdServer {
                 format!("cannot start etcd ({e}); install it with `apt-get install etcd-server` (cargo xtask test does)")
             })?;
         self.child = Some(child);
-        for _ in 0..200 {
+        for _ in 0..400 {
             if healthy(self.client_port).await {
                 return Ok(());
             }
+            if crate::exited(&mut self.child) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        self.kill().await;
         Err(format!(
-            "etcd did not become healthy in 5 s; its log: {}",
+            "etcd did not become healthy; its log: {}",
             read_log(&self.dir.path().join("etcd.log"))
         ))
     }

@@ -285,6 +285,13 @@ impl Drop for Backend {
     }
 }
 
+/// Whether the child process has already exited.
+fn exited(child: &mut Option<tokio::process::Child>) -> bool {
+    child
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+}
+
 /// A free TCP port on 127.0.0.1 outside the ephemeral range, for servers that must
 /// restart on the same port.
 pub fn free_port() -> std::io::Result<u16> {
@@ -301,12 +308,7 @@ pub fn free_port() -> std::io::Result<u16> {
 
 fn fastrand_port() -> u16 {
     // 20000..32000: below the ephemeral range, above common service ports.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let mix = (nanos as usize).wrapping_mul(2654435761) ^ SEQ.fetch_add(7919, Ordering::Relaxed);
-    20_000 + (mix % 12_000) as u16
+    fastrand::u16(20_000..32_000)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

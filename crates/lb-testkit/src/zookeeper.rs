@@ -28,8 +28,21 @@ impl ZooKeeperServer {
                 "{ZK_SERVER} not found; install ZooKeeper with `apt-get install zookeeper` (cargo xtask test does)"
             ));
         }
+        let mut last = String::new();
+        // A probed port can be taken by a parallel test before ZooKeeper binds it:
+        // retry on a fresh port when that happens.
+        for _ in 0..5 {
+            match Self::start_on(crate::free_port().map_err(|e| format!("free port: {e}"))?).await {
+                Ok(server) => return Ok(server),
+                Err(e) if e.contains("Address already in use") => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    async fn start_on(port: u16) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-        let port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
         let config = format!(
             "tickTime=100\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
              admin.enableServer=false\n4lw.commands.whitelist=ruok\nminSessionTimeout=200\nmaxSessionTimeout=60000\n",
@@ -80,7 +93,8 @@ impl ZooKeeperServer {
     }
 
     async fn launch(&mut self) -> Result<(), String> {
-        let dir = self.dir.path();
+        let dir = self.dir.path().to_path_buf();
+        let dir = dir.as_path();
         let log =
             std::fs::File::create(dir.join("zookeeper.out")).map_err(|e| format!("log: {e}"))?;
         let child = Command::new(ZK_SERVER)
@@ -90,7 +104,8 @@ impl ZooKeeperServer {
             .env("ZOO_LOG_DIR", dir)
             .env("JVMFLAGS", "-Xmx256m")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // ZooKeeper logs to the console: keep it, to explain a failed start.
+            .stdout(log.try_clone().map_err(|e| format!("log: {e}"))?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
@@ -103,11 +118,15 @@ impl ZooKeeperServer {
             if ruok(self.port).await {
                 return Ok(());
             }
+            if crate::exited(&mut self.child) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.kill().await;
         let log = std::fs::read_to_string(dir.join("zookeeper.out")).unwrap_or_default();
         Err(format!(
-            "ZooKeeper did not answer ruok in 20 s; its output: {}",
+            "ZooKeeper did not answer ruok; its output: {}",
             log.chars()
                 .rev()
                 .take(2000)
