@@ -12,11 +12,16 @@
 //! which each ready subconn appears exactly `weight / g` times, where `g` is the
 //! weights' greatest common divisor. Picks walk the period cyclically, so any run of
 //! one period's length holds every backend exactly its share, and the long-run share
-//! is exact. Within the period, backend `i`'s `k`-th slot sits at virtual time
-//! `(k + phase_i) / weight_i` (phases staggered between backends), so each backend's
-//! picks are evenly spaced: with weights 5:1:1 the period is `a a a b a c a`, never
-//! more than four `a` in a row even across periods. Layout is a counting sort over
-//! the period, O(period + backends).
+//! is exact.
+//!
+//! The period is nginx's smooth weighted round robin (every step each backend gains
+//! its weight, the richest is picked and pays the total): with weights 5:1:1 it is
+//! `a a b a c a a`, never more than four `a` in a row even across periods, and
+//! backends of equal weight are kept apart. That costs O(period × backends); when the
+//! product exceeds 2,000,000 (thousands of weighted backends) the layout switches to
+//! placing backend `i`'s `k`-th slot at virtual time `(k + phase_i) / weight_i` with
+//! a counting sort, O(period + backends): shares stay exact and each backend's own
+//! picks evenly spaced, but backends of equal weight may bunch together.
 //!
 //! Periods are capped at [`MAX_PERIOD`] slots: larger weight sums are scaled down
 //! (each weight stays at least 1), which keeps the memory per picker bounded at the
@@ -103,6 +108,33 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
+/// Above this many steps (period × backends) the layout falls back from nginx's
+/// smooth weighted round robin to the O(period + backends) virtual-time layout.
+const NGINX_BUDGET: u128 = 2_000_000;
+
+/// nginx's smooth weighted round robin, run for one period: every step each backend
+/// gains its weight and the richest pays the total. Exactly periodic, and it keeps
+/// equal-weight backends apart, which the virtual-time layout does not.
+fn nginx_smooth(w: &[u64], total: u64) -> Box<[u32]> {
+    let total = total as i64;
+    let mut current = vec![0i64; w.len()];
+    (0..total)
+        .map(|_| {
+            let mut best = 0;
+            for (i, c) in current.iter_mut().enumerate() {
+                *c += w[i] as i64;
+            }
+            for i in 1..current.len() {
+                if current[i] > current[best] {
+                    best = i;
+                }
+            }
+            current[best] -= total;
+            best as u32
+        })
+        .collect()
+}
+
 /// Lays out one period of the smooth schedule for `weights` (see the module docs).
 pub(crate) fn schedule(weights: &[u32]) -> Box<[u32]> {
     let n = weights.len();
@@ -120,6 +152,9 @@ pub(crate) fn schedule(weights: &[u32]) -> Box<[u32]> {
         total = w.iter().sum();
     }
     let period = total as usize;
+    if (total as u128) * (n as u128) <= NGINX_BUDGET {
+        return nginx_smooth(&w, total);
+    }
     let n1 = n as u64 + 1;
 
     // Slot k of backend i sits at virtual time t = (k + (i+1)/(n+1)) / w_i, the fraction
@@ -183,7 +218,16 @@ mod tests {
 
     #[test]
     fn five_one_one_interleaves() {
-        assert_eq!(names(&schedule(&[5, 1, 1])), "aaabaca");
+        assert_eq!(names(&schedule(&[5, 1, 1])), "aabacaa");
+    }
+
+    #[test]
+    fn equal_light_weights_are_kept_apart() {
+        // b and c split the period (the virtual-time layout put them side by side and
+        // left 7 a in a row); across periods a runs at most 6.
+        let s = names(&schedule(&[9, 1, 1]));
+        assert_eq!(s, "aaabaaacaaa");
+        assert!(!format!("{s}{s}").contains("aaaaaaa"), "{s}");
     }
 
     #[test]
