@@ -24,7 +24,6 @@ use lb_core::resolver::{BuildError, ClientConn};
 use lb_core::{Address, Resolver, ResolverBuilder, ResolverState, Target};
 use serde_json::Value;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// Connection settings for etcd.
 #[derive(Debug, Clone)]
@@ -255,10 +254,12 @@ async fn follow(
 }
 
 /// A server's registration in etcd, kept alive in the background.
+///
+/// Dropping it without [`EtcdRegistrar::deregister`] stops the keep-alive, as if the
+/// process died: the key expires with its lease.
 pub struct EtcdRegistrar {
     key: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    keeper: crate::watching::Keeper,
 }
 
 impl EtcdRegistrar {
@@ -279,21 +280,11 @@ impl EtcdRegistrar {
             .await
             .map_err(etcd_error(format!("connect to {:?}", options.endpoints)))?;
         let lease = put_with_lease(&mut client, &key, &value, ttl).await?;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(keep_registered(
-            client,
-            key.clone(),
-            value,
-            ttl,
-            lease,
-            options,
-            stopped,
-        ));
-        Ok(Self {
-            key,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let owned_key = key.clone();
+        let keeper = crate::watching::Keeper::spawn(move |stopped| {
+            keep_registered(client, owned_key, value, ttl, lease, options, stopped)
+        });
+        Ok(Self { key, keeper })
     }
 
     /// The key this registrar owns.
@@ -302,23 +293,8 @@ impl EtcdRegistrar {
     }
 
     /// Deletes the key and revokes the lease, then stops.
-    pub async fn deregister(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for EtcdRegistrar {
-    /// Dropping without [`EtcdRegistrar::deregister`] stops the keep-alive, as if the
-    /// process died: the key expires with its lease.
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn deregister(self) {
+        self.keeper.stop().await;
     }
 }
 

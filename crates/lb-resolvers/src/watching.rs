@@ -3,6 +3,9 @@
 
 use std::future::Future;
 
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
 use lb_core::resolver::BuildError;
 use lb_core::{Address, Resolver, Target, Weight};
 use serde_json::Value;
@@ -70,4 +73,44 @@ pub(crate) fn with_metadata(mut address: Address, metadata: Option<&Value>) -> A
         }
     }
     address.with_attribute(Metadata(metadata.clone()))
+}
+
+/// The background task that keeps a registration alive. [`Keeper::stop`] asks it to
+/// deregister and waits; dropping the keeper aborts the task without deregistering,
+/// as a dying process would (the registry expires the entry).
+pub(crate) struct Keeper {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Keeper {
+    /// Spawns `keep(stopped)`; `stopped` resolves when [`Keeper::stop`] is called.
+    pub(crate) fn spawn<F>(keep: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        Self {
+            stop: Some(stop),
+            task: Some(tokio::spawn(keep(stopped))),
+        }
+    }
+
+    /// Asks the task to deregister and waits until it has.
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }

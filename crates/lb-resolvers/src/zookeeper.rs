@@ -24,7 +24,6 @@ use lb_core::resolver::{BuildError, ClientConn};
 use lb_core::{Address, Resolver, ResolverBuilder, ResolverState, Target};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use zookeeper_client as zk;
 
 /// ZooKeeper connection settings.
@@ -239,10 +238,12 @@ async fn list(client: &zk::Client, path: &str) -> Result<Vec<Address>, ZkError> 
 }
 
 /// A server's ephemeral registration in ZooKeeper.
+///
+/// Dropping it without [`ZkRegistrar::deregister`] acts like a dead process: the node
+/// vanishes when the session expires.
 pub struct ZkRegistrar {
     path: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    keeper: crate::watching::Keeper,
 }
 
 impl ZkRegistrar {
@@ -261,20 +262,11 @@ impl ZkRegistrar {
         let data = instance_json(service.trim_matches('/'), id, host, port, payload.as_ref());
         let client = options.connect().await?;
         create(&client, &service_path, &path, &data).await?;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(keep_registered(
-            client,
-            service_path,
-            path.clone(),
-            data,
-            options,
-            stopped,
-        ));
-        Ok(Self {
-            path,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let owned_path = path.clone();
+        let keeper = crate::watching::Keeper::spawn(move |stopped| {
+            keep_registered(client, service_path, owned_path, data, options, stopped)
+        });
+        Ok(Self { path, keeper })
     }
 
     /// The instance's node.
@@ -283,23 +275,8 @@ impl ZkRegistrar {
     }
 
     /// Deletes the node and closes the session.
-    pub async fn deregister(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for ZkRegistrar {
-    /// Dropping without [`ZkRegistrar::deregister`] acts like a dead process: the node
-    /// vanishes when the session expires.
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn deregister(self) {
+        self.keeper.stop().await;
     }
 }
 
