@@ -100,6 +100,16 @@ async fn start(names: &[&str]) -> Vec<Backend> {
     out
 }
 
+/// A round_robin channel that follows `resolver`.
+fn manual_rr_channel(resolver: &ManualResolver) -> LbChannel {
+    LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .policy("round_robin")
+        .backoff(fast_backoff())
+        .build()
+        .unwrap()
+}
+
 fn rr_channel(target: String) -> LbChannel {
     LbChannel::builder(target)
         .policy("round_robin")
@@ -304,12 +314,7 @@ async fn address_updates_add_and_remove_backends_without_failing_in_flight_rpcs(
     let backends = start(&["a", "b", "c"]).await;
     let resolver = ManualResolver::new();
     resolver.update_addrs(&[backends[0].addr(), backends[1].addr()]);
-    let channel = LbChannel::builder("manual:///svc")
-        .resolvers(resolver.registry())
-        .policy("round_robin")
-        .backoff(fast_backoff())
-        .build()
-        .unwrap();
+    let channel = manual_rr_channel(&resolver);
     let mut client = EchoClient::new(channel.clone());
     warm_up(&mut client, &["a", "b"]).await;
 
@@ -387,11 +392,7 @@ async fn dropping_the_channel_closes_every_connection_and_task() {
     let backends = start(&["a", "b"]).await;
     let resolver = ManualResolver::new();
     resolver.update_addrs(&[backends[0].addr(), backends[1].addr()]);
-    let channel = LbChannel::builder("manual:///svc")
-        .resolvers(resolver.registry())
-        .policy("round_robin")
-        .build()
-        .unwrap();
+    let channel = manual_rr_channel(&resolver);
     let mut client = EchoClient::new(channel.clone());
     warm_up(&mut client, &["a", "b"]).await;
     assert_eq!(
@@ -553,11 +554,7 @@ async fn a_service_config_from_the_resolver_switches_policy_gracefully() {
 #[tokio::test]
 async fn resolver_errors_and_empty_address_lists_fail_rpcs_with_what_went_wrong() {
     let resolver = ManualResolver::new();
-    let channel = LbChannel::builder("manual:///svc")
-        .resolvers(resolver.registry())
-        .policy("round_robin")
-        .build()
-        .unwrap();
+    let channel = manual_rr_channel(&resolver);
     let mut client = EchoClient::new(channel.clone());
     resolver.report_error("registry unreachable");
     assert!(
