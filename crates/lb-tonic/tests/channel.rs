@@ -248,6 +248,43 @@ async fn a_server_that_stops_gracefully_under_load_loses_at_most_the_rpcs_racing
 }
 
 #[tokio::test]
+async fn keepalive_pings_detect_a_backend_that_hangs() {
+    // Accepts connections and never answers: only a keepalive ping can tell it is dead.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hung = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let channel = LbChannel::builder(format!("passthrough:///{addr}"))
+        .backoff(fast_backoff())
+        .keepalive(lb_tonic::Keepalive {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(200),
+            while_idle: true,
+        })
+        .build()
+        .unwrap();
+    // The TCP connect and HTTP/2 preface succeed, so the subconn reads READY...
+    assert!(
+        channel
+            .wait_for_state(ConnectivityState::Ready, Duration::from_secs(10))
+            .await
+    );
+    // ...until the unanswered ping closes the connection and pick_first goes idle.
+    assert!(
+        channel
+            .wait_for_state(ConnectivityState::Idle, Duration::from_secs(10))
+            .await,
+        "the hung connection was never detected (state {})",
+        channel.state()
+    );
+    hung.abort();
+}
+
+#[tokio::test]
 async fn all_backends_down_fails_fast_with_the_last_connection_error() {
     let mut backends = start(&["a", "b"]).await;
     let target = static_target(&backends.iter().collect::<Vec<_>>());
