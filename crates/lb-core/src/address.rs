@@ -56,9 +56,33 @@ impl Address {
         self
     }
 
+    /// The per-address [`Authority`] override, if the resolver set one.
+    pub fn authority(&self) -> Option<&str> {
+        self.attributes.get::<Authority>().map(|a| &*a.0)
+    }
+
     /// The address's [`Weight`], or the default weight 1 when it carries none.
     pub fn weight(&self) -> Weight {
         self.attributes.get::<Weight>().copied().unwrap_or_default()
+    }
+}
+
+/// Address attribute: the `:authority` (and TLS server name) of connections to this
+/// address, overriding the channel's default, as grpc-go's `Address.ServerName` does.
+///
+/// ```
+/// use lb_core::{Address, Authority};
+///
+/// let a = Address::new("10.0.0.7:443").with_attribute(Authority::new("shard-7.example.com"));
+/// assert_eq!(a.authority(), Some("shard-7.example.com"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Authority(pub Arc<str>);
+
+impl Authority {
+    /// An authority (`host` or `host:port`).
+    pub fn new(authority: impl Into<Arc<str>>) -> Self {
+        Self(authority.into())
     }
 }
 

@@ -3,7 +3,8 @@
 //! A policy that only decides *which ready subconn* serves an RPC implements
 //! [`PickerBuilder`] and wraps it in a [`BaseBuilder`]. The resulting balancer keeps one
 //! subconn per address, keeps every subconn connected (an `Idle` one reconnects at
-//! once), aggregates their states, and calls the picker builder with the ready set
+//! once), asks the resolver to re-resolve whenever a connection is lost or an attempt
+//! fails, aggregates their states, and calls the picker builder with the ready set
 //! whenever that set (or a ready address's attributes) changes.
 //!
 //! ```
@@ -70,10 +71,19 @@ pub struct ReadySubConn {
 }
 
 /// A [`BalancerBuilder`] for a policy made of a [`PickerBuilder`] and the base
-/// bookkeeping.
+/// bookkeeping. Cloning shares the picker builder.
 pub struct BaseBuilder<P> {
     name: String,
     picker_builder: Arc<P>,
+}
+
+impl<P> Clone for BaseBuilder<P> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            picker_builder: self.picker_builder.clone(),
+        }
+    }
 }
 
 impl<P: PickerBuilder> BaseBuilder<P> {
@@ -161,7 +171,6 @@ impl<P: PickerBuilder> BaseBalancer<P> {
 
     /// Recomputes the aggregate state and publishes it with a fresh picker.
     fn publish(&mut self, cc: &mut dyn ClientConn) {
-        let previous = self.state;
         self.state = if self.entries.is_empty() {
             ConnectivityState::TransientFailure
         } else {
@@ -184,11 +193,6 @@ impl<P: PickerBuilder> BaseBalancer<P> {
             _ => Arc::new(QueuePicker),
         };
         cc.update_state(self.state, picker);
-        if self.state == ConnectivityState::TransientFailure
-            && previous != ConnectivityState::TransientFailure
-        {
-            cc.resolve_now();
-        }
     }
 
     fn shutdown_all(&mut self) {
@@ -274,6 +278,13 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
             return; // an older subconn for the same address
         }
         let previous = entry.state;
+        // A lost connection or a failed attempt may mean the backend moved: ask the
+        // resolver for news (it rate-limits), as grpc-go does.
+        if state.state == ConnectivityState::TransientFailure
+            || (state.state == ConnectivityState::Idle && previous == ConnectivityState::Ready)
+        {
+            cc.resolve_now();
+        }
         match state.state {
             ConnectivityState::Shutdown => return,
             ConnectivityState::Idle => {

@@ -64,7 +64,7 @@ pub mod service_config;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
-pub use address::Address;
+pub use address::{Address, Authority};
 pub use attributes::{AttributeValue, Attributes, Weight};
 pub use balancer::{
     Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState, LbConfig,

@@ -26,6 +26,19 @@ pub trait ResolverBuilder: Send + Sync + 'static {
         target: &Target,
         cc: Arc<dyn ClientConn>,
     ) -> Result<Box<dyn Resolver>, BuildError>;
+
+    /// The default `:authority` (and TLS server name) of a channel to `target`, when
+    /// the target names one host: `svc.example.com:443` for
+    /// `dns:///svc.example.com:443`, as grpc-go uses the target's endpoint.
+    ///
+    /// `None` (the default) means the target has no single host (a static list, a
+    /// registry's service name): each connection then uses its own address. A
+    /// channel's explicit authority and an address's [`crate::Authority`] attribute
+    /// take precedence over this.
+    fn authority(&self, target: &Target) -> Option<String> {
+        let _ = target;
+        None
+    }
 }
 
 /// A running resolver. Dropping it stops it: its background work ends and it sends

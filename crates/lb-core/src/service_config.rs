@@ -149,6 +149,12 @@ impl ServiceConfig {
     }
 }
 
+/// The policy an unknown `loadBalancingPolicy` name falls back to, as in gRPC.
+const PICK_FIRST: &str = "pick_first";
+
+/// The largest duration protobuf's `Duration` can hold: 10,000 years of seconds.
+const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
+
 fn config_error(path: impl fmt::Display, reason: impl Into<String>) -> Error {
     Error::ServiceConfig {
         path: path.to_string(),
@@ -164,6 +170,12 @@ fn parse_lb_policy(
         let list = list
             .as_array()
             .ok_or_else(|| config_error("loadBalancingConfig", "expected an array"))?;
+        if list.is_empty() {
+            return Err(config_error(
+                "loadBalancingConfig",
+                "must name at least one policy",
+            ));
+        }
         let mut names = Vec::with_capacity(list.len());
         for (i, entry) in list.iter().enumerate() {
             let path = format!("loadBalancingConfig[{i}]");
@@ -189,24 +201,25 @@ fn parse_lb_policy(
             }
             names.push(name.clone());
         }
-        if !names.is_empty() {
-            return Err(Error::NoSupportedPolicy { names });
-        }
+        return Err(Error::NoSupportedPolicy { names });
     }
     if let Some(policy) = root.get("loadBalancingPolicy") {
-        // The deprecated form: `"loadBalancingPolicy": "round_robin"`, no config.
+        // The deprecated form: `"loadBalancingPolicy": "round_robin"`, no config. The
+        // proto enum's JSON spelling is `ROUND_ROBIN`, so names are matched without
+        // regard to case; an unknown name means pick_first, as in grpc-go and C-core.
         let name = policy
             .as_str()
             .ok_or_else(|| config_error("loadBalancingPolicy", "expected a string"))?;
-        let builder = registry.get(name).ok_or_else(|| {
-            config_error(
-                "loadBalancingPolicy",
-                format!("no load-balancing policy is registered as `{name}`"),
-            )
-        })?;
+        let Some(builder) = registry
+            .get(name)
+            .or_else(|| registry.get(&name.to_ascii_lowercase()))
+            .or_else(|| registry.get(PICK_FIRST))
+        else {
+            return Ok(None); // the channel's default policy
+        };
         let config = builder.parse_config(&Value::Object(Map::new()))?;
         return Ok(Some(LbPolicy {
-            name: name.to_owned(),
+            name: builder.name().to_owned(),
             config,
         }));
     }
@@ -319,8 +332,11 @@ fn parse_names(mc: &Map<String, Value>, path: &str) -> Result<Vec<MethodName>, E
         .collect()
 }
 
-/// Parses a protobuf JSON duration: decimal seconds with an `s` suffix, e.g. `"1.5s"`.
-fn parse_duration(v: &Value, path: &str) -> Result<Duration, Error> {
+/// Parses a protobuf JSON duration: decimal seconds with an `s` suffix (`"1.5s"`,
+/// `".5s"`, `"3s"`; at most 9 fractional digits, and a `.` must be followed by one),
+/// within protobuf's range of ±315,576,000,000 s. Every duration of a service config
+/// is a span of time to wait, so a negative one is an error too.
+pub(crate) fn parse_duration(v: &Value, path: &str) -> Result<Duration, Error> {
     let bad = || {
         config_error(
             path,
@@ -329,21 +345,44 @@ fn parse_duration(v: &Value, path: &str) -> Result<Duration, Error> {
     };
     let s = v.as_str().ok_or_else(bad)?;
     let secs = s.strip_suffix('s').ok_or_else(bad)?;
-    let (whole, frac) = secs.split_once('.').unwrap_or((secs, ""));
-    if whole.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || frac.len() > 9
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
+    let (negative, secs) = match secs.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, secs),
+    };
+    let (whole, frac) = match secs.split_once('.') {
+        Some((whole, frac)) if !frac.is_empty() => (whole, frac),
+        Some(_) => return Err(bad()), // "1.s"
+        None => (secs, ""),
+    };
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) || frac.len() > 9 {
         return Err(bad());
     }
-    let whole: u64 = whole.parse().map_err(|_| bad())?;
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| out_of_range(path, s))?
+    };
+    if whole > MAX_DURATION_SECONDS {
+        return Err(out_of_range(path, s));
+    }
     let nanos: u32 = if frac.is_empty() {
         0
     } else {
         format!("{frac:0<9}").parse().map_err(|_| bad())?
     };
-    Ok(Duration::new(whole, nanos))
+    let duration = Duration::new(whole, nanos);
+    if negative && !duration.is_zero() {
+        return Err(config_error(path, format!("must not be negative, got {v}")));
+    }
+    Ok(duration)
+}
+
+fn out_of_range(path: &str, s: &str) -> Error {
+    config_error(
+        path,
+        format!("{s:?} is out of range (at most {MAX_DURATION_SECONDS} seconds)"),
+    )
 }
 
 fn parse_retry_policy(v: &Value, path: &str) -> Result<RetryPolicy, Error> {
@@ -509,9 +548,50 @@ mod tests {
         r.register(Plain);
         let cfg = ServiceConfig::parse(r#"{"loadBalancingPolicy": "plain"}"#, &r).unwrap();
         assert_eq!(cfg.lb_policy().unwrap().name, "plain");
-        let err = ServiceConfig::parse(r#"{"loadBalancingPolicy": "nope"}"#, &r).unwrap_err();
+        // The proto enum's JSON spelling.
+        let cfg = ServiceConfig::parse(r#"{"loadBalancingPolicy": "PLAIN"}"#, &r).unwrap();
+        assert_eq!(cfg.lb_policy().unwrap().name, "plain");
+        // An unknown name is the default policy, not an invalid config.
+        let cfg = ServiceConfig::parse(r#"{"loadBalancingPolicy": "nope"}"#, &r).unwrap();
+        assert!(cfg.lb_policy().is_none());
+        let err = ServiceConfig::parse(r#"{"loadBalancingPolicy": 1}"#, &r).unwrap_err();
         assert!(err.to_string().contains("`loadBalancingPolicy`"), "{err}");
-        assert!(err.to_string().contains("`nope`"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_load_balancing_policy_falls_back_to_pick_first() {
+        struct Named(&'static str);
+        impl BalancerBuilder for Named {
+            fn name(&self) -> &str {
+                self.0
+            }
+            fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+                unimplemented!("not built")
+            }
+        }
+        let mut r = BalancerRegistry::new();
+        r.register(Named("pick_first"))
+            .register(Named("round_robin"));
+        let name = |json: &str| {
+            ServiceConfig::parse(json, &r)
+                .unwrap()
+                .lb_policy()
+                .map(|p| p.name.clone())
+        };
+        assert_eq!(
+            name(r#"{"loadBalancingPolicy": "ROUND_ROBIN"}"#).as_deref(),
+            Some("round_robin")
+        );
+        assert_eq!(
+            name(r#"{"loadBalancingPolicy": "no_such_policy"}"#).as_deref(),
+            Some("pick_first")
+        );
+        let err = ServiceConfig::parse(r#"{"loadBalancingConfig": []}"#, &r).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`loadBalancingConfig`: must name at least one policy"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -569,11 +649,19 @@ mod tests {
         assert_eq!(ok("1s"), Duration::from_secs(1));
         assert_eq!(ok("0.000000001s"), Duration::from_nanos(1));
         assert_eq!(ok("3.5s"), Duration::from_millis(3500));
+        assert_eq!(ok(".5s"), Duration::from_millis(500));
+        assert_eq!(ok("-0s"), Duration::ZERO);
+        assert_eq!(ok("315576000000s"), Duration::from_secs(315_576_000_000));
+        assert_eq!(ok("200000s"), Duration::from_secs(200_000));
         for bad in [
             "1",
             "s",
-            ".5s",
+            ".s",
+            "1.s",
             "-1s",
+            "--1s",
+            "315576000001s",
+            "99999999999999999999999s",
             "1.0000000001s",
             "1.2.3s",
             "1ms",

@@ -11,9 +11,10 @@ use crate::Error;
 ///
 /// * `scheme://authority/endpoint`: `dns://8.8.8.8:53/example.com:443`
 /// * `scheme:///endpoint` (empty authority): `dns:///example.com:443`, `etcd:///greeter`
-/// * `scheme:endpoint` (no authority): `dns:example.com:443`
+/// * `scheme:endpoint` (no authority): `dns:example.com:443`, `unix:relative.sock`
 ///
-/// The endpoint is percent-decoded. A string with no scheme (`localhost:50051`,
+/// A query string (`?key=value`) is split off the endpoint and kept in
+/// [`Target::query`]. The endpoint is percent-decoded. A string with no scheme (`localhost:50051`,
 /// `10.0.0.1:80`) is not a valid `Target` on its own: [`crate::ResolverRegistry::resolve`]
 /// reads it with the default scheme, as grpc-go does.
 ///
@@ -33,6 +34,9 @@ pub struct Target {
     scheme: String,
     authority: String,
     endpoint: String,
+    query: Option<String>,
+    /// Written as `scheme://authority/endpoint` (the endpoint is then a URL path).
+    hierarchical: bool,
 }
 
 impl Target {
@@ -58,6 +62,7 @@ impl Target {
                 "the scheme must start with a letter and contain only letters, digits, `+`, `-` and `.`",
             ));
         }
+        let hierarchical = rest.starts_with("//");
         let (authority, endpoint) = match rest.strip_prefix("//") {
             Some(hier) => match hier.split_once('/') {
                 Some((authority, endpoint)) => (authority, endpoint),
@@ -69,6 +74,10 @@ impl Target {
             },
             None => ("", rest),
         };
+        let (endpoint, query) = match endpoint.split_once('?') {
+            Some((endpoint, query)) => (endpoint, Some(query.to_owned())),
+            None => (endpoint, None),
+        };
         if endpoint.is_empty() {
             return Err(fail("the endpoint is empty"));
         }
@@ -78,6 +87,8 @@ impl Target {
             scheme: scheme.to_ascii_lowercase(),
             authority: authority.to_owned(),
             endpoint,
+            query,
+            hierarchical,
         })
     }
 
@@ -95,6 +106,23 @@ impl Target {
     /// service name, a list of addresses).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The query string after `?`, undecoded, if the target has one
+    /// (`dns:///svc:443?x=1` has `x=1`). It is not part of [`Target::endpoint`].
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    /// The endpoint as a path: with its leading `/` when the target was written
+    /// `scheme://authority/path`, as is when written `scheme:path`. What path-like
+    /// schemes read: `unix:///tmp/a.sock` is `/tmp/a.sock`, `unix:a.sock` is `a.sock`.
+    pub fn path(&self) -> std::borrow::Cow<'_, str> {
+        if self.hierarchical {
+            std::borrow::Cow::Owned(format!("/{}", self.endpoint))
+        } else {
+            std::borrow::Cow::Borrowed(&self.endpoint)
+        }
     }
 
     /// The target exactly as it was given.
@@ -177,6 +205,28 @@ mod tests {
         assert_eq!(parts("zk:///a/b"), s("zk", "", "a/b"));
         assert_eq!(parts("DNS:///x:1").0, "dns", "schemes are case-insensitive");
         assert_eq!(parts("passthrough:///[::1]:50051").2, "[::1]:50051");
+    }
+
+    #[test]
+    fn query_strings_are_split_off_the_endpoint() {
+        let t = Target::parse("dns:///svc.example.com:443?lb=x&y=1").unwrap();
+        assert_eq!(t.endpoint(), "svc.example.com:443");
+        assert_eq!(t.query(), Some("lb=x&y=1"));
+        let t = Target::parse("etcd:///greeter").unwrap();
+        assert_eq!(t.query(), None);
+        let err = Target::parse("dns:///?x=1").unwrap_err();
+        assert!(err.to_string().contains("endpoint is empty"), "{err}");
+    }
+
+    #[test]
+    fn paths_keep_their_leading_slash_in_the_hierarchical_form() {
+        assert_eq!(
+            Target::parse("unix:///tmp/a.sock").unwrap().path(),
+            "/tmp/a.sock"
+        );
+        assert_eq!(Target::parse("unix:a.sock").unwrap().path(), "a.sock");
+        assert_eq!(Target::parse("unix:/abs.sock").unwrap().path(), "/abs.sock");
+        assert_eq!(Target::parse("unix-abstract:name").unwrap().path(), "name");
     }
 
     #[test]

@@ -250,9 +250,14 @@ impl Harness {
         self.update(ClientConnState::new(addresses).with_config(config))
     }
 
-    /// Sends a complete state to the balancer.
+    /// Sends a complete state to the balancer. As the channel does, a state the
+    /// balancer rejects (an error) is followed by a request to re-resolve.
     pub fn update(&mut self, state: ClientConnState) -> Result<(), Error> {
-        self.balancer.update_client_conn_state(state, &mut self.cc)
+        let result = self.balancer.update_client_conn_state(state, &mut self.cc);
+        if result.is_err() {
+            self.cc.resolve_now();
+        }
+        result
     }
 
     /// Reports a resolver error.

@@ -5,6 +5,8 @@
 //! * When every address has failed once, reports `TransientFailure` and stays there
 //!   ("sticky") while it keeps retrying: from then on each subconn that comes back
 //!   from its backoff (`Idle`) is asked to connect again, until one is `Ready`.
+//! * Every failed attempt and every lost connection asks the resolver to re-resolve
+//!   (the resolver rate-limits): the backend may have moved.
 //! * When the connection drops, goes `Idle`; the next RPC (the channel calls
 //!   [`Balancer::exit_idle`]) starts again from the first address.
 //! * A new address list that still contains the connected address keeps that
@@ -117,15 +119,11 @@ impl PickFirstBalancer {
             (None, Some(res)) => format!("last resolver error: {res}"),
             (None, None) => "every address failed".to_owned(),
         };
-        let entering = self.state != Some(ConnectivityState::TransientFailure);
         self.publish(
             ConnectivityState::TransientFailure,
             Arc::new(FailPicker(Status::unavailable(message))),
             cc,
         );
-        if entering {
-            cc.resolve_now();
-        }
     }
 
     /// The subconn for `addresses[i]`, created if needed.
@@ -289,9 +287,16 @@ impl Balancer for PickFirstBalancer {
         cc: &mut dyn ClientConn,
     ) {
         let key = subconn.address().addr();
-        match self.subconns.get_mut(key) {
-            Some(t) if t.subconn == *subconn => t.state = state.state,
+        let previous = match self.subconns.get_mut(key) {
+            Some(t) if t.subconn == *subconn => std::mem::replace(&mut t.state, state.state),
             _ => return, // shut down already, or an older subconn for the address
+        };
+        // A lost connection or a failed attempt (also while staying in
+        // TransientFailure) may mean the backend moved: ask the resolver for news.
+        if state.state == ConnectivityState::TransientFailure
+            || (state.state == ConnectivityState::Idle && previous == ConnectivityState::Ready)
+        {
+            cc.resolve_now();
         }
         if self.selected.as_deref() == Some(key) {
             if state.state != ConnectivityState::Ready {

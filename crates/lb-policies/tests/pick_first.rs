@@ -41,7 +41,12 @@ fn tries_addresses_in_order_and_uses_the_first_that_connects() {
     h.fail(A, "refused");
     assert_eq!(
         h.take_events(),
-        [Event::NewSubConn(B.into()), Event::Connect(B.into())]
+        [
+            Event::ResolveNow,
+            Event::NewSubConn(B.into()),
+            Event::Connect(B.into())
+        ],
+        "a failed attempt asks to re-resolve, then the next address is tried"
     );
     h.set_state(B, Connecting);
     h.set_state(B, Ready);
@@ -80,8 +85,8 @@ fn all_failing_is_sticky_transient_failure_and_keeps_retrying() {
         "the picker names the newest error"
     );
     assert!(
-        !h.take_events().contains(&Event::ResolveNow),
-        "re-resolution is asked once, on entering TransientFailure"
+        h.take_events().contains(&Event::ResolveNow),
+        "every failure while in TransientFailure asks to re-resolve again"
     );
 
     h.set_state(B, Idle);
