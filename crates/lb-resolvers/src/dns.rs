@@ -2,20 +2,28 @@
 //! hickory-resolver.
 //!
 //! * A and AAAA records of `host`, each with `port` (default 443, as gRPC's).
-//! * No authority: the system's resolver configuration (`/etc/resolv.conf`). An
-//!   authority `ip[:port]` (port 53 by default) asks that server only.
+//! * Names are looked up as the system does: a name with fewer dots than resolv.conf's
+//!   `ndots` (a Kubernetes service `greeter`, a Docker service name) is tried with
+//!   each domain of the `search` list, as grpc-go's resolver does; a name ending in
+//!   `.` is absolute.
+//! * No authority: the name servers of the system's resolver configuration
+//!   ([`DnsOptions::resolv_conf`], `/etc/resolv.conf`). An authority `ip[:port]`
+//!   (port 53 by default) asks that server only, still with the configuration's
+//!   search list.
 //! * An IP literal host is not looked up: it resolves to itself, once.
-//! * Re-resolves on `resolve_now` (the channel asks when connections fail), at most
-//!   once per [`DnsOptions::min_resolve_interval`] (30 s, as grpc-go), and every
-//!   [`DnsOptions::refresh_interval`]. After a failed lookup it retries every
-//!   [`DnsOptions::error_retry_interval`]; the channel keeps the last good addresses
-//!   meanwhile.
+//! * The channel's default `:authority` is the target's endpoint (`svc:443`).
+//! * Re-resolves on `resolve_now` (the channel asks whenever a connection is lost or
+//!   fails), at most once per [`DnsOptions::min_resolve_interval`] (30 s, as
+//!   grpc-go), and every [`DnsOptions::refresh_interval`]. After a failed lookup it
+//!   retries every [`DnsOptions::error_retry_interval`] (5 s), however often it is
+//!   asked; the channel keeps the last good addresses meanwhile.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver as Hickory, TokioResolver};
 use lb_core::resolver::{BuildError, ClientConn};
@@ -24,8 +32,8 @@ use tokio::sync::Notify;
 
 use crate::Error;
 
-/// Timing of the DNS resolver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Timing and configuration of the DNS resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsOptions {
     /// The least time between two lookups caused by `resolve_now` (default 30 s).
     pub min_resolve_interval: Duration,
@@ -35,6 +43,9 @@ pub struct DnsOptions {
     pub error_retry_interval: Duration,
     /// The port of a host given without one (default 443).
     pub default_port: u16,
+    /// The resolver configuration to follow (default `/etc/resolv.conf`): its name
+    /// servers (for targets without an authority), `search` list and `ndots`.
+    pub resolv_conf: PathBuf,
 }
 
 impl Default for DnsOptions {
@@ -44,12 +55,13 @@ impl Default for DnsOptions {
             refresh_interval: Duration::from_secs(300),
             error_retry_interval: Duration::from_secs(5),
             default_port: 443,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
         }
     }
 }
 
 /// Builds resolvers for the `dns` scheme.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DnsResolverBuilder {
     options: DnsOptions,
 }
@@ -178,22 +190,18 @@ impl ResolverBuilder for DnsResolverBuilder {
         }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| format!("the dns resolver for `{target}` needs a tokio runtime"))?;
-        let resolver: TokioResolver = match name_server(target)? {
-            Some(server) => Hickory::builder_with_config(
-                ResolverConfig::from_name_servers(vec![server]),
-                TokioRuntimeProvider::default(),
-            ),
-            None => Hickory::builder(TokioRuntimeProvider::default())
-                .map_err(|e| format!("reading the system DNS configuration: {e}"))?,
-        }
-        .build()
-        .map_err(|e| format!("starting the DNS resolver for `{target}`: {e}"))?;
+        let (config, options) = resolver_config(target, &self.options)?;
+        let resolver: TokioResolver =
+            Hickory::builder_with_config(config, TokioRuntimeProvider::default())
+                .with_options(options)
+                .build()
+                .map_err(|e| format!("starting the DNS resolver for `{target}`: {e}"))?;
         let wake = Arc::new(Notify::new());
         let task = runtime.spawn(run(
             resolver,
             host.to_owned(),
             port,
-            self.options,
+            self.options.clone(),
             wake.clone(),
             cc,
         ));
@@ -201,6 +209,45 @@ impl ResolverBuilder for DnsResolverBuilder {
             wake,
             task: task.abort_handle(),
         }))
+    }
+
+    /// The target names one host: its endpoint is the authority, as in grpc-go.
+    fn authority(&self, target: &Target) -> Option<String> {
+        Some(target.endpoint().to_owned())
+    }
+}
+
+/// The name servers, search list and options for `target`: the resolv.conf file's,
+/// with the target's authority (if any) as the only name server.
+fn resolver_config(
+    target: &Target,
+    options: &DnsOptions,
+) -> Result<(ResolverConfig, ResolverOpts), BuildError> {
+    let from_file = std::fs::read(&options.resolv_conf)
+        .map_err(|e| e.to_string())
+        .and_then(|data| {
+            hickory_resolver::system_conf::parse_resolv_conf(data).map_err(|e| e.to_string())
+        });
+    match (name_server(target)?, from_file) {
+        (Some(server), Ok((file, opts))) => Ok((
+            ResolverConfig::from_parts(
+                file.domain().cloned(),
+                file.search().to_vec(),
+                vec![server],
+            ),
+            opts,
+        )),
+        // No usable file: the given server alone, no search list.
+        (Some(server), Err(_)) => Ok((
+            ResolverConfig::from_parts(None, Vec::new(), vec![server]),
+            ResolverOpts::default(),
+        )),
+        (None, Ok(config)) => Ok(config),
+        (None, Err(e)) => Err(format!(
+            "reading the DNS configuration {}: {e}",
+            options.resolv_conf.display()
+        )
+        .into()),
     }
 }
 
@@ -212,15 +259,10 @@ async fn run(
     wake: Arc<Notify>,
     cc: Arc<dyn ClientConn>,
 ) {
-    // Absolute names: no search-domain guessing for service names.
-    let name = if host.ends_with('.') {
-        host.clone()
-    } else {
-        format!("{host}.")
-    };
     loop {
         let looked_up = Instant::now();
-        let next = match resolver.lookup_ip(name.as_str()).await {
+        // As the system resolver does: a short name goes through the search list.
+        let next = match resolver.lookup_ip(host.as_str()).await {
             Ok(ips) => {
                 let addresses: Vec<Address> = ips
                     .iter()
@@ -247,11 +289,14 @@ async fn run(
                 options.error_retry_interval
             }
         };
+        let scheduled = looked_up + next;
         tokio::select! {
-            () = tokio::time::sleep(next) => {}
+            () = tokio::time::sleep_until(scheduled.into()) => {}
             () = wake.notified() => {
-                // Rate-limit: a resolve_now within the interval waits for its end.
-                let earliest = looked_up + options.min_resolve_interval;
+                // Rate-limited: a resolve_now within the interval waits for its end,
+                // but never past the lookup already scheduled (a retry after an
+                // error comes on the error interval however often the channel asks).
+                let earliest = (looked_up + options.min_resolve_interval).min(scheduled);
                 tokio::time::sleep_until(earliest.into()).await;
             }
         }

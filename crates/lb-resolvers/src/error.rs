@@ -15,4 +15,13 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+
+    /// A `unix` or `unix-abstract` target that does not name a socket.
+    #[error("target `{target}`: {reason}")]
+    BadUnixTarget {
+        /// The whole target.
+        target: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }

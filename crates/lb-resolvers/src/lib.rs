@@ -5,12 +5,13 @@
 //! |---|---|---|
 //! | `static:///a:1,b:2` | [`StaticResolverBuilder`] | always |
 //! | `passthrough:///host:port` | [`PassthroughResolverBuilder`] | always |
+//! | `unix:///abs/path`, `unix:rel/path`, `unix-abstract:name` | [`UnixResolverBuilder`] | always |
 //! | `dns:///host:port`, `dns://server-ip:port/host:port` | `dns::DnsResolverBuilder` | `dns` |
 //! | `etcd:///service`, `etcd://host:port/service` | `etcd::EtcdResolverBuilder` (and `etcd::EtcdRegistrar`) | `etcd` |
 //! | `zk:///service`, `zk://host:port,host:port/service` | `zookeeper::ZkResolverBuilder` (and `zookeeper::ZkRegistrar`) | `zookeeper` |
 //!
-//! DNS, etcd and ZooKeeper resolvers (and the server-side registrars) will sit behind
-//! the features `dns`, `etcd` and `zookeeper`.
+//! DNS, etcd and ZooKeeper resolvers (and the server-side registrars) sit behind the
+//! features `dns`, `etcd` and `zookeeper`.
 //!
 //! ```
 //! use lb_core::ResolverRegistry;
@@ -46,7 +47,9 @@ pub struct Metadata(pub serde_json::Value);
 
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 mod watching;
-pub use static_list::{FixedResolver, PassthroughResolverBuilder, StaticResolverBuilder};
+pub use static_list::{
+    FixedResolver, PassthroughResolverBuilder, StaticResolverBuilder, UnixResolverBuilder,
+};
 
 /// A registry with every resolver this build of the crate has. Its default scheme,
 /// for targets without one, is `dns` when the `dns` feature is on (as in gRPC), else
@@ -56,6 +59,8 @@ pub fn registry() -> ResolverRegistry {
     registry
         .register(StaticResolverBuilder)
         .register(PassthroughResolverBuilder)
+        .register(UnixResolverBuilder::default())
+        .register(UnixResolverBuilder::abstract_namespace())
         .set_default_scheme("passthrough");
     #[cfg(feature = "dns")]
     registry

@@ -1,8 +1,11 @@
-//! Fixed address lists: `static:///host1:port1,host2:port2` and
-//! `passthrough:///host:port`.
+//! Fixed address lists: `static:///host1:port1,host2:port2`,
+//! `passthrough:///host:port`, and Unix-domain sockets: `unix:///abs/path`,
+//! `unix:relative/path`, `unix-abstract:name`.
 //!
-//! Both resolve once, when built, and never change. Hostnames are passed through
-//! as they are; the transport looks them up when it connects.
+//! All resolve once, when built, and never change. Hostnames are passed through
+//! as they are; the transport looks them up when it connects. A Unix target resolves
+//! to one address, `unix:<path>` or `unix-abstract:<name>`, which the channel dials
+//! as a Unix-domain socket (with `:authority` `localhost`, as grpc-go).
 
 use std::sync::Arc;
 
@@ -19,29 +22,48 @@ pub struct StaticResolverBuilder;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PassthroughResolverBuilder;
 
-/// The resolver of both schemes: it sends its one state again on `resolve_now`.
+/// Builds resolvers for `unix:///abs/path` and `unix:relative/path` (or, as
+/// [`UnixResolverBuilder::abstract_namespace`], for `unix-abstract:name`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnixResolverBuilder {
+    abstract_namespace: bool,
+}
+
+impl UnixResolverBuilder {
+    /// The `unix-abstract` scheme: names in Linux's abstract socket namespace.
+    pub fn abstract_namespace() -> Self {
+        Self {
+            abstract_namespace: true,
+        }
+    }
+}
+
+/// The resolver of the fixed schemes: it sent its one state when built.
 pub struct FixedResolver {
-    state: ResolverState,
-    cc: Arc<dyn ClientConn>,
+    _state: ResolverState,
+    _cc: Arc<dyn ClientConn>,
 }
 
 impl FixedResolver {
-    /// A resolver that sends `state` again on every `resolve_now` (the caller sends
-    /// it the first time).
+    /// A resolver that keeps `state` (the caller sends it, once).
     pub fn new(state: ResolverState, cc: Arc<dyn ClientConn>) -> Self {
-        Self { state, cc }
+        Self {
+            _state: state,
+            _cc: cc,
+        }
     }
 }
 
 impl Resolver for FixedResolver {
-    fn resolve_now(&self) {
-        self.cc.update_state(self.state.clone());
-    }
+    /// Nothing to do: the list cannot change (as grpc-go's passthrough resolver). The
+    /// channel asks on every lost connection, so re-sending the same state would only
+    /// churn the balancer.
+    fn resolve_now(&self) {}
 }
 
 fn start(state: ResolverState, cc: Arc<dyn ClientConn>) -> Box<dyn Resolver> {
     cc.update_state(state.clone());
-    Box::new(FixedResolver { state, cc })
+    Box::new(FixedResolver::new(state, cc))
 }
 
 /// Checks `addr` is `host:port` (IPv6 in brackets); the reason when it is not.
@@ -51,7 +73,7 @@ pub(crate) fn check_host_port(addr: &str) -> Result<(), &'static str> {
     parse_host_port(&target, addr)
         .map(drop)
         .map_err(|e| match e {
-            Error::BadAddress { reason, .. } => reason,
+            Error::BadAddress { reason, .. } | Error::BadUnixTarget { reason, .. } => reason,
         })
 }
 
@@ -123,6 +145,53 @@ impl ResolverBuilder for PassthroughResolverBuilder {
         let address = parse_host_port(target, target.endpoint())?;
         Ok(start(ResolverState::new(vec![address]), cc))
     }
+
+    /// The endpoint names the one host: it is the authority, as in grpc-go.
+    fn authority(&self, target: &Target) -> Option<String> {
+        Some(target.endpoint().to_owned())
+    }
+}
+
+impl ResolverBuilder for UnixResolverBuilder {
+    fn scheme(&self) -> &str {
+        if self.abstract_namespace {
+            "unix-abstract"
+        } else {
+            "unix"
+        }
+    }
+
+    fn build(
+        &self,
+        target: &Target,
+        cc: Arc<dyn ClientConn>,
+    ) -> Result<Box<dyn Resolver>, BuildError> {
+        let bad = |reason| Error::BadUnixTarget {
+            target: target.as_str().to_owned(),
+            reason,
+        };
+        if !target.authority().is_empty() {
+            return Err(bad(
+                "a Unix socket target takes no authority (`unix:///abs/path` or `unix:relative/path`)",
+            )
+            .into());
+        }
+        let path = target.path();
+        if path.is_empty() || path == "/" {
+            return Err(bad("no socket path").into());
+        }
+        let address = if self.abstract_namespace {
+            format!("unix-abstract:{path}")
+        } else {
+            format!("unix:{path}")
+        };
+        Ok(start(ResolverState::new(vec![Address::new(address)]), cc))
+    }
+
+    /// Unix sockets have no host name: `localhost`, as grpc-go.
+    fn authority(&self, _: &Target) -> Option<String> {
+        Some("localhost".to_owned())
+    }
 }
 
 #[cfg(test)]
@@ -149,8 +218,7 @@ mod tests {
             .map_err(|e| e.to_string())?;
         resolver.resolve_now();
         let states = cc.0.lock().unwrap();
-        assert_eq!(states.len(), 2, "one state when built, one per resolve_now");
-        assert_eq!(states[0], states[1]);
+        assert_eq!(states.len(), 1, "one state when built, none on resolve_now");
         Ok(states[0]
             .addresses
             .iter()
@@ -180,6 +248,44 @@ mod tests {
             .unwrap(),
             ["example.com:443"]
         );
+    }
+
+    #[test]
+    fn unix_targets_name_one_socket() {
+        let unix = UnixResolverBuilder::default();
+        let abs = UnixResolverBuilder::abstract_namespace();
+        assert_eq!(
+            addrs(&unix, "unix:///tmp/a.sock").unwrap(),
+            ["unix:/tmp/a.sock"]
+        );
+        assert_eq!(
+            addrs(&unix, "unix:/tmp/a.sock").unwrap(),
+            ["unix:/tmp/a.sock"]
+        );
+        assert_eq!(
+            addrs(&unix, "unix:rel/a.sock").unwrap(),
+            ["unix:rel/a.sock"]
+        );
+        assert_eq!(
+            addrs(&abs, "unix-abstract:grpc").unwrap(),
+            ["unix-abstract:grpc"]
+        );
+        let t = Target::parse("unix:///tmp/a.sock").unwrap();
+        assert_eq!(unix.authority(&t).as_deref(), Some("localhost"));
+        let err = addrs(&unix, "unix://host/tmp/a.sock").unwrap_err();
+        assert!(err.contains("takes no authority"), "{err}");
+        assert!(err.contains("`unix://host/tmp/a.sock`"), "{err}");
+    }
+
+    #[test]
+    fn passthrough_names_its_endpoint_as_the_authority_and_static_lists_do_not() {
+        let t = Target::parse("passthrough:///svc.example.com:443").unwrap();
+        assert_eq!(
+            PassthroughResolverBuilder.authority(&t).as_deref(),
+            Some("svc.example.com:443")
+        );
+        let t = Target::parse("static:///a:1,b:2").unwrap();
+        assert_eq!(StaticResolverBuilder.authority(&t), None);
     }
 
     #[test]

@@ -203,3 +203,97 @@ async fn ip_literals_and_bad_targets() {
         assert!(err.to_string().contains(why), "{target}: {err}");
     }
 }
+
+/// A resolv.conf with this search list (its name server is not used: the targets
+/// here name the test's DNS server as their authority).
+fn resolv_conf(dir: &tempfile::TempDir, search: &str) -> std::path::PathBuf {
+    let path = dir.path().join("resolv.conf");
+    std::fs::write(
+        &path,
+        format!("nameserver 127.0.0.1\nsearch {search}\noptions ndots:5\n"),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_short_name_resolves_through_the_search_list() {
+    // A Kubernetes headless service: `greeter` is `greeter.<ns>.svc.cluster.local`.
+    let server = DnsServer::start().await.unwrap();
+    server.set("greeter.prod.svc.cluster.local", &[ip("10.1.0.7")]);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DnsOptions {
+        resolv_conf: resolv_conf(&dir, "prod.svc.cluster.local svc.cluster.local"),
+        ..options()
+    };
+    let (_resolver, mut rx) = start(&server, "greeter:50051", opts.clone());
+    assert_eq!(next_addrs(&mut rx).await, ["10.1.0.7:50051"]);
+
+    // The second domain of the list is tried too.
+    server.set("billing.svc.cluster.local", &[ip("10.1.0.8")]);
+    let (_resolver, mut rx) = start(&server, "billing:80", opts.clone());
+    assert_eq!(next_addrs(&mut rx).await, ["10.1.0.8:80"]);
+
+    // An absolute name (trailing dot) skips the search list.
+    let (_resolver, mut rx) = start(&server, "greeter.:50051", opts);
+    match next(&mut rx).await {
+        Event::Error(e) => assert!(e.to_string().contains("`greeter.`"), "{e}"),
+        Event::State(s) => panic!("an absolute name went through the search list: {s:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_resolv_conf_is_a_build_error_naming_it_without_an_authority() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let builder = DnsResolverBuilder::new(DnsOptions {
+        resolv_conf: "/nonexistent/resolv.conf".into(),
+        ..options()
+    });
+    let err = builder
+        .build(
+            &Target::parse("dns:///svc.test:80").unwrap(),
+            Arc::new(Channel(tx)),
+        )
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("/nonexistent/resolv.conf"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_failed_lookup_resolve_now_storms_do_not_push_the_retry_past_the_error_interval() {
+    // The channel asks to re-resolve on every failed connection; with a 30 s floor
+    // for those requests, a client that started before its record existed must
+    // still retry on the error interval.
+    let server = DnsServer::start().await.unwrap();
+    let opts = DnsOptions {
+        min_resolve_interval: Duration::from_secs(30),
+        error_retry_interval: Duration::from_millis(200),
+        ..options()
+    };
+    let (resolver, mut rx) = start(&server, "late.test:80", opts);
+    assert!(matches!(next(&mut rx).await, Event::Error(_)));
+    server.set("late.test", &[ip("10.0.0.4")]);
+    let asked = async {
+        loop {
+            resolver.resolve_now();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let found = async {
+        loop {
+            if let Event::State(s) = next(&mut rx).await {
+                return s;
+            }
+        }
+    };
+    // Bounded by 5 s here; a retry pushed to the 30 s floor would miss it.
+    let state = tokio::select! {
+        s = found => s,
+        () = asked => unreachable!(),
+        () = tokio::time::sleep(Duration::from_secs(5)) => panic!("no retry within 5 s"),
+    };
+    assert_eq!(state.addresses[0].addr(), "10.0.0.4:80");
+}
