@@ -30,12 +30,14 @@ use tonic::{Request, Response, Status, Streaming};
 mod dns;
 mod etcd;
 mod manual;
+mod peers;
 mod tls;
 mod zookeeper;
 
 pub use dns::DnsServer;
 pub use etcd::EtcdServer;
 pub use manual::ManualResolver;
+pub use peers::{BadPeer, Misbehavior};
 pub use tls::TestPki;
 use tokio_rustls::TlsAcceptor;
 pub use zookeeper::ZooKeeperServer;
@@ -50,10 +52,15 @@ use pb::echo_server::{Echo, EchoServer};
 use pb::{EchoReply, EchoRequest};
 
 /// The echo service: replies with the request's message and the backend's name.
+///
+/// A unary message `fail:<code>` fails with that gRPC status code, and
+/// `details:<n>` fails with `ABORTED` carrying `n` bytes of status details (a
+/// `grpc-status-details-bin` trailer of about `4n/3` bytes).
 #[derive(Clone)]
 pub struct EchoService {
     name: Arc<str>,
     hits: Arc<AtomicUsize>,
+    open_streams: Arc<AtomicUsize>,
 }
 
 impl EchoService {
@@ -62,12 +69,19 @@ impl EchoService {
         Self {
             name: name.into(),
             hits: Arc::default(),
+            open_streams: Arc::default(),
         }
     }
 
     /// RPCs received so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Server-streaming and bidi response streams the server is still producing:
+    /// one ends when it is finished, or when the client resets it.
+    pub fn open_streams(&self) -> usize {
+        self.open_streams.load(Ordering::Relaxed)
     }
 
     fn reply(&self, message: String) -> EchoReply {
@@ -103,6 +117,18 @@ impl Echo for EchoService {
                 format!("{} failed as asked", self.name),
             ));
         }
+        if let Some(n) = req
+            .message
+            .strip_prefix("details:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            let details: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            return Err(Status::with_details(
+                tonic::Code::Aborted,
+                format!("{} sends {n} bytes of details", self.name),
+                details.into(),
+            ));
+        }
         Ok(Response::new(self.reply(req.message)))
     }
 
@@ -115,8 +141,18 @@ impl Echo for EchoService {
         let req = req.into_inner();
         self.arrive(&req).await;
         let this = self.clone();
-        let replies = (0..req.count).map(move |i| Ok(this.reply(format!("{} {i}", req.message))));
-        Ok(Response::new(Box::pin(tokio_stream::iter(replies))))
+        let interval = Duration::from_millis(req.interval_ms);
+        let replies = tokio_stream::iter(0..req.count).then(move |i| {
+            let this = this.clone();
+            let message = req.message.clone();
+            async move {
+                if i > 0 && !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
+                Ok(this.reply(format!("{message} {i}")))
+            }
+        });
+        Ok(Response::new(self.tracked(Box::pin(replies))))
     }
 
     async fn client_stream(
@@ -143,7 +179,34 @@ impl Echo for EchoService {
         let replies = req
             .into_inner()
             .map(move |msg| msg.map(|m| this.reply(m.message)));
-        Ok(Response::new(Box::pin(replies)))
+        Ok(Response::new(self.tracked(Box::pin(replies))))
+    }
+}
+
+impl EchoService {
+    /// `replies`, counted in [`EchoService::open_streams`] until dropped.
+    fn tracked(&self, replies: ReplyStream) -> ReplyStream {
+        Box::pin(Tracked {
+            inner: replies,
+            _open: Open::new(&self.open_streams),
+        })
+    }
+}
+
+/// A response stream that counts itself open while it lives.
+struct Tracked {
+    inner: ReplyStream,
+    _open: Open,
+}
+
+impl Stream for Tracked {
+    type Item = Result<EchoReply, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
     }
 }
 
@@ -153,10 +216,95 @@ impl Echo for EchoService {
 pub struct Backend {
     name: Arc<str>,
     addr: SocketAddr,
+    serving: Serving,
+}
+
+/// What a backend serves with, across restarts.
+struct Serving {
     service: EchoService,
     connections: Arc<AtomicUsize>,
+    authorities: Authorities,
     tls: Option<TlsAcceptor>,
     task: Option<JoinHandle<()>>,
+}
+
+impl Serving {
+    fn new(name: Arc<str>, tls: Option<TlsAcceptor>) -> Self {
+        Self {
+            service: EchoService::new(name),
+            connections: Arc::default(),
+            authorities: Authorities::default(),
+            tls,
+            task: None,
+        }
+    }
+
+    fn start(&mut self, listener: Listener) {
+        self.task = Some(tokio::spawn(accept_loop(
+            listener,
+            self.service.clone(),
+            self.connections.clone(),
+            self.tls.clone(),
+            self.authorities.clone(),
+        )));
+    }
+
+    async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// What requests arrived with: the distinct `:authority` values in order, and the
+/// last `grpc-timeout` header.
+#[derive(Clone, Default)]
+struct Authorities(Arc<std::sync::Mutex<Seen>>);
+
+#[derive(Default)]
+struct Seen {
+    authorities: Vec<String>,
+    grpc_timeout: Option<String>,
+}
+
+impl Authorities {
+    fn record(&self, authority: Option<&str>, grpc_timeout: Option<&str>) {
+        let authority = authority.unwrap_or("");
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.authorities.last().map(String::as_str) != Some(authority) {
+            seen.authorities.retain(|a| a != authority);
+            seen.authorities.push(authority.to_owned());
+        }
+        seen.grpc_timeout = grpc_timeout.map(str::to_owned);
+    }
+
+    fn get(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .authorities
+            .clone()
+    }
+
+    fn grpc_timeout(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .grpc_timeout
+            .clone()
+    }
 }
 
 impl Backend {
@@ -196,24 +344,15 @@ impl Backend {
 
     fn serve(name: &str, listener: TcpListener, tls: Option<TlsAcceptor>) -> Self {
         let name: Arc<str> = name.into();
-        let service = EchoService::new(name.clone());
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(accept_loop(
-            listener,
-            service.clone(),
-            connections.clone(),
-            tls.clone(),
-        ));
+        let mut serving = Serving::new(name.clone(), tls);
+        serving.start(Listener::Tcp(listener));
         Self {
             name,
             addr,
-            service,
-            connections,
-            tls,
-            task: Some(task),
+            serving,
         }
     }
 
@@ -229,27 +368,41 @@ impl Backend {
 
     /// RPCs received so far (over every run of this backend).
     pub fn hits(&self) -> usize {
-        self.service.hits()
+        self.serving.service.hits()
+    }
+
+    /// Server-streaming and bidi responses still being produced (see
+    /// [`EchoService::open_streams`]).
+    pub fn open_streams(&self) -> usize {
+        self.serving.service.open_streams()
     }
 
     /// Client connections open now.
     pub fn open_connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.serving.connections.load(Ordering::Relaxed)
+    }
+
+    /// The distinct `:authority` values that requests carried, in the order first
+    /// seen (most recent last).
+    pub fn authorities(&self) -> Vec<String> {
+        self.serving.authorities.get()
+    }
+
+    /// The `grpc-timeout` header of the last request, if it had one.
+    pub fn last_grpc_timeout(&self) -> Option<String> {
+        self.serving.authorities.grpc_timeout()
     }
 
     /// Whether it is serving.
     pub fn is_running(&self) -> bool {
-        self.task.is_some()
+        self.serving.task.is_some()
     }
 
     /// Drops the listener and every connection at once: clients see their
     /// connections closed, in-flight RPCs fail, new connections are refused. Returns
     /// once the server task is gone.
     pub async fn kill(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
+        self.serving.kill().await;
     }
 
     /// Serves again on the same port (after [`Backend::kill`]).
@@ -261,12 +414,7 @@ impl Backend {
         for _ in 0..100 {
             match bind(self.addr) {
                 Ok(listener) => {
-                    self.task = Some(tokio::spawn(accept_loop(
-                        listener,
-                        self.service.clone(),
-                        self.connections.clone(),
-                        self.tls.clone(),
-                    )));
+                    self.serving.start(Listener::Tcp(listener));
                     return Ok(());
                 }
                 Err(e) => last = Some(e),
@@ -277,11 +425,72 @@ impl Backend {
     }
 }
 
-impl Drop for Backend {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+/// An echo server on a Unix-domain socket: a path, or a name in Linux's abstract
+/// namespace. Its address is what a `unix` target resolves to (`unix:/path`,
+/// `unix-abstract:name`).
+pub struct UnixBackend {
+    address: String,
+    serving: Serving,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl UnixBackend {
+    /// Serves on a socket file in a fresh temporary directory (removed on drop).
+    pub async fn start(name: &str) -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(format!("{name}.sock"));
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        let mut serving = Serving::new(name.into(), None);
+        serving.start(Listener::Unix(listener));
+        Ok(Self {
+            address: format!("unix:{}", path.display()),
+            serving,
+            _dir: Some(dir),
+        })
+    }
+
+    /// Serves on the abstract socket `name` (Linux only).
+    #[cfg(target_os = "linux")]
+    pub async fn start_abstract(name: &str) -> std::io::Result<Self> {
+        use std::os::linux::net::SocketAddrExt;
+        let socket_name = format!("grpc-lb-test-{name}-{}", fastrand::u64(..));
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(socket_name.as_bytes())?;
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+        listener.set_nonblocking(true)?;
+        let mut serving = Serving::new(name.into(), None);
+        serving.start(Listener::Unix(tokio::net::UnixListener::from_std(
+            listener,
+        )?));
+        Ok(Self {
+            address: format!("unix-abstract:{socket_name}"),
+            serving,
+            _dir: None,
+        })
+    }
+
+    /// The address: `unix:/path/to/name.sock` or `unix-abstract:name`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The path of the socket file (for a path socket).
+    pub fn path(&self) -> Option<&str> {
+        self.address.strip_prefix("unix:")
+    }
+
+    /// The abstract name (for an abstract socket).
+    pub fn abstract_name(&self) -> Option<&str> {
+        self.address.strip_prefix("unix-abstract:")
+    }
+
+    /// RPCs received so far.
+    pub fn hits(&self) -> usize {
+        self.serving.service.hits()
+    }
+
+    /// The distinct `:authority` values that requests carried.
+    pub fn authorities(&self) -> Vec<String> {
+        self.serving.authorities.get()
     }
 }
 
@@ -393,36 +602,60 @@ impl Drop for Open {
     }
 }
 
+/// Where a backend accepts connections.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     service: EchoService,
     open: Arc<AtomicUsize>,
     tls: Option<TlsAcceptor>,
+    authorities: Authorities,
 ) {
-    let svc = TowerToHyperService::new(EchoServer::new(service));
+    let svc = TowerToHyperService::new(RecordAuthority {
+        inner: EchoServer::new(service),
+        authorities,
+    });
     // Owned here: aborting this task drops every connection task with it.
     let mut connections = JoinSet::new();
     loop {
+        let accepted = async {
+            match &listener {
+                Listener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+                Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+            }
+        };
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                // Without TCP_NODELAY small responses wait for delayed ACKs (40 ms).
-                let _ = stream.set_nodelay(true);
+            accepted = accepted => {
+                let Ok(stream) = accepted else { continue };
                 let svc = svc.clone();
                 let open = Open::new(&open);
                 let tls = tls.clone();
                 connections.spawn(async move {
                     let _open = open;
                     let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                    let served = match tls {
-                        None => http2.serve_connection(TokioIo::new(stream), svc).await,
-                        Some(tls) => match tls.accept(stream).await {
-                            Ok(stream) => http2.serve_connection(TokioIo::new(stream), svc).await,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "test backend TLS handshake failed");
-                                return;
+                    let served = match (stream, tls) {
+                        (Accepted::Tcp(stream), None) => {
+                            // Without TCP_NODELAY small responses wait for delayed ACKs (40 ms).
+                            let _ = stream.set_nodelay(true);
+                            http2.serve_connection(TokioIo::new(stream), svc).await
+                        }
+                        (Accepted::Tcp(stream), Some(tls)) => {
+                            let _ = stream.set_nodelay(true);
+                            match tls.accept(stream).await {
+                                Ok(stream) => http2.serve_connection(TokioIo::new(stream), svc).await,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "test backend TLS handshake failed");
+                                    return;
+                                }
                             }
-                        },
+                        }
+                        (Accepted::Unix(stream), _) => {
+                            http2.serve_connection(TokioIo::new(stream), svc).await
+                        }
                     };
                     if let Err(e) = served {
                         tracing::debug!(error = %e, "test backend connection ended");
@@ -431,5 +664,44 @@ async fn accept_loop(
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Records each request's `:authority` and `grpc-timeout`, then serves it.
+#[derive(Clone)]
+struct RecordAuthority<S> {
+    inner: S,
+    authorities: Authorities,
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for RecordAuthority<S>
+where
+    S: tonic::codegen::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.authorities.record(
+            request.uri().authority().map(|a| a.as_str()),
+            request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok()),
+        );
+        self.inner.call(request)
     }
 }

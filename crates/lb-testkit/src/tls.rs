@@ -14,8 +14,14 @@ pub struct TestPki {
 }
 
 impl TestPki {
-    /// A new CA and server certificate (ALPN `h2`).
+    /// A new CA and a server certificate for `localhost` and `127.0.0.1` (ALPN
+    /// `h2`).
     pub fn new() -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Self::for_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A new CA and a server certificate for exactly these names (ALPN `h2`).
+    pub fn for_names(names: &[&str]) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -24,7 +30,8 @@ impl TestPki {
         let ca_cert = ca.self_signed(&ca_key)?;
 
         let key = KeyPair::generate()?;
-        let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        let leaf =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
         let cert = leaf.signed_by(&key, &ca_cert, &ca_key)?;
 
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));

@@ -1,0 +1,187 @@
+//! Peers that misbehave the way real broken backends do: a port that accepts and
+//! closes (an L4 proxy with nothing behind it), one that accepts and never speaks (a
+//! hung process whose kernel still completes handshakes), an HTTP/1 server, and a
+//! bare-bones HTTP/2 peer that writes frames by hand so a test can count the pings it
+//! receives or make it send a GOAWAY.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// How a [`BadPeer`] treats each connection it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misbehavior {
+    /// Closes the connection at once.
+    AcceptAndClose,
+    /// Keeps the connection open and never sends a byte.
+    Silent,
+    /// Answers like an HTTP/1.1 server that does not know HTTP/2: `400 Bad Request`.
+    Http1,
+    /// Speaks just enough HTTP/2: sends its SETTINGS, acknowledges the client's,
+    /// counts the client's PINGs and answers them if `answer_pings`, never answers a
+    /// request. With `goaway`, sends `GOAWAY(last stream 0, code, debug data)` right
+    /// after its SETTINGS (as a gRPC server does to a client that pings too often:
+    /// `ENHANCE_YOUR_CALM`, `too_many_pings`).
+    RawHttp2 {
+        /// Whether PINGs get their ACK.
+        answer_pings: bool,
+        /// An error code and debug data to send in a GOAWAY after the preface.
+        goaway: Option<(u32, Vec<u8>)>,
+    },
+}
+
+/// A misbehaving peer on an ephemeral port of 127.0.0.1.
+pub struct BadPeer {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    pings: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl BadPeer {
+    /// Starts listening.
+    pub async fn start(behavior: Misbehavior) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let pings = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(serve(listener, behavior, accepted.clone(), pings.clone()));
+        Ok(Self {
+            addr,
+            accepted,
+            pings,
+            task,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// PING frames received so far ([`Misbehavior::RawHttp2`] only).
+    pub fn pings(&self) -> usize {
+        self.pings.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for BadPeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    behavior: Misbehavior,
+    accepted: Arc<AtomicUsize>,
+    pings: Arc<AtomicUsize>,
+) {
+    // Owned here: aborting this task drops every connection with it.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let behavior = behavior.clone();
+                let pings = pings.clone();
+                connections.spawn(async move {
+                    let _ = handle(stream, behavior, &pings).await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+
+async fn handle(
+    mut stream: TcpStream,
+    behavior: Misbehavior,
+    pings: &AtomicUsize,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    match behavior {
+        Misbehavior::AcceptAndClose => Ok(()),
+        Misbehavior::Silent => {
+            // Hold the connection; read and drop whatever comes, answer nothing.
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok(())
+        }
+        Misbehavior::Http1 => {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await?;
+            stream
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await
+        }
+        Misbehavior::RawHttp2 {
+            answer_pings,
+            goaway,
+        } => {
+            let mut preface = [0u8; PREFACE.len()];
+            stream.read_exact(&mut preface).await?;
+            if preface != PREFACE {
+                return Ok(());
+            }
+            write_frame(&mut stream, SETTINGS, 0, &[]).await?;
+            if let Some((code, debug)) = goaway {
+                let mut payload = 0u32.to_be_bytes().to_vec();
+                payload.extend_from_slice(&code.to_be_bytes());
+                payload.extend_from_slice(&debug);
+                write_frame(&mut stream, GOAWAY, 0, &payload).await?;
+            }
+            loop {
+                let mut header = [0u8; 9];
+                stream.read_exact(&mut header).await?;
+                let len = (usize::from(header[0]) << 16)
+                    | (usize::from(header[1]) << 8)
+                    | usize::from(header[2]);
+                let mut payload = vec![0u8; len];
+                stream.read_exact(&mut payload).await?;
+                match (header[3], header[4] & ACK) {
+                    (SETTINGS, 0) => write_frame(&mut stream, SETTINGS, ACK, &[]).await?,
+                    (PING, 0) => {
+                        pings.fetch_add(1, Ordering::Relaxed);
+                        if answer_pings {
+                            write_frame(&mut stream, PING, ACK, &payload).await?;
+                        }
+                    }
+                    _ => {} // requests and the rest go unanswered
+                }
+            }
+        }
+    }
+}
+
+async fn write_frame(
+    stream: &mut TcpStream,
+    kind: u8,
+    flags: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let len = payload.len();
+    let mut frame = Vec::with_capacity(9 + len);
+    frame.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
+    frame.extend_from_slice(&0u32.to_be_bytes()); // stream 0: connection frames only
+    frame.extend_from_slice(payload);
+    stream.write_all(&frame).await
+}
