@@ -31,7 +31,59 @@ impl Default for BackoffConfig {
     }
 }
 
-/// The backoff state of one subconn.
+/// The longest delay or timeout a [`BackoffConfig`] accepts: one day.
+const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+/// The largest growth factor a [`BackoffConfig`] accepts.
+const MAX_MULTIPLIER: f64 = 100.0;
+
+impl BackoffConfig {
+    /// Checks every field, naming the first one out of range: delays must be positive
+    /// and at most a day with `base_delay <= max_delay`, `multiplier` finite and from
+    /// 1 to 100, `jitter` from 0 to 1.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |setting, reason: String| Err(crate::Error::InvalidSetting { setting, reason });
+        for (setting, d) in [
+            ("BackoffConfig::base_delay", self.base_delay),
+            ("BackoffConfig::max_delay", self.max_delay),
+            (
+                "BackoffConfig::min_connect_timeout",
+                self.min_connect_timeout,
+            ),
+        ] {
+            if d.is_zero() || d > MAX_DELAY {
+                return bad(setting, format!("{d:?} is not within (0, 24h]"));
+            }
+        }
+        if self.base_delay > self.max_delay {
+            return bad(
+                "BackoffConfig::base_delay",
+                format!(
+                    "{:?} is above max_delay ({:?})",
+                    self.base_delay, self.max_delay
+                ),
+            );
+        }
+        if !(self.multiplier.is_finite() && (1.0..=MAX_MULTIPLIER).contains(&self.multiplier)) {
+            return bad(
+                "BackoffConfig::multiplier",
+                format!(
+                    "{} is not a number from 1 to {MAX_MULTIPLIER}",
+                    self.multiplier
+                ),
+            );
+        }
+        if !(self.jitter.is_finite() && (0.0..=1.0).contains(&self.jitter)) {
+            return bad(
+                "BackoffConfig::jitter",
+                format!("{} is not a number from 0 to 1", self.jitter),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The backoff state of one subconn. Its config has passed
+/// [`BackoffConfig::validate`], so the arithmetic below cannot overflow.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
     config: BackoffConfig,
@@ -88,6 +140,92 @@ mod tests {
         assert_eq!(b.connect_timeout(), Duration::from_secs(20));
         let d = b.next_delay();
         assert!(d <= Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn out_of_range_settings_are_named() {
+        let check = |config: BackoffConfig, setting: &str| {
+            let err = config.validate().unwrap_err();
+            assert!(
+                matches!(&err, crate::Error::InvalidSetting { setting: s, .. } if *s == setting),
+                "{err}"
+            );
+            assert!(err.to_string().contains(setting), "{err}");
+        };
+        let d = BackoffConfig::default();
+        assert!(d.validate().is_ok());
+        check(
+            BackoffConfig {
+                multiplier: f64::INFINITY,
+                ..d
+            },
+            "BackoffConfig::multiplier",
+        );
+        check(
+            BackoffConfig {
+                multiplier: f64::NAN,
+                ..d
+            },
+            "BackoffConfig::multiplier",
+        );
+        check(
+            BackoffConfig {
+                multiplier: 0.5,
+                ..d
+            },
+            "BackoffConfig::multiplier",
+        );
+        check(
+            BackoffConfig {
+                jitter: f64::NAN,
+                ..d
+            },
+            "BackoffConfig::jitter",
+        );
+        check(BackoffConfig { jitter: 1.5, ..d }, "BackoffConfig::jitter");
+        check(BackoffConfig { jitter: -0.1, ..d }, "BackoffConfig::jitter");
+        check(
+            BackoffConfig {
+                base_delay: Duration::ZERO,
+                ..d
+            },
+            "BackoffConfig::base_delay",
+        );
+        check(
+            BackoffConfig {
+                base_delay: Duration::from_secs(200),
+                ..d
+            },
+            "BackoffConfig::base_delay",
+        );
+        check(
+            BackoffConfig {
+                max_delay: Duration::MAX,
+                ..d
+            },
+            "BackoffConfig::max_delay",
+        );
+        check(
+            BackoffConfig {
+                min_connect_timeout: Duration::ZERO,
+                ..d
+            },
+            "BackoffConfig::min_connect_timeout",
+        );
+    }
+
+    #[test]
+    fn the_largest_valid_settings_do_not_overflow() {
+        let mut b = Backoff::new(BackoffConfig {
+            base_delay: MAX_DELAY,
+            max_delay: MAX_DELAY,
+            multiplier: MAX_MULTIPLIER,
+            jitter: 1.0,
+            min_connect_timeout: MAX_DELAY,
+        });
+        for _ in 0..10 {
+            assert!(b.next_delay() <= MAX_DELAY * 2);
+        }
     }
 
     #[test]

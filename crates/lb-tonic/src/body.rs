@@ -1,27 +1,190 @@
-//! The response body: forwards hyper's body and reports the RPC's end to the pick's
-//! completion callback.
+//! The response body: the h2 stream's data and trailers, bounded by the call's
+//! deadline, reporting the RPC's end to the pick's completion callback.
 
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use h2::RecvStream;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use lb_core::{Code, DoneInfo, OnDone, Status};
+use lb_core::{Address, Code, DoneInfo, OnDone, Status};
 
-pin_project_lite::pin_project! {
-    /// The body of a response from an [`crate::LbChannel`].
-    pub struct ResponseBody {
-        #[pin]
-        inner: hyper::body::Incoming,
-        done: Option<DoneGuard>,
+use crate::idle::CallGuard;
+use crate::stream::Held;
+
+/// The body of a response from an [`crate::LbChannel`]: the response stream's
+/// messages and trailers. Past the call's deadline it ends with `DEADLINE_EXCEEDED`
+/// and the stream is reset; a stream the server resets ends with the status that
+/// the reset means.
+pub struct ResponseBody {
+    recv: RecvStream,
+    phase: Phase,
+    stream: Held,
+    deadline: Option<Deadline>,
+    done: Option<DoneGuard>,
+    addr: Address,
+    _call: CallGuard,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Data,
+    Trailers,
+    Ended,
+}
+
+/// A call's deadline, as a timer.
+pub(crate) struct Deadline {
+    pub(crate) sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The timeout the call was given, for the message.
+    pub(crate) timeout: Duration,
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("from", &self.addr)
+            .field("ended", &(self.phase == Phase::Ended))
+            .finish_non_exhaustive()
     }
 }
 
 impl ResponseBody {
-    pub(crate) fn new(inner: hyper::body::Incoming, done: Option<DoneGuard>) -> Self {
-        Self { inner, done }
+    pub(crate) fn new(
+        recv: RecvStream,
+        stream: Held,
+        deadline: Option<Deadline>,
+        done: Option<DoneGuard>,
+        addr: Address,
+        call: CallGuard,
+    ) -> Self {
+        Self {
+            recv,
+            phase: Phase::Data,
+            stream,
+            deadline,
+            done,
+            addr,
+            _call: call,
+        }
+    }
+
+    /// Ends the call with `status`: the stream is reset, the callback told.
+    fn fail(&mut self, status: &Status) -> tonic::Status {
+        self.phase = Phase::Ended;
+        self.stream.handle.cancel();
+        if let Some(done) = &mut self.done {
+            done.finish(status, None);
+        }
+        crate::call::to_tonic(status)
+    }
+
+    fn stream_error(&mut self, error: &h2::Error) -> tonic::Status {
+        let code = crate::stream::status_code(error);
+        let status = Status::new(
+            lb_core::Code::from_i32(code as i32).unwrap_or(Code::Unknown),
+            format!("{}: {}", self.addr, crate::call::error_chain(error)),
+        );
+        self.fail(&status)
+    }
+
+    /// Whether the deadline has passed (registers the timer otherwise).
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<Duration> {
+        let deadline = self.deadline.as_mut()?;
+        deadline
+            .sleep
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then_some(deadline.timeout)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            match this.phase {
+                Phase::Ended => return Poll::Ready(None),
+                Phase::Data => match this.recv.poll_data(cx) {
+                    Poll::Ready(Some(Ok(data))) => {
+                        // Read: let the server send as much again.
+                        let _ = this.recv.flow_control().release_capacity(data.len());
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Some(Err(this.stream_error(&e))));
+                    }
+                    Poll::Ready(None) => this.phase = Phase::Trailers,
+                    Poll::Pending => return this.poll_deadline(cx),
+                },
+                Phase::Trailers => match this.recv.poll_trailers(cx) {
+                    Poll::Ready(Ok(Some(trailers))) => {
+                        this.phase = Phase::Ended;
+                        if let Some(done) = &mut this.done {
+                            let status = status_from(&trailers).unwrap_or_else(|| {
+                                Status::new(Code::Unknown, "trailers without grpc-status")
+                            });
+                            done.finish(&status, Some(&trailers));
+                        }
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Poll::Ready(Ok(None)) => {
+                        this.phase = Phase::Ended;
+                        if let Some(done) = &mut this.done {
+                            done.finish(
+                                &Status::new(
+                                    Code::Unknown,
+                                    "the response ended without grpc-status",
+                                ),
+                                None,
+                            );
+                        }
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(this.stream_error(&e)))),
+                    Poll::Pending => return this.poll_deadline(cx),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl ResponseBody {
+    /// The deadline check, called when the stream has nothing ready.
+    fn poll_deadline(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        match self.expired(cx) {
+            Some(timeout) => {
+                let status = Status::new(
+                    Code::DeadlineExceeded,
+                    format!("deadline of {timeout:?} exceeded (the stream was reset)"),
+                );
+                Poll::Ready(Some(Err(self.fail(&status))))
+            }
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -50,7 +213,13 @@ impl DoneGuard {
 
     pub(crate) fn finish(&mut self, status: &Status, trailers: Option<&HeaderMap>) {
         if let Some(on_done) = self.on_done.take() {
-            on_done.done(&DoneInfo::new(status, trailers));
+            // A policy's callback must not take the RPC down with it.
+            let called = catch_unwind(AssertUnwindSafe(|| {
+                on_done.done(&DoneInfo::new(status, trailers));
+            }));
+            if called.is_err() {
+                tracing::error!("a load-balancing policy's completion callback panicked");
+            }
         }
     }
 }
@@ -78,46 +247,4 @@ pub(crate) fn status_from(headers: &HeaderMap) -> Option<Status> {
         .and_then(|m| m.to_str().ok())
         .unwrap_or("");
     Some(Status::new(code, message))
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Some(done) = this.done {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(trailers) = frame.trailers_ref() {
-                        let status = status_from(trailers).unwrap_or_else(|| {
-                            Status::new(Code::Unknown, "trailers without grpc-status")
-                        });
-                        done.finish(&status, Some(trailers));
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    done.finish(&Status::new(Code::Unavailable, e.to_string()), None);
-                }
-                Poll::Ready(None) => done.finish(
-                    &Status::new(Code::Unknown, "the response ended without grpc-status"),
-                    None,
-                ),
-                Poll::Pending => {}
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

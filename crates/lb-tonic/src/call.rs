@@ -1,17 +1,23 @@
 //! The per-RPC path: pick a subconn from the current picker (no lock), wait when told
-//! to, send on the subconn's HTTP/2 connection, report the outcome.
+//! to, open an HTTP/2 stream on the subconn's connection, report the outcome. The
+//! call's deadline bounds all of it, the response stream included.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::uri::Uri;
 use lb_core::{Address, ConnectivityState, OnDone, PickInfo, PickResult};
+use tokio::time::Instant;
 use tonic::body::Body;
 
-use crate::body::{DoneGuard, ResponseBody};
-use crate::control::Core;
+use crate::body::{Deadline, DoneGuard, ResponseBody};
+use crate::control::{Core, panic_message};
+use crate::frames::ActiveStream;
+use crate::idle::CallGuard;
 use crate::replay;
+use crate::stream::{self, Held, NotOpened};
 use crate::subconn::{Connected, Transport};
+use crate::timeout;
 
 /// Request extension: whether this RPC waits for a ready subconn instead of failing
 /// while the channel is in `TRANSIENT_FAILURE`. Overrides the service config's
@@ -36,8 +42,9 @@ pub struct WaitForReady(pub bool);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedBy(pub Address);
 
-/// Sends that never reached the server (the connection had just closed) are retried
-/// on a fresh pick this many times, as gRPC's transparent retry does.
+/// RPCs that never reached a server (the stream could not be opened, the server
+/// refused it, or it was above a GOAWAY's last stream id) are sent again on a fresh
+/// pick this many times, as gRPC's transparent retry does.
 const TRANSPARENT_RETRIES: usize = 3;
 
 pub(crate) fn to_tonic(status: &lb_core::Status) -> tonic::Status {
@@ -47,12 +54,14 @@ pub(crate) fn to_tonic(status: &lb_core::Status) -> tonic::Status {
     )
 }
 
-/// One RPC, start to response headers.
+/// One RPC, start to response headers; the response body carries on from there.
 pub(crate) async fn call(
     core: Arc<Core>,
-    mut request: http::Request<Body>,
+    request: http::Request<Body>,
 ) -> Result<http::Response<ResponseBody>, tonic::Status> {
-    let method_config = {
+    let call = CallGuard::start(core);
+    let core = call.core();
+    let (wait_for_ready, method_timeout) = {
         let config = core.service_config.load();
         let mc = config.method_config(request.uri().path());
         (
@@ -64,151 +73,146 @@ pub(crate) async fn call(
         .extensions()
         .get::<WaitForReady>()
         .map(|w| w.0)
-        .or(method_config.0)
+        .or(wait_for_ready)
         .unwrap_or(core.wait_for_ready);
-    let timeout = match grpc_timeout(request.headers()) {
-        Some(t) => Some(t),
-        None => {
-            let t = method_config.1;
-            // Tell the server the deadline the method config set.
-            if let Some(t) = t
-                && let Ok(v) = http::HeaderValue::from_str(&format!("{}m", t.as_millis()))
-            {
-                request.headers_mut().insert("grpc-timeout", v);
-            }
-            t
-        }
+    // The call's deadline: the smaller of the caller's `grpc-timeout` and the
+    // method config's `timeout`.
+    let timeout = match (timeout::parse(request.headers()), method_timeout) {
+        (Some(h), Some(m)) => Some(h.min(m)),
+        (h, m) => h.or(m),
     };
-    let attempt = send(&core, request, wait_for_ready);
-    match timeout {
-        None => attempt.await,
-        Some(t) => match tokio::time::timeout(t, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "deadline of {t:?} exceeded before the response headers (channel state {})",
-                *core.state.borrow()
-            ))),
-        },
+    let Some(timeout) = timeout else {
+        return send(call, request, wait_for_ready, None).await;
+    };
+    let at = Instant::now() + timeout;
+    let state = core.state.subscribe();
+    match tokio::time::timeout_at(at, send(call, request, wait_for_ready, Some(at))).await {
+        Ok(result) => result,
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "deadline of {timeout:?} exceeded before the response headers (channel state {})",
+            *state.borrow()
+        ))),
     }
 }
 
 async fn send(
-    core: &Core,
+    call: CallGuard,
     request: http::Request<Body>,
     wait_for_ready: bool,
+    deadline: Option<Instant>,
 ) -> Result<http::Response<ResponseBody>, tonic::Status> {
-    let (head, body) = request.into_parts();
-    // A unary request's body is ready at once: keep it, so a stream the server refuses
-    // unprocessed can be sent again.
+    let core = call.core().clone();
+    let (mut head, body) = request.into_parts();
+    // A unary request's body is ready at once: keep it, so a stream the server never
+    // processed can be sent again.
     let mut body = replay::prefetch(body).await?;
-    let mut head = Some(head);
-    let mut handed_back = None;
     let mut retries = 0;
     loop {
-        let mut request = match handed_back.take() {
-            Some(request) => request,
-            None => {
-                let parts = if body.is_replayable() {
-                    head.as_ref().map(clone_head)
-                } else {
-                    head.take()
-                };
-                match (parts, body.body()) {
-                    (Some(parts), Some(body)) => http::Request::from_parts(parts, body),
-                    _ => return Err(tonic::Status::internal("the request was already sent")),
-                }
-            }
-        };
-        let picked = pick(
-            core,
-            request.uri().path(),
-            request.headers(),
-            wait_for_ready,
-        )
-        .await?;
+        let picked = pick(&core, head.uri.path(), &head.headers, wait_for_ready).await?;
         let mut done = picked.on_done.map(DoneGuard::new);
-        let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = Some(picked.connected.scheme.clone());
-        parts.authority = Some(picked.connected.authority.clone());
-        *request.uri_mut() = Uri::from_parts(parts)
-            .map_err(|e| tonic::Status::internal(format!("bad request URI: {e}")))?;
-        let mut sender = picked.connected.sender.clone();
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                let (mut head, body) = response.into_parts();
-                let done = done.map(|d| d.with_headers(&head.headers));
-                head.extensions.insert(ServedBy(picked.address));
-                return Ok(http::Response::from_parts(
-                    head,
-                    ResponseBody::new(body, done),
-                ));
-            }
-            Err(mut e) => {
-                let unsent = e.take_message();
-                let error = e.into_error();
-                let status = tonic::Status::unavailable(format!(
-                    "{}: {}",
-                    picked.address,
-                    error_chain(&error)
-                ));
-                if let Some(d) = &mut done {
-                    d.finish(&lb_core::Status::unavailable(status.message()), None);
-                }
-                if is_goaway(&error) {
+        if let Some(at) = deadline {
+            // The server learns the time left: what the header said, less the wait.
+            let left = at.saturating_duration_since(Instant::now());
+            head.headers.insert("grpc-timeout", timeout::encode(left));
+        }
+        let request = h2_request(&head, &picked.connected)?;
+        let Some(outgoing) = body.outgoing() else {
+            return Err(tonic::Status::internal("the request body was already sent"));
+        };
+        let opened = match stream::open(&picked.connected.sender, request, outgoing).await {
+            Ok(opened) => opened,
+            Err(NotOpened {
+                error,
+                body: unsent,
+            }) => {
+                // Nothing reached the server: always safe to send elsewhere.
+                body.hand_back(unsent);
+                let status = transport_status(&picked.address, &error);
+                report(&mut done, &status);
+                if error.is_go_away() {
                     picked.connected.drain();
                 }
                 if retries == TRANSPARENT_RETRIES {
                     return Err(status);
                 }
                 retries += 1;
-                if let Some(request) = unsent {
-                    tracing::debug!(addr = %picked.address, error = %status.message(), "retrying a request that was not sent");
-                    handed_back = Some(request);
-                } else if body.is_replayable() && refused_unprocessed(&error) {
-                    tracing::debug!(addr = %picked.address, error = %status.message(), "retrying a stream the server refused");
-                } else {
-                    return Err(status);
+                tracing::debug!(addr = %picked.address, error = %status.message(), "retrying an RPC whose stream could not be opened");
+                continue;
+            }
+        };
+        let active = ActiveStream::new(
+            picked
+                .connected
+                .count_streams
+                .then_some(&picked.connected.signals),
+        );
+        match opened.response.await {
+            Ok(response) => {
+                let (mut parts, recv) = response.into_parts();
+                let done = done.map(|d| d.with_headers(&parts.headers));
+                parts.extensions.insert(ServedBy(picked.address.clone()));
+                let deadline = deadline.map(|at| Deadline {
+                    sleep: Box::pin(tokio::time::sleep_until(at)),
+                    timeout: at.saturating_duration_since(Instant::now()),
+                });
+                let held = Held {
+                    handle: opened.handle,
+                    _active: active,
+                };
+                let body = ResponseBody::new(recv, held, deadline, done, picked.address, call);
+                return Ok(http::Response::from_parts(parts, body));
+            }
+            Err(error) => {
+                let status = transport_status(&picked.address, &error);
+                report(&mut done, &status);
+                let signals = &picked.connected.signals;
+                if error.is_go_away() || signals.last_goaway().is_some() {
+                    picked.connected.drain();
                 }
+                let unprocessed = stream::unprocessed(&error, opened.stream_id, signals);
+                if unprocessed && body.is_replayable() && retries < TRANSPARENT_RETRIES {
+                    retries += 1;
+                    tracing::debug!(addr = %picked.address, stream = opened.stream_id, error = %status.message(), "retrying an RPC the server never processed");
+                    continue;
+                }
+                return Err(status);
             }
         }
     }
 }
 
-/// A copy of a request head, for sending the request again.
-fn clone_head(head: &http::request::Parts) -> http::request::Parts {
+/// Tells the pick's completion callback how the attempt failed.
+fn report(done: &mut Option<DoneGuard>, status: &tonic::Status) {
+    if let Some(d) = done {
+        let code = lb_core::Code::from_i32(status.code() as i32).unwrap_or(lb_core::Code::Unknown);
+        d.finish(&lb_core::Status::new(code, status.message()), None);
+    }
+}
+
+/// The request head for h2: the URI with the connection's scheme and authority.
+fn h2_request(
+    head: &http::request::Parts,
+    connected: &Connected,
+) -> Result<http::Request<()>, tonic::Status> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(connected.scheme.clone());
+    parts.authority = Some(connected.authority.clone());
+    parts.path_and_query = head.uri.path_and_query().cloned();
+    let uri = Uri::from_parts(parts)
+        .map_err(|e| tonic::Status::internal(format!("bad request URI: {e}")))?;
     let mut request = http::Request::new(());
     *request.method_mut() = head.method.clone();
-    *request.uri_mut() = head.uri.clone();
-    *request.version_mut() = head.version;
+    *request.uri_mut() = uri;
     *request.headers_mut() = head.headers.clone();
-    *request.extensions_mut() = head.extensions.clone();
-    request.into_parts().0
+    Ok(request)
 }
 
-fn h2_error(error: &hyper::Error) -> Option<&h2::Error> {
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        source = e.source();
-    }
-    None
-}
-
-/// Whether the peer sent GOAWAY on this connection.
-fn is_goaway(error: &hyper::Error) -> bool {
-    h2_error(error).is_some_and(|e| e.is_go_away() && e.is_remote())
-}
-
-/// Whether the server refused the stream before processing it: `REFUSED_STREAM`
-/// (RFC 9113 section 8.7 guarantees no processing).
-///
-/// A GOAWAY error is not enough: h2 gives streams above the GOAWAY's last stream id
-/// (unprocessed) and streams cut off when the connection closes later (possibly
-/// processed) the same error, and resending a processed RPC could run it twice.
-fn refused_unprocessed(error: &hyper::Error) -> bool {
-    h2_error(error).is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM))
+/// The status an RPC fails with when its stream failed.
+fn transport_status(address: &Address, error: &h2::Error) -> tonic::Status {
+    tonic::Status::new(
+        stream::status_code(error),
+        format!("{address}: {}", error_chain(error)),
+    )
 }
 
 struct Picked {
@@ -230,7 +234,17 @@ async fn pick(
     loop {
         {
             let published = core.published.load();
-            match published.picker.pick(&info) {
+            // A policy's picker must not take the caller down with it.
+            let result = catch_unwind(AssertUnwindSafe(|| published.picker.pick(&info))).map_err(
+                |payload| {
+                    tonic::Status::internal(format!(
+                        "the picker of load-balancing policy `{}` panicked: {}",
+                        published.policy,
+                        panic_message(payload.as_ref())
+                    ))
+                },
+            )?;
+            match result {
                 PickResult::Pick(pick) => {
                     let connected = pick
                         .subconn
@@ -276,14 +290,14 @@ async fn pick(
             None => waiter = Some(core.picker_version.subscribe()),
             Some(rx) => {
                 if rx.changed().await.is_err() {
-                    return Err(tonic::Status::unavailable("the channel was shut down"));
+                    return Err(tonic::Status::cancelled("the channel is closing"));
                 }
             }
         }
     }
 }
 
-/// An error and its sources, `: `-separated ("http2 error: stream error received: ...").
+/// An error and its sources, `: `-separated ("stream error received: ...").
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
@@ -296,47 +310,4 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     out
-}
-
-/// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
-pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_units() {
-        let t = |v: &str| {
-            let mut h = http::HeaderMap::new();
-            h.insert("grpc-timeout", http::HeaderValue::from_str(v).unwrap());
-            grpc_timeout(&h)
-        };
-        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(t("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(t("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(t("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(t("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(t("9n"), Some(Duration::from_nanos(9)));
-        assert_eq!(t("99999999S"), Some(Duration::from_secs(99_999_999)));
-        for bad in ["", "S", "1", "1x", "123456789S", "-1S", "1.5S"] {
-            assert_eq!(t(bad), None, "{bad}");
-        }
-    }
 }

@@ -13,15 +13,23 @@ use tonic::body::Body;
 use crate::backoff::BackoffConfig;
 use crate::body::ResponseBody;
 use crate::call;
-use crate::control::{Control, ControlParts, Core, Msg, ResolverSink};
+use crate::control::{Control, ControlParts, Core, Msg, policy_name};
 use crate::error::Error;
 use crate::subconn::{Keepalive, TransportOptions};
+
+/// The idle timeout by default: 30 minutes, as grpc-go.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The largest header list (headers or trailers) accepted from a server by default:
+/// 16 MiB, as grpc-go.
+pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
 
 /// A load-balancing gRPC channel: give it to any generated tonic client.
 ///
 /// Cheap to clone (one reference count); every clone shares the same resolver,
-/// balancer and connections. When the last clone is dropped, the resolver stops and
-/// every connection closes once its in-flight RPCs end.
+/// balancer and connections. When the last clone is dropped (or [`LbChannel::close`]
+/// is called), the resolver stops, RPCs still waiting for a connection fail with
+/// `CANCELLED`, and every connection closes once its in-flight RPCs end.
 #[derive(Clone)]
 pub struct LbChannel {
     handle: Arc<Handle>,
@@ -63,6 +71,13 @@ impl LbChannel {
         self.handle.core.state.subscribe()
     }
 
+    /// Closes the channel for every clone: the resolver stops, new RPCs and those
+    /// waiting for a connection fail with `CANCELLED` ("the channel is closing"), and
+    /// each connection closes once its in-flight RPCs end. Idempotent.
+    pub fn close(&self) {
+        let _ = self.handle.core.tx.send(Msg::Close);
+    }
+
     /// Waits until the aggregate state is `state` or `timeout` passes; returns whether
     /// it was reached.
     pub async fn wait_for_state(&self, state: ConnectivityState, timeout: Duration) -> bool {
@@ -93,6 +108,22 @@ impl tower_service::Service<http::Request<Body>> for LbChannel {
     }
 }
 
+impl LbChannel {
+    /// The keepalive interval in force: the configured one raised to
+    /// [`Keepalive::MIN_INTERVAL`], doubled for each `too_many_pings` GOAWAY a server
+    /// sent. `None` without keepalive.
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        let transport = &self.handle.core.transport;
+        transport.keepalive.map(|_| transport.keepalive_interval())
+    }
+
+    /// The policy serving RPCs now (the default, or the one the service config
+    /// chose).
+    pub fn policy(&self) -> String {
+        self.handle.core.published.load().policy.to_string()
+    }
+}
+
 /// Configures an [`LbChannel`].
 #[must_use]
 pub struct Builder {
@@ -105,6 +136,8 @@ pub struct Builder {
     backoff: BackoffConfig,
     keepalive: Option<Keepalive>,
     authority: Option<String>,
+    idle_timeout: Option<Duration>,
+    max_header_list_size: u32,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConfig>,
 }
@@ -121,6 +154,8 @@ impl Builder {
             backoff: BackoffConfig::default(),
             keepalive: None,
             authority: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -167,15 +202,34 @@ impl Builder {
         self
     }
 
-    /// Connection backoff (default: gRPC's).
+    /// Connection backoff (default: gRPC's). Checked by [`Builder::build`]
+    /// ([`BackoffConfig::validate`]).
     pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
         self.backoff = backoff;
         self
     }
 
-    /// HTTP/2 keepalive pings (default: none).
+    /// HTTP/2 keepalive pings (default: none). An interval under
+    /// [`Keepalive::MIN_INTERVAL`] is raised to it, with a warning; a zero timeout is
+    /// a build error.
     pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
         self.keepalive = Some(keepalive);
+        self
+    }
+
+    /// After this long with no RPC, the channel goes `IDLE`: it closes its
+    /// connections and its resolver, and the next RPC brings them back (default
+    /// [`DEFAULT_IDLE_TIMEOUT`], 30 minutes; `None` keeps the channel connected).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The largest header list (response headers or trailers, such as a large
+    /// `grpc-status-details-bin`) accepted from a server (default
+    /// [`DEFAULT_MAX_HEADER_LIST_SIZE`], 16 MiB). A larger one fails the RPC.
+    pub fn max_header_list_size(mut self, bytes: u32) -> Self {
+        self.max_header_list_size = bytes;
         self
     }
 
@@ -186,7 +240,14 @@ impl Builder {
         self
     }
 
-    /// The `:authority` of every request (default: the address of the subconn).
+    /// The `:authority` of every request, and the name TLS certificates must cover
+    /// unless [`crate::TlsConfig::server_name`] says otherwise.
+    ///
+    /// By default, as in grpc-go: the target's host when it names one
+    /// (`svc.example.com:443` for `dns:///svc.example.com:443`, see
+    /// `ResolverBuilder::authority`), else each connection's own address (static
+    /// lists, registries; `localhost` for Unix sockets). An address's
+    /// [`lb_core::Authority`] attribute wins over both.
     pub fn authority(mut self, authority: impl Into<String>) -> Self {
         self.authority = Some(authority.into());
         self
@@ -194,7 +255,7 @@ impl Builder {
 
     /// Starts the resolver and the control task. Must be called within a tokio
     /// runtime. Fails on a bad target, an unknown scheme, an invalid default service
-    /// config, or a resolver that refuses the target.
+    /// config, a setting out of range, or a resolver that refuses the target.
     pub fn build(self) -> Result<LbChannel, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let (target, resolver_builder) = self
@@ -207,46 +268,80 @@ impl Builder {
             }
             None => ServiceConfig::default(),
         };
+        self.backoff.validate()?;
+        let keepalive = self.keepalive.map(validate_keepalive).transpose()?;
+        if let Some(a) = &self.authority
+            && a.parse::<http::uri::Authority>().is_err()
+        {
+            return Err(Error::InvalidAuthority(a.clone()));
+        }
+        let target_authority = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            resolver_builder.authority(&target)
+        }))
+        .ok()
+        .flatten();
         let default_config = Arc::new(default_config);
-        let authority = self
-            .authority
-            .map(|a| a.parse().map_err(|_| Error::InvalidAuthority(a)))
-            .transpose()?;
+        let policy = policy_name(&default_config);
         let (tx, rx) = mpsc::unbounded_channel();
+        let transport = Arc::new(TransportOptions {
+            backoff: self.backoff,
+            keepalive,
+            keepalive_interval_ms: std::sync::atomic::AtomicU64::new(keepalive.map_or(0, |k| {
+                u64::try_from(k.interval.as_millis()).unwrap_or(u64::MAX)
+            })),
+            authority: self.authority,
+            target_authority,
+            max_header_list_size: self.max_header_list_size,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+        });
         let core = Arc::new(Core::new(
             tx.clone(),
             default_config.clone(),
             self.wait_for_ready,
+            &policy,
+            transport,
         ));
         let mut control = Control::new(ControlParts {
             core: core.clone(),
             rx,
             target: target.clone(),
+            resolver_builder,
             balancers: self.balancers,
             default_config,
             use_resolver_config: self.use_resolver_config,
-            transport: Arc::new(TransportOptions {
-                backoff: self.backoff,
-                keepalive: self.keepalive,
-                authority,
-                #[cfg(feature = "tls")]
-                tls: self.tls,
-            }),
+            idle_timeout: self.idle_timeout,
         })
         .map_err(Error::ServiceConfig)?;
-        let resolver = resolver_builder
-            .build(&target, Arc::new(ResolverSink(tx)))
-            .map_err(|source| Error::Resolver {
-                target: target.to_string(),
-                source,
-            })?;
-        control.set_resolver(resolver);
+        control.start().map_err(|source| Error::Resolver {
+            target: target.to_string(),
+            source,
+        })?;
         runtime.spawn(control.run());
         tracing::debug!(target = %target, "channel created");
         Ok(LbChannel {
             handle: Arc::new(Handle { core }),
         })
     }
+}
+
+/// Applies grpc-go's floor to the keepalive interval and checks the timeout.
+fn validate_keepalive(mut k: Keepalive) -> Result<Keepalive, Error> {
+    if k.timeout.is_zero() {
+        return Err(Error::InvalidSetting {
+            setting: "Keepalive::timeout",
+            reason: "must be greater than zero".to_owned(),
+        });
+    }
+    if k.interval < Keepalive::MIN_INTERVAL {
+        tracing::warn!(
+            interval = ?k.interval,
+            floor = ?Keepalive::MIN_INTERVAL,
+            "keepalive interval below the floor; using the floor"
+        );
+        k.interval = Keepalive::MIN_INTERVAL;
+    }
+    Ok(k)
 }
 
 fn serde_json_string(s: &str) -> String {

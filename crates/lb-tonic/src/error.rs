@@ -34,6 +34,16 @@ pub enum Error {
     /// The `:authority` override is not a valid URI authority.
     #[error("invalid authority `{0}`")]
     InvalidAuthority(String),
+
+    /// A builder setting is out of its range (a backoff multiplier that is not
+    /// finite, a jitter above 1, a zero keepalive timeout, ...).
+    #[error("invalid setting `{setting}`: {reason}")]
+    InvalidSetting {
+        /// The setting, as `BackoffConfig::multiplier` or `Keepalive::timeout`.
+        setting: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }
 
 /// Why a connection attempt failed or a connection ended: what the balancer sees as
@@ -82,8 +92,54 @@ pub enum TransportError {
     Handshake {
         /// The address.
         addr: String,
-        /// hyper's error.
-        source: hyper::Error,
+        /// h2's error.
+        source: h2::Error,
+    },
+    /// The connection closed before the server sent its HTTP/2 preface (a port that
+    /// accepts and closes, a server that does not speak HTTP/2 or wanted TLS).
+    #[error("connection to {addr} closed before the server preface{}", match .source { Some(e) => format!(": {e}"), None => String::new() })]
+    ClosedBeforePreface {
+        /// The address.
+        addr: String,
+        /// h2's error, if the connection did not end cleanly.
+        source: Option<h2::Error>,
+    },
+    /// The server did not send its HTTP/2 preface within the connect timeout (a hung
+    /// process, a proxy with nothing behind it).
+    #[error("{addr} sent no server preface within {after:?}")]
+    NoPreface {
+        /// The address.
+        addr: String,
+        /// The connect timeout.
+        after: Duration,
+    },
+    /// The server's first frame was not SETTINGS: it does not speak HTTP/2 (an
+    /// HTTP/1 server, TLS where plaintext was expected).
+    #[error(
+        "{addr} is not an HTTP/2 server: its first frame (type {frame_type:#04x}) was not SETTINGS"
+    )]
+    BadPreface {
+        /// The address.
+        addr: String,
+        /// The type byte of the first frame header it sent.
+        frame_type: u8,
+    },
+    /// The server sent its preface and a GOAWAY at once, before the connection could
+    /// be used (an overloaded server shedding connections, `too_many_pings`).
+    #[error("{addr} refused the connection at once: {reason}")]
+    RefusedAtOnce {
+        /// The address.
+        addr: String,
+        /// The GOAWAY it sent.
+        reason: String,
+    },
+    /// A keepalive ping went unanswered.
+    #[error("{addr} did not answer a keepalive ping within {after:?}")]
+    KeepaliveTimeout {
+        /// The address.
+        addr: String,
+        /// The keepalive timeout.
+        after: Duration,
     },
     /// The server sent GOAWAY: the connection takes no new RPCs.
     #[error("{addr} sent GOAWAY: the connection is draining")]
@@ -96,7 +152,7 @@ pub enum TransportError {
     Closed {
         /// The address.
         addr: String,
-        /// hyper's error, if the connection did not end cleanly.
-        source: Option<hyper::Error>,
+        /// h2's error, if the connection did not end cleanly.
+        source: Option<h2::Error>,
     },
 }

@@ -36,17 +36,24 @@ mod backoff;
 mod body;
 mod call;
 mod channel;
+mod connect;
 mod control;
 mod error;
+mod frames;
+mod idle;
 mod replay;
+mod stream;
 mod subconn;
+mod timeout;
 #[cfg(feature = "tls")]
 mod tls;
 
 pub use backoff::BackoffConfig;
 pub use body::ResponseBody;
 pub use call::{ServedBy, WaitForReady};
-pub use channel::{Builder, LbChannel, ResponseFuture};
+pub use channel::{
+    Builder, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_LIST_SIZE, LbChannel, ResponseFuture,
+};
 pub use error::{Error, TransportError};
 pub use subconn::Keepalive;
 #[cfg(feature = "tls")]

@@ -2,7 +2,7 @@
 //!
 //! A stream that the server refused unprocessed (HTTP/2 `REFUSED_STREAM`, or above the
 //! last stream id of a graceful GOAWAY) is safe to resend, as gRPC's transparent retry
-//! does, but hyper has consumed its body by then. So before sending, the channel reads
+//! does, but the first attempt has consumed its body by then. So before sending, the channel reads
 //! what the body has ready at once: a unary request's whole body. A body that ends
 //! within [`LIMIT`] bytes is kept and can be replayed; a longer or still-streaming one
 //! is sent as it is (its read part first) and is not retried.
@@ -33,6 +33,7 @@ pub(crate) enum Prefetched {
 impl Prefetched {
     /// A body to send: a fresh copy for a complete body, the original (once) for a
     /// partial one.
+    #[cfg(test)]
     pub(crate) fn body(&mut self) -> Option<Body> {
         match self {
             Prefetched::Complete { data, trailers } => Some(Body::new(Replay {
@@ -40,6 +41,27 @@ impl Prefetched {
                 trailers: trailers.clone(),
             })),
             Prefetched::Partial(body) => body.take(),
+        }
+    }
+
+    /// The body for one attempt: a copy of a complete body (cheap: its chunks are
+    /// reference-counted), the original stream (once) for a partial one.
+    pub(crate) fn outgoing(&mut self) -> Option<crate::stream::Outgoing> {
+        match self {
+            Prefetched::Complete { data, trailers } => Some(crate::stream::Outgoing::Complete {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            }),
+            Prefetched::Partial(body) => body.take().map(crate::stream::Outgoing::Streaming),
+        }
+    }
+
+    /// Takes back a body that never left (its stream could not be opened).
+    pub(crate) fn hand_back(&mut self, outgoing: crate::stream::Outgoing) {
+        if let (Prefetched::Partial(slot), crate::stream::Outgoing::Streaming(body)) =
+            (self, outgoing)
+        {
+            *slot = Some(body);
         }
     }
 
@@ -70,7 +92,7 @@ impl Chunks {
         };
     }
 
-    fn pop(&mut self) -> Option<Bytes> {
+    pub(crate) fn pop(&mut self) -> Option<Bytes> {
         match self {
             Chunks::Empty => None,
             Chunks::One(_) => match std::mem::take(self) {
@@ -81,7 +103,7 @@ impl Chunks {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         match self {
             Chunks::Empty => true,
             Chunks::One(_) => false,
@@ -127,11 +149,13 @@ pub(crate) async fn prefetch(mut body: Body) -> Result<Prefetched, tonic::Status
 }
 
 /// A complete body, sent again from memory.
+#[cfg(test)]
 struct Replay {
     data: Chunks,
     trailers: Option<HeaderMap>,
 }
 
+#[cfg(test)]
 impl http_body::Body for Replay {
     type Data = Bytes;
     type Error = tonic::Status;

@@ -1,29 +1,37 @@
-//! Subconns over real HTTP/2 connections: one task per subconn owns the connection,
-//! follows gRPC's connection backoff and reports every state change.
+//! Subconns over real HTTP/2 connections: one task per subconn owns the connection
+//! (driving h2 directly), follows gRPC's connection backoff, sends keepalive pings,
+//! and reports every state change.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use h2::client::SendRequest;
 use http::uri::{Authority, Scheme};
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use lb_core::{
     Address, ConnectivityState, SharedError, StateTracker, SubConnHandle, SubConnId, SubConnState,
 };
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tonic::body::Body;
+use tokio::time::Instant;
 
 use crate::backoff::{Backoff, BackoffConfig};
+use crate::connect::{self, Connection, Endpoint};
 use crate::control::Msg;
 use crate::error::TransportError;
+use crate::frames::ConnSignals;
 
-/// HTTP/2 keepalive pings.
+/// HTTP/2 keepalive pings, as grpc-go's `keepalive.ClientParameters`.
+///
+/// A ping is sent when nothing has been read from the server for `interval`; if
+/// nothing answers within `timeout`, the connection is closed and the subconn goes
+/// `IDLE`. The interval is at least [`Keepalive::MIN_INTERVAL`] (10 s, as grpc-go:
+/// shorter ones are raised, with a warning) and is doubled for the whole channel
+/// each time a server answers with `GOAWAY ENHANCE_YOUR_CALM "too_many_pings"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
-    /// Time between pings.
+    /// Quiet time before a ping (at least [`Keepalive::MIN_INTERVAL`]).
     pub interval: Duration,
     /// How long to wait for a ping's answer before the connection counts as dead.
     pub timeout: Duration,
@@ -31,12 +39,26 @@ pub struct Keepalive {
     pub while_idle: bool,
 }
 
+impl Keepalive {
+    /// The shortest interval used: 10 s, grpc-go's floor. Servers close connections
+    /// that ping more often than their enforcement policy allows (gRPC servers allow
+    /// one ping per 5 minutes by default).
+    pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
+}
+
 /// Connection settings shared by every subconn of a channel.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct TransportOptions {
     pub(crate) backoff: BackoffConfig,
     pub(crate) keepalive: Option<Keepalive>,
-    pub(crate) authority: Option<Authority>,
+    /// The keepalive interval in force, in milliseconds: doubled on `too_many_pings`.
+    pub(crate) keepalive_interval_ms: AtomicU64,
+    /// `Builder::authority`: every connection's `:authority` unless an address
+    /// carries its own.
+    pub(crate) authority: Option<String>,
+    /// The resolver's default authority for the target (`svc:443` of `dns:///svc:443`).
+    pub(crate) target_authority: Option<String>,
+    pub(crate) max_header_list_size: u32,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::TlsConfig>,
 }
@@ -49,18 +71,54 @@ impl TransportOptions {
         }
         Scheme::HTTP
     }
+
+    /// The `:authority` of connections to `address`: the address's own
+    /// [`lb_core::Authority`], else the channel's, else the target's host, else the
+    /// address itself (`localhost` for Unix sockets), as grpc-go chooses.
+    pub(crate) fn authority_for<'a>(
+        &'a self,
+        address: &'a Address,
+        endpoint: &'a Endpoint,
+    ) -> &'a str {
+        address
+            .authority()
+            .or(self.authority.as_deref())
+            .or(self.target_authority.as_deref())
+            .or(endpoint.default_authority())
+            .unwrap_or(address.addr())
+    }
+
+    pub(crate) fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval_ms.load(Ordering::Relaxed))
+    }
+
+    /// A server said `too_many_pings`: ping half as often from now on.
+    pub(crate) fn back_off_keepalive(&self, addr: &str) {
+        if self.keepalive.is_none() {
+            return;
+        }
+        let previous = self
+            .keepalive_interval_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |ms| {
+                Some(ms.saturating_mul(2))
+            })
+            .unwrap_or_default();
+        tracing::warn!(
+            %addr,
+            interval = ?Duration::from_millis(previous.saturating_mul(2)),
+            "the server answered keepalive pings with GOAWAY too_many_pings; doubling the keepalive interval"
+        );
+    }
 }
-
-/// The byte stream under HTTP/2: plain TCP, or TLS over it.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
-
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// A ready connection: what an RPC needs to send on it.
 pub(crate) struct Connected {
-    pub(crate) sender: SendRequest<Body>,
+    pub(crate) sender: SendRequest<Bytes>,
+    /// Whether RPCs count their streams (keepalive without `while_idle` needs it).
+    pub(crate) count_streams: bool,
     pub(crate) scheme: Scheme,
     pub(crate) authority: Authority,
+    pub(crate) signals: Arc<ConnSignals>,
     draining: AtomicBool,
     cmds: mpsc::UnboundedSender<Cmd>,
 }
@@ -180,9 +238,13 @@ async fn shutdown_requested(cmds: &mut mpsc::UnboundedReceiver<Cmd>) {
 
 /// How a ready connection stopped being used.
 enum Ended {
-    Closed(Result<(), hyper::Error>),
-    Draining,
-    Shutdown,
+    /// It closed, or was closed for an unanswered keepalive ping.
+    Closed(TransportError),
+    /// The server sent GOAWAY (or an RPC saw one): no new RPCs, the ones in flight
+    /// finish on the connection, driven in the background.
+    Draining(Connection),
+    /// The balancer shut the subconn down.
+    Shutdown(Connection),
 }
 
 async fn run(
@@ -205,11 +267,10 @@ async fn run(
         events,
     };
     let mut backoff = Backoff::new(options.backoff);
-    // The `:authority` of every request: the override, else the address itself.
-    let authority: Option<Authority> = match &options.authority {
-        Some(a) => Some(a.clone()),
-        None => addr.parse().ok(),
-    };
+    let endpoint = Endpoint::parse(&addr);
+    let authority_str = options.authority_for(&address, &endpoint).to_owned();
+    let authority: Option<Authority> = authority_str.parse().ok();
+    let tls_name = host_of(&authority_str).to_owned();
 
     'idle: loop {
         match cmds.recv().await {
@@ -219,54 +280,46 @@ async fn run(
         }
         reporter.report(ConnectivityState::Connecting, None);
         let timeout = backoff.connect_timeout();
-        let attempt = tokio::select! {
-            r = tokio::time::timeout(timeout, connect(&addr, &options)) => match r {
-                Ok(r) => r,
-                Err(_) => Err(TransportError::Timeout { addr: addr.to_string(), after: timeout }),
-            },
-            () = shutdown_requested(&mut cmds) => break 'idle,
-        };
-        let attempt = attempt.and_then(|c| match &authority {
-            Some(a) => Ok((c, a.clone())),
+        let attempt = match &authority {
+            Some(authority) => {
+                tokio::select! {
+                    r = connect::connect(&addr, &endpoint, &tls_name, &options, timeout) => {
+                        r.map(|c| (c, authority.clone()))
+                    }
+                    () = shutdown_requested(&mut cmds) => break 'idle,
+                }
+            }
             None => Err(TransportError::BadAddress {
-                addr: addr.to_string(),
+                addr: authority_str.clone(),
             }),
-        });
+        };
         match attempt {
-            Ok(((sender, connection), authority)) => {
+            Ok(((sender, connection, signals), authority)) => {
                 let Some(drain) = drain.upgrade() else {
                     break 'idle; // every handle is gone
                 };
+                // The server has spoken: only now does the backoff start over.
                 backoff.reset();
                 connected.store(Some(Arc::new(Connected {
-                    sender,
+                    sender: sender.clone(),
+                    count_streams: options.keepalive.is_some_and(|k| !k.while_idle),
                     scheme: options.scheme(),
                     authority,
+                    signals: signals.clone(),
                     draining: AtomicBool::new(false),
                     cmds: drain,
                 })));
                 reporter.report(ConnectivityState::Ready, None);
-                let mut connection = Box::pin(connection);
-                let ended = loop {
-                    tokio::select! {
-                        r = &mut connection => break Ended::Closed(r),
-                        cmd = cmds.recv() => match cmd {
-                            Some(Cmd::Connect) => continue,
-                            Some(Cmd::Drain) => break Ended::Draining,
-                            Some(Cmd::Shutdown) | None => break Ended::Shutdown,
-                        },
-                    }
-                };
+                let ended = serve(connection, sender, &signals, &mut cmds, &options, &addr).await;
                 connected.store(None);
+                if signals.last_goaway().is_some_and(|g| g.is_too_many_pings()) {
+                    options.back_off_keepalive(&addr);
+                }
                 match ended {
-                    Ended::Closed(result) => {
-                        let error = TransportError::Closed {
-                            addr: addr.to_string(),
-                            source: result.err(),
-                        };
+                    Ended::Closed(error) => {
                         reporter.report(ConnectivityState::Idle, Some(Arc::new(error)));
                     }
-                    Ended::Draining => {
+                    Ended::Draining(connection) => {
                         // No new RPCs here; the ones in flight finish in the background
                         // while the balancer decides whether to reconnect.
                         tokio::spawn(async move {
@@ -277,9 +330,9 @@ async fn run(
                         };
                         reporter.report(ConnectivityState::Idle, Some(Arc::new(error)));
                     }
-                    Ended::Shutdown => {
-                        // Shut down: no new RPCs; the ones in flight finish, then the
-                        // connection closes (every sender is gone).
+                    Ended::Shutdown(connection) => {
+                        // No new RPCs; the ones in flight finish, then the connection
+                        // closes (every sender is gone).
                         tokio::spawn(async move {
                             let _ = connection.await;
                         });
@@ -302,45 +355,154 @@ async fn run(
     reporter.report(ConnectivityState::Shutdown, None);
 }
 
-type Connection = http2::Connection<TokioIo<Box<dyn Io>>, Body, TokioExecutor>;
-
-async fn connect(
-    addr: &str,
+/// Drives a ready connection, with keepalive pings, until it ends.
+async fn serve(
+    mut connection: Connection,
+    // Held until the connection is no longer served: h2 closes a connection whose
+    // every sender is gone.
+    _sender: SendRequest<Bytes>,
+    signals: &ConnSignals,
+    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
     options: &TransportOptions,
-) -> Result<(SendRequest<Body>, Connection), TransportError> {
-    let io_err = |source| TransportError::Connect {
-        addr: addr.to_owned(),
-        source,
-    };
-    let stream = TcpStream::connect(addr).await.map_err(io_err)?;
-    // A connect to a dead local port in the ephemeral range can succeed by connecting
-    // the socket to itself (TCP simultaneous open); that is no server.
-    if stream.local_addr().map_err(io_err)? == stream.peer_addr().map_err(io_err)? {
-        return Err(TransportError::SelfConnect {
-            addr: addr.to_owned(),
+    addr: &str,
+) -> Ended {
+    let keepalive = options.keepalive;
+    let interval = options.keepalive_interval();
+    let mut pinger = keepalive.and_then(|_| connection.ping_pong());
+    let mut next_check = Instant::now() + interval;
+    // While a ping is out: when it times out.
+    let mut pong_due: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            ended = &mut connection => {
+                return Ended::Closed(TransportError::Closed { addr: addr.to_owned(), source: ended.err() });
+            }
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Connect) => {}
+                Some(Cmd::Drain) => return Ended::Draining(connection),
+                Some(Cmd::Shutdown) | None => return Ended::Shutdown(connection),
+            },
+            () = signals.goaway() => return Ended::Draining(connection),
+            () = tokio::time::sleep_until(next_check), if pinger.is_some() && pong_due.is_none() => {
+                let now = Instant::now();
+                let quiet_until = Instant::from_std(signals.last_read()) + interval;
+                let while_idle = keepalive.is_some_and(|k| k.while_idle);
+                if quiet_until > now {
+                    next_check = quiet_until; // something was read meanwhile
+                } else if !while_idle && signals.active_streams() == 0 {
+                    next_check = now + interval;
+                } else if let Some(p) = &mut pinger {
+                    if let Err(e) = p.send_ping(h2::Ping::opaque()) {
+                        return Ended::Closed(TransportError::Closed { addr: addr.to_owned(), source: Some(e) });
+                    }
+                    let timeout = keepalive.map_or(interval, |k| k.timeout);
+                    pong_due = Some(now + timeout);
+                }
+            }
+            pong = poll_pong(&mut pinger), if pong_due.is_some() => match pong {
+                Ok(()) => {
+                    pong_due = None;
+                    next_check = Instant::now() + interval;
+                }
+                Err(e) => return Ended::Closed(TransportError::Closed { addr: addr.to_owned(), source: Some(e) }),
+            },
+            () = sleep_until_some(pong_due) => {
+                let after = keepalive.map_or(interval, |k| k.timeout);
+                tracing::debug!(%addr, ?after, "keepalive ping unanswered; closing the connection");
+                return Ended::Closed(TransportError::KeepaliveTimeout { addr: addr.to_owned(), after });
+            }
+        }
+    }
+}
+
+async fn poll_pong(pinger: &mut Option<h2::PingPong>) -> Result<(), h2::Error> {
+    match pinger {
+        Some(p) => std::future::poll_fn(|cx| p.poll_pong(cx)).await.map(drop),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The host part of `host:port` or `[v6]:port`: the TLS server name of an authority.
+pub(crate) fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_authorities() {
+        assert_eq!(host_of("localhost:443"), "localhost");
+        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:50051"), "::1");
+        assert_eq!(host_of("example.com"), "example.com");
+        assert_eq!(host_of("svc.example.com:443"), "svc.example.com");
+    }
+
+    fn options() -> TransportOptions {
+        TransportOptions {
+            backoff: BackoffConfig::default(),
+            keepalive: None,
+            keepalive_interval_ms: AtomicU64::new(10_000),
+            authority: None,
+            target_authority: None,
+            max_header_list_size: 16 << 20,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn authority_precedence_is_grpc_gos() {
+        let mut o = options();
+        let plain = Address::new("10.0.0.1:443");
+        let tagged =
+            Address::new("10.0.0.2:443").with_attribute(lb_core::Authority::new("shard-2:443"));
+        let unix = Address::new("unix:/tmp/a.sock");
+        let ep = |a: &Address| Endpoint::parse(a.addr());
+        assert_eq!(o.authority_for(&plain, &ep(&plain)), "10.0.0.1:443");
+        assert_eq!(o.authority_for(&unix, &ep(&unix)), "localhost");
+        o.target_authority = Some("svc.example.com:443".into());
+        assert_eq!(o.authority_for(&plain, &ep(&plain)), "svc.example.com:443");
+        o.authority = Some("override:1".into());
+        assert_eq!(o.authority_for(&plain, &ep(&plain)), "override:1");
+        assert_eq!(
+            o.authority_for(&tagged, &ep(&tagged)),
+            "shard-2:443",
+            "the address's own wins"
+        );
+    }
+
+    #[test]
+    fn too_many_pings_doubles_the_interval() {
+        let mut o = options();
+        o.back_off_keepalive("a:1");
+        assert_eq!(
+            o.keepalive_interval(),
+            Duration::from_secs(10),
+            "no keepalive, no change"
+        );
+        o.keepalive = Some(Keepalive {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            while_idle: false,
         });
+        o.back_off_keepalive("a:1");
+        o.back_off_keepalive("a:1");
+        assert_eq!(o.keepalive_interval(), Duration::from_secs(40));
     }
-    stream.set_nodelay(true).map_err(io_err)?;
-    #[cfg(feature = "tls")]
-    let io: Box<dyn Io> = match &options.tls {
-        Some(tls) => Box::new(tls.connect(addr, stream).await?),
-        None => Box::new(stream),
-    };
-    #[cfg(not(feature = "tls"))]
-    let io: Box<dyn Io> = Box::new(stream);
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
-    if let Some(k) = options.keepalive {
-        builder
-            .keep_alive_interval(k.interval)
-            .keep_alive_timeout(k.timeout)
-            .keep_alive_while_idle(k.while_idle);
-    }
-    builder
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|source| TransportError::Handshake {
-            addr: addr.to_owned(),
-            source,
-        })
 }

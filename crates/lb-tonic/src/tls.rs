@@ -5,7 +5,6 @@ use std::sync::Arc;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls_pki_types::pem::PemObject;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -72,8 +71,8 @@ impl TlsConfig {
         }
     }
 
-    /// Verifies every backend's certificate against `name` instead of the host of
-    /// its address.
+    /// Verifies every backend's certificate against `name`, instead of the host of
+    /// the connection's authority (see `Builder::authority`).
     pub fn server_name(mut self, name: &str) -> Result<Self, Error> {
         let name = ServerName::try_from(name.to_owned())
             .map_err(|_| Error::Tls(format!("invalid server name `{name}`")))?;
@@ -81,22 +80,26 @@ impl TlsConfig {
         Ok(self)
     }
 
-    pub(crate) async fn connect(
+    /// Runs the TLS handshake over `stream` to `addr`, verifying the certificate
+    /// against the configured server name, else `host` (the connection's authority's
+    /// host).
+    pub(crate) async fn connect<S>(
         &self,
         addr: &str,
-        stream: TcpStream,
-    ) -> Result<TlsStream<TcpStream>, TransportError> {
+        host: &str,
+        stream: S,
+    ) -> Result<TlsStream<S>, TransportError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let fail = |reason: String| TransportError::Tls {
             addr: addr.to_owned(),
             reason,
         };
         let name = match &self.server_name {
             Some(name) => name.clone(),
-            None => {
-                let host = host_of(addr);
-                ServerName::try_from(host.to_owned())
-                    .map_err(|_| fail(format!("`{host}` is not a valid TLS server name")))?
-            }
+            None => ServerName::try_from(host.to_owned())
+                .map_err(|_| fail(format!("`{host}` is not a valid TLS server name")))?,
         };
         let tls = self
             .connector
@@ -112,25 +115,9 @@ impl TlsConfig {
     }
 }
 
-/// The host part of `host:port` or `[v6]:port`.
-fn host_of(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_of_addresses() {
-        assert_eq!(host_of("localhost:443"), "localhost");
-        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
-        assert_eq!(host_of("[::1]:50051"), "::1");
-        assert_eq!(host_of("example.com"), "example.com");
-    }
 
     #[test]
     fn bad_pem_is_an_error_that_says_so() {

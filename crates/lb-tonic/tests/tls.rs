@@ -103,3 +103,40 @@ async fn tls_to_a_plaintext_server_fails_clearly() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_authority_is_the_tls_name_unless_a_server_name_is_given() {
+    // A certificate for the service's name only, not for the backend's IP.
+    let pki = TestPki::for_names(&["greeter.test"]).unwrap();
+    let backend = Backend::start_tls("a", &pki).await.unwrap();
+    let target = format!("static:///{}", backend.addr());
+    let tls = || TlsConfig::with_ca_pem(pki.ca_pem().as_bytes()).unwrap();
+    let rpc = |builder: lb_tonic::Builder| async move {
+        EchoClient::new(builder.build().unwrap())
+            .unary_echo(request())
+            .await
+    };
+
+    // By default a static list's connections are named by their address: refused.
+    let status = rpc(LbChannel::builder(target.as_str()).tls(tls()))
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("TLS with"), "{status:?}");
+
+    // `.authority` names the service: the certificate is checked against it.
+    let reply = rpc(LbChannel::builder(target.as_str())
+        .tls(tls())
+        .authority("greeter.test:443"))
+    .await
+    .unwrap();
+    assert_eq!(reply.into_inner().server, "a");
+    assert_eq!(backend.authorities().last().unwrap(), "greeter.test:443");
+
+    // A TLS server name wins over the authority for the certificate only.
+    rpc(LbChannel::builder(target.as_str())
+        .tls(tls().server_name("greeter.test").unwrap())
+        .authority("other.test:443"))
+    .await
+    .unwrap();
+    assert_eq!(backend.authorities().last().unwrap(), "other.test:443");
+}

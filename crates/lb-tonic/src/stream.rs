@@ -1,0 +1,241 @@
+//! One RPC's HTTP/2 stream: the request head, then its body, on a subconn's h2
+//! connection.
+//!
+//! A body that was read whole before sending (a unary request) is written at once,
+//! with no task; a body that still streams is piped by a task that follows flow
+//! control and stops, resetting the stream, when the call is cancelled, ends by its
+//! deadline or is reset by the server.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{Reason, SendStream};
+use http::HeaderMap;
+use http_body::Body as _;
+use tokio::sync::oneshot;
+use tonic::body::Body;
+
+use crate::frames::ActiveStream;
+use crate::replay::Chunks;
+
+/// A request body as it is sent.
+pub(crate) enum Outgoing {
+    /// The whole body, in memory.
+    Complete {
+        data: Chunks,
+        trailers: Option<HeaderMap>,
+    },
+    /// A body still being produced: sent as it comes.
+    Streaming(Body),
+}
+
+/// A stream that was opened: the response to wait for, and the handle that resets it.
+pub(crate) struct Opened {
+    pub(crate) response: ResponseFuture,
+    pub(crate) stream_id: u32,
+    pub(crate) handle: StreamHandle,
+}
+
+/// What the RPC holds of its stream until it ends: the handle that resets it, and
+/// its place in the connection's count of open streams.
+pub(crate) struct Held {
+    pub(crate) handle: StreamHandle,
+    pub(crate) _active: ActiveStream,
+}
+
+/// The stream could not be opened; nothing reached the server. The body is handed
+/// back so the RPC can go elsewhere.
+pub(crate) struct NotOpened {
+    pub(crate) error: h2::Error,
+    pub(crate) body: Outgoing,
+}
+
+/// Resets the stream when asked, or when dropped before the call ended (a cancelled
+/// RPC must not keep its stream, nor its body's producer, alive).
+pub(crate) enum StreamHandle {
+    /// The body was written whole; the stream's send half is kept to reset it.
+    Inline(SendStream<Bytes>),
+    /// A task pipes the body; closing this channel makes it reset the stream.
+    Piped(Option<oneshot::Sender<()>>),
+}
+
+impl StreamHandle {
+    /// Resets the stream with `CANCEL` (the call was cancelled or ran out of time).
+    pub(crate) fn cancel(&mut self) {
+        match self {
+            StreamHandle::Inline(send) => send.send_reset(Reason::CANCEL),
+            StreamHandle::Piped(cancel) => {
+                if let Some(cancel) = cancel.take() {
+                    let _ = cancel.send(());
+                }
+            }
+        }
+    }
+}
+
+/// Hop-by-hop headers HTTP/2 forbids; h2 refuses a request that carries one.
+const CONNECTION_HEADERS: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Opens a stream for `head` (whose URI carries scheme and authority) and starts
+/// sending `body`.
+pub(crate) async fn open(
+    sender: &SendRequest<Bytes>,
+    mut head: http::Request<()>,
+    body: Outgoing,
+) -> Result<Opened, NotOpened> {
+    let sender = match sender.clone().ready().await {
+        Ok(sender) => sender,
+        Err(error) => return Err(NotOpened { error, body }),
+    };
+    let mut sender = sender;
+    let headers = head.headers_mut();
+    for name in CONNECTION_HEADERS {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if headers
+        .get(http::header::TE)
+        .is_some_and(|te| te != "trailers")
+    {
+        headers.remove(http::header::TE);
+    }
+    *head.version_mut() = http::Version::HTTP_2;
+    let empty = matches!(&body, Outgoing::Complete { data, trailers: None } if data.is_empty());
+    let (response, mut send) = match sender.send_request(head, empty) {
+        Ok(opened) => opened,
+        Err(error) => return Err(NotOpened { error, body }),
+    };
+    let stream_id = response.stream_id().as_u32();
+    let handle = match body {
+        Outgoing::Complete { mut data, trailers } => {
+            // Written now: h2 buffers what the flow-control window does not take yet.
+            while let Some(chunk) = data.pop() {
+                let last = data.is_empty() && trailers.is_none();
+                if send.send_data(chunk, last).is_err() {
+                    break; // the stream is gone; the response says why
+                }
+            }
+            if let Some(trailers) = trailers {
+                let _ = send.send_trailers(trailers);
+            }
+            StreamHandle::Inline(send)
+        }
+        Outgoing::Streaming(body) => {
+            let (cancel, cancelled) = oneshot::channel();
+            tokio::spawn(pipe(body, send, cancelled));
+            StreamHandle::Piped(Some(cancel))
+        }
+    };
+    Ok(Opened {
+        response,
+        stream_id,
+        handle,
+    })
+}
+
+/// Sends a streaming body, following flow control, until it ends, the call is
+/// cancelled (the channel closes or a message arrives) or the server resets it.
+async fn pipe(mut body: Body, mut send: SendStream<Bytes>, mut cancelled: oneshot::Receiver<()>) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = &mut cancelled => return send.send_reset(Reason::CANCEL),
+            _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return, // the server is done
+            frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)) => frame,
+        };
+        match frame {
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(status)) => {
+                tracing::debug!(error = %status, "the request body failed; resetting the stream");
+                return send.send_reset(Reason::CANCEL);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let end = body.is_end_stream();
+                    if send_with_capacity(&mut send, data, end, &mut cancelled)
+                        .await
+                        .is_err()
+                        || end
+                    {
+                        return;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = send.send_trailers(trailers);
+                    }
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Sends `data` as the peer's flow-control window allows.
+async fn send_with_capacity(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+    cancelled: &mut oneshot::Receiver<()>,
+) -> Result<(), ()> {
+    if data.is_empty() {
+        return send.send_data(data, end).map_err(drop);
+    }
+    send.reserve_capacity(data.len());
+    while !data.is_empty() {
+        let mut capacity = send.capacity();
+        if capacity == 0 {
+            capacity = tokio::select! {
+                biased;
+                _ = &mut *cancelled => {
+                    send.send_reset(Reason::CANCEL);
+                    return Err(());
+                }
+                c = std::future::poll_fn(|cx| send.poll_capacity(cx)) => match c {
+                    Some(Ok(c)) => c,
+                    _ => return Err(()), // the stream or connection is gone
+                },
+            };
+        }
+        let chunk = data.split_to(capacity.min(data.len()));
+        send.send_data(chunk, end && data.is_empty())
+            .map_err(drop)?;
+    }
+    Ok(())
+}
+
+/// The gRPC status code for an h2 error (the gRPC HTTP/2 protocol's mapping).
+pub(crate) fn status_code(error: &h2::Error) -> tonic::Code {
+    match error.reason() {
+        Some(Reason::REFUSED_STREAM) => tonic::Code::Unavailable,
+        Some(Reason::CANCEL) => tonic::Code::Cancelled,
+        Some(Reason::ENHANCE_YOUR_CALM) => tonic::Code::ResourceExhausted,
+        Some(Reason::INADEQUATE_SECURITY) => tonic::Code::PermissionDenied,
+        // A GOAWAY's reason, or a connection that failed: the server is unavailable.
+        _ if error.is_go_away() || error.is_io() => tonic::Code::Unavailable,
+        Some(_) => tonic::Code::Internal,
+        None => tonic::Code::Unavailable,
+    }
+}
+
+/// Whether `error` on stream `id` means the server never processed it: it refused
+/// the stream (`REFUSED_STREAM`, RFC 9113 section 8.7), or the stream is above the
+/// last stream id of a GOAWAY the server sent (section 6.8).
+pub(crate) fn unprocessed(
+    error: &h2::Error,
+    id: u32,
+    signals: &Arc<crate::frames::ConnSignals>,
+) -> bool {
+    (error.is_reset() && error.reason() == Some(Reason::REFUSED_STREAM)) || signals.unprocessed(id)
+}
