@@ -7,10 +7,9 @@
 //! the other two, then brings the server back and shows it serving again. No etcd,
 //! no ZooKeeper, no system packages; it finishes in a few seconds.
 //!
-//! Usually no RPC fails. On a loaded machine one can: the RPC that hyper had just
-//! committed to beta's connection when beta's GOAWAY arrived. The channel does not
-//! resend it because it cannot tell it from one the server processed (see
-//! docs/channel.md); RPCs that had not reached the connection are resent.
+//! No RPC fails: the RPCs that crossed beta's GOAWAY are above its last stream id, so
+//! beta never processed them and the channel sends them to alpha or gamma instead
+//! (see "Transparent retry" in docs/channel.md).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -11,7 +11,10 @@
 //!
 //! Unary echo at concurrency 1, 16 and 64, each for a fixed time; then a fault run per
 //! balancing channel: one of three backends is killed under load, and the failed RPCs
-//! and the time from the kill to the last failure are counted.
+//! and the time from the kill to the last failure are counted; then a bad-peer run
+//! per balancing channel: round robin over a good backend and a peer that misbehaves
+//! (accepts and closes, or accepts and never speaks) for 3 s at concurrency 8,
+//! counting RPCs served, RPCs failed and the peer's connection attempts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark code: a panic is a failure report
 
@@ -20,9 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lb_testkit::Backend;
 use lb_testkit::pb::EchoRequest;
 use lb_testkit::pb::echo_client::EchoClient;
+use lb_testkit::{Backend, BadPeer, Misbehavior};
 use lb_tonic::{BackoffConfig, LbChannel};
 use tonic::transport::{Channel, Endpoint};
 
@@ -186,6 +189,58 @@ async fn fault_run(make: impl AsyncFnOnce(&[Backend]) -> Client) -> (usize, Dura
     (failed, last, ok)
 }
 
+/// What a bad-peer run saw.
+struct BadPeerRun {
+    ok: usize,
+    failed: usize,
+    attempts: usize,
+}
+
+/// Round robin over a good backend and a peer that misbehaves: 8 callers for 3 s,
+/// each RPC with a 1 s deadline (so that one stuck on the peer ends).
+async fn bad_peer_run(
+    behavior: Misbehavior,
+    make: impl AsyncFnOnce(&Backend, &BadPeer) -> Client,
+) -> BadPeerRun {
+    let good = Backend::start("good").await.unwrap();
+    let peer = BadPeer::start(behavior).await.unwrap();
+    let client = make(&good, &peer).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    match tokio::time::timeout(Duration::from_secs(1), client.echo()).await {
+                        Ok(Ok(())) => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    BadPeerRun {
+        ok,
+        failed,
+        attempts: peer.accepted(),
+    }
+}
+
+fn two(good: &Backend, peer: &BadPeer) -> [String; 2] {
+    [good.addr().to_string(), peer.addr().to_string()]
+}
+
 #[tokio::main]
 async fn main() {
     // Run only as a benchmark (`cargo bench` passes --bench), not as a test target.
@@ -251,6 +306,51 @@ async fn main() {
         faults.push_str(&row);
     }
 
+    let mut bad_peers = String::from(
+        "| peer | client | RPCs served | RPCs failed | connection attempts to the peer |\n|---|---|---:|---:|---:|\n",
+    );
+    for (peer, behavior) in [
+        ("accepts and closes", Misbehavior::AcceptAndClose),
+        ("accepts, never speaks", Misbehavior::Silent),
+    ] {
+        let runs = [
+            (
+                "tonic balance_list",
+                bad_peer_run(behavior.clone(), async |g: &Backend, p: &BadPeer| {
+                    let endpoints = two(g, p).map(|a| {
+                        Endpoint::from_shared(format!("http://{a}"))
+                            .unwrap()
+                            .tcp_nodelay(true)
+                    });
+                    Client::Tonic(EchoClient::new(Channel::balance_list(
+                        endpoints.into_iter(),
+                    )))
+                })
+                .await,
+            ),
+            (
+                "LbChannel round_robin",
+                bad_peer_run(behavior.clone(), async |g: &Backend, p: &BadPeer| {
+                    // gRPC's default backoff and connect timeout.
+                    let channel = LbChannel::builder(format!("static:///{}", two(g, p).join(",")))
+                        .policy("round_robin")
+                        .build()
+                        .unwrap();
+                    Client::Lb(EchoClient::new(channel))
+                })
+                .await,
+            ),
+        ];
+        for (name, run) in runs {
+            let row = format!(
+                "| {peer} | {name} | {} | {} | {} |\n",
+                run.ok, run.failed, run.attempts
+            );
+            print!("{row}");
+            bad_peers.push_str(&row);
+        }
+    }
+
     if let Ok(path) = std::env::var("GRPC_LB_BENCH_DOC") {
         let mut section = String::new();
         let _ = writeln!(
@@ -262,6 +362,8 @@ async fn main() {
         section.push_str(&table);
         section.push_str("\nFault run: concurrency 16, one of three backends killed after 1 s (listener and connections dropped), 2 s more of load.\n\n");
         section.push_str(&faults);
+        section.push_str("\nBad-peer run: round robin over a good backend and a misbehaving peer, concurrency 8 for 3 s, each RPC bounded by 1 s.\n\n");
+        section.push_str(&bad_peers);
         match std::fs::read_to_string(&path) {
             Ok(doc) => match (doc.find("<!-- e2e:start -->"), doc.find("<!-- e2e:end -->")) {
                 (Some(a), Some(b)) if a < b => {

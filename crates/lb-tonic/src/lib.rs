@@ -18,16 +18,19 @@
 //!
 //! * One control task per channel serializes resolver updates, subconn state changes
 //!   and balancer calls (`lb-core`'s contract: balancers need no locks).
-//! * A subconn owns one HTTP/2 connection (hyper) and reports true states: `IDLE →
-//!   CONNECTING → READY`, a failed attempt → `TRANSIENT_FAILURE` then, after gRPC's
-//!   connection backoff ([`BackoffConfig`]), `IDLE`; a connection that closes → `IDLE`
-//!   at once.
+//! * A subconn owns one HTTP/2 connection (h2, driven directly) and reports true
+//!   states: `IDLE → CONNECTING → READY` once the server's HTTP/2 preface has
+//!   arrived; a failed attempt → `TRANSIENT_FAILURE` then, after gRPC's connection
+//!   backoff ([`BackoffConfig`]), `IDLE`; a connection that closes → `IDLE` at once.
 //! * Each RPC picks from the current picker with one atomic load and no lock; "queue"
-//!   waits for the next picker (bounded by the RPC's deadline); "fail" returns
-//!   `UNAVAILABLE` naming the last error unless the RPC is wait-for-ready
-//!   ([`WaitForReady`]); the picked backend is in the response's [`ServedBy`].
+//!   waits for the next picker; "fail" returns `UNAVAILABLE` naming the last error
+//!   unless the RPC is wait-for-ready ([`WaitForReady`]); the picked backend is in the
+//!   response's [`ServedBy`]. The call's deadline bounds all of it, response stream
+//!   included.
 //! * A service config that names another policy switches gracefully: the old policy
-//!   serves until the new one is ready.
+//!   serves until the new one leaves `CONNECTING`.
+//! * A panicking policy, picker or resolver does not take the channel down; an idle
+//!   channel ([`Builder::idle_timeout`]) closes its connections until the next RPC.
 //!
 //! Policies come from `lb-policies`, resolvers from `lb-resolvers`; both registries can
 //! be replaced on the [`Builder`].
