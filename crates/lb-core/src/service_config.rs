@@ -9,8 +9,8 @@ use crate::{BalancerRegistry, Code, Error, LbConfig};
 
 /// A parsed, validated service config.
 ///
-/// Holds the load-balancing policy choice, `healthCheckConfig` and `methodConfig`
-/// (timeouts, `waitForReady`, `retryPolicy`). Unknown fields are ignored, as gRPC does.
+/// Holds the load-balancing policy choice, `healthCheckConfig`, `methodConfig`
+/// (timeouts, `waitForReady`, `retryPolicy`, `hedgingPolicy`) and `retryThrottling`. Unknown fields are ignored, as gRPC does.
 /// An invalid config is an [`Error::ServiceConfig`] naming the JSON path; a channel that
 /// gets one keeps its previous config.
 ///
@@ -30,6 +30,7 @@ pub struct ServiceConfig {
     lb_policy: Option<LbPolicy>,
     health_check: Option<HealthCheckConfig>,
     method_configs: Vec<MethodConfig>,
+    retry_throttling: Option<RetryThrottling>,
 }
 
 /// The load-balancing policy a service config chose.
@@ -60,6 +61,8 @@ pub struct MethodConfig {
     pub wait_for_ready: Option<bool>,
     /// `retryPolicy` (gRFC A6).
     pub retry_policy: Option<RetryPolicy>,
+    /// `hedgingPolicy` (gRFC A6); never set together with `retry_policy`.
+    pub hedging_policy: Option<HedgingPolicy>,
 }
 
 /// A `name` entry of a method config: a service and method, a whole service, or (both
@@ -70,6 +73,32 @@ pub struct MethodName {
     pub service: String,
     /// The method, or empty for every method of `service`.
     pub method: String,
+}
+
+/// The most attempts a retry or hedging policy may make, as gRPC's client-side cap:
+/// larger `maxAttempts` are treated as this.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// `hedgingPolicy`, validated as gRFC A6 requires.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HedgingPolicy {
+    /// Attempts in all, the original included: 2 to 5 (larger values are capped).
+    pub max_attempts: u32,
+    /// The delay between hedged attempts (`0s`, or unset: all at once).
+    pub hedging_delay: Duration,
+    /// Status codes after which the other attempts may still succeed; any other
+    /// failure ends the call.
+    pub non_fatal_status_codes: Vec<Code>,
+}
+
+/// `retryThrottling` (gRFC A6): a per-channel token bucket that stops retries and
+/// hedges while too many RPCs fail. Counted in thousandths of a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryThrottling {
+    /// `maxTokens` × 1000 (the bucket starts full).
+    pub max_tokens_milli: u32,
+    /// `tokenRatio` × 1000: what each successful RPC adds back.
+    pub token_ratio_milli: u32,
 }
 
 /// `retryPolicy`, validated as gRFC A6 requires.
@@ -102,6 +131,7 @@ impl ServiceConfig {
             lb_policy: parse_lb_policy(root, registry)?,
             health_check: parse_health_check(root)?,
             method_configs: parse_method_configs(root)?,
+            retry_throttling: parse_retry_throttling(root)?,
         })
     }
 
@@ -124,6 +154,11 @@ impl ServiceConfig {
     /// `healthCheckConfig`, if present.
     pub fn health_check(&self) -> Option<&HealthCheckConfig> {
         self.health_check.as_ref()
+    }
+
+    /// `retryThrottling`, if present.
+    pub fn retry_throttling(&self) -> Option<RetryThrottling> {
+        self.retry_throttling
     }
 
     /// Every `methodConfig` entry.
@@ -283,11 +318,22 @@ fn parse_method_configs(root: &Map<String, Value>) -> Result<Vec<MethodConfig>, 
             .get("retryPolicy")
             .map(|v| parse_retry_policy(v, &format!("{path}.retryPolicy")))
             .transpose()?;
+        let hedging_policy = mc
+            .get("hedgingPolicy")
+            .map(|v| parse_hedging_policy(v, &format!("{path}.hedgingPolicy")))
+            .transpose()?;
+        if retry_policy.is_some() && hedging_policy.is_some() {
+            return Err(config_error(
+                format!("{path}.hedgingPolicy"),
+                "a method config may have a retryPolicy or a hedgingPolicy, not both",
+            ));
+        }
         out.push(MethodConfig {
             names,
             timeout,
             wait_for_ready,
             retry_policy,
+            hedging_policy,
         });
     }
     Ok(out)
@@ -385,15 +431,9 @@ fn out_of_range(path: &str, s: &str) -> Error {
     )
 }
 
-fn parse_retry_policy(v: &Value, path: &str) -> Result<RetryPolicy, Error> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| config_error(path, "expected an object"))?;
-    let required = |key: &str| {
-        obj.get(key)
-            .ok_or_else(|| config_error(format!("{path}.{key}"), "is required"))
-    };
-    let max_attempts = required("maxAttempts")?
+/// `maxAttempts` of a retry or hedging policy: at least 2, capped at 5 (gRFC A6).
+fn max_attempts(obj: &Map<String, Value>, path: &str) -> Result<u32, Error> {
+    let n = required(obj, path, "maxAttempts")?
         .as_u64()
         .filter(|&n| n >= 2)
         .ok_or_else(|| {
@@ -401,37 +441,24 @@ fn parse_retry_policy(v: &Value, path: &str) -> Result<RetryPolicy, Error> {
                 format!("{path}.maxAttempts"),
                 "expected an integer of at least 2",
             )
-        })?
-        .min(5) as u32;
-    let positive = |key: &str| -> Result<Duration, Error> {
-        let kpath = format!("{path}.{key}");
-        let d = parse_duration(required(key)?, &kpath)?;
-        if d.is_zero() {
-            return Err(config_error(kpath, "must be greater than zero"));
-        }
-        Ok(d)
-    };
-    let initial_backoff = positive("initialBackoff")?;
-    let max_backoff = positive("maxBackoff")?;
-    let backoff_multiplier = required("backoffMultiplier")?
-        .as_f64()
-        .filter(|m| m.is_finite() && *m > 0.0)
-        .ok_or_else(|| {
-            config_error(
-                format!("{path}.backoffMultiplier"),
-                "expected a number greater than zero",
-            )
         })?;
-    let codes = required("retryableStatusCodes")?
+    Ok(u32::try_from(n.min(u64::from(MAX_ATTEMPTS))).unwrap_or(MAX_ATTEMPTS))
+}
+
+fn required<'a>(obj: &'a Map<String, Value>, path: &str, key: &str) -> Result<&'a Value, Error> {
+    obj.get(key)
+        .ok_or_else(|| config_error(format!("{path}.{key}"), "is required"))
+}
+
+/// A non-empty list of status codes, by name (`"UNAVAILABLE"`) or number.
+fn status_codes(obj: &Map<String, Value>, path: &str, key: &str) -> Result<Vec<Code>, Error> {
+    let codes = required(obj, path, key)?
         .as_array()
-        .ok_or_else(|| config_error(format!("{path}.retryableStatusCodes"), "expected an array"))?;
+        .ok_or_else(|| config_error(format!("{path}.{key}"), "expected an array"))?;
     if codes.is_empty() {
-        return Err(config_error(
-            format!("{path}.retryableStatusCodes"),
-            "must not be empty",
-        ));
+        return Err(config_error(format!("{path}.{key}"), "must not be empty"));
     }
-    let retryable_status_codes = codes
+    codes
         .iter()
         .enumerate()
         .map(|(k, c)| {
@@ -445,19 +472,108 @@ fn parse_retry_policy(v: &Value, path: &str) -> Result<RetryPolicy, Error> {
             };
             code.ok_or_else(|| {
                 config_error(
-                    format!("{path}.retryableStatusCodes[{k}]"),
+                    format!("{path}.{key}[{k}]"),
                     format!("not a gRPC status code: {c}"),
                 )
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+fn parse_retry_policy(v: &Value, path: &str) -> Result<RetryPolicy, Error> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| config_error(path, "expected an object"))?;
+    let max_attempts = max_attempts(obj, path)?;
+    let positive = |key: &str| -> Result<Duration, Error> {
+        let kpath = format!("{path}.{key}");
+        let d = parse_duration(required(obj, path, key)?, &kpath)?;
+        if d.is_zero() {
+            return Err(config_error(kpath, "must be greater than zero"));
+        }
+        Ok(d)
+    };
+    let initial_backoff = positive("initialBackoff")?;
+    let max_backoff = positive("maxBackoff")?;
+    let backoff_multiplier = required(obj, path, "backoffMultiplier")?
+        .as_f64()
+        .filter(|m| m.is_finite() && *m > 0.0)
+        .ok_or_else(|| {
+            config_error(
+                format!("{path}.backoffMultiplier"),
+                "expected a number greater than zero",
+            )
+        })?;
     Ok(RetryPolicy {
         max_attempts,
         initial_backoff,
         max_backoff,
         backoff_multiplier,
-        retryable_status_codes,
+        retryable_status_codes: status_codes(obj, path, "retryableStatusCodes")?,
     })
+}
+
+fn parse_hedging_policy(v: &Value, path: &str) -> Result<HedgingPolicy, Error> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| config_error(path, "expected an object"))?;
+    let max_attempts = max_attempts(obj, path)?;
+    let hedging_delay = obj
+        .get("hedgingDelay")
+        .map(|d| parse_duration(d, &format!("{path}.hedgingDelay")))
+        .transpose()?
+        .unwrap_or(Duration::ZERO);
+    // Optional in grpc-go and C-core: no non-fatal code means every failure is fatal.
+    let non_fatal_status_codes = match obj.get("nonFatalStatusCodes") {
+        None => Vec::new(),
+        Some(Value::Array(a)) if a.is_empty() => Vec::new(),
+        Some(_) => status_codes(obj, path, "nonFatalStatusCodes")?,
+    };
+    Ok(HedgingPolicy {
+        max_attempts,
+        hedging_delay,
+        non_fatal_status_codes,
+    })
+}
+
+fn parse_retry_throttling(root: &Map<String, Value>) -> Result<Option<RetryThrottling>, Error> {
+    let Some(v) = root.get("retryThrottling") else {
+        return Ok(None);
+    };
+    let path = "retryThrottling";
+    let obj = v
+        .as_object()
+        .ok_or_else(|| config_error(path, "expected an object"))?;
+    let max_tokens = required(obj, path, "maxTokens")?
+        .as_f64()
+        .filter(|t| t.is_finite() && *t > 0.0 && *t <= 1000.0)
+        .ok_or_else(|| {
+            config_error(
+                "retryThrottling.maxTokens",
+                "expected a number greater than 0 and at most 1000",
+            )
+        })?;
+    let token_ratio = required(obj, path, "tokenRatio")?
+        .as_f64()
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .ok_or_else(|| {
+            config_error(
+                "retryThrottling.tokenRatio",
+                "expected a number greater than zero",
+            )
+        })?;
+    // Tokens are counted in thousandths: three decimal places, as gRFC A6 says.
+    let milli = |x: f64| (x * 1000.0).round() as u32;
+    if milli(token_ratio) == 0 {
+        return Err(config_error(
+            "retryThrottling.tokenRatio",
+            "must be at least 0.001 (three decimal places are kept)",
+        ));
+    }
+    Ok(Some(RetryThrottling {
+        max_tokens_milli: milli(max_tokens),
+        token_ratio_milli: milli(token_ratio),
+    }))
 }
 
 #[cfg(test)]
@@ -643,6 +759,45 @@ mod tests {
     }
 
     #[test]
+    fn hedging_policies_and_retry_throttling() {
+        let cfg = parse(
+            r#"{"methodConfig": [{"name": [{"service": "a.B"}],
+                 "hedgingPolicy": {"maxAttempts": 7, "hedgingDelay": "0.05s",
+                                   "nonFatalStatusCodes": ["UNAVAILABLE", 13]}},
+                {"name": [{"service": "a.C"}], "hedgingPolicy": {"maxAttempts": 2}}],
+                "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}"#,
+        )
+        .unwrap();
+        let h = cfg
+            .method_config("/a.B/M")
+            .unwrap()
+            .hedging_policy
+            .clone()
+            .unwrap();
+        assert_eq!(h.max_attempts, 5, "capped at 5");
+        assert_eq!(h.hedging_delay, Duration::from_millis(50));
+        assert_eq!(
+            h.non_fatal_status_codes,
+            [Code::Unavailable, Code::Internal]
+        );
+        let h = cfg
+            .method_config("/a.C/M")
+            .unwrap()
+            .hedging_policy
+            .clone()
+            .unwrap();
+        assert_eq!(h.hedging_delay, Duration::ZERO, "unset: all at once");
+        assert!(h.non_fatal_status_codes.is_empty());
+        assert_eq!(
+            cfg.retry_throttling(),
+            Some(RetryThrottling {
+                max_tokens_milli: 10_000,
+                token_ratio_milli: 100
+            })
+        );
+    }
+
+    #[test]
     fn durations() {
         let ok = |s: &str| parse_duration(&Value::String(s.into()), "p").unwrap();
         assert_eq!(ok("0s"), Duration::ZERO);
@@ -764,6 +919,47 @@ mod tests {
                 r#"{"healthCheckConfig": 1}"#,
                 "healthCheckConfig",
                 "expected an object",
+            ),
+            (
+                r#"{"methodConfig": [{"retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+                                      "hedgingPolicy": {"maxAttempts": 2}}]}"#,
+                "methodConfig[0].hedgingPolicy",
+                "not both",
+            ),
+            (
+                r#"{"methodConfig": [{"hedgingPolicy": {"maxAttempts": 1}}]}"#,
+                "methodConfig[0].hedgingPolicy.maxAttempts",
+                "at least 2",
+            ),
+            (
+                r#"{"methodConfig": [{"hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "-1s"}}]}"#,
+                "methodConfig[0].hedgingPolicy.hedgingDelay",
+                "negative",
+            ),
+            (
+                r#"{"methodConfig": [{"hedgingPolicy": {"maxAttempts": 3, "nonFatalStatusCodes": ["SOON"]}}]}"#,
+                "methodConfig[0].hedgingPolicy.nonFatalStatusCodes[0]",
+                "not a gRPC status code",
+            ),
+            (
+                r#"{"retryThrottling": {"maxTokens": 0, "tokenRatio": 1}}"#,
+                "retryThrottling.maxTokens",
+                "greater than 0",
+            ),
+            (
+                r#"{"retryThrottling": {"maxTokens": 5000, "tokenRatio": 1}}"#,
+                "retryThrottling.maxTokens",
+                "at most 1000",
+            ),
+            (
+                r#"{"retryThrottling": {"maxTokens": 10}}"#,
+                "retryThrottling.tokenRatio",
+                "required",
+            ),
+            (
+                r#"{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.0001}}"#,
+                "retryThrottling.tokenRatio",
+                "0.001",
             ),
         ];
         for (json, path, reason) in cases {

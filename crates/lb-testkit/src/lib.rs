@@ -53,14 +53,69 @@ use pb::{EchoReply, EchoRequest};
 
 /// The echo service: replies with the request's message and the backend's name.
 ///
-/// A unary message `fail:<code>` fails with that gRPC status code, and
-/// `details:<n>` fails with `ABORTED` carrying `n` bytes of status details (a
-/// `grpc-status-details-bin` trailer of about `4n/3` bytes).
+/// Unary messages that ask for a behavior (`n` counts the request's
+/// `grpc-previous-rpc-attempts`, 0 on a first attempt):
+///
+/// | message | answer |
+/// |---|---|
+/// | `fail:<code>` | fails with that gRPC status code |
+/// | `details:<n>` | fails with `ABORTED` carrying `n` bytes of status details (a `grpc-status-details-bin` trailer of about `4n/3` bytes) |
+/// | `fail-until:<k>` | fails with `UNAVAILABLE` while `n < k` (attempt `k + 1` succeeds); also as a client stream's first message, after reading the stream |
+/// | `pushback:<v>` | while `n == 0`, fails with `UNAVAILABLE` and the trailer `grpc-retry-pushback-ms: <v>` |
+/// | `slow-first:<ms>` | while `n == 0`, waits `ms` before answering |
+///
+/// A bidi stream whose first message is `fail-after-first` answers it, then fails
+/// with `UNAVAILABLE` (after its response headers: too late to retry). Every RPC can
+/// also be made to fail or slow down for a while: [`EchoService::set_failure`],
+/// [`EchoService::set_delay`].
 #[derive(Clone)]
 pub struct EchoService {
     name: Arc<str>,
     hits: Arc<AtomicUsize>,
     open_streams: Arc<AtomicUsize>,
+    behavior: Arc<Behavior>,
+}
+
+/// What every RPC does, set at run time.
+#[derive(Default)]
+struct Behavior {
+    /// Percent of unary RPCs that fail, with `fail_code`.
+    fail_percent: std::sync::atomic::AtomicU32,
+    fail_code: std::sync::atomic::AtomicI32,
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// Unary RPCs whose handler was dropped before it answered (the client reset the
+    /// stream, or the connection died).
+    cancelled: AtomicUsize,
+}
+
+/// Counts a unary handler as cancelled unless it finishes.
+struct Unfinished<'a>(Option<&'a AtomicUsize>);
+
+impl Unfinished<'_> {
+    fn finish(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The request's `grpc-previous-rpc-attempts`, 0 when absent.
+fn previous_attempts<T>(req: &Request<T>) -> u32 {
+    req.metadata()
+        .get("grpc-previous-rpc-attempts")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn unavailable(name: &str, why: &str) -> Status {
+    Status::unavailable(format!("{name} {why}"))
 }
 
 impl EchoService {
@@ -70,7 +125,31 @@ impl EchoService {
             name: name.into(),
             hits: Arc::default(),
             open_streams: Arc::default(),
+            behavior: Arc::default(),
         }
+    }
+
+    /// From now on, `percent` of unary RPCs (0 to 100, chosen at random) fail with
+    /// `code`; 0 turns failures off.
+    pub fn set_failure(&self, percent: u32, code: tonic::Code) {
+        self.behavior
+            .fail_code
+            .store(code as i32, Ordering::Relaxed);
+        self.behavior
+            .fail_percent
+            .store(percent.min(100), Ordering::Relaxed);
+    }
+
+    /// From now on, every RPC waits this long before it is answered.
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.behavior.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Unary RPCs whose handler was dropped before answering: reset by the client
+    /// (a cancelled hedge, a deadline) or cut off with the connection.
+    pub fn cancelled(&self) -> usize {
+        self.behavior.cancelled.load(Ordering::Relaxed)
     }
 
     /// RPCs received so far.
@@ -88,14 +167,27 @@ impl EchoService {
         EchoReply {
             message,
             server: self.name.to_string(),
+            previous_attempts: 0,
         }
     }
 
     async fn arrive(&self, req: &EchoRequest) {
         self.hits.fetch_add(1, Ordering::Relaxed);
-        if req.delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(req.delay_ms)).await;
+        let delay = req.delay_ms + self.behavior.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
         }
+    }
+
+    /// The failure [`EchoService::set_failure`] asked for, if this RPC draws one.
+    fn drawn_failure(&self) -> Option<Status> {
+        let percent = self.behavior.fail_percent.load(Ordering::Relaxed);
+        (percent > 0 && fastrand::u32(0..100) < percent).then(|| {
+            Status::new(
+                tonic::Code::from_i32(self.behavior.fail_code.load(Ordering::Relaxed)),
+                format!("{} is failing", self.name),
+            )
+        })
     }
 }
 
@@ -104,32 +196,13 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>
 #[tonic::async_trait]
 impl Echo for EchoService {
     async fn unary_echo(&self, req: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let unfinished = Unfinished(Some(&self.behavior.cancelled));
+        let previous = previous_attempts(&req);
         let req = req.into_inner();
         self.arrive(&req).await;
-        // `fail:<code>` answers with that gRPC status code.
-        if let Some(code) = req
-            .message
-            .strip_prefix("fail:")
-            .and_then(|c| c.parse::<i32>().ok())
-        {
-            return Err(Status::new(
-                tonic::Code::from_i32(code),
-                format!("{} failed as asked", self.name),
-            ));
-        }
-        if let Some(n) = req
-            .message
-            .strip_prefix("details:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            let details: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
-            return Err(Status::with_details(
-                tonic::Code::Aborted,
-                format!("{} sends {n} bytes of details", self.name),
-                details.into(),
-            ));
-        }
-        Ok(Response::new(self.reply(req.message)))
+        let answer = self.unary(req, previous).await;
+        unfinished.finish();
+        answer
     }
 
     type ServerStreamStream = ReplyStream;
@@ -160,12 +233,26 @@ impl Echo for EchoService {
         req: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<EchoReply>, Status> {
         self.hits.fetch_add(1, Ordering::Relaxed);
+        let previous = previous_attempts(&req);
         let mut stream = req.into_inner();
         let mut all = Vec::new();
         while let Some(msg) = stream.next().await {
             all.push(msg?.message);
         }
-        Ok(Response::new(self.reply(all.join(","))))
+        if let Some(k) = all
+            .first()
+            .and_then(|m| m.strip_prefix("fail-until:"))
+            .and_then(|k| k.parse::<u32>().ok())
+            && previous < k
+        {
+            return Err(unavailable(
+                &self.name,
+                &format!("fails attempt {}", previous + 1),
+            ));
+        }
+        let mut reply = self.reply(all.join(","));
+        reply.previous_attempts = previous;
+        Ok(Response::new(reply))
     }
 
     type BidiStreamStream = ReplyStream;
@@ -176,9 +263,19 @@ impl Echo for EchoService {
     ) -> Result<Response<Self::BidiStreamStream>, Status> {
         self.hits.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
-        let replies = req
-            .into_inner()
-            .map(move |msg| msg.map(|m| this.reply(m.message)));
+        let mut first = true;
+        let mut failing = false;
+        let replies = req.into_inner().map(move |msg| {
+            if failing {
+                return Err(unavailable(&this.name, "fails after its first reply"));
+            }
+            let m = msg?;
+            if first && m.message == "fail-after-first" {
+                failing = true;
+            }
+            first = false;
+            Ok(this.reply(m.message))
+        });
         Ok(Response::new(self.tracked(Box::pin(replies))))
     }
 }
@@ -190,6 +287,63 @@ impl EchoService {
             inner: replies,
             _open: Open::new(&self.open_streams),
         })
+    }
+}
+
+impl EchoService {
+    async fn unary(&self, req: EchoRequest, previous: u32) -> Result<Response<EchoReply>, Status> {
+        if let Some(status) = self.drawn_failure() {
+            return Err(status);
+        }
+        let arg = |prefix: &str| req.message.strip_prefix(prefix);
+        if let Some(k) = arg("fail-until:").and_then(|k| k.parse::<u32>().ok())
+            && previous < k
+        {
+            return Err(unavailable(
+                &self.name,
+                &format!("fails attempt {}", previous + 1),
+            ));
+        }
+        if let Some(value) = arg("pushback:")
+            && previous == 0
+        {
+            let mut status = unavailable(&self.name, "pushes back");
+            if let Ok(v) = value.parse() {
+                status.metadata_mut().insert("grpc-retry-pushback-ms", v);
+            }
+            return Err(status);
+        }
+        if let Some(ms) = arg("slow-first:").and_then(|ms| ms.parse::<u64>().ok())
+            && previous == 0
+        {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        // `fail:<code>` answers with that gRPC status code.
+        if let Some(code) = req
+            .message
+            .strip_prefix("fail:")
+            .and_then(|c| c.parse::<i32>().ok())
+        {
+            return Err(Status::new(
+                tonic::Code::from_i32(code),
+                format!("{} failed as asked", self.name),
+            ));
+        }
+        if let Some(n) = req
+            .message
+            .strip_prefix("details:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            let details: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            return Err(Status::with_details(
+                tonic::Code::Aborted,
+                format!("{} sends {n} bytes of details", self.name),
+                details.into(),
+            ));
+        }
+        let mut reply = self.reply(req.message);
+        reply.previous_attempts = previous;
+        Ok(Response::new(reply))
     }
 }
 
@@ -371,6 +525,12 @@ impl Backend {
         self.serving.service.hits()
     }
 
+    /// The echo service it serves, to change its behavior at run time
+    /// ([`EchoService::set_failure`], [`EchoService::set_delay`]).
+    pub fn service(&self) -> &EchoService {
+        &self.serving.service
+    }
+
     /// Server-streaming and bidi responses still being produced (see
     /// [`EchoService::open_streams`]).
     pub fn open_streams(&self) -> usize {
@@ -531,6 +691,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// lets RPCs in flight finish, then closes (how a well-behaved server shuts down).
 pub struct GracefulServer {
     addr: SocketAddr,
+    service: EchoService,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -539,14 +700,41 @@ impl GracefulServer {
     /// Starts serving the echo service named `name` on an ephemeral port.
     pub async fn start(name: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Self::serve(EchoService::new(name), listener)
+    }
+
+    /// Starts on a port outside the ephemeral range, so that it can be started again
+    /// on the same port after [`GracefulServer::stop`] ([`GracefulServer::restart`]).
+    pub async fn start_restartable(name: &str) -> std::io::Result<Self> {
+        let port = free_port()?;
+        Self::serve(
+            EchoService::new(name),
+            bind((Ipv4Addr::LOCALHOST, port).into())?,
+        )
+    }
+
+    fn serve(service: EchoService, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let (stop, task) = Self::spawn(service.clone(), listener);
+        Ok(Self {
+            addr,
+            service,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    fn spawn(
+        service: EchoService,
+        listener: TcpListener,
+    ) -> (tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let service = EchoServer::new(EchoService::new(name));
+        let server = EchoServer::new(service.clone());
         let task = tokio::spawn(async move {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let served = tonic::transport::Server::builder()
-                .add_service(service)
+                .add_service(server)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
@@ -555,16 +743,17 @@ impl GracefulServer {
                 tracing::debug!(error = %e, "graceful test server ended");
             }
         });
-        Ok(Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        (stop, task)
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its echo service (hits, behavior).
+    pub fn service(&self) -> &EchoService {
+        &self.service
     }
 
     /// Sends GOAWAY, waits for in-flight RPCs to finish and the server to close.
@@ -575,6 +764,25 @@ impl GracefulServer {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+
+    /// Stops gracefully if running, then serves again on the same port.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        self.stop().await;
+        let mut last = None;
+        for _ in 0..100 {
+            match bind(self.addr) {
+                Ok(listener) => {
+                    let (stop, task) = Self::spawn(self.service.clone(), listener);
+                    self.stop = Some(stop);
+                    self.task = Some(task);
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("could not rebind")))
     }
 }
 

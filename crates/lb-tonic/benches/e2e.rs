@@ -9,9 +9,13 @@
 //! * `tonic balance_list (3)`: tonic's `Channel::balance_list` over the three;
 //! * `LbChannel round_robin (3)`: ours.
 //!
-//! Unary echo at concurrency 1, 16 and 64, each for a fixed time; then a fault run per
-//! balancing channel: one of three backends is killed under load, and the failed RPCs
-//! and the time from the kill to the last failure are counted; then a bad-peer run
+//! Unary echo at concurrency 1, 16 and 64, each for a fixed time (ours also with a
+//! retry policy configured that never triggers, to price the retry machinery); then a
+//! fault run per balancing channel: one of three backends is killed under load and
+//! restarted 2 s later, and the failed RPCs, p99 and the time from the kill to the
+//! last failure are counted (ours with and without a retry policy); then a
+//! graceful-stop run: 20 rounds of one server draining with GOAWAY and starting
+//! again under load; then a bad-peer run
 //! per balancing channel: round robin over a good backend and a peer that misbehaves
 //! (accepts and closes, or accepts and never speaks) for 3 s at concurrency 8,
 //! counting RPCs served, RPCs failed and the peer's connection attempts.
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use lb_testkit::pb::EchoRequest;
 use lb_testkit::pb::echo_client::EchoClient;
-use lb_testkit::{Backend, BadPeer, Misbehavior};
+use lb_testkit::{Backend, BadPeer, GracefulServer, Misbehavior};
 use lb_tonic::{BackoffConfig, LbChannel};
 use tonic::transport::{Channel, Endpoint};
 
@@ -123,17 +127,34 @@ fn balance_list(backends: &[Backend]) -> EchoClient<Channel> {
     EchoClient::new(Channel::balance_list(endpoints))
 }
 
-async fn lb_channel(backends: &[Backend]) -> EchoClient<LbChannel> {
-    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+/// A service config with round_robin and, with `retry`, a retry policy on the echo
+/// service (UNAVAILABLE, up to 5 attempts).
+fn service_config(retry: bool) -> String {
+    let policy = if retry {
+        r#", "methodConfig": [{"name": [{"service": "echo.Echo"}],
+             "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
+                             "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]"#
+    } else {
+        ""
+    };
+    format!(r#"{{"loadBalancingConfig": [{{"round_robin": {{}}}}]{policy}}}"#)
+}
+
+fn lb_channel_to(addrs: &[String], retry: bool) -> EchoClient<LbChannel> {
     let channel = LbChannel::builder(format!("static:///{}", addrs.join(",")))
-        .policy("round_robin")
+        .default_service_config(service_config(retry))
         .backoff(BackoffConfig {
             base_delay: Duration::from_millis(100),
             ..BackoffConfig::default()
         })
         .build()
         .unwrap();
-    let mut client = EchoClient::new(channel.clone());
+    EchoClient::new(channel)
+}
+
+async fn lb_channel(backends: &[Backend], retry: bool) -> EchoClient<LbChannel> {
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+    let mut client = lb_channel_to(&addrs, retry);
     // Wait until every backend is connected so every run starts from the same state.
     let deadline = Instant::now() + Duration::from_secs(5);
     while backends.iter().any(|b| b.open_connections() == 0) && Instant::now() < deadline {
@@ -146,47 +167,107 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
 }
 
-/// Kills one of three backends after one second of load at concurrency 16; returns
-/// (failed RPCs, time from the kill to the last failure, RPCs that succeeded).
-async fn fault_run(make: impl AsyncFnOnce(&[Backend]) -> Client) -> (usize, Duration, usize) {
+/// What a fault or graceful-stop run saw.
+struct FaultRun {
+    failed: usize,
+    /// From the kill (or the first stop) to the last failure.
+    last_failure: Duration,
+    p99: Duration,
+    ok: usize,
+}
+
+/// `concurrency` callers sending unary RPCs until `stop`; returns per-caller
+/// latencies of successes and failure times.
+fn callers(
+    client: &Client,
+    concurrency: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(Vec<Duration>, Vec<Instant>)>> {
+    (0..concurrency)
+        .map(|_| {
+            let mut client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(100_000);
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match client.echo().await {
+                        Ok(()) => latencies.push(t.elapsed()),
+                        Err(_) => failures.push(Instant::now()),
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect()
+}
+
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, Vec<Instant>)>>,
+    since: Instant,
+) -> FaultRun {
+    let (mut all, mut failed, mut last) = (Vec::new(), 0, Duration::ZERO);
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        all.extend(l);
+        failed += f.len();
+        if let Some(x) = f.iter().max() {
+            last = last.max(x.saturating_duration_since(since));
+        }
+    }
+    all.sort_unstable();
+    let p99 = all
+        .get((all.len() as f64 * 0.99) as usize)
+        .copied()
+        .unwrap_or_default();
+    FaultRun {
+        failed,
+        last_failure: last,
+        p99,
+        ok: all.len(),
+    }
+}
+
+/// Concurrency 32: one of three backends is killed (listener and connections dropped
+/// at once) after 1 s of load, and restarted on its port 2 s later; 1 s more of load.
+async fn fault_run(make: impl AsyncFnOnce(&[Backend]) -> Client) -> FaultRun {
     let mut backends = Vec::new();
     for name in ["f1", "f2", "f3"] {
         backends.push(Backend::start_restartable(name).await.unwrap());
     }
     let client = make(&backends).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let mut client = client.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut ok = 0;
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match client.echo().await {
-                        Ok(()) => ok += 1,
-                        Err(_) => failures.push(Instant::now()),
-                    }
-                }
-                (ok, failures)
-            })
-        })
-        .collect();
+    let tasks = callers(&client, 32, &stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed_at = Instant::now();
     backends[0].kill().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    backends[0].restart().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed, mut last) = (0, 0, Duration::ZERO);
-    for t in tasks {
-        let (o, f) = t.await.unwrap();
-        ok += o;
-        failed += f.len();
-        if let Some(l) = f.iter().max() {
-            last = last.max(l.saturating_duration_since(killed_at));
-        }
+    collect(tasks, killed_at).await
+}
+
+/// Concurrency 32 against three tonic servers; 20 times, one of them stops gracefully
+/// (GOAWAY, in-flight RPCs finish) and starts again on its port, 100 ms apart.
+async fn graceful_run(make: impl AsyncFnOnce(&[String]) -> Client) -> FaultRun {
+    let mut servers = Vec::new();
+    for name in ["g1", "g2", "g3"] {
+        servers.push(GracefulServer::start_restartable(name).await.unwrap());
     }
-    (failed, last, ok)
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
+    let client = make(&addrs).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = callers(&client, 32, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = Instant::now();
+    for round in 0..20 {
+        servers[round % 3].restart().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    collect(tasks, first).await
 }
 
 /// What a bad-peer run saw.
@@ -262,7 +343,11 @@ async fn main() {
         ),
         (
             "LbChannel round_robin (3)",
-            Client::Lb(lb_channel(&backends).await),
+            Client::Lb(lb_channel(&backends, false).await),
+        ),
+        (
+            "LbChannel round_robin (3) + retryPolicy",
+            Client::Lb(lb_channel(&backends, true).await),
         ),
     ];
     let mut table = String::from(
@@ -287,23 +372,85 @@ async fn main() {
         }
     }
 
-    let mut faults = String::from(
-        "| client | failed RPCs | kill → last failure | RPCs served in the run |\n|---|---:|---:|---:|\n",
+    // The retry machinery's cost when nothing is retried: the same channel with and
+    // without a retry policy, alternating, five 2 s runs each at concurrency 16; the
+    // median RPC/s of each. (The table above has one run per cell; this is steadier.)
+    let (plain, retrying) = (&clients[2].1, &clients[3].1);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        without.push(load(plain, 16, Duration::from_secs(2)).await.rps);
+        with.push(load(retrying, 16, Duration::from_secs(2)).await.rps);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (without, with) = (median(&mut without), median(&mut with));
+    let overhead = format!(
+        "Retry machinery with nothing retried (concurrency 16, median of five alternating 2 s runs): {without:.0} RPC/s without a retry policy, {with:.0} RPC/s with one, {:.3}×.\n",
+        with / without
     );
-    let runs: [(&str, (usize, Duration, usize)); 2] = [
+    print!("{overhead}");
+
+    let mut faults = String::from(
+        "| client | failed RPCs | kill → last failure | p99 ms | RPCs served in the run |\n|---|---:|---:|---:|---:|\n",
+    );
+    let runs = [
         (
             "tonic balance_list (3)",
             fault_run(async |b: &[Backend]| Client::Tonic(balance_list(b))).await,
         ),
         (
             "LbChannel round_robin (3)",
-            fault_run(async |b: &[Backend]| Client::Lb(lb_channel(b).await)).await,
+            fault_run(async |b: &[Backend]| Client::Lb(lb_channel(b, false).await)).await,
+        ),
+        (
+            "LbChannel round_robin (3) + retryPolicy",
+            fault_run(async |b: &[Backend]| Client::Lb(lb_channel(b, true).await)).await,
         ),
     ];
-    for (name, (failed, last, ok)) in runs {
-        let row = format!("| {name} | {failed} | {} ms | {ok} |\n", ms(last));
+    for (name, run) in runs {
+        let row = format!(
+            "| {name} | {} | {} ms | {} | {} |\n",
+            run.failed,
+            ms(run.last_failure),
+            ms(run.p99),
+            run.ok
+        );
         print!("{row}");
         faults.push_str(&row);
+    }
+
+    let mut graceful = String::from(
+        "| client | failed RPCs | p99 ms | RPCs served in the run |\n|---|---:|---:|---:|\n",
+    );
+    let runs = [
+        (
+            "tonic balance_list (3)",
+            graceful_run(async |a: &[String]| {
+                let endpoints = a.iter().map(|a| {
+                    Endpoint::from_shared(format!("http://{a}"))
+                        .unwrap()
+                        .tcp_nodelay(true)
+                });
+                Client::Tonic(EchoClient::new(Channel::balance_list(endpoints)))
+            })
+            .await,
+        ),
+        (
+            "LbChannel round_robin (3)",
+            graceful_run(async |a: &[String]| Client::Lb(lb_channel_to(a, false))).await,
+        ),
+    ];
+    for (name, run) in runs {
+        let row = format!(
+            "| {name} | {} | {} | {} |\n",
+            run.failed,
+            ms(run.p99),
+            run.ok
+        );
+        print!("{row}");
+        graceful.push_str(&row);
     }
 
     let mut bad_peers = String::from(
@@ -360,8 +507,12 @@ async fn main() {
             WARM_UP.as_millis()
         );
         section.push_str(&table);
-        section.push_str("\nFault run: concurrency 16, one of three backends killed after 1 s (listener and connections dropped), 2 s more of load.\n\n");
+        section.push('\n');
+        section.push_str(&overhead);
+        section.push_str("\nFault run: concurrency 32, one of three backends killed after 1 s (listener and every connection dropped at once, as a SIGKILLed process), restarted on its port 2 s later, 1 s more of load. The retry policy retries UNAVAILABLE up to 5 attempts.\n\n");
         section.push_str(&faults);
+        section.push_str("\nGraceful-stop run: concurrency 32, three tonic servers; 20 times, one stops gracefully (GOAWAY, in-flight RPCs finish) and starts again on its port, 100 ms apart. No retry policy.\n\n");
+        section.push_str(&graceful);
         section.push_str("\nBad-peer run: round robin over a good backend and a misbehaving peer, concurrency 8 for 3 s, each RPC bounded by 1 s.\n\n");
         section.push_str(&bad_peers);
         match std::fs::read_to_string(&path) {

@@ -28,7 +28,26 @@ pub struct ResponseBody {
     deadline: Option<Deadline>,
     done: Option<DoneGuard>,
     addr: Address,
+    report: Option<ThrottleReport>,
     _call: CallGuard,
+}
+
+/// What the channel's retry throttle learns from a call's final status: a success
+/// refills it, a failure with one of the method's retryable codes drains it.
+pub(crate) struct ThrottleReport {
+    pub(crate) throttle: Arc<crate::retry::Throttle>,
+    /// Retryable (or non-fatal) codes, bit `c` for code `c`.
+    pub(crate) failures: u32,
+}
+
+impl ThrottleReport {
+    fn count(self, code: Code) {
+        if code == Code::Ok {
+            self.throttle.success();
+        } else if self.failures & (1 << (code as u32)) != 0 {
+            self.throttle.failure();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +81,7 @@ impl ResponseBody {
         done: Option<DoneGuard>,
         addr: Address,
         call: CallGuard,
+        report: Option<ThrottleReport>,
     ) -> Self {
         Self {
             recv,
@@ -70,13 +90,22 @@ impl ResponseBody {
             deadline,
             done,
             addr,
+            report,
             _call: call,
+        }
+    }
+
+    /// The call ended with `code`.
+    fn ended(&mut self, code: Code) {
+        if let Some(report) = self.report.take() {
+            report.count(code);
         }
     }
 
     /// Ends the call with `status`: the stream is reset, the callback told.
     fn fail(&mut self, status: &Status) -> tonic::Status {
         self.phase = Phase::Ended;
+        self.ended(status.code());
         self.stream.handle.cancel();
         if let Some(done) = &mut self.done {
             done.finish(status, None);
@@ -132,11 +161,14 @@ impl Body for ResponseBody {
                 Phase::Trailers => match this.recv.poll_trailers(cx) {
                     Poll::Ready(Ok(Some(trailers))) => {
                         this.phase = Phase::Ended;
-                        if let Some(done) = &mut this.done {
+                        if this.done.is_some() || this.report.is_some() {
                             let status = status_from(&trailers).unwrap_or_else(|| {
                                 Status::new(Code::Unknown, "trailers without grpc-status")
                             });
-                            done.finish(&status, Some(&trailers));
+                            this.ended(status.code());
+                            if let Some(done) = &mut this.done {
+                                done.finish(&status, Some(&trailers));
+                            }
                         }
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }

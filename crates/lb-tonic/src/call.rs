@@ -1,21 +1,31 @@
 //! The per-RPC path: pick a subconn from the current picker (no lock), wait when told
 //! to, open an HTTP/2 stream on the subconn's connection, report the outcome. The
 //! call's deadline bounds all of it, the response stream included.
+//!
+//! A call is one or more attempts (gRFC A6): transparent retries of attempts no server
+//! processed, then the method's retry policy (one attempt after another, with
+//! backoff) or hedging policy (attempts overlapping, the first answer wins). Each
+//! attempt picks again. The call commits to an attempt when its response headers
+//! arrive; after that nothing is retried.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::uri::Uri;
-use lb_core::{Address, ConnectivityState, OnDone, PickInfo, PickResult};
+use lb_core::service_config::HedgingPolicy;
+use lb_core::{Address, ConnectivityState, OnDone, PickInfo, PickResult, ServiceConfig};
 use tokio::time::Instant;
 use tonic::body::Body;
 
-use crate::body::{Deadline, DoneGuard, ResponseBody};
+use crate::body::{Deadline, DoneGuard, ResponseBody, ThrottleReport};
 use crate::control::{Core, panic_message};
 use crate::frames::ActiveStream;
 use crate::idle::CallGuard;
-use crate::replay;
-use crate::stream::{self, Held, NotOpened};
+use crate::replay::{self, Prefetched};
+use crate::retry::{self, Policy, Pushback, Throttle};
+use crate::stream::{self, Held, NotOpened, Outgoing};
 use crate::subconn::{Connected, Transport};
 use crate::timeout;
 
@@ -42,10 +52,28 @@ pub struct WaitForReady(pub bool);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedBy(pub Address);
 
-/// RPCs that never reached a server (the stream could not be opened, the server
-/// refused it, or it was above a GOAWAY's last stream id) are sent again on a fresh
-/// pick this many times, as gRPC's transparent retry does.
-const TRANSPARENT_RETRIES: usize = 3;
+/// Response extension: which attempt of the call produced this response.
+///
+/// ```no_run
+/// # async fn f(response: tonic::Response<()>) {
+/// use lb_tonic::Attempt;
+/// if let Some(a) = response.extensions().get::<Attempt>() {
+///     println!("attempt {} (after {} transparent retries)", a.number, a.transparent_retries);
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1 for the first attempt, 2 for the first retry or hedge, and so on.
+    pub number: u32,
+    /// Times the call was sent again because a server never processed it
+    /// (transparent retries), which are not counted in `number`.
+    pub transparent_retries: u32,
+}
+
+/// Attempts a call may make again because the server never processed them (or they
+/// never left the client), as gRPC's transparent retry, in addition to `maxAttempts`.
+const TRANSPARENT_RETRIES: u32 = 3;
 
 pub(crate) fn to_tonic(status: &lb_core::Status) -> tonic::Status {
     tonic::Status::new(
@@ -61,83 +89,415 @@ pub(crate) async fn call(
 ) -> Result<http::Response<ResponseBody>, tonic::Status> {
     let call = CallGuard::start(core);
     let core = call.core();
-    let (wait_for_ready, method_timeout) = {
+    let (wait_for_ready, timeout, config) = {
         let config = core.service_config.load();
         let mc = config.method_config(request.uri().path());
-        (
-            mc.and_then(|m| m.wait_for_ready),
+        let wait_for_ready = request
+            .extensions()
+            .get::<WaitForReady>()
+            .map(|w| w.0)
+            .or(mc.and_then(|m| m.wait_for_ready))
+            .unwrap_or(core.wait_for_ready);
+        // The call's deadline: the smaller of the caller's `grpc-timeout` and the
+        // method config's `timeout`.
+        let timeout = match (
+            timeout::parse(request.headers()),
             mc.and_then(|m| m.timeout),
+        ) {
+            (Some(h), Some(m)) => Some(h.min(m)),
+            (h, m) => h.or(m),
+        };
+        // Only a method with a policy keeps the config (one reference count).
+        let policied = core.retries
+            && mc.is_some_and(|m| m.retry_policy.is_some() || m.hedging_policy.is_some());
+        (
+            wait_for_ready,
+            timeout,
+            policied.then(|| core.service_config.load_full()),
         )
     };
-    let wait_for_ready = request
-        .extensions()
-        .get::<WaitForReady>()
-        .map(|w| w.0)
-        .or(wait_for_ready)
-        .unwrap_or(core.wait_for_ready);
-    // The call's deadline: the smaller of the caller's `grpc-timeout` and the
-    // method config's `timeout`.
-    let timeout = match (timeout::parse(request.headers()), method_timeout) {
-        (Some(h), Some(m)) => Some(h.min(m)),
-        (h, m) => h.or(m),
+    let attempts = AtomicU32::new(0);
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let state = timeout.map(|_| core.state.subscribe());
+    let run = Run {
+        core: core.clone(),
+        wait_for_ready,
+        deadline,
+        attempts: &attempts,
+        transparent: AtomicU32::new(0),
     };
-    let Some(timeout) = timeout else {
-        return send(call, request, wait_for_ready, None).await;
+    let policied = config.is_some();
+    let send = run.send(call, request, config);
+    let (Some(timeout), Some(at), Some(state)) = (timeout, deadline, state) else {
+        return send.await;
     };
-    let at = Instant::now() + timeout;
-    let state = core.state.subscribe();
-    match tokio::time::timeout_at(at, send(call, request, wait_for_ready, Some(at))).await {
+    match tokio::time::timeout_at(at, send).await {
         Ok(result) => result,
-        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-            "deadline of {timeout:?} exceeded before the response headers (channel state {})",
-            *state.borrow()
-        ))),
+        Err(_) => {
+            let made = attempts.load(Ordering::Relaxed);
+            let attempts = match (made, policied) {
+                (0, _) | (_, false) => String::new(),
+                (1, true) => " after 1 attempt".to_owned(),
+                (n, true) => format!(" after {n} attempts"),
+            };
+            Err(tonic::Status::deadline_exceeded(format!(
+                "deadline of {timeout:?} exceeded{attempts} before the response headers (channel state {})",
+                *state.borrow()
+            )))
+        }
     }
 }
 
-async fn send(
-    call: CallGuard,
-    request: http::Request<Body>,
+/// One call's attempts.
+struct Run<'a> {
+    core: Arc<Core>,
     wait_for_ready: bool,
     deadline: Option<Instant>,
-) -> Result<http::Response<ResponseBody>, tonic::Status> {
-    let core = call.core().clone();
-    let (mut head, body) = request.into_parts();
-    // A unary request's body is ready at once: keep it, so a stream the server never
-    // processed can be sent again.
-    let mut body = replay::prefetch(body).await?;
-    let mut retries = 0;
-    loop {
-        let picked = pick(&core, head.uri.path(), &head.headers, wait_for_ready).await?;
-        let mut done = picked.on_done.map(DoneGuard::new);
-        if let Some(at) = deadline {
-            // The server learns the time left: what the header said, less the wait.
-            let left = at.saturating_duration_since(Instant::now());
-            head.headers.insert("grpc-timeout", timeout::encode(left));
+    /// Attempts made (transparent retries excluded), for the deadline's message.
+    attempts: &'a AtomicU32,
+    /// Transparent retries so far.
+    transparent: AtomicU32,
+}
+
+/// An attempt's response head, before the call decides what to do with it.
+struct Answered {
+    parts: http::response::Parts,
+    recv: h2::RecvStream,
+    held: Held,
+    done: Option<DoneGuard>,
+    address: Address,
+}
+
+/// How one attempt ended.
+enum Outcome {
+    /// Response headers: the call commits to this attempt.
+    Headers(Answered),
+    /// It failed: a trailers-only response (`answer`), a stream error, or a failed
+    /// pick. `unprocessed`: no server application saw it (it may go again at once).
+    Failed {
+        status: tonic::Status,
+        pushback: Pushback,
+        unprocessed: bool,
+        /// A pick dropped it (load shedding): no retry.
+        dropped: bool,
+        answer: Option<Answered>,
+    },
+}
+
+impl Outcome {
+    fn failed(status: tonic::Status, unprocessed: bool) -> Self {
+        Outcome::Failed {
+            status,
+            pushback: Pushback::None,
+            unprocessed,
+            dropped: false,
+            answer: None,
         }
-        let request = h2_request(&head, &picked.connected)?;
-        let Some(outgoing) = body.outgoing() else {
-            return Err(tonic::Status::internal("the request body was already sent"));
+    }
+}
+
+/// The request, as every attempt sends it.
+struct Request {
+    head: http::request::Parts,
+    body: Prefetched,
+}
+
+impl Request {
+    /// The body for attempt `id`, if it can still be sent (a streaming body whose call
+    /// committed to another attempt cannot).
+    fn outgoing(&self, id: u32) -> Option<Outgoing> {
+        match &self.body {
+            Prefetched::Complete { data, trailers, .. } => Some(Outgoing::Complete {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            }),
+            Prefetched::Streaming(recorder) => recorder.cursor(id).map(Outgoing::Recorded),
+        }
+    }
+
+    /// Whether another attempt may replay the body (gRFC A6: not once the call has
+    /// committed, nor for a body the buffer had no room for).
+    fn replayable(&self) -> bool {
+        match &self.body {
+            Prefetched::Complete { reservation, .. } => reservation.is_some(),
+            Prefetched::Streaming(recorder) => recorder.owner().is_none(),
+        }
+    }
+
+    /// The call commits to attempt `id`: its body need not be kept for others.
+    fn commit(&self, id: u32) {
+        if let Prefetched::Streaming(recorder) = &self.body {
+            recorder.commit(id);
+        }
+    }
+
+    /// Whether the call has committed to an attempt other than `id` (which was then
+    /// cancelled, not failed).
+    fn owner_is_other_than(&self, id: u32) -> bool {
+        match &self.body {
+            Prefetched::Complete { .. } => false,
+            Prefetched::Streaming(recorder) => recorder.owner().is_some_and(|o| o != id),
+        }
+    }
+}
+
+impl Run<'_> {
+    async fn send(
+        self,
+        call: CallGuard,
+        request: http::Request<Body>,
+        config: Option<Arc<ServiceConfig>>,
+    ) -> Result<http::Response<ResponseBody>, tonic::Status> {
+        let (head, body) = request.into_parts();
+        let method_config = config
+            .as_deref()
+            .and_then(|c| c.method_config(head.uri.path()));
+        let policy = match method_config {
+            Some(mc) => match (&mc.retry_policy, &mc.hedging_policy) {
+                (Some(r), _) => Policy::Retry(r),
+                (None, Some(h)) => Policy::Hedge(h),
+                (None, None) => Policy::None,
+            },
+            None => Policy::None,
         };
-        let opened = match stream::open(&picked.connected.sender, request, outgoing).await {
+        let throttle = self.core.throttle.load_full();
+        // A unary request's body is ready at once and kept whole; a stream is
+        // recorded as it is sent, so that another attempt can replay it.
+        let body = replay::prefetch(body, &self.core.budget).await?;
+        let request = Request { head, body };
+        let (answer, number) = match policy {
+            Policy::Hedge(h) => self.hedge(&request, h, throttle.as_deref()).await?,
+            _ => self.retry(&request, policy, throttle.as_deref()).await?,
+        };
+        Ok(self.respond(answer, number, call, policy, throttle))
+    }
+
+    /// Attempts one after another: transparent retries, and the retry policy's.
+    async fn retry(
+        &self,
+        request: &Request,
+        policy: Policy<'_>,
+        throttle: Option<&Throttle>,
+    ) -> Result<(Answered, u32), tonic::Status> {
+        let mut number = 0;
+        let mut backoff_step = 0;
+        loop {
+            self.attempts.store(number + 1, Ordering::Relaxed);
+            let id = number + self.transparent.load(Ordering::Relaxed);
+            let Some(outgoing) = request.outgoing(id) else {
+                return Err(tonic::Status::internal(
+                    "the request body can no longer be sent",
+                ));
+            };
+            let outcome = self.attempt(request, outgoing, number).await;
+            let (status, pushback, unprocessed, dropped, answer) = match outcome {
+                Outcome::Headers(answer) => {
+                    request.commit(id);
+                    return Ok((answer, number + 1));
+                }
+                Outcome::Failed {
+                    status,
+                    pushback,
+                    unprocessed,
+                    dropped,
+                    answer,
+                } => (status, pushback, unprocessed, dropped, answer),
+            };
+            if status.code() == tonic::Code::Ok
+                && let Some(answer) = answer
+            {
+                return Ok((answer, number + 1)); // trailers-only success
+            }
+            if unprocessed && self.transparent_retry(request) {
+                tracing::debug!(error = %status.message(), "resending an RPC no server processed");
+                continue;
+            }
+            let retryable = policy.retryable(status.code()) && !dropped;
+            if let Some(t) = throttle
+                && (retryable || pushback == Pushback::Stop)
+            {
+                t.failure();
+            }
+            let again = retryable
+                && pushback != Pushback::Stop
+                && number + 1 < policy.max_attempts()
+                && throttle.is_none_or(Throttle::allows)
+                && request.replayable();
+            let (true, Policy::Retry(retry)) = (again, policy) else {
+                return finish(status, answer, number + 1);
+            };
+            let delay = match pushback {
+                Pushback::After(d) => {
+                    // gRFC A6: after a pushback the backoff starts over.
+                    backoff_step = 0;
+                    d
+                }
+                _ => {
+                    backoff_step += 1;
+                    retry::backoff(retry, backoff_step)
+                }
+            };
+            tracing::debug!(attempt = number + 1, code = ?status.code(), ?delay, "retrying");
+            drop(answer);
+            tokio::time::sleep(delay).await;
+            number += 1;
+        }
+    }
+
+    /// Hedging: the next attempt goes out after `hedgingDelay` unless one has
+    /// answered; the first response headers win and the others are cancelled.
+    async fn hedge(
+        &self,
+        request: &Request,
+        policy: &HedgingPolicy,
+        throttle: Option<&Throttle>,
+    ) -> Result<(Answered, u32), tonic::Status> {
+        let as_policy = Policy::Hedge(policy);
+        let mut running = FuturesUnordered::new();
+        let mut started: u32 = 0;
+        let mut next_at = Instant::now();
+        let mut stop = false;
+        let mut last_failure: Option<(tonic::Status, Option<Answered>)> = None;
+        let mut ids: u32 = 0;
+        loop {
+            // The first attempt always goes; later ones only while the body can be
+            // replayed.
+            let can_start =
+                !stop && started < policy.max_attempts && (started == 0 || request.replayable());
+            tokio::select! {
+                Some((id, number, outcome)) = running.next(), if !running.is_empty() => {
+                    match outcome {
+                        Outcome::Headers(answer) => {
+                            request.commit(id);
+                            drop(running); // cancels every other attempt
+                            return Ok((answer, number + 1));
+                        }
+                        Outcome::Failed { status, pushback, unprocessed, dropped, answer } => {
+                            if status.code() == tonic::Code::Ok && let Some(answer) = answer {
+                                drop(running);
+                                return Ok((answer, number + 1));
+                            }
+                            if request.owner_is_other_than(id) {
+                                // Cancelled because the call committed elsewhere.
+                            } else if unprocessed && self.transparent_retry(request) {
+                                ids += 1;
+                                if let Some(outgoing) = request.outgoing(ids) {
+                                    running.push(self.numbered(request, outgoing, ids, number));
+                                }
+                            } else {
+                                let non_fatal = as_policy.retryable(status.code()) && !dropped;
+                                if let Some(t) = throttle
+                                    && (non_fatal || pushback == Pushback::Stop)
+                                {
+                                    t.failure();
+                                }
+                                if !non_fatal {
+                                    // A fatal status ends the call; the others are cancelled.
+                                    drop(running);
+                                    return finish(status, answer, number + 1);
+                                }
+                                match pushback {
+                                    Pushback::Stop => stop = true,
+                                    Pushback::After(d) => next_at = Instant::now() + d,
+                                    // Non-fatal: the next hedge goes at once.
+                                    Pushback::None => next_at = Instant::now(),
+                                }
+                                last_failure = Some((status, answer));
+                            }
+                        }
+                    }
+                    if running.is_empty() && (stop || started >= policy.max_attempts || !request.replayable()) {
+                        let (status, answer) = last_failure.take().unwrap_or_else(|| {
+                            (tonic::Status::unavailable("every hedged attempt was cancelled"), None)
+                        });
+                        return finish(status, answer, started);
+                    }
+                }
+                () = tokio::time::sleep_until(next_at), if can_start => {
+                    if started > 0 && throttle.is_some_and(|t| !t.allows()) {
+                        // Throttled: no more hedges; what is out may still answer.
+                        stop = true;
+                        if running.is_empty() {
+                            let (status, answer) = last_failure.take().unwrap_or_else(|| {
+                                (tonic::Status::unavailable("hedging is throttled"), None)
+                            });
+                            return finish(status, answer, started);
+                        }
+                        continue;
+                    }
+                    let id = if started == 0 { 0 } else { ids + 1 };
+                    ids = id;
+                    let Some(outgoing) = request.outgoing(id) else {
+                        stop = true;
+                        continue;
+                    };
+                    running.push(self.numbered(request, outgoing, id, started));
+                    started += 1;
+                    self.attempts.store(started, Ordering::Relaxed);
+                    next_at = Instant::now() + policy.hedging_delay;
+                }
+            }
+        }
+    }
+
+    /// Whether an attempt no server processed may go again at once (and counts it).
+    fn transparent_retry(&self, request: &Request) -> bool {
+        let replayable = match &request.body {
+            // Held for the whole call, within the buffer or not.
+            Prefetched::Complete { .. } => true,
+            Prefetched::Streaming(recorder) => recorder.owner().is_none(),
+        };
+        replayable
+            && self
+                .transparent
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                    (t < TRANSPARENT_RETRIES).then_some(t + 1)
+                })
+                .is_ok()
+    }
+
+    /// An attempt that reports its cursor id and number with its outcome.
+    async fn numbered(
+        &self,
+        request: &Request,
+        outgoing: Outgoing,
+        id: u32,
+        number: u32,
+    ) -> (u32, u32, Outcome) {
+        (id, number, self.attempt(request, outgoing, number).await)
+    }
+
+    /// One attempt: pick a subconn, open a stream, wait for the response head.
+    async fn attempt(&self, request: &Request, outgoing: Outgoing, previous: u32) -> Outcome {
+        let core = &self.core;
+        let head = &request.head;
+        let picked = match pick(core, head.uri.path(), &head.headers, self.wait_for_ready).await {
+            Ok(picked) => picked,
+            Err(PickError { status, dropped }) => {
+                return Outcome::Failed {
+                    status,
+                    pushback: Pushback::None,
+                    unprocessed: false,
+                    dropped,
+                    answer: None,
+                };
+            }
+        };
+        let mut done = picked.on_done.map(DoneGuard::new);
+        let h2_head = match h2_request(head, &picked.connected, previous, self.deadline) {
+            Ok(h) => h,
+            Err(status) => return Outcome::failed(status, false),
+        };
+        let opened = match stream::open(&picked.connected.sender, h2_head, outgoing).await {
             Ok(opened) => opened,
-            Err(NotOpened {
-                error,
-                body: unsent,
-            }) => {
-                // Nothing reached the server: always safe to send elsewhere.
-                body.hand_back(unsent);
+            Err(NotOpened { error }) => {
+                // Nothing reached the server.
                 let status = transport_status(&picked.address, &error);
                 report(&mut done, &status);
                 if error.is_go_away() {
                     picked.connected.drain();
                 }
-                if retries == TRANSPARENT_RETRIES {
-                    return Err(status);
-                }
-                retries += 1;
-                tracing::debug!(addr = %picked.address, error = %status.message(), "retrying an RPC whose stream could not be opened");
-                continue;
+                return Outcome::failed(status, true);
             }
         };
         let active = ActiveStream::new(
@@ -148,19 +508,28 @@ async fn send(
         );
         match opened.response.await {
             Ok(response) => {
-                let (mut parts, recv) = response.into_parts();
+                let (parts, recv) = response.into_parts();
                 let done = done.map(|d| d.with_headers(&parts.headers));
-                parts.extensions.insert(ServedBy(picked.address.clone()));
-                let deadline = deadline.map(|at| Deadline {
-                    sleep: Box::pin(tokio::time::sleep_until(at)),
-                    timeout: at.saturating_duration_since(Instant::now()),
-                });
-                let held = Held {
-                    handle: opened.handle,
-                    _active: active,
+                let answer = Answered {
+                    recv,
+                    held: Held {
+                        handle: opened.handle,
+                        _active: active,
+                    },
+                    done,
+                    address: picked.address,
+                    parts,
                 };
-                let body = ResponseBody::new(recv, held, deadline, done, picked.address, call);
-                return Ok(http::Response::from_parts(parts, body));
+                match trailers_only_status(&answer.parts.headers) {
+                    None => Outcome::Headers(answer),
+                    Some(status) => Outcome::Failed {
+                        pushback: retry::pushback(Some(&answer.parts.headers)),
+                        status,
+                        unprocessed: false,
+                        dropped: false,
+                        answer: Some(answer),
+                    },
+                }
             }
             Err(error) => {
                 let status = transport_status(&picked.address, &error);
@@ -170,15 +539,74 @@ async fn send(
                     picked.connected.drain();
                 }
                 let unprocessed = stream::unprocessed(&error, opened.stream_id, signals);
-                if unprocessed && body.is_replayable() && retries < TRANSPARENT_RETRIES {
-                    retries += 1;
-                    tracing::debug!(addr = %picked.address, stream = opened.stream_id, error = %status.message(), "retrying an RPC the server never processed");
-                    continue;
-                }
-                return Err(status);
+                Outcome::failed(status, unprocessed)
             }
         }
     }
+
+    /// The committed attempt's response, with its deadline, extensions and the
+    /// throttle's success count.
+    fn respond(
+        &self,
+        answer: Answered,
+        number: u32,
+        call: CallGuard,
+        policy: Policy<'_>,
+        throttle: Option<Arc<Throttle>>,
+    ) -> http::Response<ResponseBody> {
+        let Answered {
+            mut parts,
+            recv,
+            held,
+            done,
+            address,
+        } = answer;
+        parts.extensions.insert(ServedBy(address.clone()));
+        parts.extensions.insert(Attempt {
+            number,
+            transparent_retries: self.transparent.load(Ordering::Relaxed),
+        });
+        let deadline = self.deadline.map(|at| Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            timeout: at.saturating_duration_since(Instant::now()),
+        });
+        // The throttle counts the call's end: a trailers-only answer now (its failure,
+        // if retryable, was counted when it was judged), else at the trailers.
+        let report = match (throttle, trailers_only_status(&parts.headers)) {
+            (Some(t), Some(status)) => {
+                if status.code() == tonic::Code::Ok {
+                    t.success();
+                }
+                None
+            }
+            (Some(t), None) => Some(ThrottleReport {
+                throttle: t,
+                failures: policy.code_mask(),
+            }),
+            (None, _) => None,
+        };
+        let body = ResponseBody::new(recv, held, deadline, done, address, call, report);
+        http::Response::from_parts(parts, body)
+    }
+}
+
+/// The call's end after its last attempt failed: the trailers-only response as the
+/// server sent it (tonic reads its status, details and metadata), or the status.
+fn finish(
+    status: tonic::Status,
+    answer: Option<Answered>,
+    number: u32,
+) -> Result<(Answered, u32), tonic::Status> {
+    match answer {
+        Some(answer) => Ok((answer, number)),
+        None => Err(status),
+    }
+}
+
+/// The status of a trailers-only response (its headers carry `grpc-status`).
+fn trailers_only_status(headers: &http::HeaderMap) -> Option<tonic::Status> {
+    headers.get("grpc-status")?;
+    tonic::Status::from_header_map(headers)
 }
 
 /// Tells the pick's completion callback how the attempt failed.
@@ -189,10 +617,13 @@ fn report(done: &mut Option<DoneGuard>, status: &tonic::Status) {
     }
 }
 
-/// The request head for h2: the URI with the connection's scheme and authority.
+/// The request head for h2: the URI with the connection's scheme and authority, the
+/// time left, and the attempt count.
 fn h2_request(
     head: &http::request::Parts,
     connected: &Connected,
+    previous: u32,
+    deadline: Option<Instant>,
 ) -> Result<http::Request<()>, tonic::Status> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(connected.scheme.clone());
@@ -203,7 +634,19 @@ fn h2_request(
     let mut request = http::Request::new(());
     *request.method_mut() = head.method.clone();
     *request.uri_mut() = uri;
-    *request.headers_mut() = head.headers.clone();
+    let headers = request.headers_mut();
+    *headers = head.headers.clone();
+    if let Some(at) = deadline {
+        // The server learns the time left: what the header said, less the wait.
+        let left = at.saturating_duration_since(Instant::now());
+        headers.insert("grpc-timeout", timeout::encode(left));
+    }
+    if previous > 0 {
+        headers.insert(
+            "grpc-previous-rpc-attempts",
+            http::HeaderValue::from(previous),
+        );
+    }
     Ok(request)
 }
 
@@ -223,29 +666,42 @@ struct Picked {
 
 /// Asks the current picker until it names a connected subconn, waiting for new
 /// pickers when it queues (or fails, for wait-for-ready RPCs).
+/// Why a pick ended an attempt.
+struct PickError {
+    status: tonic::Status,
+    /// The picker dropped the RPC (no retry applies).
+    dropped: bool,
+}
+
+impl From<tonic::Status> for PickError {
+    fn from(status: tonic::Status) -> Self {
+        Self {
+            status,
+            dropped: false,
+        }
+    }
+}
+
 async fn pick(
     core: &Core,
     method: &str,
     headers: &http::HeaderMap,
     wait_for_ready: bool,
-) -> Result<Picked, tonic::Status> {
+) -> Result<Picked, PickError> {
     let info = PickInfo::new(method).with_headers(headers);
     let mut waiter = None;
     loop {
-        {
+        let failed = {
             let published = core.published.load();
             // A policy's picker must not take the caller down with it.
-            let result = catch_unwind(AssertUnwindSafe(|| published.picker.pick(&info))).map_err(
-                |payload| {
-                    tonic::Status::internal(format!(
-                        "the picker of load-balancing policy `{}` panicked: {}",
-                        published.policy,
-                        panic_message(payload.as_ref())
-                    ))
-                },
-            )?;
+            let result = catch_unwind(AssertUnwindSafe(|| published.picker.pick(&info)));
             match result {
-                PickResult::Pick(pick) => {
+                Err(payload) => Some(PickError::from(tonic::Status::internal(format!(
+                    "the picker of load-balancing policy `{}` panicked: {}",
+                    published.policy,
+                    panic_message(payload.as_ref())
+                )))),
+                Ok(PickResult::Pick(pick)) => {
                     let connected = pick
                         .subconn
                         .handle::<Transport>()
@@ -269,28 +725,37 @@ async fn pick(
                                     None,
                                 );
                             }
+                            None
                         }
                     }
                 }
-                PickResult::Queue => {
+                Ok(PickResult::Queue) => {
                     if published.state == ConnectivityState::Idle {
                         core.request_exit_idle();
                     }
+                    None
                 }
-                PickResult::Fail(status) => {
-                    if !wait_for_ready {
-                        return Err(to_tonic(&status));
-                    }
+                Ok(PickResult::Fail(status)) => {
+                    (!wait_for_ready).then(|| PickError::from(to_tonic(&status)))
                 }
-                PickResult::Drop(status) => return Err(to_tonic(&status)),
+                Ok(PickResult::Drop(status)) => Some(PickError {
+                    status: to_tonic(&status),
+                    dropped: true,
+                }),
             }
+        };
+        if let Some(error) = failed {
+            // An RPC that fails at once must not let a caller's retry loop starve the
+            // runtime: count it against the task's cooperative budget.
+            tokio::task::coop::consume_budget().await;
+            return Err(error);
         }
         match &mut waiter {
             // Subscribe, then pick once more: no publication can slip in between.
             None => waiter = Some(core.picker_version.subscribe()),
             Some(rx) => {
                 if rx.changed().await.is_err() {
-                    return Err(tonic::Status::cancelled("the channel is closing"));
+                    return Err(tonic::Status::cancelled("the channel is closing").into());
                 }
             }
         }

@@ -13,8 +13,9 @@ use tonic::body::Body;
 use crate::backoff::BackoffConfig;
 use crate::body::ResponseBody;
 use crate::call;
-use crate::control::{Control, ControlParts, Core, Msg, policy_name};
+use crate::control::{Control, ControlParts, Core, Msg, RetrySettings, policy_name};
 use crate::error::Error;
+use crate::replay::BufferLimits;
 use crate::subconn::{Keepalive, TransportOptions};
 
 /// The idle timeout by default: 30 minutes, as grpc-go.
@@ -138,6 +139,8 @@ pub struct Builder {
     authority: Option<String>,
     idle_timeout: Option<Duration>,
     max_header_list_size: u32,
+    retries: bool,
+    retry_buffer: BufferLimits,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConfig>,
 }
@@ -156,6 +159,8 @@ impl Builder {
             authority: None,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
+            retries: true,
+            retry_buffer: BufferLimits::default(),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -222,6 +227,22 @@ impl Builder {
     /// [`DEFAULT_IDLE_TIMEOUT`], 30 minutes; `None` keeps the channel connected).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Turns the service config's `retryPolicy` and `hedgingPolicy` off (gRFC A6's
+    /// "disabling retries", for callers that retry themselves). Transparent retries
+    /// of RPCs no server processed still happen.
+    pub fn disable_retries(mut self) -> Self {
+        self.retries = false;
+        self
+    }
+
+    /// How much request data the channel keeps so that retries, hedges and
+    /// transparent retries can replay it (default 1 MiB per call, 16 MiB for the
+    /// channel). A call whose request outgrows it commits to its current attempt.
+    pub fn retry_buffer(mut self, limits: BufferLimits) -> Self {
+        self.retry_buffer = limits;
         self
     }
 
@@ -301,6 +322,10 @@ impl Builder {
             self.wait_for_ready,
             &policy,
             transport,
+            RetrySettings {
+                enabled: self.retries,
+                buffer: self.retry_buffer,
+            },
         ));
         let mut control = Control::new(ControlParts {
             core: core.clone(),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use lb_core::{
     Address, Balancer, BalancerRegistry, BuildOptions, ClientConn, ClientConnState, Code,
     ConnectivityState, Error, FailPicker, PickInfo, PickResult, Picker, QueuePicker, Resolver,
@@ -30,6 +30,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::idle::Activity;
+use crate::replay::{Budget, BufferLimits};
+use crate::retry::Throttle;
 use crate::subconn::{TransportOptions, new_transport};
 
 /// A message to the control task.
@@ -66,6 +68,12 @@ pub(crate) struct Core {
     pub(crate) wait_for_ready: bool,
     pub(crate) activity: Activity,
     pub(crate) transport: Arc<TransportOptions>,
+    /// The service config's `retryThrottling` bucket, if it has one.
+    pub(crate) throttle: ArcSwapOption<Throttle>,
+    /// The channel's retry buffer.
+    pub(crate) budget: Arc<Budget>,
+    /// Whether retry and hedging policies run (transparent retries always do).
+    pub(crate) retries: bool,
 }
 
 impl Core {
@@ -75,7 +83,11 @@ impl Core {
         wait_for_ready: bool,
         policy: &str,
         transport: Arc<TransportOptions>,
+        retry: RetrySettings,
     ) -> Self {
+        let throttle = config
+            .retry_throttling()
+            .map(|t| Arc::new(Throttle::new(t)));
         Self {
             published: ArcSwap::from_pointee(Published {
                 state: ConnectivityState::Connecting,
@@ -90,6 +102,20 @@ impl Core {
             wait_for_ready,
             activity: Activity::new(),
             transport,
+            throttle: ArcSwapOption::new(throttle),
+            budget: Arc::new(Budget::new(retry.buffer)),
+            retries: retry.enabled,
+        }
+    }
+
+    /// Follows the service config's `retryThrottling`: a new bucket when its
+    /// parameters change, the same bucket (and its tokens) otherwise.
+    fn set_throttling(&self, config: &ServiceConfig) {
+        let wanted = config.retry_throttling();
+        let current = self.throttle.load().as_ref().map(|t| t.config());
+        if wanted != current {
+            self.throttle
+                .store(wanted.map(|t| Arc::new(Throttle::new(t))));
         }
     }
 
@@ -114,6 +140,13 @@ impl Core {
             changed
         });
     }
+}
+
+/// How a channel runs retries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetrySettings {
+    pub(crate) enabled: bool,
+    pub(crate) buffer: BufferLimits,
 }
 
 /// The resolver's side of the channel, for one resolver generation.
@@ -509,6 +542,7 @@ impl Control {
             _ => self.default_config.clone(),
         };
         self.accepted_resolver_state = true;
+        self.cc.core.set_throttling(&config);
         self.cc.core.service_config.store(config.clone());
         let name = policy_name(&config);
         let wanted = self

@@ -45,6 +45,7 @@ mod error;
 mod frames;
 mod idle;
 mod replay;
+mod retry;
 mod stream;
 mod subconn;
 mod timeout;
@@ -53,11 +54,12 @@ mod tls;
 
 pub use backoff::BackoffConfig;
 pub use body::ResponseBody;
-pub use call::{ServedBy, WaitForReady};
+pub use call::{Attempt, ServedBy, WaitForReady};
 pub use channel::{
     Builder, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_LIST_SIZE, LbChannel, ResponseFuture,
 };
 pub use error::{Error, TransportError};
+pub use replay::BufferLimits;
 pub use subconn::Keepalive;
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;

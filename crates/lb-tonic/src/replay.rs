@@ -1,74 +1,128 @@
-//! Request bodies that can be sent again.
+//! Request bodies that can be sent again: what retries, hedges and transparent
+//! retries replay.
 //!
-//! A stream that the server refused unprocessed (HTTP/2 `REFUSED_STREAM`, or above the
-//! last stream id of a graceful GOAWAY) is safe to resend, as gRPC's transparent retry
-//! does, but the first attempt has consumed its body by then. So before sending, the channel reads
-//! what the body has ready at once: a unary request's whole body. A body that ends
-//! within [`LIMIT`] bytes is kept and can be replayed; a longer or still-streaming one
-//! is sent as it is (its read part first) and is not retried.
+//! Before the first attempt the channel reads what the body has ready at once. A body
+//! that ends there (a unary request) is kept whole ([`Prefetched::Complete`]) and
+//! every attempt gets a copy (its chunks are reference-counted). Any other body goes
+//! through a [`Recorder`]: attempts read it through [`Cursor`]s, the one furthest
+//! ahead pulls the next frame from the caller and records it for the others.
+//!
+//! Buffering is bounded, as gRFC A6 asks: per call ([`BufferLimits::per_call`]) and
+//! for the whole channel ([`BufferLimits::per_channel`]). When a stream outgrows
+//! them, the call *commits* to the attempt that pulled the frame: the others stop,
+//! no further attempt starts, and frames are freed as the survivor sends them. A call
+//! also commits when response headers arrive ([`Recorder::commit`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body::{Body as _, Frame};
+use http_body::Body as _;
+use tokio::sync::Notify;
 use tonic::body::Body;
 
-/// The most a replayable body may hold.
-pub(crate) const LIMIT: usize = 64 * 1024;
+/// How much request data the channel keeps for replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferLimits {
+    /// The most one call may keep (default 1 MiB, as grpc-java).
+    pub per_call: usize,
+    /// The most all calls of a channel may keep together (default 16 MiB).
+    pub per_channel: usize,
+}
+
+impl Default for BufferLimits {
+    fn default() -> Self {
+        Self {
+            per_call: 1 << 20,
+            per_channel: 16 << 20,
+        }
+    }
+}
+
+/// The channel-wide account of buffered bytes.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    limits: BufferLimits,
+}
+
+impl Budget {
+    pub(crate) fn new(limits: BufferLimits) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limits,
+        }
+    }
+
+    pub(crate) fn per_call(&self) -> usize {
+        self.limits.per_call
+    }
+
+    /// Takes `n` bytes if the channel has room.
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n)
+                    .filter(|&u| u <= self.limits.per_channel)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Bytes held in the channel's budget, given back on drop.
+pub(crate) struct Reservation {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Takes `bytes` from `budget`, if both the call's and the channel's limits allow.
+    pub(crate) fn take(budget: &Arc<Budget>, bytes: usize) -> Option<Self> {
+        (bytes <= budget.per_call() && budget.take(bytes)).then(|| Self {
+            budget: budget.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
+
+/// One frame of a request body.
+#[derive(Clone, Debug)]
+pub(crate) enum Chunk {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
 
 /// A request body after [`prefetch`].
 pub(crate) enum Prefetched {
-    /// The whole body, kept: [`Prefetched::body`] can be called again.
+    /// The whole body, in memory. `reservation` is `None` when the channel's budget
+    /// had no room: the body is still sent, and resent transparently, but a retry
+    /// policy does not apply.
     Complete {
         data: Chunks,
         trailers: Option<HeaderMap>,
+        reservation: Option<Reservation>,
     },
-    /// Part of the body was read; the rest still streams. Sendable once.
-    Partial(Option<Body>),
-}
-
-impl Prefetched {
-    /// A body to send: a fresh copy for a complete body, the original (once) for a
-    /// partial one.
-    #[cfg(test)]
-    pub(crate) fn body(&mut self) -> Option<Body> {
-        match self {
-            Prefetched::Complete { data, trailers } => Some(Body::new(Replay {
-                data: data.clone(),
-                trailers: trailers.clone(),
-            })),
-            Prefetched::Partial(body) => body.take(),
-        }
-    }
-
-    /// The body for one attempt: a copy of a complete body (cheap: its chunks are
-    /// reference-counted), the original stream (once) for a partial one.
-    pub(crate) fn outgoing(&mut self) -> Option<crate::stream::Outgoing> {
-        match self {
-            Prefetched::Complete { data, trailers } => Some(crate::stream::Outgoing::Complete {
-                data: data.clone(),
-                trailers: trailers.clone(),
-            }),
-            Prefetched::Partial(body) => body.take().map(crate::stream::Outgoing::Streaming),
-        }
-    }
-
-    /// Takes back a body that never left (its stream could not be opened).
-    pub(crate) fn hand_back(&mut self, outgoing: crate::stream::Outgoing) {
-        if let (Prefetched::Partial(slot), crate::stream::Outgoing::Streaming(body)) =
-            (self, outgoing)
-        {
-            *slot = Some(body);
-        }
-    }
-
-    /// Whether the body can be sent again.
-    pub(crate) fn is_replayable(&self) -> bool {
-        matches!(self, Prefetched::Complete { .. })
-    }
+    /// A body still being produced, read through a recorder.
+    Streaming(Arc<Recorder>),
 }
 
 /// A body's data: nearly always one chunk (a unary message), kept without a vector.
@@ -110,16 +164,28 @@ impl Chunks {
             Chunks::Many(all) => all.is_empty(),
         }
     }
+
+    fn into_frames(mut self) -> VecDeque<Chunk> {
+        let mut out = VecDeque::new();
+        while let Some(c) = self.pop() {
+            out.push_back(Chunk::Data(c));
+        }
+        out
+    }
 }
 
-/// Reads the frames `body` has ready now, up to [`LIMIT`] bytes, without waiting.
-pub(crate) async fn prefetch(mut body: Body) -> Result<Prefetched, tonic::Status> {
+/// Reads the frames `body` has ready now, up to the per-call limit, without waiting.
+pub(crate) async fn prefetch(
+    mut body: Body,
+    budget: &Arc<Budget>,
+) -> Result<Prefetched, tonic::Status> {
+    let limit = budget.per_call();
     let mut data = Chunks::Empty;
     let mut size = 0;
     let mut trailers = None;
     let ended = std::future::poll_fn(|cx| {
         loop {
-            if size > LIMIT {
+            if size > limit {
                 return Poll::Ready(Ok(false));
             }
             match Pin::new(&mut body).poll_frame(cx) {
@@ -139,136 +205,457 @@ pub(crate) async fn prefetch(mut body: Body) -> Result<Prefetched, tonic::Status
     })
     .await?;
     if ended {
-        return Ok(Prefetched::Complete { data, trailers });
+        return Ok(Prefetched::Complete {
+            data,
+            trailers,
+            reservation: Reservation::take(budget, size),
+        });
     }
-    Ok(Prefetched::Partial(Some(Body::new(Chain {
-        prefix: data,
-        trailers,
-        rest: body,
-    }))))
+    let mut frames = data.into_frames();
+    if let Some(t) = trailers {
+        frames.push_back(Chunk::Trailers(t));
+    }
+    Ok(Prefetched::Streaming(Recorder::new(
+        frames, size, body, budget,
+    )))
 }
 
-/// A complete body, sent again from memory.
-#[cfg(test)]
-struct Replay {
-    data: Chunks,
-    trailers: Option<HeaderMap>,
+/// A streaming request body shared by a call's attempts.
+pub(crate) struct Recorder {
+    state: Mutex<RecState>,
+    /// Woken when a frame is recorded, the body ends, or a puller gives up its turn.
+    more: Notify,
+    /// The caller's body; whoever holds the lock pulls from it.
+    source: tokio::sync::Mutex<Body>,
+    budget: Arc<Budget>,
 }
 
-#[cfg(test)]
-impl http_body::Body for Replay {
-    type Data = Bytes;
-    type Error = tonic::Status;
+struct RecState {
+    /// Frames not yet freed; `frames[0]` is frame number `base`.
+    frames: VecDeque<Chunk>,
+    base: usize,
+    ended: bool,
+    failed: Option<tonic::Status>,
+    /// Bytes of `frames` held in the budget.
+    held: usize,
+    /// The attempt (cursor id) the call committed to.
+    owner: Option<u32>,
+    /// Where each live cursor is.
+    positions: Vec<(u32, usize)>,
+}
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        if let Some(chunk) = self.data.pop() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+impl RecState {
+    /// Frees the frames the owner has sent; returns the bytes freed.
+    fn free_sent(&mut self) -> usize {
+        let Some(owner) = self.owner else { return 0 };
+        let pos = self
+            .positions
+            .iter()
+            .find(|(id, _)| *id == owner)
+            .map_or(self.base, |(_, p)| *p);
+        let mut freed = 0;
+        while self.base < pos {
+            match self.frames.pop_front() {
+                Some(Chunk::Data(d)) => freed += d.len(),
+                Some(Chunk::Trailers(_)) => {}
+                None => break,
+            }
+            self.base += 1;
         }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+        let freed = freed.min(self.held);
+        self.held -= freed;
+        freed
+    }
+}
+
+impl Recorder {
+    /// A recorder whose first frames (`size` bytes) were already read from `rest`.
+    fn new(frames: VecDeque<Chunk>, size: usize, rest: Body, budget: &Arc<Budget>) -> Arc<Self> {
+        let fits = size <= budget.per_call() && budget.take(size);
+        Arc::new(Self {
+            state: Mutex::new(RecState {
+                frames,
+                base: 0,
+                ended: false,
+                failed: None,
+                held: if fits { size } else { 0 },
+                // Over the limit already: the first attempt is the only one.
+                owner: if fits { None } else { Some(0) },
+                positions: Vec::new(),
+            }),
+            more: Notify::new(),
+            source: tokio::sync::Mutex::new(rest),
+            budget: budget.clone(),
+        })
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.data.is_empty() && self.trailers.is_none()
+    fn lock(&self) -> MutexGuard<'_, RecState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A cursor for attempt `id`, from the first frame. `None` once the call has
+    /// committed to another attempt (nothing may be replayed).
+    pub(crate) fn cursor(self: &Arc<Self>, id: u32) -> Option<Cursor> {
+        let mut st = self.lock();
+        if st.owner.is_some_and(|o| o != id) || st.base > 0 {
+            return None;
+        }
+        st.positions.push((id, 0));
+        Some(Cursor {
+            recorder: self.clone(),
+            id,
+            pos: 0,
+        })
+    }
+
+    /// Commits the call to attempt `id`: other cursors stop, sent frames are freed.
+    pub(crate) fn commit(&self, id: u32) {
+        let freed = {
+            let mut st = self.lock();
+            if st.owner.is_some() {
+                return;
+            }
+            st.owner = Some(id);
+            st.free_sent()
+        };
+        self.budget.give(freed);
+        self.more.notify_waiters();
+    }
+
+    /// The attempt the call is committed to, if any.
+    pub(crate) fn owner(&self) -> Option<u32> {
+        self.lock().owner
     }
 }
 
-/// The frames already read, then the rest of the original body.
-struct Chain {
-    prefix: Chunks,
-    trailers: Option<HeaderMap>,
-    rest: Body,
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let held = self.lock().held;
+        self.budget.give(held);
+    }
 }
 
-impl http_body::Body for Chain {
-    type Data = Bytes;
-    type Error = tonic::Status;
+/// One attempt's place in a recorded body.
+pub(crate) struct Cursor {
+    recorder: Arc<Recorder>,
+    id: u32,
+    pos: usize,
+}
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        if let Some(chunk) = self.prefix.pop() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+/// A cursor's attempt lost: the call committed to another one.
+pub(crate) fn superseded() -> tonic::Status {
+    tonic::Status::cancelled("the call committed to another attempt")
+}
+
+impl Cursor {
+    /// The next frame: recorded already, or pulled from the caller's body (and
+    /// recorded for the other attempts). `None` at the end of the body.
+    pub(crate) async fn next(&mut self) -> Option<Result<Chunk, tonic::Status>> {
+        let recorder = self.recorder.clone();
+        loop {
+            let more = recorder.more.notified();
+            {
+                let mut st = recorder.lock();
+                if let Some(frame) = self.take_recorded(&mut st) {
+                    let freed = st.free_sent();
+                    drop(st);
+                    recorder.budget.give(freed);
+                    return Some(frame);
+                }
+                if st.ended {
+                    return None;
+                }
+                if let Some(e) = &st.failed {
+                    return Some(Err(e.clone()));
+                }
+            }
+            // Our turn to pull from the caller, unless another attempt is pulling:
+            // then wait for what it records.
+            let Ok(source) = recorder.source.try_lock() else {
+                more.await;
+                continue;
+            };
+            let mut pulling = Pulling {
+                source: Some(source),
+                more: &recorder.more,
+            };
+            {
+                let st = recorder.lock();
+                if self.pos < st.base + st.frames.len() || st.ended || st.failed.is_some() {
+                    continue; // recorded while we took the lock
+                }
+                if st.owner.is_some_and(|o| o != self.id) {
+                    return Some(Err(superseded()));
+                }
+            }
+            let pulled = std::future::poll_fn(|cx| match pulling.source.as_mut() {
+                Some(source) => Pin::new(&mut **source).poll_frame(cx),
+                None => Poll::Ready(None),
+            })
+            .await;
+            self.record(pulled);
         }
-        if let Some(t) = self.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+    }
+
+    /// The frame at this cursor, if it is recorded and this attempt may send it.
+    fn take_recorded(&mut self, st: &mut RecState) -> Option<Result<Chunk, tonic::Status>> {
+        if st.owner.is_some_and(|o| o != self.id) {
+            return Some(Err(superseded()));
         }
-        Pin::new(&mut self.rest).poll_frame(cx)
+        let index = self.pos.checked_sub(st.base)?;
+        let frame = st.frames.get(index)?.clone();
+        self.pos += 1;
+        if let Some(p) = st.positions.iter_mut().find(|(id, _)| *id == self.id) {
+            p.1 = self.pos;
+        }
+        Some(Ok(frame))
+    }
+
+    fn record(&mut self, pulled: Option<Result<http_body::Frame<Bytes>, tonic::Status>>) {
+        let recorder = &self.recorder;
+        let mut commit = false;
+        {
+            let mut st = recorder.lock();
+            match pulled {
+                None => st.ended = true,
+                Some(Err(e)) => st.failed = Some(e),
+                Some(Ok(frame)) => {
+                    let chunk = match frame.into_data() {
+                        Ok(data) => {
+                            let len = data.len();
+                            if st.owner.is_none() {
+                                let within = st.held + len <= recorder.budget.per_call();
+                                if within && recorder.budget.take(len) {
+                                    st.held += len;
+                                } else {
+                                    // Outgrew the buffer: this attempt, furthest
+                                    // ahead, is the one that goes on (gRFC A6).
+                                    commit = true;
+                                }
+                            }
+                            Chunk::Data(data)
+                        }
+                        Err(frame) => match frame.into_trailers() {
+                            Ok(t) => Chunk::Trailers(t),
+                            Err(_) => return, // an unknown frame kind: nothing to send
+                        },
+                    };
+                    // Kept until the owner has sent it (it is at the end of the
+                    // queue, so a committed call holds at most this one frame
+                    // beyond the limit).
+                    st.frames.push_back(chunk);
+                }
+            }
+        }
+        if commit {
+            recorder.commit(self.id);
+        }
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        let mut st = self.recorder.lock();
+        st.positions.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// A cursor's turn at the caller's body. Dropping it (after a pull, or when the
+/// puller is cancelled mid-pull) releases the body and then wakes every cursor waiting
+/// for a frame, so that one of them takes its turn.
+struct Pulling<'a> {
+    source: Option<tokio::sync::MutexGuard<'a, Body>>,
+    more: &'a Notify,
+}
+
+impl Drop for Pulling<'_> {
+    fn drop(&mut self) {
+        drop(self.source.take());
+        self.more.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use http_body::Frame;
     use http_body_util::BodyExt;
 
     use super::*;
 
-    async fn collect(body: Body) -> Vec<u8> {
-        body.collect().await.unwrap().to_bytes().to_vec()
+    fn budget(per_call: usize, per_channel: usize) -> Arc<Budget> {
+        Arc::new(Budget::new(BufferLimits {
+            per_call,
+            per_channel,
+        }))
     }
 
-    #[tokio::test]
-    async fn a_complete_body_replays_as_often_as_asked() {
-        let mut p = prefetch(Body::new(
-            http_body_util::Full::new(Bytes::from_static(b"abc")).map_err(|e| match e {}),
-        ))
-        .await
-        .unwrap();
-        assert!(p.is_replayable());
-        for _ in 0..3 {
-            assert_eq!(collect(p.body().unwrap()).await, b"abc");
+    fn stream() -> (
+        tokio::sync::mpsc::Sender<Result<Frame<Bytes>, tonic::Status>>,
+        Body,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        (tx, Body::new(body))
+    }
+
+    async fn data(cursor: &mut Cursor) -> Vec<u8> {
+        match cursor.next().await {
+            Some(Ok(Chunk::Data(d))) => d.to_vec(),
+            other => panic!("expected data, got {other:?}"),
         }
     }
 
     #[tokio::test]
-    async fn a_streaming_body_is_sent_once_with_nothing_lost() {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, tonic::Status>>(4);
-        tx.send(Ok(Frame::data(Bytes::from_static(b"first "))))
+    async fn a_complete_body_is_kept_whole_and_counted() {
+        let b = budget(1024, 4096);
+        let body = Body::new(
+            http_body_util::Full::new(Bytes::from_static(b"abc")).map_err(|e| match e {}),
+        );
+        let p = prefetch(body, &b).await.unwrap();
+        assert!(matches!(
+            &p,
+            Prefetched::Complete {
+                reservation: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(b.used(), 3);
+        drop(p);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn attempts_replay_what_the_first_pulled_and_wait_for_more() {
+        let b = budget(1024, 4096);
+        let (tx, body) = stream();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"one"))))
             .await
             .unwrap();
-        let stream =
-            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        let mut p = prefetch(Body::new(stream)).await.unwrap();
-        assert!(!p.is_replayable(), "the stream had not ended");
-        let body = p.body().unwrap();
-        assert!(p.body().is_none(), "sendable once");
-        tx.send(Ok(Frame::data(Bytes::from_static(b"second"))))
+        let Prefetched::Streaming(r) = prefetch(body, &b).await.unwrap() else {
+            panic!("a stream that has not ended is recorded");
+        };
+        let mut first = r.cursor(0).unwrap();
+        assert_eq!(data(&mut first).await, b"one");
+        tx.send(Ok(Frame::data(Bytes::from_static(b"two"))))
             .await
             .unwrap();
+        assert_eq!(data(&mut first).await, b"two");
+
+        // A second attempt starts over from the beginning, without the caller.
+        let mut second = r.cursor(1).unwrap();
+        assert_eq!(data(&mut second).await, b"one");
+        assert_eq!(data(&mut second).await, b"two");
+        // Both wait for the third frame; whichever pulls records it for the other.
+        let waiting = tokio::spawn(async move { data(&mut second).await });
+        tokio::task::yield_now().await;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"three"))))
+            .await
+            .unwrap();
+        assert_eq!(data(&mut first).await, b"three");
+        assert_eq!(waiting.await.unwrap(), b"three");
         drop(tx);
-        assert_eq!(collect(body).await, b"first second");
+        assert!(first.next().await.is_none());
+        assert_eq!(b.used(), 11);
+        drop(first);
+        drop(r);
+        assert_eq!(b.used(), 0);
     }
 
     #[tokio::test]
-    async fn several_chunks_replay_in_order() {
-        let chunks = vec![
-            Ok::<_, tonic::Status>(Frame::data(Bytes::from_static(b"a"))),
-            Ok(Frame::data(Bytes::from_static(b"b"))),
-            Ok(Frame::data(Bytes::from_static(b"c"))),
-        ];
-        let mut p = prefetch(Body::new(http_body_util::StreamBody::new(
-            tokio_stream::iter(chunks),
-        )))
-        .await
-        .unwrap();
-        assert!(p.is_replayable());
-        assert_eq!(collect(p.body().unwrap()).await, b"abc");
-        assert_eq!(collect(p.body().unwrap()).await, b"abc");
+    async fn committing_stops_the_others_and_frees_what_the_owner_sent() {
+        let b = budget(1024, 4096);
+        let (tx, body) = stream();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"aa"))))
+            .await
+            .unwrap();
+        let Prefetched::Streaming(r) = prefetch(body, &b).await.unwrap() else {
+            panic!()
+        };
+        let mut winner = r.cursor(3).unwrap();
+        let mut loser = r.cursor(4).unwrap();
+        assert_eq!(data(&mut winner).await, b"aa");
+        r.commit(3);
+        assert_eq!(r.owner(), Some(3));
+        assert_eq!(b.used(), 0, "the sent frame is freed");
+        assert!(matches!(loser.next().await, Some(Err(s)) if s.code() == tonic::Code::Cancelled));
+        assert!(r.cursor(5).is_none(), "no new attempt after a commit");
+        tx.send(Ok(Frame::data(Bytes::from_static(b"bbb"))))
+            .await
+            .unwrap();
+        assert_eq!(data(&mut winner).await, b"bbb");
+        assert_eq!(b.used(), 0, "after the commit nothing is kept");
     }
 
     #[tokio::test]
-    async fn a_body_over_the_limit_is_not_kept() {
-        let big = Bytes::from(vec![7u8; LIMIT + 1]);
-        let chunks = vec![
-            Ok::<_, tonic::Status>(Frame::data(big.clone())),
-            Ok(Frame::data(Bytes::from_static(b"x"))),
-        ];
-        let body = Body::new(http_body_util::StreamBody::new(tokio_stream::iter(chunks)));
-        let mut p = prefetch(body).await.unwrap();
-        assert!(!p.is_replayable());
-        assert_eq!(collect(p.body().unwrap()).await.len(), LIMIT + 2);
+    async fn outgrowing_the_per_call_limit_commits_to_the_attempt_that_pulled() {
+        let b = budget(8, 4096);
+        let (tx, body) = stream();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"12345"))))
+            .await
+            .unwrap();
+        let Prefetched::Streaming(r) = prefetch(body, &b).await.unwrap() else {
+            panic!()
+        };
+        let mut lagging = r.cursor(0).unwrap();
+        let mut leading = r.cursor(1).unwrap();
+        assert_eq!(data(&mut leading).await, b"12345");
+        tx.send(Ok(Frame::data(Bytes::from_static(b"6789"))))
+            .await
+            .unwrap();
+        assert_eq!(data(&mut leading).await, b"6789");
+        assert_eq!(r.owner(), Some(1), "9 bytes > 8: committed to the puller");
+        assert!(matches!(lagging.next().await, Some(Err(_))));
+        assert_eq!(b.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_channel_budget_is_shared_between_calls() {
+        let b = budget(1024, 10);
+        let full =
+            Body::new(http_body_util::Full::new(Bytes::from(vec![0u8; 8])).map_err(|e| match e {}));
+        let first = prefetch(full, &b).await.unwrap();
+        assert_eq!(b.used(), 8);
+        let full =
+            Body::new(http_body_util::Full::new(Bytes::from(vec![0u8; 8])).map_err(|e| match e {}));
+        let second = prefetch(full, &b).await.unwrap();
+        assert!(
+            matches!(
+                &second,
+                Prefetched::Complete {
+                    reservation: None,
+                    ..
+                }
+            ),
+            "no room: sent, not retryable"
+        );
+        drop(first);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_puller_cancelled_mid_pull_hands_its_turn_on() {
+        let b = budget(1024, 4096);
+        let (tx, body) = stream();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+            .await
+            .unwrap();
+        let Prefetched::Streaming(r) = prefetch(body, &b).await.unwrap() else {
+            panic!()
+        };
+        let mut a = r.cursor(0).unwrap();
+        let mut c = r.cursor(1).unwrap();
+        assert_eq!(data(&mut a).await, b"x");
+        assert_eq!(data(&mut c).await, b"x");
+        // `a` starts pulling (nothing there yet) and is cancelled.
+        let pulling = tokio::spawn(async move { a.next().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        pulling.abort();
+        let _ = pulling.await;
+        let waiting = tokio::spawn(async move { data(&mut c).await });
+        tokio::task::yield_now().await;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"y"))))
+            .await
+            .unwrap();
+        assert_eq!(waiting.await.unwrap(), b"y");
     }
 }

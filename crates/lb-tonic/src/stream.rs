@@ -2,9 +2,10 @@
 //! connection.
 //!
 //! A body that was read whole before sending (a unary request) is written at once,
-//! with no task; a body that still streams is piped by a task that follows flow
-//! control and stops, resetting the stream, when the call is cancelled, ends by its
-//! deadline or is reset by the server.
+//! with no task; a body that still streams is piped from its recorder (so other
+//! attempts can replay it) by a task that follows flow control and stops, resetting
+//! the stream, when the call is cancelled, ends by its deadline, commits to another
+//! attempt, or is reset by the server.
 
 use std::sync::Arc;
 
@@ -12,12 +13,10 @@ use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, SendStream};
 use http::HeaderMap;
-use http_body::Body as _;
 use tokio::sync::oneshot;
-use tonic::body::Body;
 
 use crate::frames::ActiveStream;
-use crate::replay::Chunks;
+use crate::replay::{Chunk, Chunks, Cursor};
 
 /// A request body as it is sent.
 pub(crate) enum Outgoing {
@@ -26,8 +25,8 @@ pub(crate) enum Outgoing {
         data: Chunks,
         trailers: Option<HeaderMap>,
     },
-    /// A body still being produced: sent as it comes.
-    Streaming(Body),
+    /// A body still being produced: sent as it comes, through this attempt's cursor.
+    Recorded(Cursor),
 }
 
 /// A stream that was opened: the response to wait for, and the handle that resets it.
@@ -44,11 +43,9 @@ pub(crate) struct Held {
     pub(crate) _active: ActiveStream,
 }
 
-/// The stream could not be opened; nothing reached the server. The body is handed
-/// back so the RPC can go elsewhere.
+/// The stream could not be opened; nothing reached the server.
 pub(crate) struct NotOpened {
     pub(crate) error: h2::Error,
-    pub(crate) body: Outgoing,
 }
 
 /// Resets the stream when asked, or when dropped before the call ended (a cancelled
@@ -92,7 +89,7 @@ pub(crate) async fn open(
 ) -> Result<Opened, NotOpened> {
     let sender = match sender.clone().ready().await {
         Ok(sender) => sender,
-        Err(error) => return Err(NotOpened { error, body }),
+        Err(error) => return Err(NotOpened { error }),
     };
     let mut sender = sender;
     let headers = head.headers_mut();
@@ -111,7 +108,7 @@ pub(crate) async fn open(
     let empty = matches!(&body, Outgoing::Complete { data, trailers: None } if data.is_empty());
     let (response, mut send) = match sender.send_request(head, empty) {
         Ok(opened) => opened,
-        Err(error) => return Err(NotOpened { error, body }),
+        Err(error) => return Err(NotOpened { error }),
     };
     let stream_id = response.stream_id().as_u32();
     let handle = match body {
@@ -128,9 +125,9 @@ pub(crate) async fn open(
             }
             StreamHandle::Inline(send)
         }
-        Outgoing::Streaming(body) => {
+        Outgoing::Recorded(cursor) => {
             let (cancel, cancelled) = oneshot::channel();
-            tokio::spawn(pipe(body, send, cancelled));
+            tokio::spawn(pipe(cursor, send, cancelled));
             StreamHandle::Piped(Some(cancel))
         }
     };
@@ -142,42 +139,41 @@ pub(crate) async fn open(
 }
 
 /// Sends a streaming body, following flow control, until it ends, the call is
-/// cancelled (the channel closes or a message arrives) or the server resets it.
-async fn pipe(mut body: Body, mut send: SendStream<Bytes>, mut cancelled: oneshot::Receiver<()>) {
+/// cancelled (dropped, past its deadline, committed to another attempt) or the server
+/// resets the stream.
+async fn pipe(
+    mut cursor: Cursor,
+    mut send: SendStream<Bytes>,
+    mut cancelled: oneshot::Receiver<()>,
+) {
     loop {
-        let frame = tokio::select! {
+        let chunk = tokio::select! {
             biased;
             _ = &mut cancelled => return send.send_reset(Reason::CANCEL),
             _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return, // the server is done
-            frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)) => frame,
+            chunk = cursor.next() => chunk,
         };
-        match frame {
+        match chunk {
             None => {
                 let _ = send.send_data(Bytes::new(), true);
                 return;
             }
             Some(Err(status)) => {
-                tracing::debug!(error = %status, "the request body failed; resetting the stream");
+                tracing::debug!(error = %status, "the request body ended in error; resetting the stream");
                 return send.send_reset(Reason::CANCEL);
             }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    let end = body.is_end_stream();
-                    if send_with_capacity(&mut send, data, end, &mut cancelled)
-                        .await
-                        .is_err()
-                        || end
-                    {
-                        return;
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        let _ = send.send_trailers(trailers);
-                    }
+            Some(Ok(Chunk::Data(data))) => {
+                if send_with_capacity(&mut send, data, false, &mut cancelled)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
-            },
+            }
+            Some(Ok(Chunk::Trailers(trailers))) => {
+                let _ = send.send_trailers(trailers);
+                return;
+            }
         }
     }
 }

@@ -93,7 +93,8 @@ async fn a_panicking_policy_fails_rpcs_with_internal_and_recovers_and_dropping_c
         status.message().contains("the picker builder broke"),
         "{status:?}"
     );
-    assert_eq!(channel.state(), ConnectivityState::TransientFailure);
+    // (It is rebuilt, and panics again, every so often: it may be CONNECTING.)
+    assert_ne!(channel.state(), ConnectivityState::Ready);
 
     // Fixed: the channel rebuilds the policy by itself with the last addresses.
     fragile.panic_in_build.store(false, Ordering::Relaxed);
