@@ -6,10 +6,11 @@
 //!
 //! The program drives the policy with `lb-core`'s test harness (the same calls a
 //! channel makes) and simulates one slow backend: the policy steers RPCs away from it.
+//! `lb_policies::least_request` is the production version of this idea.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use lb_core::base::{BaseBuilder, PickerBuilder, ReadySubConn};
 use lb_core::test_util::Harness;
@@ -18,11 +19,13 @@ use lb_core::{
     Status, SubConn, SubConnId,
 };
 
-/// The policy: registered under a name, builds a picker for each ready set.
-#[derive(Default)]
+/// The policy. Each channel gets its own clone (`BaseBuilder` clones it per
+/// channel), so the counters below belong to one channel's subconns.
+#[derive(Clone, Default)]
 struct LeastRequest {
-    /// In-flight counters survive picker rebuilds: they belong to the subconn.
-    counters: Mutex<HashMap<SubConnId, Arc<InFlight>>>,
+    /// In-flight counters survive picker rebuilds: they belong to the subconn, and
+    /// are dropped when the subconn is (`subconn_removed`).
+    counters: HashMap<SubConnId, Arc<InFlight>>,
 }
 
 /// RPCs in flight on one subconn; decremented by the completion callback.
@@ -52,26 +55,25 @@ impl Picker for LeastRequestPicker {
             a
         };
         in_flight.0.fetch_add(1, Ordering::Relaxed);
-        let on_done: Arc<dyn OnDone> = in_flight.clone();
-        PickResult::Pick(Pick {
-            subconn,
-            on_done: Some(on_done),
-        })
+        PickResult::Pick(Pick::new(subconn).with_on_done(in_flight.clone()))
     }
 }
 
 impl PickerBuilder for LeastRequest {
-    fn build(&self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+    fn build(&mut self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
         Arc::new(LeastRequestPicker {
             ready: ready
                 .iter()
                 .map(|r| {
-                    let c = counters.entry(r.subconn.id()).or_default().clone();
+                    let c = self.counters.entry(r.subconn.id()).or_default().clone();
                     (r.subconn.clone(), c)
                 })
                 .collect(),
         })
+    }
+
+    fn subconn_removed(&mut self, subconn: &SubConn) {
+        self.counters.remove(&subconn.id());
     }
 }
 
@@ -89,7 +91,7 @@ fn main() {
     // Simulate 3,000 RPCs: backends 1 and 2 answer after 2 ticks, backend 3 after 20.
     let picker = h.picker();
     let ok = Status::new(Code::Ok, "");
-    let mut in_flight: VecDeque<(u64, Arc<dyn OnDone>)> = VecDeque::new();
+    let mut in_flight: VecDeque<(u64, lb_core::Callbacks)> = VecDeque::new();
     let mut served: HashMap<String, usize> = HashMap::new();
     for tick in 0..3_000u64 {
         while in_flight.front().is_some_and(|(due, _)| *due <= tick) {
@@ -101,14 +103,17 @@ fn main() {
             let addr = p.subconn.address().addr().to_owned();
             let latency = if addr == backends[2] { 20 } else { 2 };
             *served.entry(addr).or_default() += 1;
-            if let Some(done) = p.on_done {
-                in_flight.push_back((tick + latency, done));
-                in_flight.make_contiguous().sort_by_key(|(due, _)| *due);
-            }
+            in_flight.push_back((tick + latency, p.on_done));
+            in_flight.make_contiguous().sort_by_key(|(due, _)| *due);
         }
     }
     for b in backends {
         println!("{b} served {:>5} RPCs", served.get(b).copied().unwrap_or(0));
     }
     println!("the slow backend ({}) got the fewest", backends[2]);
+
+    // A backend that leaves the resolver's list takes its counter with it.
+    h.update_addresses(&backends[..2])
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("after removing {}: still {}", backends[2], h.state());
 }

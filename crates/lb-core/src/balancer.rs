@@ -3,10 +3,11 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::{
-    Address, Attributes, ConnectivityState, Error, Picker, SharedError, SubConn, SubConnState,
-    Target,
+    Address, Attributes, BalancerRegistry, ConnectivityState, Error, Picker, SharedError, SubConn,
+    SubConnState, Target,
 };
 
 /// Builds balancers of one policy, and parses that policy's config.
@@ -34,6 +35,19 @@ pub trait BalancerBuilder: Send + Sync + 'static {
             Err(Error::lb_config(self.name(), "$", "expected a JSON object"))
         }
     }
+
+    /// Parses this policy's config with access to every registered policy: what a
+    /// parent policy implements to parse its `childPolicy` list
+    /// ([`crate::child::parse_child_policy`]). The service config calls this one; the
+    /// default calls [`BalancerBuilder::parse_config`].
+    fn parse_config_in(
+        &self,
+        config: &serde_json::Value,
+        registry: &BalancerRegistry,
+    ) -> Result<LbConfig, Error> {
+        let _ = registry;
+        self.parse_config(config)
+    }
 }
 
 /// What a balancer is built with.
@@ -42,12 +56,49 @@ pub trait BalancerBuilder: Send + Sync + 'static {
 pub struct BuildOptions {
     /// The channel's target.
     pub target: Target,
+    /// Every policy the channel knows: a parent policy builds its children from it.
+    pub registry: BalancerRegistry,
 }
 
 impl BuildOptions {
-    /// Options for a channel dialing `target`.
+    /// Options for a channel dialing `target`, with an empty registry.
     pub fn new(target: Target) -> Self {
-        Self { target }
+        Self {
+            target,
+            registry: BalancerRegistry::new(),
+        }
+    }
+
+    /// These options with the channel's policy registry.
+    #[must_use]
+    pub fn with_registry(mut self, registry: BalancerRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+}
+
+/// A balancer's timer, set with [`ClientConn::schedule`] and delivered to
+/// [`Balancer::timer`]. The value is the balancer's own; a parent policy encodes its
+/// child in the upper bits, so keep values below 2^32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerId(pub u64);
+
+/// How a subconn is created ([`ClientConn::new_subconn_with`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SubConnOptions {
+    /// Health-check this subconn when the service config has a `healthCheckConfig`
+    /// (gRFC A17): it then counts as `READY` only while the server's health service
+    /// says `SERVING`. Policies that spread load (`round_robin`) set it; `pick_first`
+    /// does not, as in grpc-go.
+    pub health_check: bool,
+}
+
+impl SubConnOptions {
+    /// Options with health checking asked for.
+    #[must_use]
+    pub fn health_checked() -> Self {
+        Self { health_check: true }
     }
 }
 
@@ -93,6 +144,12 @@ pub trait Balancer: Send + 'static {
     /// connecting again.
     fn exit_idle(&mut self, cc: &mut dyn ClientConn);
 
+    /// A timer this balancer set with [`ClientConn::schedule`] went off. The default
+    /// ignores it (a balancer that never schedules gets none).
+    fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
+        let _ = (timer, cc);
+    }
+
     /// The channel is closing or switching policy. A balancer may shut its subconns
     /// down here; the channel shuts down any it leaves open. Called once, last.
     fn close(&mut self, cc: &mut dyn ClientConn) {
@@ -104,7 +161,22 @@ pub trait Balancer: Send + 'static {
 pub trait ClientConn {
     /// Creates a subconn for `address`, in state `Idle`. It does not connect until
     /// [`SubConn::connect`] is called. Fails only when the channel is shutting down.
-    fn new_subconn(&mut self, address: Address) -> Result<SubConn, Error>;
+    fn new_subconn(&mut self, address: Address) -> Result<SubConn, Error> {
+        self.new_subconn_with(address, SubConnOptions::default())
+    }
+
+    /// [`ClientConn::new_subconn`] with options (health checking).
+    fn new_subconn_with(
+        &mut self,
+        address: Address,
+        options: SubConnOptions,
+    ) -> Result<SubConn, Error>;
+
+    /// Calls this balancer's [`Balancer::timer`] with `timer` once `after` has passed
+    /// (on the control task, as every other call). Timers cannot be cancelled: a
+    /// balancer ignores those it no longer wants. None fires after
+    /// [`Balancer::close`].
+    fn schedule(&mut self, after: Duration, timer: TimerId);
 
     /// Publishes the channel's aggregate state and the picker for all RPCs from now on.
     fn update_state(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>);

@@ -13,6 +13,7 @@
 //! use lb_core::{Pick, PickInfo, PickResult, Picker, SubConn};
 //!
 //! /// Sends every RPC to the first ready address.
+//! #[derive(Clone)]
 //! struct First;
 //! struct FirstPicker(SubConn);
 //!
@@ -22,7 +23,7 @@
 //!     }
 //! }
 //! impl PickerBuilder for First {
-//!     fn build(&self, ready: &[ReadySubConn], _: Option<&lb_core::LbConfig>) -> Arc<dyn Picker> {
+//!     fn build(&mut self, ready: &[ReadySubConn], _: Option<&lb_core::LbConfig>) -> Arc<dyn Picker> {
 //!         Arc::new(FirstPicker(ready[0].subconn.clone()))
 //!     }
 //! }
@@ -33,21 +34,40 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::{
     Address, Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState,
     ConnectivityState, Error, FailPicker, LbConfig, Picker, QueuePicker, SharedError, Status,
-    SubConn, SubConnState,
+    SubConn, SubConnOptions, SubConnState, TimerId,
 };
 
 /// Turns the set of ready subconns into a picker. The one thing a simple policy writes.
-pub trait PickerBuilder: Send + Sync + 'static {
+///
+/// Each channel gets its own clone of the builder given to [`BaseBuilder::new`], so
+/// state kept in it (per-subconn load counters, say) belongs to one channel; the
+/// methods take `&mut self` and run on that channel's control task.
+pub trait PickerBuilder: Clone + Send + Sync + 'static {
     /// A picker over `ready`, which is never empty and follows the resolver's address
-    /// order. Called on the channel's control task whenever the set changes; should
-    /// be O(`ready.len()`).
+    /// order. Called whenever the set changes (and every
+    /// [`PickerBuilder::refresh_period`]); should be O(`ready.len()`).
     ///
     /// `config` is the policy's config from the latest resolver state, if any.
-    fn build(&self, ready: &[ReadySubConn], config: Option<&LbConfig>) -> Arc<dyn Picker>;
+    fn build(&mut self, ready: &[ReadySubConn], config: Option<&LbConfig>) -> Arc<dyn Picker>;
+
+    /// `subconn` was shut down (its address left the resolver's list, or the policy
+    /// closed): forget what was kept for it.
+    fn subconn_removed(&mut self, subconn: &SubConn) {
+        let _ = subconn;
+    }
+
+    /// Rebuild the picker this often while any subconn is ready, for pickers whose
+    /// input changes without a state change (weights from load reports). `None`, the
+    /// default: only on changes.
+    fn refresh_period(&self, config: Option<&LbConfig>) -> Option<Duration> {
+        let _ = config;
+        None
+    }
 
     /// Parses the policy's config; see [`BalancerBuilder::parse_config`]. The default
     /// accepts any object.
@@ -71,27 +91,20 @@ pub struct ReadySubConn {
 }
 
 /// A [`BalancerBuilder`] for a policy made of a [`PickerBuilder`] and the base
-/// bookkeeping. Cloning shares the picker builder.
+/// bookkeeping.
+#[derive(Clone)]
 pub struct BaseBuilder<P> {
     name: String,
-    picker_builder: Arc<P>,
-}
-
-impl<P> Clone for BaseBuilder<P> {
-    fn clone(&self) -> Self {
-        Self {
-            name: self.name.clone(),
-            picker_builder: self.picker_builder.clone(),
-        }
-    }
+    picker_builder: P,
 }
 
 impl<P: PickerBuilder> BaseBuilder<P> {
-    /// A builder registered as `name` whose pickers come from `picker_builder`.
+    /// A builder registered as `name`; each channel's balancer gets a clone of
+    /// `picker_builder`.
     pub fn new(name: impl Into<String>, picker_builder: P) -> Self {
         Self {
             name: name.into(),
-            picker_builder: Arc::new(picker_builder),
+            picker_builder,
         }
     }
 }
@@ -104,12 +117,13 @@ impl<P: PickerBuilder> BalancerBuilder for BaseBuilder<P> {
     fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
         Box::new(BaseBalancer {
             picker_builder: self.picker_builder.clone(),
-            entries: Vec::new(),
-            index: HashMap::new(),
+            // Spreading policies want health-checked subconns (gRFC A17).
+            subconns: SubConnList::new(SubConnOptions::health_checked()),
             config: None,
             state: ConnectivityState::Connecting,
             last_connection_error: None,
             resolver_error: None,
+            refreshing: false,
         })
     }
 
@@ -118,33 +132,174 @@ impl<P: PickerBuilder> BalancerBuilder for BaseBuilder<P> {
     }
 }
 
-struct Entry {
-    subconn: SubConn,
-    address: Address,
+/// One subconn of a [`SubConnList`].
+#[derive(Clone, Debug)]
+pub struct SubConnEntry {
+    /// The subconn.
+    pub subconn: SubConn,
+    /// Its address as the resolver last sent it.
+    pub address: Address,
+    /// The state it last reported.
+    pub state: ConnectivityState,
     /// The state used for aggregation: once `TransientFailure`, it stays so through
     /// the following `Idle` and `Connecting` until the subconn is `Ready` again, so a
     /// set of dead backends reads as failing rather than forever connecting.
-    state: ConnectivityState,
+    pub effective: ConnectivityState,
 }
 
-/// The balancer behind [`BaseBuilder`].
-struct BaseBalancer<P> {
-    picker_builder: Arc<P>,
-    /// In the resolver's address order.
-    entries: Vec<Entry>,
+/// One subconn per address, in the resolver's order, with the state each reported:
+/// the bookkeeping of [`BaseBuilder`], for policies that write their own balancer
+/// (a consistent-hash ring that connects on demand, a parent policy).
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use lb_core::base::SubConnList;
+/// use lb_core::test_util::RecordingClientConn;
+/// use lb_core::{Address, ConnectivityState, SubConnOptions, SubConnState, Target};
+///
+/// let mut cc = RecordingClientConn::new(Target::parse("test:///x").unwrap());
+/// let mut list = SubConnList::new(SubConnOptions::default());
+/// let changes = list.update(vec![Address::new("10.0.0.1:1")], &mut cc).unwrap();
+/// assert_eq!(changes.created.len(), 1);
+/// let sc = changes.created[0].clone();
+/// list.record(&sc, &SubConnState::new(ConnectivityState::Connecting));
+/// list.record(&sc, &SubConnState::new(ConnectivityState::Ready));
+/// assert_eq!(list.aggregate(), ConnectivityState::Ready);
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct SubConnList {
+    entries: Vec<SubConnEntry>,
     /// Address string -> position in `entries`.
     index: HashMap<Arc<str>, usize>,
-    config: Option<LbConfig>,
-    state: ConnectivityState,
-    last_connection_error: Option<SharedError>,
-    resolver_error: Option<SharedError>,
+    options: SubConnOptions,
 }
 
-impl<P: PickerBuilder> BaseBalancer<P> {
-    fn aggregate(&self) -> ConnectivityState {
+/// What [`SubConnList::update`] changed.
+#[derive(Debug, Default)]
+pub struct ListChanges {
+    /// Subconns created for new addresses (`Idle`, not connected yet).
+    pub created: Vec<SubConn>,
+    /// Subconns of addresses that left the list; they have been shut down.
+    pub removed: Vec<SubConn>,
+}
+
+impl SubConnList {
+    /// An empty list whose subconns are created with `options`.
+    pub fn new(options: SubConnOptions) -> Self {
+        Self {
+            entries: Vec::new(),
+            index: HashMap::new(),
+            options,
+        }
+    }
+
+    /// Follows `addresses`: subconns of addresses still listed are kept (with the
+    /// address's new attributes), new addresses get a subconn, and the subconns of
+    /// addresses no longer listed are shut down. Duplicates count once (the first).
+    pub fn update(
+        &mut self,
+        addresses: Vec<Address>,
+        cc: &mut dyn ClientConn,
+    ) -> Result<ListChanges, Error> {
+        let mut changes = ListChanges::default();
+        let mut old: HashMap<Arc<str>, SubConnEntry> = self
+            .entries
+            .drain(..)
+            .map(|e| (Arc::from(e.address.addr()), e))
+            .collect();
+        self.index.clear();
+        for address in addresses {
+            if self.index.contains_key(address.addr()) {
+                continue; // duplicates: the first occurrence wins
+            }
+            let key: Arc<str> = Arc::from(address.addr());
+            let entry = match old.remove(&key) {
+                // Keep the connection; take the address's new attributes.
+                Some(mut e) => {
+                    e.address = address;
+                    e
+                }
+                None => {
+                    let subconn = cc.new_subconn_with(address.clone(), self.options.clone())?;
+                    changes.created.push(subconn.clone());
+                    SubConnEntry {
+                        subconn,
+                        address,
+                        state: ConnectivityState::Idle,
+                        effective: ConnectivityState::Idle,
+                    }
+                }
+            };
+            self.index.insert(key, self.entries.len());
+            self.entries.push(entry);
+        }
+        for (_, removed) in old {
+            removed.subconn.shutdown();
+            changes.removed.push(removed.subconn);
+        }
+        Ok(changes)
+    }
+
+    /// Records `subconn`'s new state. Returns its position and its previous
+    /// *effective* state, or `None` if it is not (or no longer) in the list.
+    pub fn record(
+        &mut self,
+        subconn: &SubConn,
+        state: &SubConnState,
+    ) -> Option<(usize, ConnectivityState)> {
+        let &i = self.index.get(subconn.address().addr())?;
+        let entry = &mut self.entries[i];
+        if entry.subconn != *subconn {
+            return None; // an older subconn for the same address
+        }
+        let previous = entry.effective;
+        entry.state = state.state;
+        entry.effective = match state.state {
+            ConnectivityState::Idle | ConnectivityState::Connecting
+                if previous == ConnectivityState::TransientFailure =>
+            {
+                previous // sticky: see `SubConnEntry::effective`
+            }
+            s => s,
+        };
+        Some((i, previous))
+    }
+
+    /// The entry of `subconn`, if it is in the list.
+    pub fn get(&self, subconn: &SubConn) -> Option<&SubConnEntry> {
+        let &i = self.index.get(subconn.address().addr())?;
+        self.entries.get(i).filter(|e| e.subconn == *subconn)
+    }
+
+    /// Every entry, in the resolver's order.
+    pub fn entries(&self) -> &[SubConnEntry] {
+        &self.entries
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The ready subconns, in order.
+    pub fn ready(&self) -> Vec<ReadySubConn> {
+        self.entries
+            .iter()
+            .filter(|e| e.effective == ConnectivityState::Ready)
+            .map(|e| ReadySubConn {
+                subconn: e.subconn.clone(),
+                address: e.address.clone(),
+            })
+            .collect()
+    }
+
+    /// `Ready` if any subconn is, else `Connecting` if any is connecting or idle,
+    /// else `TransientFailure` (also when empty), from the effective states.
+    pub fn aggregate(&self) -> ConnectivityState {
         let mut connecting = false;
         for e in &self.entries {
-            match e.state {
+            match e.effective {
                 ConnectivityState::Ready => return ConnectivityState::Ready,
                 ConnectivityState::Connecting | ConnectivityState::Idle => connecting = true,
                 _ => {}
@@ -157,6 +312,35 @@ impl<P: PickerBuilder> BaseBalancer<P> {
         }
     }
 
+    /// Shuts every subconn down and empties the list; returns them.
+    pub fn shutdown_all(&mut self) -> Vec<SubConn> {
+        self.index.clear();
+        self.entries
+            .drain(..)
+            .map(|e| {
+                e.subconn.shutdown();
+                e.subconn
+            })
+            .collect()
+    }
+}
+
+/// The timer of a picker refresh ([`PickerBuilder::refresh_period`]).
+const REFRESH: TimerId = TimerId(1);
+
+/// The balancer behind [`BaseBuilder`].
+struct BaseBalancer<P> {
+    picker_builder: P,
+    subconns: SubConnList,
+    config: Option<LbConfig>,
+    state: ConnectivityState,
+    last_connection_error: Option<SharedError>,
+    resolver_error: Option<SharedError>,
+    /// A refresh timer is set.
+    refreshing: bool,
+}
+
+impl<P: PickerBuilder> BaseBalancer<P> {
     fn failure_status(&self) -> Status {
         let message = match (&self.last_connection_error, &self.resolver_error) {
             (Some(conn), Some(res)) => {
@@ -171,22 +355,11 @@ impl<P: PickerBuilder> BaseBalancer<P> {
 
     /// Recomputes the aggregate state and publishes it with a fresh picker.
     fn publish(&mut self, cc: &mut dyn ClientConn) {
-        self.state = if self.entries.is_empty() {
-            ConnectivityState::TransientFailure
-        } else {
-            self.aggregate()
-        };
+        self.state = self.subconns.aggregate();
         let picker: Arc<dyn Picker> = match self.state {
             ConnectivityState::Ready => {
-                let ready: Vec<ReadySubConn> = self
-                    .entries
-                    .iter()
-                    .filter(|e| e.state == ConnectivityState::Ready)
-                    .map(|e| ReadySubConn {
-                        subconn: e.subconn.clone(),
-                        address: e.address.clone(),
-                    })
-                    .collect();
+                let ready = self.subconns.ready();
+                self.schedule_refresh(cc);
                 self.picker_builder.build(&ready, self.config.as_ref())
             }
             ConnectivityState::TransientFailure => Arc::new(FailPicker(self.failure_status())),
@@ -195,11 +368,20 @@ impl<P: PickerBuilder> BaseBalancer<P> {
         cc.update_state(self.state, picker);
     }
 
-    fn shutdown_all(&mut self) {
-        for e in self.entries.drain(..) {
-            e.subconn.shutdown();
+    fn schedule_refresh(&mut self, cc: &mut dyn ClientConn) {
+        if self.refreshing {
+            return;
         }
-        self.index.clear();
+        if let Some(period) = self.picker_builder.refresh_period(self.config.as_ref()) {
+            self.refreshing = true;
+            cc.schedule(period, REFRESH);
+        }
+    }
+
+    fn removed(&mut self, removed: &[SubConn]) {
+        for sc in removed {
+            self.picker_builder.subconn_removed(sc);
+        }
     }
 }
 
@@ -211,46 +393,18 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
     ) -> Result<(), Error> {
         self.config = state.config;
         if state.addresses.is_empty() {
-            self.shutdown_all();
+            let removed = self.subconns.shutdown_all();
+            self.removed(&removed);
             self.resolver_error = Some(Arc::new(Error::NoAddresses));
             self.publish(cc);
             return Err(Error::NoAddresses);
         }
         self.resolver_error = None;
-
-        let mut old: HashMap<Arc<str>, Entry> = self
-            .entries
-            .drain(..)
-            .map(|e| (Arc::from(e.address.addr()), e))
-            .collect();
-        self.index.clear();
-        for address in state.addresses {
-            if self.index.contains_key(address.addr()) {
-                continue; // duplicates: the first occurrence wins
-            }
-            let key: Arc<str> = Arc::from(address.addr());
-            let entry = match old.remove(&key) {
-                // Keep the connection; take the address's new attributes.
-                Some(mut e) => {
-                    e.address = address;
-                    e
-                }
-                None => {
-                    let subconn = cc.new_subconn(address.clone())?;
-                    subconn.connect();
-                    Entry {
-                        subconn,
-                        address,
-                        state: ConnectivityState::Idle,
-                    }
-                }
-            };
-            self.index.insert(key, self.entries.len());
-            self.entries.push(entry);
+        let changes = self.subconns.update(state.addresses, cc)?;
+        for sc in &changes.created {
+            sc.connect();
         }
-        for (_, removed) in old {
-            removed.subconn.shutdown();
-        }
+        self.removed(&changes.removed);
         self.publish(cc);
         Ok(())
     }
@@ -259,7 +413,7 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
         self.resolver_error = Some(error);
         // Keep serving the last good addresses; only a balancer that has nothing
         // working turns the error into failing RPCs.
-        if self.entries.is_empty() || self.state == ConnectivityState::TransientFailure {
+        if self.subconns.is_empty() || self.state == ConnectivityState::TransientFailure {
             self.publish(cc);
         }
     }
@@ -270,14 +424,12 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
         state: &SubConnState,
         cc: &mut dyn ClientConn,
     ) {
-        let Some(&i) = self.index.get(subconn.address().addr()) else {
-            return; // removed already
-        };
-        let entry = &mut self.entries[i];
-        if entry.subconn != *subconn {
-            return; // an older subconn for the same address
+        if state.state == ConnectivityState::Shutdown {
+            return;
         }
-        let previous = entry.state;
+        let Some((_, previous)) = self.subconns.record(subconn, state) else {
+            return; // removed already, or an older subconn for the address
+        };
         // A lost connection or a failed attempt may mean the backend moved: ask the
         // resolver for news (it rate-limits), as grpc-go does.
         if state.state == ConnectivityState::TransientFailure
@@ -285,28 +437,18 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
         {
             cc.resolve_now();
         }
-        match state.state {
-            ConnectivityState::Shutdown => return,
-            ConnectivityState::Idle => {
-                subconn.connect();
-                if previous == ConnectivityState::TransientFailure {
-                    return; // sticky: see `Entry::state`
-                }
-            }
-            ConnectivityState::Connecting if previous == ConnectivityState::TransientFailure => {
-                return;
-            }
-            ConnectivityState::TransientFailure => {
-                if let Some(error) = &state.error {
-                    self.last_connection_error = Some(error.clone());
-                }
-            }
-            _ => {}
+        if state.state == ConnectivityState::Idle {
+            subconn.connect();
         }
-        entry.state = state.state;
+        if state.state == ConnectivityState::TransientFailure
+            && let Some(error) = &state.error
+        {
+            self.last_connection_error = Some(error.clone());
+        }
+        let now = self.subconns.get(subconn).map_or(previous, |e| e.effective);
         let ready_changed =
-            (previous == ConnectivityState::Ready) != (state.state == ConnectivityState::Ready);
-        let aggregate = self.aggregate();
+            (previous == ConnectivityState::Ready) != (now == ConnectivityState::Ready);
+        let aggregate = self.subconns.aggregate();
         if ready_changed
             || aggregate != self.state
             || aggregate == ConnectivityState::TransientFailure
@@ -317,14 +459,24 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
     }
 
     fn exit_idle(&mut self, _: &mut dyn ClientConn) {
-        for e in &self.entries {
+        for e in self.subconns.entries() {
             if e.state == ConnectivityState::Idle {
                 e.subconn.connect();
             }
         }
     }
 
+    fn timer(&mut self, timer: crate::TimerId, cc: &mut dyn ClientConn) {
+        if timer == REFRESH {
+            self.refreshing = false;
+            if self.state == ConnectivityState::Ready {
+                self.publish(cc); // a fresh picker with the latest weights
+            }
+        }
+    }
+
     fn close(&mut self, _: &mut dyn ClientConn) {
-        self.shutdown_all();
+        let removed = self.subconns.shutdown_all();
+        self.removed(&removed);
     }
 }

@@ -22,6 +22,7 @@
 //! use lb_core::{BalancerRegistry, LbConfig, Pick, PickInfo, PickResult, Picker};
 //!
 //! /// Round robin in a dozen lines: the base helper does the connection bookkeeping.
+//! #[derive(Clone)]
 //! struct Rr;
 //! struct RrPicker { ready: Vec<ReadySubConn>, next: AtomicUsize }
 //!
@@ -32,7 +33,7 @@
 //!     }
 //! }
 //! impl PickerBuilder for Rr {
-//!     fn build(&self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
+//!     fn build(&mut self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
 //!         Arc::new(RrPicker { ready: ready.to_vec(), next: AtomicUsize::new(0) })
 //!     }
 //! }
@@ -59,6 +60,7 @@ mod target;
 
 pub mod balancer;
 pub mod base;
+pub mod child;
 pub mod resolver;
 pub mod service_config;
 #[cfg(feature = "test-util")]
@@ -67,10 +69,13 @@ pub mod test_util;
 pub use address::{Address, Authority};
 pub use attributes::{AttributeValue, Attributes, Weight};
 pub use balancer::{
-    Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState, LbConfig,
+    Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState, LbConfig, SubConnOptions,
+    TimerId,
 };
 pub use error::{Error, SharedError};
-pub use picker::{DoneInfo, FailPicker, OnDone, Pick, PickInfo, PickResult, Picker, QueuePicker};
+pub use picker::{
+    Callbacks, DoneInfo, FailPicker, OnDone, Pick, PickInfo, PickResult, Picker, QueuePicker,
+};
 pub use registry::{BalancerRegistry, ResolverRegistry};
 pub use resolver::{Resolver, ResolverBuilder, ResolverState};
 pub use service_config::ServiceConfig;

@@ -1,6 +1,8 @@
 //! Pickers: the per-RPC choice of a subconn.
 
+use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::{Status, SubConn};
 
@@ -65,8 +67,9 @@ pub struct Pick<'a> {
     /// The subconn to send the RPC on.
     pub subconn: &'a SubConn,
     /// Called once with the RPC's final status and trailers, for policies that track
-    /// load. `None` costs nothing.
-    pub on_done: Option<Arc<dyn OnDone>>,
+    /// load or failures: the picking policy's callback, then those of the parent
+    /// policies that wrapped it. Empty costs nothing.
+    pub on_done: Callbacks,
 }
 
 impl<'a> Pick<'a> {
@@ -74,8 +77,16 @@ impl<'a> Pick<'a> {
     pub fn new(subconn: &'a SubConn) -> Self {
         Self {
             subconn,
-            on_done: None,
+            on_done: Callbacks::new(),
         }
+    }
+
+    /// This pick with one more completion callback (a parent policy adds its own to
+    /// its child's this way). No allocation for up to [`Callbacks::INLINE`].
+    #[must_use]
+    pub fn with_on_done(mut self, on_done: Arc<dyn OnDone>) -> Self {
+        self.on_done.push(on_done);
+        self
     }
 }
 
@@ -83,16 +94,104 @@ impl std::fmt::Debug for Pick<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pick")
             .field("subconn", self.subconn)
-            .field("on_done", &self.on_done.is_some())
+            .field("on_done", &self.on_done.len())
             .finish()
+    }
+}
+
+/// The completion callbacks of one pick.
+///
+/// A policy's picker adds its callback; a parent policy that calls a child's picker
+/// adds its own to the child's, and so on up. The first [`Callbacks::INLINE`] are
+/// kept inline, so composing policies allocates nothing per pick (cloning an `Arc` is
+/// a reference count); deeper nesting combines the rest into one allocation.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use lb_core::{Callbacks, Code, DoneInfo, OnDone, Status};
+///
+/// let calls = Arc::new(AtomicUsize::new(0));
+/// let counted: Arc<dyn OnDone> = Arc::new({
+///     let calls = calls.clone();
+///     move |_: &DoneInfo<'_>| { calls.fetch_add(1, Ordering::Relaxed); }
+/// });
+/// let mut cbs = Callbacks::new();
+/// cbs.push(counted.clone()); // the child's
+/// cbs.push(counted);         // its parent's
+/// cbs.done(&DoneInfo::new(&Status::new(Code::Ok, ""), None));
+/// assert_eq!(calls.load(Ordering::Relaxed), 2);
+/// ```
+#[derive(Clone, Default)]
+pub struct Callbacks {
+    inline: [Option<Arc<dyn OnDone>>; Callbacks::INLINE],
+    len: u8,
+}
+
+impl Callbacks {
+    /// How many callbacks are kept without allocating.
+    pub const INLINE: usize = 4;
+
+    /// No callback.
+    pub const fn new() -> Self {
+        Self {
+            inline: [None, None, None, None],
+            len: 0,
+        }
+    }
+
+    /// Adds `on_done`, called after the ones already there.
+    pub fn push(&mut self, on_done: Arc<dyn OnDone>) {
+        let len = usize::from(self.len);
+        if len < Self::INLINE {
+            self.inline[len] = Some(on_done);
+            self.len += 1;
+        } else if let Some(last) = self.inline[Self::INLINE - 1].take() {
+            // Deeper than the inline slots: the last slot holds the rest, in order.
+            self.inline[Self::INLINE - 1] = Some(Arc::new(Both(last, on_done)));
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many slots are used.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Calls every callback, in the order they were added.
+    pub fn done(&self, info: &DoneInfo<'_>) {
+        for cb in self.inline.iter().flatten() {
+            cb.done(info);
+        }
+    }
+}
+
+impl fmt::Debug for Callbacks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Callbacks({})", self.len)
+    }
+}
+
+/// Two callbacks in a row: what [`Callbacks`] keeps past its inline slots.
+struct Both(Arc<dyn OnDone>, Arc<dyn OnDone>);
+
+impl OnDone for Both {
+    fn done(&self, info: &DoneInfo<'_>) {
+        self.0.done(info);
+        self.1.done(info);
     }
 }
 
 /// A completion callback returned with a [`Pick`].
 ///
-/// Called exactly once per picked RPC, by the channel, when the RPC ends (with its
-/// final status, or the status it failed with before reaching the server). Must not
-/// block.
+/// Called exactly once per picked RPC attempt, by the channel, when it ends (with its
+/// final status, or the status it failed with before reaching the server; a retried
+/// RPC's every attempt is reported). Must not block; a panic in it is caught and
+/// logged by the channel.
 pub trait OnDone: Send + Sync + 'static {
     /// The RPC ended.
     fn done(&self, info: &DoneInfo<'_>);
@@ -112,12 +211,26 @@ pub struct DoneInfo<'a> {
     pub status: &'a Status,
     /// The trailers the server sent, if the RPC got that far.
     pub trailers: Option<&'a http::HeaderMap>,
+    /// The time from the pick to the RPC's end, as the channel measured it (zero
+    /// when nobody measured): what latency-aware policies feed on.
+    pub elapsed: Duration,
 }
 
 impl<'a> DoneInfo<'a> {
     /// Completion info for `status`, with optional `trailers`.
     pub fn new(status: &'a Status, trailers: Option<&'a http::HeaderMap>) -> Self {
-        Self { status, trailers }
+        Self {
+            status,
+            trailers,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// This info with the RPC's duration since its pick.
+    #[must_use]
+    pub fn with_elapsed(mut self, elapsed: Duration) -> Self {
+        self.elapsed = elapsed;
+        self
     }
 }
 

@@ -228,7 +228,7 @@ fn parse_lb_policy(
             if let Some(builder) = registry.get(name) {
                 // The first registered policy wins; if its config is bad the whole
                 // service config is bad (gRPC does not fall through to the next one).
-                let config = builder.parse_config(config)?;
+                let config = builder.parse_config_in(config, registry)?;
                 return Ok(Some(LbPolicy {
                     name: name.clone(),
                     config,
@@ -252,7 +252,7 @@ fn parse_lb_policy(
         else {
             return Ok(None); // the channel's default policy
         };
-        let config = builder.parse_config(&Value::Object(Map::new()))?;
+        let config = builder.parse_config_in(&Value::Object(Map::new()), registry)?;
         return Ok(Some(LbPolicy {
             name: builder.name().to_owned(),
             config,

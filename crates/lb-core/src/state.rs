@@ -42,8 +42,8 @@ impl ConnectivityState {
     /// |---|---|
     /// | Idle | Connecting, Shutdown |
     /// | Connecting | Ready, TransientFailure, Shutdown |
-    /// | Ready | Idle (the connection closed), Shutdown |
-    /// | TransientFailure | Idle (backoff over), Connecting (retrying at once), Shutdown |
+    /// | Ready | Idle (the connection closed), TransientFailure (its health check failed), Shutdown |
+    /// | TransientFailure | Idle (backoff over), Connecting (retrying at once), Ready (its health check passes again), Shutdown |
     /// | Shutdown | nothing |
     ///
     /// Staying in the same state is not a transition and is rejected too.
@@ -55,8 +55,10 @@ impl ConnectivityState {
                 | (Connecting, Ready)
                 | (Connecting, TransientFailure)
                 | (Ready, Idle)
+                | (Ready, TransientFailure)
                 | (TransientFailure, Idle)
                 | (TransientFailure, Connecting)
+                | (TransientFailure, Ready)
                 | (Idle | Connecting | Ready | TransientFailure, Shutdown)
         )
     }
@@ -134,9 +136,11 @@ mod tests {
         (Connecting, TransientFailure),
         (Connecting, Shutdown),
         (Ready, Idle),
+        (Ready, TransientFailure),
         (Ready, Shutdown),
         (TransientFailure, Idle),
         (TransientFailure, Connecting),
+        (TransientFailure, Ready),
         (TransientFailure, Shutdown),
     ];
 
@@ -177,8 +181,8 @@ mod tests {
                 );
             }
         }
-        // 25 pairs in all, 10 legal.
-        assert_eq!(rejected, 15);
+        // 25 pairs in all, 12 legal.
+        assert_eq!(rejected, 13);
     }
 
     #[test]

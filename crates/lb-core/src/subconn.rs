@@ -21,6 +21,14 @@ pub trait SubConnHandle: Any + Send + Sync {
     /// Closes the subconn for good: no new RPCs, in-flight RPCs finish, then the
     /// connection closes. Idempotent.
     fn shutdown(&self);
+
+    /// The subconn this handle wraps, if it is a parent policy's wrapper around a
+    /// subconn its child created (to see `connect` and `shutdown` calls, say).
+    /// [`SubConn::handle`] looks through it, so a pick of the wrapper still reaches
+    /// the transport's connection. `None` (the default) for a transport's own handle.
+    fn inner(&self) -> Option<&SubConn> {
+        None
+    }
 }
 
 /// Identifies a subconn; unique within the process.
@@ -96,10 +104,22 @@ impl SubConn {
     }
 
     /// The transport's handle, if it is a `T`: how a channel gets from a picked
-    /// subconn back to its own connection type.
+    /// subconn back to its own connection type. Wrappers ([`SubConnHandle::inner`])
+    /// are looked through.
     pub fn handle<T: SubConnHandle>(&self) -> Option<&T> {
-        let handle: &dyn Any = self.inner.handle.as_ref();
-        handle.downcast_ref::<T>()
+        let mut subconn = self;
+        loop {
+            let handle: &dyn Any = subconn.inner.handle.as_ref();
+            if let Some(found) = handle.downcast_ref::<T>() {
+                return Some(found);
+            }
+            subconn = subconn.inner.handle.inner()?;
+        }
+    }
+
+    /// The subconn this one wraps (see [`SubConnHandle::inner`]), if any.
+    pub fn wrapped(&self) -> Option<&SubConn> {
+        self.inner.handle.inner()
     }
 }
 

@@ -8,9 +8,9 @@
 //! # use lb_core::base::{BaseBuilder, PickerBuilder, ReadySubConn};
 //! # use lb_core::{ConnectivityState, Pick, PickInfo, PickResult, Picker, SubConn, LbConfig};
 //! # use std::sync::Arc;
-//! # struct First; struct P(SubConn);
+//! # #[derive(Clone)] struct First; struct P(SubConn);
 //! # impl Picker for P { fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> { PickResult::Pick(Pick::new(&self.0)) } }
-//! # impl PickerBuilder for First { fn build(&self, r: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> { Arc::new(P(r[0].subconn.clone())) } }
+//! # impl PickerBuilder for First { fn build(&mut self, r: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> { Arc::new(P(r[0].subconn.clone())) } }
 //! let mut h = Harness::new(BaseBuilder::new("first", First));
 //! h.update_addresses(&["10.0.0.1:80"]).unwrap();
 //! assert_eq!(h.state(), ConnectivityState::Connecting);
@@ -26,11 +26,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::{
-    Address, Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState,
-    ConnectivityState, Error, PickInfo, PickResult, Picker, QueuePicker, SharedError, StateTracker,
-    Status, SubConn, SubConnHandle, SubConnId, SubConnState, Target,
+    Address, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn,
+    ClientConnState, ConnectivityState, Error, PickInfo, PickResult, Picker, QueuePicker,
+    SharedError, StateTracker, Status, SubConn, SubConnHandle, SubConnId, SubConnOptions,
+    SubConnState, Target, TimerId,
 };
 
 /// One thing a balancer did, in order.
@@ -46,6 +48,8 @@ pub enum Event {
     UpdateState(ConnectivityState),
     /// `resolve_now`.
     ResolveNow,
+    /// `schedule`: a timer for the balancer after this long.
+    Schedule(Duration, TimerId),
 }
 
 #[derive(Default)]
@@ -91,7 +95,9 @@ pub struct RecordingClientConn {
     target: Target,
     log: Log,
     created: Vec<SubConn>,
+    options: HashMap<SubConnId, SubConnOptions>,
     current: (ConnectivityState, Arc<dyn Picker>),
+    timers: Vec<(Duration, TimerId)>,
 }
 
 impl RecordingClientConn {
@@ -101,8 +107,25 @@ impl RecordingClientConn {
             target,
             log: Arc::default(),
             created: Vec::new(),
+            options: HashMap::new(),
             current: (ConnectivityState::Connecting, Arc::new(QueuePicker)),
+            timers: Vec::new(),
         }
+    }
+
+    /// The options `subconn` was created with.
+    pub fn options(&self, subconn: &SubConn) -> Option<&SubConnOptions> {
+        self.options.get(&subconn.id())
+    }
+
+    /// Timers set and not yet taken, in the order they were set.
+    pub fn timers(&self) -> &[(Duration, TimerId)] {
+        &self.timers
+    }
+
+    /// Takes the pending timers out (a harness fires them).
+    pub fn take_timers(&mut self) -> Vec<(Duration, TimerId)> {
+        std::mem::take(&mut self.timers)
     }
 
     /// The events so far, removing them from the log.
@@ -142,7 +165,11 @@ impl RecordingClientConn {
 }
 
 impl ClientConn for RecordingClientConn {
-    fn new_subconn(&mut self, address: Address) -> Result<SubConn, Error> {
+    fn new_subconn_with(
+        &mut self,
+        address: Address,
+        options: SubConnOptions,
+    ) -> Result<SubConn, Error> {
         let handle = Arc::new(RecordingHandle {
             log: self.log.clone(),
             addr: address.addr().to_owned(),
@@ -155,8 +182,14 @@ impl ClientConn for RecordingClientConn {
             Event::NewSubConn(subconn.address().addr().to_owned()),
             Some(subconn.id()),
         );
+        self.options.insert(subconn.id(), options);
         self.created.push(subconn.clone());
         Ok(subconn)
+    }
+
+    fn schedule(&mut self, after: Duration, timer: TimerId) {
+        push(&self.log, Event::Schedule(after, timer), None);
+        self.timers.push((after, timer));
     }
 
     fn update_state(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
@@ -218,6 +251,7 @@ pub fn error(message: &str) -> SharedError {
 /// they are test helpers.
 pub struct Harness {
     builder: Arc<dyn BalancerBuilder>,
+    registry: BalancerRegistry,
     balancer: Box<dyn Balancer>,
     cc: RecordingClientConn,
     states: HashMap<SubConnId, StateTracker>,
@@ -226,10 +260,19 @@ pub struct Harness {
 impl Harness {
     /// A balancer built by `builder` for the target `test:///harness`.
     pub fn new(builder: impl BalancerBuilder) -> Self {
+        Self::with_registry(builder, BalancerRegistry::new())
+    }
+
+    /// A balancer built by `builder` with `registry` as the channel's policies: for
+    /// a parent policy whose children come from the registry (its config is parsed
+    /// with [`BalancerBuilder::parse_config_in`]).
+    pub fn with_registry(builder: impl BalancerBuilder, registry: BalancerRegistry) -> Self {
         let target = Target::parse("test:///harness").unwrap_or_else(|e| panic!("{e}"));
+        let options = BuildOptions::new(target.clone()).with_registry(registry.clone());
         Self {
-            balancer: builder.build(&BuildOptions::new(target.clone())),
+            balancer: builder.build(&options),
             builder: Arc::new(builder),
+            registry,
             cc: RecordingClientConn::new(target),
             states: HashMap::new(),
         }
@@ -246,7 +289,7 @@ impl Harness {
     pub fn update_with_config(&mut self, addresses: Vec<Address>, json: &str) -> Result<(), Error> {
         let value: serde_json::Value =
             serde_json::from_str(json).unwrap_or_else(|e| panic!("bad test JSON {json}: {e}"));
-        let config = self.builder.parse_config(&value)?;
+        let config = self.builder.parse_config_in(&value, &self.registry)?;
         self.update(ClientConnState::new(addresses).with_config(config))
     }
 
@@ -317,6 +360,27 @@ impl Harness {
         self.states
             .get(&sc.id())
             .map_or(ConnectivityState::Idle, StateTracker::get)
+    }
+
+    /// Timers the balancer has set and not yet had fired, in order.
+    pub fn timers(&self) -> Vec<TimerId> {
+        self.cc.timers().iter().map(|(_, t)| *t).collect()
+    }
+
+    /// Fires every pending timer (as if their time had come), in the order they were
+    /// set; timers set meanwhile wait for the next call. Returns how many fired.
+    pub fn fire_timers(&mut self) -> usize {
+        let due = self.cc.take_timers();
+        for (_, timer) in &due {
+            self.balancer.timer(*timer, &mut self.cc);
+        }
+        due.len()
+    }
+
+    /// The options the live subconn for `addr` was created with.
+    pub fn subconn_options(&self, addr: &str) -> SubConnOptions {
+        let sc = self.subconn(addr);
+        self.cc.options(&sc).cloned().unwrap_or_default()
     }
 
     /// Calls `exit_idle`.

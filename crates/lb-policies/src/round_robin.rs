@@ -29,7 +29,7 @@ pub fn builder() -> BaseBuilder<RoundRobin> {
 pub struct RoundRobin;
 
 impl PickerBuilder for RoundRobin {
-    fn build(&self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
+    fn build(&mut self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
         Arc::new(RoundRobinPicker::new(
             ready.iter().map(|r| r.subconn.clone()).collect(),
         ))

@@ -53,7 +53,7 @@ pub fn builder() -> BaseBuilder<WeightedRoundRobin> {
 pub struct WeightedRoundRobin;
 
 impl PickerBuilder for WeightedRoundRobin {
-    fn build(&self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
+    fn build(&mut self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
         Arc::new(WeightedRoundRobinPicker::new(
             ready
                 .iter()

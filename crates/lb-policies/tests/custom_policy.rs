@@ -18,7 +18,7 @@ use lb_core::{
     PickResult, Picker, ServiceConfig, Status, SubConn,
 };
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct FirstReady {
     finished: Arc<AtomicUsize>,
 }
@@ -30,15 +30,12 @@ struct FirstReadyPicker {
 
 impl Picker for FirstReadyPicker {
     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
-        PickResult::Pick(Pick {
-            subconn: &self.subconn,
-            on_done: Some(self.on_done.clone()),
-        })
+        PickResult::Pick(Pick::new(&self.subconn).with_on_done(self.on_done.clone()))
     }
 }
 
 impl PickerBuilder for FirstReady {
-    fn build(&self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
+    fn build(&mut self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
         let finished = self.finished.clone();
         Arc::new(FirstReadyPicker {
             subconn: ready[0].subconn.clone(),
@@ -90,10 +87,7 @@ fn a_custom_policy_registers_parses_config_and_balances() {
         panic!("expected a pick");
     };
     let ok = Status::new(Code::Ok, "");
-    pick.on_done
-        .as_ref()
-        .unwrap()
-        .done(&DoneInfo::new(&ok, None));
+    pick.on_done.done(&DoneInfo::new(&ok, None));
     assert_eq!(finished.load(Ordering::Relaxed), 1);
 
     h.set_state("10.0.0.1:1", Idle);

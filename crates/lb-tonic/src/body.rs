@@ -12,7 +12,7 @@ use bytes::Bytes;
 use h2::RecvStream;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use lb_core::{Address, Code, DoneInfo, OnDone, Status};
+use lb_core::{Address, Callbacks, Code, DoneInfo, Status};
 
 use crate::idle::CallGuard;
 use crate::stream::Held;
@@ -220,17 +220,22 @@ impl ResponseBody {
     }
 }
 
-/// Calls `on_done` exactly once: with the final status, or with `CANCELLED` if the
-/// response is dropped before its end.
+/// Calls a pick's callbacks exactly once: with the final status, or with
+/// `CANCELLED` if the response is dropped before its end; with the time since the
+/// pick.
 pub(crate) struct DoneGuard {
-    on_done: Option<Arc<dyn OnDone>>,
+    on_done: Option<Callbacks>,
+    picked_at: std::time::Instant,
 }
 
 impl DoneGuard {
-    pub(crate) fn new(on_done: Arc<dyn OnDone>) -> Self {
-        Self {
-            on_done: Some(on_done),
-        }
+    /// A guard for `callbacks`, timed from now; `None` when there are none (the
+    /// common case costs nothing, not even a clock read).
+    pub(crate) fn new(callbacks: Callbacks) -> Option<Self> {
+        (!callbacks.is_empty()).then(|| Self {
+            on_done: Some(callbacks),
+            picked_at: std::time::Instant::now(),
+        })
     }
 
     /// Takes the response headers: a trailers-only response (an error, usually)
@@ -245,10 +250,9 @@ impl DoneGuard {
 
     pub(crate) fn finish(&mut self, status: &Status, trailers: Option<&HeaderMap>) {
         if let Some(on_done) = self.on_done.take() {
+            let info = DoneInfo::new(status, trailers).with_elapsed(self.picked_at.elapsed());
             // A policy's callback must not take the RPC down with it.
-            let called = catch_unwind(AssertUnwindSafe(|| {
-                on_done.done(&DoneInfo::new(status, trailers));
-            }));
+            let called = catch_unwind(AssertUnwindSafe(|| on_done.done(&info)));
             if called.is_err() {
                 tracing::error!("a load-balancing policy's completion callback panicked");
             }

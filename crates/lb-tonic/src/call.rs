@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::uri::Uri;
 use lb_core::service_config::HedgingPolicy;
-use lb_core::{Address, ConnectivityState, OnDone, PickInfo, PickResult, ServiceConfig};
+use lb_core::{Address, Callbacks, ConnectivityState, PickInfo, PickResult, ServiceConfig};
 use tokio::time::Instant;
 use tonic::body::Body;
 
@@ -483,7 +483,7 @@ impl Run<'_> {
                 };
             }
         };
-        let mut done = picked.on_done.map(DoneGuard::new);
+        let mut done = DoneGuard::new(picked.on_done);
         let h2_head = match h2_request(head, &picked.connected, previous, self.deadline) {
             Ok(h) => h,
             Err(status) => return Outcome::failed(status, false),
@@ -661,7 +661,7 @@ fn transport_status(address: &Address, error: &h2::Error) -> tonic::Status {
 struct Picked {
     connected: Arc<Connected>,
     address: Address,
-    on_done: Option<Arc<dyn OnDone>>,
+    on_done: Callbacks,
 }
 
 /// Asks the current picker until it names a connected subconn, waiting for new
@@ -717,8 +717,8 @@ async fn pick(
                         // The picker is a moment behind a connection that just closed:
                         // the next picker will not name it.
                         None => {
-                            if let Some(on_done) = pick.on_done {
-                                DoneGuard::new(on_done).finish(
+                            if let Some(mut done) = DoneGuard::new(pick.on_done) {
+                                done.finish(
                                     &lb_core::Status::unavailable(
                                         "the picked subconn is not connected",
                                     ),

@@ -141,6 +141,7 @@ pub struct Builder {
     max_header_list_size: u32,
     retries: bool,
     retry_buffer: BufferLimits,
+    health_checks: bool,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConfig>,
 }
@@ -161,6 +162,7 @@ impl Builder {
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
             retries: true,
             retry_buffer: BufferLimits::default(),
+            health_checks: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -227,6 +229,13 @@ impl Builder {
     /// [`DEFAULT_IDLE_TIMEOUT`], 30 minutes; `None` keeps the channel connected).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Turns client-side health checking (gRFC A17) off: subconns count as ready as
+    /// soon as they connect, whatever the service config's `healthCheckConfig` says.
+    pub fn disable_health_check(mut self) -> Self {
+        self.health_checks = false;
         self
     }
 
@@ -313,6 +322,12 @@ impl Builder {
             authority: self.authority,
             target_authority,
             max_header_list_size: self.max_header_list_size,
+            health_checks: self.health_checks,
+            health_service: arc_swap::ArcSwapOption::new(
+                default_config
+                    .health_check()
+                    .map(|h| Arc::new(h.service_name.clone())),
+            ),
             #[cfg(feature = "tls")]
             tls: self.tls,
         });

@@ -5,12 +5,16 @@
 //! `&mut self` state. Published pickers go to [`Core`], where RPCs read them without a
 //! lock.
 //!
+//! The policy lives in an `lb_core::child::GracefulSwitch`: a service config that
+//! names another policy starts a graceful switch. Timers a policy sets arrive here as
+//! messages too.
+//!
 //! Policies and resolvers are user code, so this task is also where their panics
-//! stop: a panicking balancer is dropped (its subconns shut down), RPCs fail with
-//! `INTERNAL` naming the policy, and a fresh balancer is built, after a growing delay
-//! or at the next resolver update, and given the last resolver state. However the
-//! task ends, even by a panic of its own or the runtime shutting down, RPCs waiting on
-//! it fail at once and every subconn is shut down.
+//! stop: a panicking policy is dropped (its subconns shut down), RPCs fail with
+//! `INTERNAL` naming it, and a fresh one is built, after a growing delay or at the
+//! next resolver update, and given the last resolver state. However the task ends,
+//! even by a panic of its own or the runtime shutting down, RPCs waiting on it fail
+//! at once and every subconn is shut down.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -20,11 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use lb_core::child::GracefulSwitch;
 use lb_core::{
-    Address, Balancer, BalancerRegistry, BuildOptions, ClientConn, ClientConnState, Code,
-    ConnectivityState, Error, FailPicker, PickInfo, PickResult, Picker, QueuePicker, Resolver,
-    ResolverBuilder, ResolverState, ServiceConfig, SharedError, Status, SubConn, SubConnId,
-    SubConnState, Target,
+    Address, BalancerRegistry, BuildOptions, ClientConn, ClientConnState, Code, ConnectivityState,
+    Error, FailPicker, PickInfo, PickResult, Picker, QueuePicker, Resolver, ResolverBuilder,
+    ResolverState, ServiceConfig, SharedError, Status, SubConn, SubConnId, SubConnOptions,
+    SubConnState, Target, TimerId,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -44,6 +49,8 @@ pub(crate) enum Msg {
         id: SubConnId,
         state: SubConnState,
     },
+    /// A policy's timer, for the policy instance of this generation.
+    Timer(u64, TimerId),
     ExitIdle,
     Close,
 }
@@ -108,6 +115,16 @@ impl Core {
         }
     }
 
+    /// Follows the service config's `healthCheckConfig`: the service the subconns'
+    /// health checks ask about (read when a connection is established).
+    fn set_health(&self, config: &ServiceConfig) {
+        self.transport.health_service.store(
+            config
+                .health_check()
+                .map(|h| Arc::new(h.service_name.clone())),
+        );
+    }
+
     /// Follows the service config's `retryThrottling`: a new bucket when its
     /// parameters change, the same bucket (and its tokens) otherwise.
     fn set_throttling(&self, config: &ServiceConfig) {
@@ -165,42 +182,29 @@ impl lb_core::resolver::ClientConn for ResolverSink {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Current,
-    Pending,
-}
-
-/// The balancer handle: `lb_core::ClientConn` for whichever balancer is being called.
+/// The balancer handle: `lb_core::ClientConn` for the policy (through its graceful
+/// switch).
 pub(crate) struct ChannelCc {
     core: Arc<Core>,
     target: Target,
     transport: Arc<TransportOptions>,
-    subconns: HashMap<SubConnId, (SubConn, Role)>,
-    caller: Role,
+    subconns: HashMap<SubConnId, SubConn>,
     resolver: Option<Box<dyn Resolver>>,
-    current_state: ConnectivityState,
-    current_policy: Arc<str>,
-    /// What the pending balancer (during a policy switch) last published.
-    pending_publication: Option<(ConnectivityState, Arc<dyn Picker>)>,
+    /// The policy instance's generation: timers of an earlier one are dropped.
+    generation: u64,
     closing: bool,
 }
 
-impl ChannelCc {
-    fn publish_current(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
-        self.current_state = state;
-        tracing::debug!(target = %self.target, %state, "picker updated");
-        self.core
-            .publish(state, picker, self.current_policy.clone());
-    }
-}
-
 impl ClientConn for ChannelCc {
-    fn new_subconn(&mut self, address: Address) -> Result<SubConn, Error> {
+    fn new_subconn_with(
+        &mut self,
+        address: Address,
+        options: SubConnOptions,
+    ) -> Result<SubConn, Error> {
         if self.closing {
             return Err(Error::Shutdown);
         }
-        let (transport, unstarted) = new_transport();
+        let (transport, unstarted) = new_transport(options.health_check);
         let subconn = SubConn::new(address.clone(), Arc::new(transport));
         unstarted.spawn(
             subconn.id(),
@@ -208,17 +212,16 @@ impl ClientConn for ChannelCc {
             self.core.tx.clone(),
             self.transport.clone(),
         );
-        self.subconns
-            .insert(subconn.id(), (subconn.clone(), self.caller));
+        self.subconns.insert(subconn.id(), subconn.clone());
         tracing::debug!(target = %self.target, subconn = %subconn.id(), addr = %subconn.address(), "subconn created");
         Ok(subconn)
     }
 
+    /// The graceful switch keeps its children's publications; the control task
+    /// publishes the switch's state after each call. A balancer given this handle
+    /// directly would publish here.
     fn update_state(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
-        match self.caller {
-            Role::Current => self.publish_current(state, picker),
-            Role::Pending => self.pending_publication = Some((state, picker)),
-        }
+        self.core.publish(state, picker, "".into());
     }
 
     fn resolve_now(&mut self) {
@@ -233,12 +236,15 @@ impl ClientConn for ChannelCc {
     fn target(&self) -> &Target {
         &self.target
     }
-}
 
-struct Slot {
-    name: String,
-    /// `None` after the balancer panicked, until it is rebuilt.
-    balancer: Option<Box<dyn Balancer>>,
+    fn schedule(&mut self, after: Duration, timer: TimerId) {
+        let tx = self.core.tx.clone();
+        let generation = self.generation;
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(Msg::Timer(generation, timer));
+        });
+    }
 }
 
 /// Fails every RPC, wait-for-ready included: the channel is gone.
@@ -264,20 +270,22 @@ pub(crate) struct ControlParts {
 /// The control task's state.
 pub(crate) struct Control {
     rx: mpsc::UnboundedReceiver<Msg>,
-    balancers: BalancerRegistry,
+    options: BuildOptions,
     resolver_builder: Arc<dyn ResolverBuilder>,
     resolver_generation: u64,
     default_config: Arc<ServiceConfig>,
     use_resolver_config: bool,
-    current: Slot,
-    pending: Option<Slot>,
+    /// The policy; `None` after it panicked, until it is rebuilt.
+    switch: Option<GracefulSwitch>,
+    /// The policy the service config asks for.
+    wanted: String,
     cc: ChannelCc,
-    /// The last resolver state the balancer was given: what a rebuilt balancer gets.
+    /// The last resolver state the policy was given: what a rebuilt one gets.
     last_state: Option<ResolverState>,
     /// Whether any resolver state has been accepted (gRFC A21: an invalid config in
     /// the first one fails the channel instead of falling back to the default).
     accepted_resolver_state: bool,
-    /// When to rebuild a balancer that panicked.
+    /// When to rebuild a policy that panicked.
     rebuild_at: Option<Instant>,
     /// Panics since the policy was last `READY`: the rebuild delay doubles with each.
     panics: u32,
@@ -292,26 +300,20 @@ impl Control {
         parts.balancers.require(&name)?;
         Ok(Self {
             rx: parts.rx,
-            balancers: parts.balancers,
+            options: BuildOptions::new(parts.target.clone()).with_registry(parts.balancers),
             resolver_builder: parts.resolver_builder,
             resolver_generation: 0,
             default_config: parts.default_config,
             use_resolver_config: parts.use_resolver_config,
-            current: Slot {
-                name: name.clone(),
-                balancer: None,
-            },
-            pending: None,
+            switch: None,
+            wanted: name,
             cc: ChannelCc {
                 transport: parts.core.transport.clone(),
                 core: parts.core,
                 target: parts.target,
                 subconns: HashMap::new(),
-                caller: Role::Current,
                 resolver: None,
-                current_state: ConnectivityState::Connecting,
-                current_policy: name.as_str().into(),
-                pending_publication: None,
+                generation: 0,
                 closing: false,
             },
             last_state: None,
@@ -324,13 +326,10 @@ impl Control {
         })
     }
 
-    /// Builds the first balancer and starts the resolver. Fails if the resolver
-    /// refuses the target.
+    /// Builds the policy and starts the resolver. Fails if the resolver refuses the
+    /// target.
     pub(crate) fn start(&mut self) -> Result<(), lb_core::resolver::BuildError> {
-        self.current.balancer = self.build_balancer(&self.current.name.clone());
-        if self.current.balancer.is_none() {
-            self.schedule_rebuild();
-        }
+        self.build_switch();
         let resolver = self.build_resolver()?;
         self.cc.resolver = Some(resolver);
         Ok(())
@@ -355,15 +354,23 @@ impl Control {
         }
     }
 
-    /// A new balancer of policy `name`, or `None` if its builder panicked.
-    fn build_balancer(&self, name: &str) -> Option<Box<dyn Balancer>> {
-        let builder = self.balancers.get(name)?.clone();
-        let options = BuildOptions::new(self.cc.target.clone());
-        match catch_unwind(AssertUnwindSafe(|| builder.build(&options))) {
-            Ok(balancer) => Some(balancer),
+    /// A new policy instance (a graceful switch holding the wanted policy); on a
+    /// panicking builder, schedules another try.
+    fn build_switch(&mut self) {
+        self.cc.generation += 1;
+        let mut switch = GracefulSwitch::new(self.options.clone());
+        let wanted = self.wanted.clone();
+        let cc = &mut self.cc;
+        match catch_unwind(AssertUnwindSafe(|| switch.switch_to(&wanted, cc))) {
+            Ok(Ok(())) => self.switch = Some(switch),
+            Ok(Err(error)) => {
+                // Only registered policies are ever wanted; keep the last one.
+                tracing::error!(target = %self.cc.target, %error, "cannot build the load-balancing policy");
+            }
             Err(payload) => {
-                tracing::error!(target = %self.cc.target, policy = %name, panic = %panic_message(payload.as_ref()), "building the load-balancing policy panicked");
-                None
+                tracing::error!(target = %self.cc.target, policy = %wanted, panic = %panic_message(payload.as_ref()), "building the load-balancing policy panicked");
+                self.panics = self.panics.saturating_add(1);
+                self.schedule_rebuild();
             }
         }
     }
@@ -388,7 +395,7 @@ impl Control {
                 },
                 () = sleep_until(self.rebuild_at) => {
                     self.rebuild_at = None;
-                    self.rebuild_current();
+                    self.rebuild();
                 }
                 () = sleep_until(idle_check) => {
                     if let Some(timeout) = self.idle_timeout
@@ -398,7 +405,6 @@ impl Control {
                     }
                 }
             }
-            self.maybe_swap();
         }
         self.shutdown();
     }
@@ -410,10 +416,14 @@ impl Control {
             }
             Msg::ResolverError(generation, error) if generation == self.resolver_generation => {
                 tracing::warn!(target = %self.cc.target, %error, "resolver error");
-                self.with_target_balancer(|b, cc| b.resolver_error(error, cc));
+                self.call(|s, cc| s.resolver_error(error, cc));
             }
             Msg::Resolver(..) | Msg::ResolverError(..) => {} // from a closed resolver
             Msg::SubConnState { id, state } => self.on_subconn_state(id, state),
+            Msg::Timer(generation, timer) if generation == self.cc.generation => {
+                self.call(|s, cc| s.timer(timer, cc));
+            }
+            Msg::Timer(..) => {} // set by a policy instance that is gone
             Msg::ExitIdle => {
                 self.cc
                     .core
@@ -422,68 +432,68 @@ impl Control {
                 if self.idle {
                     self.exit_channel_idle();
                 } else {
-                    self.call(Role::Current, |b, cc| b.exit_idle(cc));
+                    self.call(|s, cc| s.exit_idle(cc));
                 }
             }
             Msg::Close => {}
         }
     }
 
-    /// Calls a balancer, catching its panic.
-    fn call(&mut self, role: Role, f: impl FnOnce(&mut dyn Balancer, &mut ChannelCc)) {
-        let slot = match role {
-            Role::Current => &mut self.current,
-            Role::Pending => match &mut self.pending {
-                Some(p) => p,
-                None => return,
-            },
-        };
-        let Some(balancer) = slot.balancer.as_mut() else {
+    /// Calls the policy, catching its panic, and publishes what it published.
+    fn call(&mut self, f: impl FnOnce(&mut GracefulSwitch, &mut ChannelCc)) {
+        let Some(switch) = self.switch.as_mut() else {
             return; // panicked earlier; waiting to be rebuilt
         };
         let cc = &mut self.cc;
-        cc.caller = role;
-        let called = catch_unwind(AssertUnwindSafe(|| f(balancer.as_mut(), cc)));
-        cc.caller = Role::Current;
-        if let Err(payload) = called {
-            self.on_panic(role, &panic_message(payload.as_ref()));
+        match catch_unwind(AssertUnwindSafe(|| f(switch, cc))) {
+            Ok(()) => {
+                if switch.take_published() {
+                    let state = switch.state();
+                    let picker = switch.picker();
+                    let policy: Arc<str> = switch.current_name().unwrap_or(&self.wanted).into();
+                    tracing::debug!(target = %self.cc.target, %state, %policy, "picker updated");
+                    self.cc.core.publish(state, picker, policy);
+                    if state == ConnectivityState::Ready {
+                        self.panics = 0;
+                    }
+                }
+            }
+            Err(payload) => self.on_panic(&panic_message(payload.as_ref())),
         }
     }
 
-    /// A balancer panicked: drop it and its subconns, fail RPCs with `INTERNAL`
+    /// The policy panicked: drop it and its subconns, fail RPCs with `INTERNAL`
     /// naming it, and rebuild it later.
-    fn on_panic(&mut self, role: Role, message: &str) {
-        let slot = match role {
-            Role::Current => &mut self.current,
-            Role::Pending => match &mut self.pending {
-                Some(p) => p,
-                None => return,
-            },
+    fn on_panic(&mut self, message: &str) {
+        let switch = self.switch.take();
+        let name = match switch
+            .as_ref()
+            .map(|s| (s.current_name(), s.pending_name()))
+        {
+            Some((Some(current), Some(pending))) => format!("{current}` (switching to `{pending}"),
+            Some((Some(current), None)) => current.to_owned(),
+            _ => self.wanted.clone(),
         };
-        let name = slot.name.clone();
-        drop_quietly(slot.balancer.take());
-        self.shutdown_subconns(role);
-        tracing::error!(target = %self.cc.target, policy = %name, panic = %message, "the load-balancing policy panicked; it is dropped with its subconns");
-        match role {
-            Role::Pending => {
-                // Abandon the switch; the current policy keeps serving.
-                self.pending = None;
-                self.cc.pending_publication = None;
-            }
-            Role::Current if !self.cc.closing => {
-                let status = Status::new(
-                    Code::Internal,
-                    format!("load-balancing policy `{name}` panicked: {message}"),
-                );
-                self.cc.publish_current(
-                    ConnectivityState::TransientFailure,
-                    Arc::new(FailPicker(status)),
-                );
-                self.panics = self.panics.saturating_add(1);
-                self.schedule_rebuild();
-            }
-            Role::Current => {}
+        drop_quietly(switch);
+        self.cc.generation += 1; // its timers are void
+        for (_, sc) in self.cc.subconns.drain() {
+            sc.shutdown();
         }
+        tracing::error!(target = %self.cc.target, policy = %name, panic = %message, "the load-balancing policy panicked; it is dropped with its subconns");
+        if self.cc.closing {
+            return;
+        }
+        let status = Status::new(
+            Code::Internal,
+            format!("load-balancing policy `{name}` panicked: {message}"),
+        );
+        self.cc.core.publish(
+            ConnectivityState::TransientFailure,
+            Arc::new(FailPicker(status)),
+            name.as_str().into(),
+        );
+        self.panics = self.panics.saturating_add(1);
+        self.schedule_rebuild();
     }
 
     fn schedule_rebuild(&mut self) {
@@ -494,44 +504,31 @@ impl Control {
         self.rebuild_at = Some(Instant::now() + delay);
     }
 
-    /// Builds the current policy again after a panic and gives it the last state.
-    fn rebuild_current(&mut self) {
-        if self.current.balancer.is_some() || self.cc.closing || self.idle {
+    /// Builds the policy again after a panic and gives it the last state.
+    fn rebuild(&mut self) {
+        if self.switch.is_some() || self.cc.closing || self.idle {
             return;
         }
-        let name = self.current.name.clone();
-        self.current.balancer = self.build_balancer(&name);
-        if self.current.balancer.is_none() {
-            self.panics = self.panics.saturating_add(1);
-            self.schedule_rebuild();
+        self.build_switch();
+        if self.switch.is_none() {
             return;
         }
-        tracing::info!(target = %self.cc.target, policy = %name, "rebuilt the load-balancing policy");
+        tracing::info!(target = %self.cc.target, policy = %self.wanted, "rebuilt the load-balancing policy");
         if let Some(state) = self.last_state.clone() {
-            self.feed(Role::Current, state);
+            self.feed(state);
         }
-    }
-
-    /// Calls the balancer that receives resolver input: the pending one during a switch.
-    fn with_target_balancer(&mut self, f: impl FnOnce(&mut dyn Balancer, &mut ChannelCc)) {
-        let role = if self.pending.is_some() {
-            Role::Pending
-        } else {
-            Role::Current
-        };
-        self.call(role, f);
     }
 
     fn on_resolver_state(&mut self, state: ResolverState) {
         let config = match (&state.service_config, self.use_resolver_config) {
-            (Some(json), true) => match ServiceConfig::parse(json, &self.balancers) {
+            (Some(json), true) => match ServiceConfig::parse(json, &self.options.registry) {
                 Ok(config) => Arc::new(config),
                 Err(error) if !self.accepted_resolver_state => {
                     // gRFC A21: with no good state before it, an invalid config is an
                     // error the channel reports, not a cue to use the default.
                     tracing::warn!(target = %self.cc.target, %error, "the resolver's first service config is invalid; failing RPCs until a valid one arrives");
                     let error: SharedError = Arc::new(error);
-                    self.with_target_balancer(|b, cc| b.resolver_error(error, cc));
+                    self.call(|s, cc| s.resolver_error(error, cc));
                     return;
                 }
                 Err(error) => {
@@ -543,179 +540,105 @@ impl Control {
         };
         self.accepted_resolver_state = true;
         self.cc.core.set_throttling(&config);
+        self.cc.core.set_health(&config);
         self.cc.core.service_config.store(config.clone());
-        let name = policy_name(&config);
-        let wanted = self
-            .pending
-            .as_ref()
-            .map_or(&self.current.name, |p| &p.name);
-        if *wanted != name {
-            self.switch_to(name);
-        }
-        if self.pending.is_none() && self.current.balancer.is_none() {
+        self.wanted = policy_name(&config);
+        self.last_state = Some(state.clone());
+        if self.switch.is_none() {
             // Broken by a panic: rebuild now rather than at the timer.
             self.rebuild_at = None;
-            self.last_state = Some(state);
-            self.rebuild_current();
+            self.rebuild();
             return;
         }
         tracing::debug!(target = %self.cc.target, addresses = state.addresses.len(), "resolver update");
-        self.last_state = Some(state.clone());
-        let role = if self.pending.is_some() {
-            Role::Pending
-        } else {
-            Role::Current
-        };
-        self.feed(role, state);
+        self.feed(state);
     }
 
-    /// Gives a balancer a resolver state with the current config; a state it rejects
-    /// asks the resolver to re-resolve.
-    fn feed(&mut self, role: Role, state: ResolverState) {
+    /// Gives the policy a resolver state with the current config (switching policy
+    /// first if the config names another); a state it rejects asks the resolver to
+    /// re-resolve.
+    fn feed(&mut self, state: ResolverState) {
         let config = self.cc.core.service_config.load_full();
         let mut ccs = ClientConnState::new(state.addresses).with_attributes(state.attributes);
         if let Some(lb) = config.lb_policy() {
             ccs = ccs.with_config(lb.config.clone());
         }
-        self.call(role, |b, cc| {
-            if let Err(error) = b.update_client_conn_state(ccs, cc) {
-                tracing::warn!(target = %cc.target, %error, "balancer rejected the resolver state; asking to re-resolve");
+        let wanted = self.wanted.clone();
+        let target = self.cc.target.clone();
+        self.call(|s, cc| {
+            if s.current_name() != Some(wanted.as_str()) || s.pending_name().is_some() {
+                tracing::info!(target = %target, from = ?s.current_name(), to = %wanted, "switching load-balancing policy");
+            }
+            if let Err(error) = s.switch_to(&wanted, cc) {
+                tracing::error!(target = %target, %error, "cannot switch load-balancing policy");
+            }
+            if let Err(error) = s.update_client_conn_state(ccs, cc) {
+                tracing::warn!(target = %target, %error, "the policy rejected the resolver state; asking to re-resolve");
                 cc.resolve_now();
             }
         });
     }
 
-    /// Starts a graceful switch: the new balancer gets every resolver update from now
-    /// on and takes over once it leaves `CONNECTING` (or at once if the current one is
-    /// not `READY`), as grpc-go's graceful switch does.
-    fn switch_to(&mut self, name: String) {
-        if self.balancers.get(&name).is_none() {
-            return; // ServiceConfig::parse only selects registered policies
-        }
-        if let Some(mut old) = self.pending.take() {
-            self.cc.caller = Role::Pending;
-            if let Some(balancer) = old.balancer.as_mut() {
-                let cc = &mut self.cc;
-                let _ = catch_unwind(AssertUnwindSafe(|| balancer.close(cc)));
-            }
-            self.cc.caller = Role::Current;
-            drop_quietly(old.balancer.take());
-            self.shutdown_subconns(Role::Pending);
-        }
-        tracing::info!(target = %self.cc.target, from = %self.current.name, to = %name, "switching load-balancing policy");
-        if name == self.current.name {
-            return; // back to the current policy: nothing pending
-        }
-        self.cc.pending_publication = None;
-        let balancer = self.build_balancer(&name);
-        if balancer.is_none() {
-            return; // its builder panicked: stay with the current policy
-        }
-        self.pending = Some(Slot { balancer, name });
-    }
-
-    fn maybe_swap(&mut self) {
-        let Some((state, _)) = &self.cc.pending_publication else {
-            return;
-        };
-        if *state == ConnectivityState::Connecting
-            && self.cc.current_state == ConnectivityState::Ready
-        {
-            return; // keep the ready current policy serving while the new one connects
-        }
-        let Some(pending) = self.pending.take() else {
-            return;
-        };
-        let mut old = std::mem::replace(&mut self.current, pending);
-        self.cc.caller = Role::Current;
-        if let Some(balancer) = old.balancer.as_mut() {
-            let cc = &mut self.cc;
-            let _ = catch_unwind(AssertUnwindSafe(|| balancer.close(cc)));
-        }
-        drop_quietly(old.balancer.take());
-        self.shutdown_subconns(Role::Current);
-        for (_, role) in self.cc.subconns.values_mut() {
-            *role = Role::Current;
-        }
-        self.cc.current_policy = self.current.name.as_str().into();
-        if let Some((state, picker)) = self.cc.pending_publication.take() {
-            self.cc.publish_current(state, picker);
-        }
-        tracing::info!(target = %self.cc.target, policy = %self.current.name, "policy switch complete");
-    }
-
     fn on_subconn_state(&mut self, id: SubConnId, state: SubConnState) {
-        let Some((subconn, role)) = self.cc.subconns.get(&id).cloned() else {
+        let Some(subconn) = self.cc.subconns.get(&id).cloned() else {
             return; // shut down and forgotten
         };
         if state.state == ConnectivityState::Shutdown {
             self.cc.subconns.remove(&id);
         }
-        self.call(role, |b, cc| b.update_subconn_state(&subconn, &state, cc));
-        if role == Role::Current && self.cc.current_state == ConnectivityState::Ready {
-            self.panics = 0;
-        }
+        self.call(|s, cc| s.update_subconn_state(&subconn, &state, cc));
     }
 
-    fn shutdown_subconns(&mut self, role: Role) {
-        self.cc.subconns.retain(|_, (sc, r)| {
-            if *r == role {
-                sc.shutdown();
-                false
-            } else {
-                true
-            }
-        });
-    }
-
-    /// No RPC for the idle timeout: close the balancer, its connections and the
+    /// No RPC for the idle timeout: close the policy, its connections and the
     /// resolver; the next RPC brings them back.
     fn enter_idle(&mut self, timeout: Duration) {
         tracing::info!(target = %self.cc.target, ?timeout, "channel idle; closing its connections and resolver");
-        self.close_balancers();
+        self.close_policy();
         drop_quietly(self.cc.resolver.take());
         self.last_state = None;
         self.accepted_resolver_state = false;
         self.rebuild_at = None;
         self.idle = true;
-        self.cc
-            .publish_current(ConnectivityState::Idle, Arc::new(QueuePicker));
+        self.cc.core.publish(
+            ConnectivityState::Idle,
+            Arc::new(QueuePicker),
+            self.wanted.as_str().into(),
+        );
     }
 
     fn exit_channel_idle(&mut self) {
         tracing::info!(target = %self.cc.target, "channel leaving idle");
         self.idle = false;
         self.cc.core.activity.touch();
-        let name = self.current.name.clone();
-        self.current.balancer = self.build_balancer(&name);
-        self.cc
-            .publish_current(ConnectivityState::Connecting, Arc::new(QueuePicker));
-        if self.current.balancer.is_none() {
-            self.schedule_rebuild();
-        }
+        self.build_switch();
+        self.cc.core.publish(
+            ConnectivityState::Connecting,
+            Arc::new(QueuePicker),
+            self.wanted.as_str().into(),
+        );
         match self.build_resolver() {
             Ok(resolver) => self.cc.resolver = Some(resolver),
             Err(error) => {
                 let error: SharedError = Arc::from(error);
                 tracing::warn!(target = %self.cc.target, %error, "the resolver could not be restarted");
-                self.call(Role::Current, |b, cc| b.resolver_error(error, cc));
+                self.call(|s, cc| s.resolver_error(error, cc));
             }
         }
     }
 
-    /// Closes both balancers and shuts every subconn down.
-    fn close_balancers(&mut self) {
-        self.call(Role::Current, |b, cc| b.close(cc));
-        self.call(Role::Pending, |b, cc| b.close(cc));
-        drop_quietly(self.current.balancer.take());
-        if let Some(mut pending) = self.pending.take() {
-            drop_quietly(pending.balancer.take());
+    /// Closes the policy and shuts every subconn down.
+    fn close_policy(&mut self) {
+        if let Some(mut switch) = self.switch.take() {
+            let cc = &mut self.cc;
+            if catch_unwind(AssertUnwindSafe(|| switch.close(cc))).is_err() {
+                tracing::error!(target = %self.cc.target, "closing the load-balancing policy panicked");
+            }
+            drop_quietly(Some(switch));
         }
-        self.cc.pending_publication = None;
-        for (sc, _) in self.cc.subconns.values() {
+        self.cc.generation += 1;
+        for (_, sc) in self.cc.subconns.drain() {
             sc.shutdown();
         }
-        self.cc.subconns.clear();
     }
 
     /// Closes everything and fails every RPC from now on. Runs once, when the task
@@ -725,7 +648,7 @@ impl Control {
             return;
         }
         self.cc.closing = true;
-        self.close_balancers();
+        self.close_policy();
         drop_quietly(self.cc.resolver.take());
         self.cc.core.publish(
             ConnectivityState::Shutdown,
@@ -733,7 +656,7 @@ impl Control {
                 Code::Cancelled,
                 "the channel is closing",
             ))),
-            self.cc.current_policy.clone(),
+            self.wanted.as_str().into(),
         );
         tracing::debug!(target = %self.cc.target, "channel closed");
     }
@@ -752,12 +675,12 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Drops user code (a balancer, a resolver) whose `Drop` might panic.
+/// Drops user code (a policy, a resolver) whose `Drop` might panic.
 fn drop_quietly<T>(value: Option<T>) {
     if let Some(value) = value
         && catch_unwind(AssertUnwindSafe(move || drop(value))).is_err()
     {
-        tracing::error!("dropping a balancer or resolver panicked");
+        tracing::error!("dropping a policy or resolver panicked");
     }
 }
 

@@ -133,6 +133,15 @@ pub enum TransportError {
         /// The GOAWAY it sent.
         reason: String,
     },
+    /// The connection is up but the server's health service says it is not serving,
+    /// or the health stream broke (gRFC A17).
+    #[error("{addr} is unhealthy: {reason}")]
+    Unhealthy {
+        /// The address.
+        addr: String,
+        /// What the health check said.
+        reason: String,
+    },
     /// A keepalive ping went unanswered.
     #[error("{addr} did not answer a keepalive ping within {after:?}")]
     KeepaliveTimeout {

@@ -43,6 +43,7 @@ mod connect;
 mod control;
 mod error;
 mod frames;
+mod health;
 mod idle;
 mod replay;
 mod retry;

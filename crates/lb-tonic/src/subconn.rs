@@ -21,6 +21,7 @@ use crate::connect::{self, Connection, Endpoint};
 use crate::control::Msg;
 use crate::error::TransportError;
 use crate::frames::ConnSignals;
+use crate::health::{self, Health};
 
 /// HTTP/2 keepalive pings, as grpc-go's `keepalive.ClientParameters`.
 ///
@@ -59,6 +60,10 @@ pub(crate) struct TransportOptions {
     /// The resolver's default authority for the target (`svc:443` of `dns:///svc:443`).
     pub(crate) target_authority: Option<String>,
     pub(crate) max_header_list_size: u32,
+    /// Whether subconns that ask for health checking get it (`Builder::disable_health_check`).
+    pub(crate) health_checks: bool,
+    /// The service config's `healthCheckConfig.serviceName`, when it has one.
+    pub(crate) health_service: ArcSwapOption<String>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::TlsConfig>,
 }
@@ -114,6 +119,8 @@ impl TransportOptions {
 /// A ready connection: what an RPC needs to send on it.
 pub(crate) struct Connected {
     pub(crate) sender: SendRequest<Bytes>,
+    /// False while its health check says the server is not serving.
+    healthy: AtomicBool,
     /// Whether RPCs count their streams (keepalive without `while_idle` needs it).
     pub(crate) count_streams: bool,
     pub(crate) scheme: Scheme,
@@ -156,12 +163,13 @@ impl SubConnHandle for Transport {
 }
 
 impl Transport {
-    /// The connection, while the subconn is ready and not draining. One atomic load.
+    /// The connection, while the subconn is ready (and healthy) and not draining.
+    /// One atomic load.
     #[inline]
     pub(crate) fn connected(&self) -> Option<Arc<Connected>> {
         self.connected
             .load_full()
-            .filter(|c| !c.draining.load(Ordering::Acquire))
+            .filter(|c| !c.draining.load(Ordering::Acquire) && c.healthy.load(Ordering::Acquire))
     }
 }
 
@@ -170,9 +178,12 @@ pub(crate) struct Unstarted {
     cmds: mpsc::UnboundedReceiver<Cmd>,
     drain: mpsc::WeakUnboundedSender<Cmd>,
     connected: Arc<ArcSwapOption<Connected>>,
+    /// The policy asked for health checking.
+    health: bool,
 }
 
-pub(crate) fn new_transport() -> (Transport, Unstarted) {
+/// A transport for one subconn; `health`: its policy asked for health checking.
+pub(crate) fn new_transport(health: bool) -> (Transport, Unstarted) {
     let (tx, rx) = mpsc::unbounded_channel();
     let connected = Arc::new(ArcSwapOption::empty());
     (
@@ -186,6 +197,7 @@ pub(crate) fn new_transport() -> (Transport, Unstarted) {
             // it would never see every handle dropped.
             drain: tx.downgrade(),
             connected,
+            health,
         },
     )
 }
@@ -258,6 +270,7 @@ async fn run(
         mut cmds,
         drain,
         connected,
+        health,
     } = unstarted;
     let addr: Arc<str> = address.addr().into();
     let mut reporter = Reporter {
@@ -293,42 +306,71 @@ async fn run(
                 addr: authority_str.clone(),
             }),
         };
-        match attempt {
+        let failure = match attempt {
             Ok(((sender, connection, signals), authority)) => {
                 let Some(drain) = drain.upgrade() else {
                     break 'idle; // every handle is gone
                 };
-                // The server has spoken: only now does the backoff start over.
-                backoff.reset();
-                connected.store(Some(Arc::new(Connected {
+                // Health-checked subconns stay CONNECTING until the first answer.
+                let health_service = health
+                    .then(|| options.health_service.load_full())
+                    .flatten()
+                    .filter(|_| options.health_checks);
+                let scheme = options.scheme();
+                let conn = Arc::new(Connected {
                     sender: sender.clone(),
+                    healthy: AtomicBool::new(health_service.is_none()),
                     count_streams: options.keepalive.is_some_and(|k| !k.while_idle),
-                    scheme: options.scheme(),
-                    authority,
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
                     signals: signals.clone(),
                     draining: AtomicBool::new(false),
                     cmds: drain,
-                })));
-                reporter.report(ConnectivityState::Ready, None);
-                let ended = serve(connection, sender, &signals, &mut cmds, &options, &addr).await;
+                });
+                connected.store(Some(conn.clone()));
+                if health_service.is_none() {
+                    // The server has spoken: only now does the backoff start over.
+                    backoff.reset();
+                    reporter.report(ConnectivityState::Ready, None);
+                }
+                let checker = health_service.map(|service| HealthChecker {
+                    service,
+                    sender: sender.clone(),
+                    scheme,
+                    authority,
+                    watch: None,
+                    reopen_at: Some(Instant::now()),
+                    backoff: Backoff::new(options.backoff),
+                    unimplemented_logged: false,
+                });
+                let ended = serve(Serving {
+                    connection,
+                    _sender: sender,
+                    signals: &signals,
+                    cmds: &mut cmds,
+                    options: &options,
+                    addr: &addr,
+                    reporter: &mut reporter,
+                    connected: &conn,
+                    checker,
+                    backoff: &mut backoff,
+                })
+                .await;
                 connected.store(None);
                 if signals.last_goaway().is_some_and(|g| g.is_too_many_pings()) {
                     options.back_off_keepalive(&addr);
                 }
-                match ended {
-                    Ended::Closed(error) => {
-                        reporter.report(ConnectivityState::Idle, Some(Arc::new(error)));
-                    }
+                let error = match ended {
+                    Ended::Closed(error) => error,
                     Ended::Draining(connection) => {
                         // No new RPCs here; the ones in flight finish in the background
                         // while the balancer decides whether to reconnect.
                         tokio::spawn(async move {
                             let _ = connection.await;
                         });
-                        let error = TransportError::GoAway {
+                        TransportError::GoAway {
                             addr: addr.to_string(),
-                        };
-                        reporter.report(ConnectivityState::Idle, Some(Arc::new(error)));
+                        }
                     }
                     Ended::Shutdown(connection) => {
                         // No new RPCs; the ones in flight finish, then the connection
@@ -338,62 +380,194 @@ async fn run(
                         });
                         break 'idle;
                     }
+                };
+                if reporter.tracker.get() == ConnectivityState::Connecting {
+                    // Lost before its first health answer: a failed attempt.
+                    Some(error)
+                } else {
+                    reporter.report(ConnectivityState::Idle, Some(Arc::new(error)));
+                    None
                 }
             }
-            Err(error) => {
-                reporter.report(ConnectivityState::TransientFailure, Some(Arc::new(error)));
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown_requested(&mut cmds) => break 'idle,
-                }
-                reporter.report(ConnectivityState::Idle, None);
+            Err(error) => Some(error),
+        };
+        if let Some(error) = failure {
+            reporter.report(ConnectivityState::TransientFailure, Some(Arc::new(error)));
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown_requested(&mut cmds) => break 'idle,
             }
+            reporter.report(ConnectivityState::Idle, None);
         }
     }
     connected.store(None);
     reporter.report(ConnectivityState::Shutdown, None);
 }
 
-/// Drives a ready connection, with keepalive pings, until it ends.
-async fn serve(
-    mut connection: Connection,
-    // Held until the connection is no longer served: h2 closes a connection whose
-    // every sender is gone.
+/// A ready connection's health check (gRFC A17).
+struct HealthChecker {
+    service: Arc<String>,
+    sender: SendRequest<Bytes>,
+    scheme: Scheme,
+    authority: Authority,
+    /// The running watch's answers.
+    watch: Option<mpsc::UnboundedReceiver<Health>>,
+    /// When to (re)open the watch.
+    reopen_at: Option<Instant>,
+    backoff: Backoff,
+    unimplemented_logged: bool,
+}
+
+impl HealthChecker {
+    fn start(&mut self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(health::watch(
+            self.sender.clone(),
+            self.scheme.clone(),
+            self.authority.clone(),
+            self.service.to_string(),
+            tx,
+        ));
+        self.watch = Some(rx);
+        self.reopen_at = None;
+    }
+
+    /// The next answer, or a never-ready future without a watch.
+    async fn next(&mut self) -> Option<Health> {
+        match &mut self.watch {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// What [`serve`] drives.
+struct Serving<'a> {
+    connection: Connection,
+    /// Held until the connection is no longer served: h2 closes a connection whose
+    /// every sender is gone.
     _sender: SendRequest<Bytes>,
-    signals: &ConnSignals,
-    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
-    options: &TransportOptions,
-    addr: &str,
-) -> Ended {
-    let keepalive = options.keepalive;
-    let interval = options.keepalive_interval();
-    let mut pinger = keepalive.and_then(|_| connection.ping_pong());
+    signals: &'a ConnSignals,
+    cmds: &'a mut mpsc::UnboundedReceiver<Cmd>,
+    options: &'a TransportOptions,
+    addr: &'a str,
+    reporter: &'a mut Reporter,
+    connected: &'a Connected,
+    checker: Option<HealthChecker>,
+    backoff: &'a mut Backoff,
+}
+
+impl Serving<'_> {
+    /// Reports what the health service said.
+    fn on_health(&mut self, health: Option<Health>) {
+        let Some(checker) = self.checker.as_mut() else {
+            return;
+        };
+        let addr = self.addr;
+        let report_failure = |reporter: &mut Reporter, why: String| {
+            if reporter.tracker.get() != ConnectivityState::TransientFailure {
+                let error = TransportError::Unhealthy {
+                    addr: addr.to_owned(),
+                    reason: why,
+                };
+                reporter.report(ConnectivityState::TransientFailure, Some(Arc::new(error)));
+            }
+        };
+        match health {
+            Some(Health::Serving) => {
+                self.connected.healthy.store(true, Ordering::Release);
+                checker.backoff.reset();
+                if self.reporter.tracker.get() != ConnectivityState::Ready {
+                    self.backoff.reset();
+                    self.reporter.report(ConnectivityState::Ready, None);
+                }
+            }
+            Some(Health::NotServing(status)) => {
+                self.connected.healthy.store(false, Ordering::Release);
+                report_failure(
+                    self.reporter,
+                    format!("health check of service {:?}: {status}", checker.service),
+                );
+            }
+            Some(Health::Unimplemented) => {
+                // gRFC A17: a server without the health service counts as healthy;
+                // say so once, loudly, since the config asked for checks.
+                if !checker.unimplemented_logged {
+                    checker.unimplemented_logged = true;
+                    tracing::error!(%addr, service = %checker.service, "the server does not implement grpc.health.v1.Health; health checking is off for this connection");
+                }
+                self.connected.healthy.store(true, Ordering::Release);
+                checker.watch = None;
+                if self.reporter.tracker.get() != ConnectivityState::Ready {
+                    self.backoff.reset();
+                    self.reporter.report(ConnectivityState::Ready, None);
+                }
+            }
+            Some(Health::Ended(why)) => self.watch_ended(why),
+            None => self.watch_ended("the health watch stopped".to_owned()),
+        }
+    }
+
+    /// The watch ended: the subconn is not healthy until a new one says so; the new
+    /// one opens after the connection backoff.
+    fn watch_ended(&mut self, why: String) {
+        let Some(checker) = self.checker.as_mut() else {
+            return;
+        };
+        self.connected.healthy.store(false, Ordering::Release);
+        checker.watch = None;
+        checker.reopen_at = Some(Instant::now() + checker.backoff.next_delay());
+        if self.reporter.tracker.get() != ConnectivityState::TransientFailure {
+            let error = TransportError::Unhealthy {
+                addr: self.addr.to_owned(),
+                reason: format!("health check of service {:?}: {why}", checker.service),
+            };
+            self.reporter
+                .report(ConnectivityState::TransientFailure, Some(Arc::new(error)));
+        }
+    }
+}
+
+/// Drives a ready connection, with keepalive pings and its health check, until it
+/// ends.
+async fn serve(mut this: Serving<'_>) -> Ended {
+    let keepalive = this.options.keepalive;
+    let interval = this.options.keepalive_interval();
+    let mut pinger = keepalive.and_then(|_| this.connection.ping_pong());
     let mut next_check = Instant::now() + interval;
     // While a ping is out: when it times out.
     let mut pong_due: Option<Instant> = None;
+    let addr = this.addr.to_owned();
     loop {
+        let reopen_at = this.checker.as_ref().and_then(|c| c.reopen_at);
         tokio::select! {
-            ended = &mut connection => {
-                return Ended::Closed(TransportError::Closed { addr: addr.to_owned(), source: ended.err() });
+            ended = &mut this.connection => {
+                return Ended::Closed(TransportError::Closed { addr, source: ended.err() });
             }
-            cmd = cmds.recv() => match cmd {
+            cmd = this.cmds.recv() => match cmd {
                 Some(Cmd::Connect) => {}
-                Some(Cmd::Drain) => return Ended::Draining(connection),
-                Some(Cmd::Shutdown) | None => return Ended::Shutdown(connection),
+                Some(Cmd::Drain) => return Ended::Draining(this.connection),
+                Some(Cmd::Shutdown) | None => return Ended::Shutdown(this.connection),
             },
-            () = signals.goaway() => return Ended::Draining(connection),
+            () = this.signals.goaway() => return Ended::Draining(this.connection),
+            health = next_health(&mut this.checker) => this.on_health(health),
+            () = sleep_until_some(reopen_at) => {
+                if let Some(checker) = this.checker.as_mut() {
+                    checker.start();
+                }
+            }
             () = tokio::time::sleep_until(next_check), if pinger.is_some() && pong_due.is_none() => {
                 let now = Instant::now();
-                let quiet_until = Instant::from_std(signals.last_read()) + interval;
+                let quiet_until = Instant::from_std(this.signals.last_read()) + interval;
                 let while_idle = keepalive.is_some_and(|k| k.while_idle);
                 if quiet_until > now {
                     next_check = quiet_until; // something was read meanwhile
-                } else if !while_idle && signals.active_streams() == 0 {
+                } else if !while_idle && this.signals.active_streams() == 0 {
                     next_check = now + interval;
                 } else if let Some(p) = &mut pinger {
                     if let Err(e) = p.send_ping(h2::Ping::opaque()) {
-                        return Ended::Closed(TransportError::Closed { addr: addr.to_owned(), source: Some(e) });
+                        return Ended::Closed(TransportError::Closed { addr, source: Some(e) });
                     }
                     let timeout = keepalive.map_or(interval, |k| k.timeout);
                     pong_due = Some(now + timeout);
@@ -404,14 +578,21 @@ async fn serve(
                     pong_due = None;
                     next_check = Instant::now() + interval;
                 }
-                Err(e) => return Ended::Closed(TransportError::Closed { addr: addr.to_owned(), source: Some(e) }),
+                Err(e) => return Ended::Closed(TransportError::Closed { addr, source: Some(e) }),
             },
             () = sleep_until_some(pong_due) => {
                 let after = keepalive.map_or(interval, |k| k.timeout);
                 tracing::debug!(%addr, ?after, "keepalive ping unanswered; closing the connection");
-                return Ended::Closed(TransportError::KeepaliveTimeout { addr: addr.to_owned(), after });
+                return Ended::Closed(TransportError::KeepaliveTimeout { addr, after });
             }
         }
+    }
+}
+
+async fn next_health(checker: &mut Option<HealthChecker>) -> Option<Health> {
+    match checker {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -461,6 +642,8 @@ mod tests {
             authority: None,
             target_authority: None,
             max_header_list_size: 16 << 20,
+            health_checks: true,
+            health_service: ArcSwapOption::empty(),
             #[cfg(feature = "tls")]
             tls: None,
         }

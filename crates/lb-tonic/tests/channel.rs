@@ -352,15 +352,12 @@ struct RecordingPicker {
 
 impl Picker for RecordingPicker {
     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
-        PickResult::Pick(Pick {
-            subconn: &self.subconn,
-            on_done: Some(self.on_done.clone()),
-        })
+        PickResult::Pick(Pick::new(&self.subconn).with_on_done(self.on_done.clone()))
     }
 }
 
 impl PickerBuilder for Recording {
-    fn build(&self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
+    fn build(&mut self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
         let log = self.0.clone();
         Arc::new(RecordingPicker {
             subconn: ready[0].subconn.clone(),

@@ -360,15 +360,12 @@ struct RecordingPicker {
 impl Picker for RecordingPicker {
     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.ready.len();
-        PickResult::Pick(Pick {
-            subconn: &self.ready[i],
-            on_done: Some(self.on_done.clone()),
-        })
+        PickResult::Pick(Pick::new(&self.ready[i]).with_on_done(self.on_done.clone()))
     }
 }
 
 impl PickerBuilder for Recording {
-    fn build(&self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
+    fn build(&mut self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
         let log = self.0.clone();
         Arc::new(RecordingPicker {
             ready: ready.iter().map(|r| r.subconn.clone()).collect(),

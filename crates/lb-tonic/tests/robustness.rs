@@ -39,7 +39,7 @@ impl Picker for FragilePicker {
 }
 
 impl PickerBuilder for Fragile {
-    fn build(&self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
+    fn build(&mut self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
         if self.panic_in_build.load(Ordering::Relaxed) {
             panic!("the picker builder broke");
         }

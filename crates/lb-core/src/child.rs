@@ -1,0 +1,777 @@
+//! Building blocks for parent policies: policies made of other policies.
+//!
+//! A parent owns children ([`Child`]), each a balancer of any registered policy that
+//! talks to the channel through a wrapped [`ClientConn`]: the subconns it creates are
+//! recorded as its own, the state and picker it publishes are kept for the parent
+//! (which builds its own picker from them), and its timers are tagged so the parent
+//! can route them back. The children never know they have a parent.
+//!
+//! * [`parse_child_policy`]: a `childPolicy` list (`[{"round_robin": {}}]`), the first
+//!   registered entry wins, as in `loadBalancingConfig`.
+//! * [`Child`]: one child balancer.
+//! * [`GracefulSwitch`]: a child whose policy can change: the new one takes over once
+//!   it leaves `CONNECTING` (or at once if the old one is not `READY`), as grpc-go's
+//!   graceful switch does. The channel itself uses it.
+//! * [`ChildManager`]: children keyed by identity (a locality, an endpoint, a
+//!   priority), each behind a graceful switch.
+//! * [`aggregate`]: the state of a group of children.
+//!
+//! A parent that only filters or counts (outlier detection) keeps one
+//! [`GracefulSwitch`] and wraps its picker; see `lb_policies::outlier_detection`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{
+    Address, Balancer, BalancerRegistry, BuildOptions, ClientConn, ClientConnState,
+    ConnectivityState, Error, LbConfig, Picker, QueuePicker, SharedError, SubConn, SubConnId,
+    SubConnOptions, SubConnState, Target, TimerId,
+};
+
+/// A child's policy: its registered name and its parsed config.
+#[derive(Clone, Debug)]
+pub struct ChildPolicy {
+    /// The registered policy name.
+    pub name: String,
+    /// Its config, parsed by its builder.
+    pub config: LbConfig,
+}
+
+/// Parses a `childPolicy` list for the parent policy `parent`: the first entry whose
+/// policy is registered wins (its config parsed by its builder, which may itself be a
+/// parent). Errors name `path` and the entry.
+///
+/// ```
+/// use lb_core::child::parse_child_policy;
+/// use lb_core::BalancerRegistry;
+///
+/// let registry = BalancerRegistry::new(); // nothing registered
+/// let err = parse_child_policy(&serde_json::json!([{"nope": {}}]), "childPolicy", "parent", &registry)
+///     .unwrap_err();
+/// assert!(err.to_string().contains("childPolicy"), "{err}");
+/// ```
+pub fn parse_child_policy(
+    value: &Value,
+    path: &str,
+    parent: &str,
+    registry: &BalancerRegistry,
+) -> Result<ChildPolicy, Error> {
+    let list = value
+        .as_array()
+        .ok_or_else(|| Error::lb_config(parent, path, "expected an array of policies"))?;
+    if list.is_empty() {
+        return Err(Error::lb_config(
+            parent,
+            path,
+            "must name at least one policy",
+        ));
+    }
+    let mut names = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        let epath = format!("{path}[{i}]");
+        let (name, config) = match entry.as_object() {
+            Some(obj) if obj.len() == 1 => match obj.iter().next() {
+                Some(pair) => pair,
+                None => continue,
+            },
+            _ => {
+                return Err(Error::lb_config(
+                    parent,
+                    epath,
+                    "expected an object with exactly one policy name",
+                ));
+            }
+        };
+        if let Some(builder) = registry.get(name) {
+            let config = builder.parse_config_in(config, registry)?;
+            return Ok(ChildPolicy {
+                name: name.clone(),
+                config,
+            });
+        }
+        names.push(name.clone());
+    }
+    Err(Error::lb_config(
+        parent,
+        path,
+        format!("no registered load-balancing policy among {names:?}"),
+    ))
+}
+
+/// The state of a group: `READY` if any member is, else `CONNECTING` if any is, else
+/// `IDLE` if any is, else `TRANSIENT_FAILURE` (also for no member), as grpc-go's
+/// balancer group aggregates.
+pub fn aggregate(states: impl IntoIterator<Item = ConnectivityState>) -> ConnectivityState {
+    let (mut connecting, mut idle) = (false, false);
+    for s in states {
+        match s {
+            ConnectivityState::Ready => return ConnectivityState::Ready,
+            ConnectivityState::Connecting => connecting = true,
+            ConnectivityState::Idle => idle = true,
+            _ => {}
+        }
+    }
+    if connecting {
+        ConnectivityState::Connecting
+    } else if idle {
+        ConnectivityState::Idle
+    } else {
+        ConnectivityState::TransientFailure
+    }
+}
+
+/// Bits of a [`TimerId`] a parent uses to tag its child.
+const TAG_BITS: u32 = 16;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+
+/// A child's timer id as its parent schedules it.
+fn tag(timer: TimerId, index: u16) -> TimerId {
+    TimerId((timer.0 << TAG_BITS) | u64::from(index))
+}
+
+/// The child index and the child's own timer id of a tagged timer.
+fn untag(timer: TimerId) -> (u16, TimerId) {
+    ((timer.0 & TAG_MASK) as u16, TimerId(timer.0 >> TAG_BITS))
+}
+
+/// What a child published and owns.
+struct ChildState {
+    state: ConnectivityState,
+    picker: Arc<dyn Picker>,
+    published: bool,
+    subconns: HashMap<SubConnId, SubConn>,
+}
+
+/// The [`ClientConn`] a child is given: the parent's, recording what the child does.
+struct ChildCc<'a> {
+    parent: &'a mut dyn ClientConn,
+    child: &'a mut ChildState,
+    index: u16,
+}
+
+impl ClientConn for ChildCc<'_> {
+    fn new_subconn_with(
+        &mut self,
+        address: Address,
+        options: SubConnOptions,
+    ) -> Result<SubConn, Error> {
+        let subconn = self.parent.new_subconn_with(address, options)?;
+        self.child.subconns.insert(subconn.id(), subconn.clone());
+        Ok(subconn)
+    }
+
+    fn update_state(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
+        self.child.state = state;
+        self.child.picker = picker;
+        self.child.published = true;
+    }
+
+    fn resolve_now(&mut self) {
+        self.parent.resolve_now();
+    }
+
+    fn target(&self) -> &Target {
+        self.parent.target()
+    }
+
+    fn schedule(&mut self, after: Duration, timer: TimerId) {
+        self.parent.schedule(after, tag(timer, self.index));
+    }
+}
+
+/// One child balancer of a parent policy.
+pub struct Child {
+    name: String,
+    index: u16,
+    balancer: Box<dyn Balancer>,
+    state: ChildState,
+}
+
+impl std::fmt::Debug for Child {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Child")
+            .field("policy", &self.name)
+            .field("state", &self.state.state)
+            .field("subconns", &self.state.subconns.len())
+            .finish()
+    }
+}
+
+impl Child {
+    /// Builds a child of policy `name` from `options.registry`. `index` tags its
+    /// timers; it must be unique among the parent's children.
+    pub fn build(name: &str, options: &BuildOptions, index: u16) -> Result<Self, Error> {
+        let builder = options.registry.require(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            index,
+            balancer: builder.build(options),
+            state: ChildState {
+                state: ConnectivityState::Connecting,
+                picker: Arc::new(QueuePicker),
+                published: false,
+                subconns: HashMap::new(),
+            },
+        })
+    }
+
+    /// The child's policy name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The state it last published (`CONNECTING` before it published any).
+    pub fn state(&self) -> ConnectivityState {
+        self.state.state
+    }
+
+    /// The picker it last published.
+    pub fn picker(&self) -> &Arc<dyn Picker> {
+        &self.state.picker
+    }
+
+    /// Whether it published since the last call to this method.
+    pub fn take_published(&mut self) -> bool {
+        std::mem::take(&mut self.state.published)
+    }
+
+    /// Whether `subconn` is one the child created.
+    pub fn owns(&self, subconn: &SubConn) -> bool {
+        self.state.subconns.contains_key(&subconn.id())
+    }
+
+    /// The subconns the child created and has not seen shut down.
+    pub fn subconns(&self) -> impl Iterator<Item = &SubConn> {
+        self.state.subconns.values()
+    }
+
+    fn with_cc<R>(
+        &mut self,
+        cc: &mut dyn ClientConn,
+        f: impl FnOnce(&mut dyn Balancer, &mut dyn ClientConn) -> R,
+    ) -> R {
+        let mut child_cc = ChildCc {
+            parent: cc,
+            child: &mut self.state,
+            index: self.index,
+        };
+        f(self.balancer.as_mut(), &mut child_cc)
+    }
+
+    /// Forwards a resolver state.
+    pub fn update_client_conn_state(
+        &mut self,
+        state: ClientConnState,
+        cc: &mut dyn ClientConn,
+    ) -> Result<(), Error> {
+        self.with_cc(cc, |b, cc| b.update_client_conn_state(state, cc))
+    }
+
+    /// Forwards a subconn's state (the parent may alter it first: outlier detection
+    /// shows an ejected subconn as `TRANSIENT_FAILURE`).
+    pub fn update_subconn_state(
+        &mut self,
+        subconn: &SubConn,
+        state: &SubConnState,
+        cc: &mut dyn ClientConn,
+    ) {
+        if state.state == ConnectivityState::Shutdown {
+            self.state.subconns.remove(&subconn.id());
+        }
+        self.with_cc(cc, |b, cc| b.update_subconn_state(subconn, state, cc));
+    }
+
+    /// Forwards a resolver error.
+    pub fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {
+        self.with_cc(cc, |b, cc| b.resolver_error(error, cc));
+    }
+
+    /// Forwards an exit-idle request.
+    pub fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
+        self.with_cc(cc, |b, cc| b.exit_idle(cc));
+    }
+
+    /// Forwards a timer of this child's (already untagged).
+    pub fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
+        self.with_cc(cc, |b, cc| b.timer(timer, cc));
+    }
+
+    /// Closes the child and shuts down every subconn it left open.
+    pub fn close(&mut self, cc: &mut dyn ClientConn) {
+        self.with_cc(cc, |b, cc| b.close(cc));
+        for (_, sc) in self.state.subconns.drain() {
+            sc.shutdown();
+        }
+    }
+}
+
+/// A child whose policy can change without a gap: the new policy gets every update
+/// while the old one keeps serving, and takes over as soon as it leaves
+/// `CONNECTING`, or at once when the old one is not `READY` (grpc-go's graceful
+/// switch). The state and picker it exposes are the current child's.
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use lb_core::child::GracefulSwitch;
+/// use lb_core::test_util::RecordingClientConn;
+/// use lb_core::{BuildOptions, ConnectivityState, Target};
+/// # use lb_core::{BalancerRegistry, BalancerBuilder, Balancer, ClientConn, ClientConnState, Error, SharedError, SubConn, SubConnState};
+/// # struct Nop; impl Balancer for Nop {
+/// #   fn update_client_conn_state(&mut self, _: ClientConnState, _: &mut dyn ClientConn) -> Result<(), Error> { Ok(()) }
+/// #   fn resolver_error(&mut self, _: SharedError, _: &mut dyn ClientConn) {}
+/// #   fn update_subconn_state(&mut self, _: &SubConn, _: &SubConnState, _: &mut dyn ClientConn) {}
+/// #   fn exit_idle(&mut self, _: &mut dyn ClientConn) {} }
+/// # struct B; impl BalancerBuilder for B { fn name(&self) -> &str { "nop" } fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> { Box::new(Nop) } }
+/// # let mut registry = BalancerRegistry::new(); registry.register(B);
+/// let target = Target::parse("test:///x").unwrap();
+/// let mut cc = RecordingClientConn::new(target.clone());
+/// let mut switch = GracefulSwitch::new(BuildOptions::new(target).with_registry(registry));
+/// switch.switch_to("nop", &mut cc).unwrap();
+/// assert_eq!(switch.current_name(), Some("nop"));
+/// assert_eq!(switch.state(), ConnectivityState::Connecting);
+/// # }
+/// ```
+pub struct GracefulSwitch {
+    options: BuildOptions,
+    current: Option<Child>,
+    pending: Option<Child>,
+    next_index: u16,
+    published: bool,
+}
+
+impl std::fmt::Debug for GracefulSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GracefulSwitch")
+            .field("current", &self.current)
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl GracefulSwitch {
+    /// An empty switch; children are built from `options.registry`.
+    pub fn new(options: BuildOptions) -> Self {
+        Self {
+            options,
+            current: None,
+            pending: None,
+            next_index: 0,
+            published: false,
+        }
+    }
+
+    /// The current child's policy.
+    pub fn current_name(&self) -> Option<&str> {
+        self.current.as_ref().map(Child::name)
+    }
+
+    /// The policy being switched to, if a switch is under way.
+    pub fn pending_name(&self) -> Option<&str> {
+        self.pending.as_ref().map(Child::name)
+    }
+
+    /// The current child's state (`CONNECTING` before any).
+    pub fn state(&self) -> ConnectivityState {
+        self.current
+            .as_ref()
+            .map_or(ConnectivityState::Connecting, Child::state)
+    }
+
+    /// The current child's picker (queueing before any).
+    pub fn picker(&self) -> Arc<dyn Picker> {
+        self.current.as_ref().map_or_else(
+            || Arc::new(QueuePicker) as Arc<dyn Picker>,
+            |c| c.picker().clone(),
+        )
+    }
+
+    /// Whether what [`GracefulSwitch::state`] and [`GracefulSwitch::picker`] return
+    /// changed since the last call: the parent should publish.
+    pub fn take_published(&mut self) -> bool {
+        std::mem::take(&mut self.published)
+    }
+
+    /// Every live child: the current one, and the pending one.
+    pub fn children(&self) -> impl Iterator<Item = &Child> {
+        self.current.iter().chain(self.pending.iter())
+    }
+
+    /// Whether `subconn` belongs to one of the children.
+    pub fn owns(&self, subconn: &SubConn) -> bool {
+        self.children().any(|c| c.owns(subconn))
+    }
+
+    /// Makes `name` the policy that resolver updates go to: the current one if there
+    /// is none, else a pending one (unless it is already current or pending).
+    pub fn switch_to(&mut self, name: &str, cc: &mut dyn ClientConn) -> Result<(), Error> {
+        if self.pending_name() == Some(name) {
+            return Ok(());
+        }
+        if let Some(mut old) = self.pending.take() {
+            old.close(cc); // switching on before the last switch finished
+        }
+        if self.current_name() == Some(name) {
+            return Ok(());
+        }
+        let child = Child::build(name, &self.options, self.next_index)?;
+        self.next_index = self.next_index.wrapping_add(1);
+        if self.current.is_none() {
+            self.current = Some(child);
+        } else {
+            self.pending = Some(child);
+        }
+        Ok(())
+    }
+
+    /// The child resolver input goes to: the pending one during a switch.
+    fn target_child(&mut self) -> Option<&mut Child> {
+        self.pending.as_mut().or(self.current.as_mut())
+    }
+
+    /// Forwards a resolver state to the newest child.
+    pub fn update_client_conn_state(
+        &mut self,
+        state: ClientConnState,
+        cc: &mut dyn ClientConn,
+    ) -> Result<(), Error> {
+        let result = match self.target_child() {
+            Some(child) => child.update_client_conn_state(state, cc),
+            None => Ok(()),
+        };
+        self.settle(cc);
+        result
+    }
+
+    /// Forwards a subconn's state to the child that owns it.
+    pub fn update_subconn_state(
+        &mut self,
+        subconn: &SubConn,
+        state: &SubConnState,
+        cc: &mut dyn ClientConn,
+    ) {
+        let owner = [self.current.as_mut(), self.pending.as_mut()]
+            .into_iter()
+            .flatten()
+            .find(|c| c.owns(subconn));
+        if let Some(child) = owner {
+            child.update_subconn_state(subconn, state, cc);
+        }
+        self.settle(cc);
+    }
+
+    /// Forwards a resolver error to the newest child.
+    pub fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {
+        if let Some(child) = self.target_child() {
+            child.resolver_error(error, cc);
+        }
+        self.settle(cc);
+    }
+
+    /// Forwards an exit-idle request to the current child.
+    pub fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
+        if let Some(child) = self.current.as_mut() {
+            child.exit_idle(cc);
+        }
+        self.settle(cc);
+    }
+
+    /// Routes a timer to the child that set it (timers of a replaced child are
+    /// dropped).
+    pub fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
+        let (index, own) = untag(timer);
+        let owner = [self.current.as_mut(), self.pending.as_mut()]
+            .into_iter()
+            .flatten()
+            .find(|c| c.index == index);
+        if let Some(child) = owner {
+            child.timer(own, cc);
+        }
+        self.settle(cc);
+    }
+
+    /// Closes both children.
+    pub fn close(&mut self, cc: &mut dyn ClientConn) {
+        for mut child in self.current.take().into_iter().chain(self.pending.take()) {
+            child.close(cc);
+        }
+    }
+
+    /// Takes over with the pending child when it may, and notes publications.
+    fn settle(&mut self, cc: &mut dyn ClientConn) {
+        let current_published = self.current.as_mut().is_some_and(Child::take_published);
+        if current_published {
+            self.published = true;
+        }
+        let current_ready = self.state() == ConnectivityState::Ready;
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
+        let pending_published = pending.take_published();
+        // The pending child takes over once it has left CONNECTING, or as soon as the
+        // current one is not READY (there is nothing to keep serving from).
+        let swap = (pending_published
+            && (pending.state() != ConnectivityState::Connecting || !current_ready))
+            || (current_published && !current_ready);
+        if swap {
+            if let Some(mut old) = self.current.take() {
+                old.close(cc);
+            }
+            self.current = self.pending.take();
+            self.published = true;
+        }
+    }
+}
+
+/// What one child of a [`ChildManager`] gets on an update.
+#[derive(Debug)]
+pub struct ChildUpdate<K> {
+    /// The child's identity.
+    pub key: K,
+    /// Its policy (a change of policy is a graceful switch).
+    pub policy: ChildPolicy,
+    /// Its share of the resolver state.
+    pub state: ClientConnState,
+}
+
+/// Children keyed by identity, each behind a [`GracefulSwitch`]: a parent that
+/// splits its addresses (per locality, per endpoint, per priority) hands each share
+/// to a child of any policy.
+pub struct ChildManager<K> {
+    options: BuildOptions,
+    children: Vec<(K, GracefulSwitch, u16)>,
+    next_index: u16,
+    published: bool,
+}
+
+impl<K: std::fmt::Debug> std::fmt::Debug for ChildManager<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.children.iter().map(|(k, c, _)| (k, c)))
+            .finish()
+    }
+}
+
+/// A [`ClientConn`] that tags a manager's child's timers with its slot.
+struct SlotCc<'a> {
+    parent: &'a mut dyn ClientConn,
+    slot: u16,
+}
+
+impl ClientConn for SlotCc<'_> {
+    fn new_subconn_with(
+        &mut self,
+        address: Address,
+        options: SubConnOptions,
+    ) -> Result<SubConn, Error> {
+        self.parent.new_subconn_with(address, options)
+    }
+
+    fn update_state(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
+        self.parent.update_state(state, picker);
+    }
+
+    fn resolve_now(&mut self) {
+        self.parent.resolve_now();
+    }
+
+    fn target(&self) -> &Target {
+        self.parent.target()
+    }
+
+    fn schedule(&mut self, after: Duration, timer: TimerId) {
+        self.parent.schedule(after, tag(timer, self.slot));
+    }
+}
+
+impl<K: PartialEq + Clone> ChildManager<K> {
+    /// No children yet; they are built from `options.registry`.
+    pub fn new(options: BuildOptions) -> Self {
+        Self {
+            options,
+            children: Vec::new(),
+            next_index: 0,
+            published: false,
+        }
+    }
+
+    /// Makes the children exactly `updates`: existing keys get their new state (and
+    /// switch policy gracefully if it changed), new keys are built, missing keys are
+    /// closed. Returns the first error a child returned (every child is updated).
+    pub fn update(
+        &mut self,
+        updates: Vec<ChildUpdate<K>>,
+        cc: &mut dyn ClientConn,
+    ) -> Result<(), Error> {
+        let mut first_error = None;
+        // Close the children no longer wanted.
+        let mut kept = Vec::with_capacity(self.children.len());
+        for (key, mut switch, slot) in self.children.drain(..) {
+            if updates.iter().any(|u| u.key == key) {
+                kept.push((key, switch, slot));
+            } else {
+                switch.close(&mut SlotCc { parent: cc, slot });
+                self.published = true;
+            }
+        }
+        self.children = kept;
+        for update in updates {
+            let position = self.children.iter().position(|(k, _, _)| *k == update.key);
+            let position = match position {
+                Some(p) => p,
+                None => {
+                    let slot = self.next_index;
+                    self.next_index = self.next_index.wrapping_add(1);
+                    self.children.push((
+                        update.key.clone(),
+                        GracefulSwitch::new(self.options.clone()),
+                        slot,
+                    ));
+                    self.children.len() - 1
+                }
+            };
+            let (_, switch, slot) = &mut self.children[position];
+            let mut slot_cc = SlotCc {
+                parent: cc,
+                slot: *slot,
+            };
+            let result = switch
+                .switch_to(&update.policy.name, &mut slot_cc)
+                .and_then(|()| {
+                    let state = update.state.with_config(update.policy.config);
+                    switch.update_client_conn_state(state, &mut slot_cc)
+                });
+            if switch.take_published() {
+                self.published = true;
+            }
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn each(
+        &mut self,
+        cc: &mut dyn ClientConn,
+        mut f: impl FnMut(&mut GracefulSwitch, &mut dyn ClientConn),
+    ) {
+        for (_, switch, slot) in &mut self.children {
+            f(
+                switch,
+                &mut SlotCc {
+                    parent: cc,
+                    slot: *slot,
+                },
+            );
+            if switch.take_published() {
+                self.published = true;
+            }
+        }
+    }
+
+    /// Routes a subconn's state to the child that owns it. Returns whether one did.
+    pub fn update_subconn_state(
+        &mut self,
+        subconn: &SubConn,
+        state: &SubConnState,
+        cc: &mut dyn ClientConn,
+    ) -> bool {
+        let Some((_, switch, slot)) = self.children.iter_mut().find(|(_, s, _)| s.owns(subconn))
+        else {
+            return false;
+        };
+        switch.update_subconn_state(
+            subconn,
+            state,
+            &mut SlotCc {
+                parent: cc,
+                slot: *slot,
+            },
+        );
+        if switch.take_published() {
+            self.published = true;
+        }
+        true
+    }
+
+    /// Tells every child about a resolver error.
+    pub fn resolver_error(&mut self, error: &SharedError, cc: &mut dyn ClientConn) {
+        self.each(cc, |s, cc| s.resolver_error(error.clone(), cc));
+    }
+
+    /// Asks every child to leave idle.
+    pub fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
+        self.each(cc, |s, cc| s.exit_idle(cc));
+    }
+
+    /// Routes a timer to the child that set it.
+    pub fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
+        let (slot, own) = untag(timer);
+        if let Some((_, switch, slot)) = self.children.iter_mut().find(|(_, _, s)| *s == slot) {
+            switch.timer(
+                own,
+                &mut SlotCc {
+                    parent: cc,
+                    slot: *slot,
+                },
+            );
+            if switch.take_published() {
+                self.published = true;
+            }
+        }
+    }
+
+    /// Closes every child.
+    pub fn close(&mut self, cc: &mut dyn ClientConn) {
+        for (_, mut switch, slot) in self.children.drain(..) {
+            switch.close(&mut SlotCc { parent: cc, slot });
+        }
+    }
+
+    /// The children: key, state, picker.
+    pub fn children(&self) -> impl Iterator<Item = (&K, ConnectivityState, Arc<dyn Picker>)> {
+        self.children
+            .iter()
+            .map(|(k, s, _)| (k, s.state(), s.picker()))
+    }
+
+    /// The group's state ([`aggregate`]).
+    pub fn aggregate(&self) -> ConnectivityState {
+        aggregate(self.children.iter().map(|(_, s, _)| s.state()))
+    }
+
+    /// Whether any child published since the last call: the parent should build
+    /// and publish its picker.
+    pub fn take_published(&mut self) -> bool {
+        std::mem::take(&mut self.published)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_tags_round_trip_through_levels() {
+        let inner = TimerId(7);
+        let once = tag(inner, 3);
+        let twice = tag(once, 9);
+        let (a, rest) = untag(twice);
+        assert_eq!(a, 9);
+        let (b, own) = untag(rest);
+        assert_eq!((b, own), (3, inner));
+    }
+
+    #[test]
+    fn aggregation_prefers_ready_then_connecting_then_idle() {
+        use ConnectivityState::*;
+        assert_eq!(aggregate([TransientFailure, Idle, Ready]), Ready);
+        assert_eq!(aggregate([TransientFailure, Idle, Connecting]), Connecting);
+        assert_eq!(aggregate([TransientFailure, Idle]), Idle);
+        assert_eq!(aggregate([TransientFailure]), TransientFailure);
+        assert_eq!(aggregate([]), TransientFailure);
+    }
+}
