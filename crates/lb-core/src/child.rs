@@ -126,6 +126,31 @@ pub fn aggregate(states: impl IntoIterator<Item = ConnectivityState>) -> Connect
 /// Bits of a [`TimerId`] a parent uses to tag its child.
 const TAG_BITS: u32 = 16;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+/// The tag of a parent's own timers: never a child's index.
+const OWN: u64 = TAG_MASK;
+
+/// A parent policy's own timer `id`, which cannot be taken for one of its children's
+/// (their timers carry the child's index in the same bits). Pair with
+/// [`own_timer_id`].
+pub const fn own_timer(id: u32) -> TimerId {
+    TimerId(((id as u64) << TAG_BITS) | OWN)
+}
+
+/// The id given to [`own_timer`], if `timer` is a parent's own; `None` for a timer of
+/// one of its children (route those to [`GracefulSwitch::timer`] or
+/// [`ChildManager::timer`]).
+pub fn own_timer_id(timer: TimerId) -> Option<u32> {
+    (timer.0 & TAG_MASK == OWN).then(|| u32::try_from(timer.0 >> TAG_BITS).unwrap_or(u32::MAX))
+}
+
+/// The next child index after `i`, skipping the one reserved for a parent's own
+/// timers.
+fn next_index(i: u16) -> u16 {
+    match i.wrapping_add(1) {
+        x if u64::from(x) == OWN => 0,
+        x => x,
+    }
+}
 
 /// A child's timer id as its parent schedules it.
 fn tag(timer: TimerId, index: u16) -> TimerId {
@@ -417,7 +442,7 @@ impl GracefulSwitch {
             return Ok(());
         }
         let child = Child::build(name, &self.options, self.next_index)?;
-        self.next_index = self.next_index.wrapping_add(1);
+        self.next_index = next_index(self.next_index);
         if self.current.is_none() {
             self.current = Some(child);
         } else {
@@ -623,7 +648,7 @@ impl<K: PartialEq + Clone> ChildManager<K> {
                 Some(p) => p,
                 None => {
                     let slot = self.next_index;
-                    self.next_index = self.next_index.wrapping_add(1);
+                    self.next_index = next_index(self.next_index);
                     self.children.push((
                         update.key.clone(),
                         GracefulSwitch::new(self.options.clone()),
@@ -763,6 +788,13 @@ mod tests {
         assert_eq!(a, 9);
         let (b, own) = untag(rest);
         assert_eq!((b, own), (3, inner));
+    }
+
+    #[test]
+    fn a_parents_own_timers_never_look_like_a_childs() {
+        assert_eq!(own_timer_id(own_timer(42)), Some(42));
+        assert_eq!(own_timer_id(tag(TimerId(42), 3)), None);
+        assert_eq!(next_index(0xfffe), 0, "the own tag is skipped");
     }
 
     #[test]

@@ -378,6 +378,25 @@ fn parse_names(mc: &Map<String, Value>, path: &str) -> Result<Vec<MethodName>, E
         .collect()
 }
 
+/// Reads a protobuf JSON duration (`"1.5s"`, `".5s"`, `"3s"`) for a policy's own
+/// config: `Err` says what is wrong, for [`Error::lb_config`]. The rules are the
+/// service config's: at most 9 fractional digits, within ±315,576,000,000 s, not
+/// negative.
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_core::service_config::duration_from_json;
+///
+/// assert_eq!(duration_from_json(&serde_json::json!("0.25s")), Ok(Duration::from_millis(250)));
+/// assert!(duration_from_json(&serde_json::json!(10)).is_err());
+/// ```
+pub fn duration_from_json(value: &Value) -> Result<Duration, String> {
+    parse_duration(value, "").map_err(|e| match e {
+        Error::ServiceConfig { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
 /// Parses a protobuf JSON duration: decimal seconds with an `s` suffix (`"1.5s"`,
 /// `".5s"`, `"3s"`; at most 9 fractional digits, and a `.` must be followed by one),
 /// within protobuf's range of ±315,576,000,000 s. Every duration of a service config

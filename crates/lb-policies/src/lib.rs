@@ -5,6 +5,7 @@
 //! | `pick_first` (the default) | [`pick_first`] | one connection, to the first address that works |
 //! | `round_robin` | [`round_robin`] | all addresses connected, RPCs spread evenly |
 //! | `weighted_round_robin` | [`weighted_round_robin`] | like round robin, in proportion to address weights |
+//! | `outlier_detection` | [`outlier_detection`] | a parent of any policy: ejects backends whose RPCs fail (gRFC A50) |
 //!
 //! Every pick is lock-free and allocation-free. [`registry`] returns a registry with
 //! all of them, for a channel (`lb-tonic`) or a service config to choose from:
@@ -25,12 +26,14 @@
 //! implement `lb_core::Balancer` directly, as [`pick_first`] does.
 
 mod cursor;
+pub mod outlier_detection;
 pub mod pick_first;
 pub mod round_robin;
 pub mod weighted_round_robin;
 
 use lb_core::BalancerRegistry;
 
+pub use outlier_detection::OutlierDetection;
 pub use pick_first::PickFirst;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
@@ -44,6 +47,7 @@ pub fn registry() -> BalancerRegistry {
     registry
         .register(PickFirst)
         .register(round_robin::builder())
-        .register(weighted_round_robin::builder());
+        .register(weighted_round_robin::builder())
+        .register(OutlierDetection);
     registry
 }

@@ -12,14 +12,23 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 fn ready(builder: impl BalancerBuilder, n: usize) -> Harness {
-    let mut h = Harness::new(builder);
+    ready_with(builder, n, None)
+}
+
+/// A ready harness; with `config`, the policy's config as JSON (parents parse their
+/// children from the full registry).
+fn ready_with(builder: impl BalancerBuilder, n: usize, config: Option<&str>) -> Harness {
+    let mut h = Harness::with_registry(builder, lb_policies::registry());
     let addrs: Vec<Address> = (0..n)
         .map(|i| {
             Address::new(format!("10.0.0.{}:1", i + 1))
                 .with_attribute(Weight::new(i as u32 % 4 + 1).unwrap())
         })
         .collect();
-    h.update(ClientConnState::new(addrs)).unwrap();
+    match config {
+        Some(json) => h.update_with_config(addrs, json).unwrap(),
+        None => h.update(ClientConnState::new(addrs)).unwrap(),
+    }
     // pick_first creates one subconn at a time; the others create them all.
     for sc in h.live_subconns() {
         h.set_state(sc.address().addr(), Connecting);
@@ -37,6 +46,15 @@ fn picks_allocate_nothing() {
             "weighted_round_robin",
             ready(lb_policies::weighted_round_robin::builder(), 3),
         ),
+        // A parent adding its completion callback to its child's pick.
+        (
+            "outlier_detection over round_robin",
+            ready_with(
+                lb_policies::OutlierDetection,
+                3,
+                Some(r#"{"failurePercentageEjection": {}, "childPolicy": [{"round_robin": {}}]}"#),
+            ),
+        ),
     ] {
         let picker = h.picker();
         let info = PickInfo::new("/test.Service/Method");
@@ -44,6 +62,7 @@ fn picks_allocate_nothing() {
         std::hint::black_box(picker.pick(&info));
         let region = Region::new(GLOBAL);
         for _ in 0..10_000 {
+            // The pick, its callbacks (if any) and their drop at the end of the RPC.
             std::hint::black_box(picker.pick(&info));
         }
         let allocated = region.change().allocations;

@@ -376,6 +376,8 @@ pub struct Backend {
 /// What a backend serves with, across restarts.
 struct Serving {
     service: EchoService,
+    served: Served,
+    health: Option<tonic_health::server::HealthReporter>,
     connections: Arc<AtomicUsize>,
     authorities: Authorities,
     tls: Option<TlsAcceptor>,
@@ -384,8 +386,11 @@ struct Serving {
 
 impl Serving {
     fn new(name: Arc<str>, tls: Option<TlsAcceptor>) -> Self {
+        let service = EchoService::new(name);
         Self {
-            service: EchoService::new(name),
+            served: Served::Echo(EchoServer::new(service.clone())),
+            service,
+            health: None,
             connections: Arc::default(),
             authorities: Authorities::default(),
             tls,
@@ -393,10 +398,21 @@ impl Serving {
         }
     }
 
+    /// Serves `grpc.health.v1.Health` too, every service `SERVING` at first.
+    fn with_health(mut self) -> Self {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let routes = tonic::service::Routes::new(EchoServer::new(self.service.clone()))
+            .add_service(health)
+            .prepare();
+        self.served = Served::WithHealth(routes);
+        self.health = Some(reporter);
+        self
+    }
+
     fn start(&mut self, listener: Listener) {
         self.task = Some(tokio::spawn(accept_loop(
             listener,
-            self.service.clone(),
+            self.served.clone(),
             self.connections.clone(),
             self.tls.clone(),
             self.authorities.clone(),
@@ -485,28 +501,48 @@ impl Backend {
     /// reconnecting to a dead ephemeral port can connect to itself) and
     /// [`Backend::restart`] can bind it again.
     pub async fn start_restartable(name: &str) -> std::io::Result<Self> {
-        let mut last = None;
-        for _ in 0..200 {
-            let port = fastrand_port();
-            match bind((Ipv4Addr::LOCALHOST, port).into()) {
-                Ok(listener) => return Ok(Self::serve(name, listener, None)),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+        Ok(Self::serve_with(
+            Serving::new(name.into(), None),
+            restartable_listener()?,
+        ))
+    }
+
+    /// Starts a restartable backend that also serves `grpc.health.v1.Health`
+    /// (tonic-health), every service `SERVING` until [`Backend::set_health`] says
+    /// otherwise.
+    pub async fn start_with_health(name: &str) -> std::io::Result<Self> {
+        let serving = Serving::new(name.into(), None).with_health();
+        Ok(Self::serve_with(serving, restartable_listener()?))
     }
 
     fn serve(name: &str, listener: TcpListener, tls: Option<TlsAcceptor>) -> Self {
-        let name: Arc<str> = name.into();
+        Self::serve_with(Serving::new(name.into(), tls), listener)
+    }
+
+    fn serve_with(mut serving: Serving, listener: TcpListener) -> Self {
+        let name = serving.service.name.clone();
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        let mut serving = Serving::new(name.clone(), tls);
         serving.start(Listener::Tcp(listener));
         Self {
             name,
             addr,
             serving,
+        }
+    }
+
+    /// Sets what its health service says about `service` (`""` is the whole
+    /// server): `SERVING` or `NOT_SERVING`. Only for [`Backend::start_with_health`].
+    pub async fn set_health(&self, service: &str, serving: bool) {
+        use tonic_health::ServingStatus;
+        if let Some(reporter) = &self.serving.health {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(service, status).await;
         }
     }
 
@@ -675,6 +711,18 @@ pub fn free_port() -> std::io::Result<u16> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
 }
 
+/// A listener on 127.0.0.1 outside the ephemeral range.
+fn restartable_listener() -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for _ in 0..200 {
+        match bind((Ipv4Addr::LOCALHOST, fastrand_port()).into()) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
 fn fastrand_port() -> u16 {
     // 20000..32000: below the ephemeral range, above common service ports.
     fastrand::u16(20_000..32_000)
@@ -816,15 +864,79 @@ enum Listener {
     Unix(tokio::net::UnixListener),
 }
 
+/// What a backend's connections serve: the echo service, or it and the health
+/// service behind tonic's router (kept apart so that plain backends, which the
+/// benchmarks use, pay no routing).
+#[derive(Clone)]
+enum Served {
+    Echo(EchoServer<EchoService>),
+    WithHealth(tonic::service::Routes),
+}
+
+pin_project_lite::pin_project! {
+    #[project = ServedFutureProj]
+    enum ServedFuture<A, B> {
+        Echo { #[pin] f: A },
+        WithHealth { #[pin] f: B },
+    }
+}
+
+impl<A, B, T> std::future::Future for ServedFuture<A, B>
+where
+    A: std::future::Future<Output = T>,
+    B: std::future::Future<Output = T>,
+{
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match self.project() {
+            ServedFutureProj::Echo { f } => f.poll(cx),
+            ServedFutureProj::WithHealth { f } => f.poll(cx),
+        }
+    }
+}
+
+type Incoming = hyper::body::Incoming;
+
+impl tonic::codegen::Service<http::Request<Incoming>> for Served {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = ServedFuture<
+        <EchoServer<EchoService> as tonic::codegen::Service<http::Request<Incoming>>>::Future,
+        <tonic::service::Routes as tonic::codegen::Service<http::Request<Incoming>>>::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self {
+            Served::Echo(s) => {
+                tonic::codegen::Service::<http::Request<Incoming>>::poll_ready(s, cx)
+            }
+            Served::WithHealth(r) => {
+                tonic::codegen::Service::<http::Request<Incoming>>::poll_ready(r, cx)
+            }
+        }
+    }
+
+    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
+        match self {
+            Served::Echo(s) => ServedFuture::Echo { f: s.call(request) },
+            Served::WithHealth(r) => ServedFuture::WithHealth { f: r.call(request) },
+        }
+    }
+}
+
 async fn accept_loop(
     listener: Listener,
-    service: EchoService,
+    served: Served,
     open: Arc<AtomicUsize>,
     tls: Option<TlsAcceptor>,
     authorities: Authorities,
 ) {
     let svc = TowerToHyperService::new(RecordAuthority {
-        inner: EchoServer::new(service),
+        inner: served,
         authorities,
     });
     // Owned here: aborting this task drops every connection task with it.

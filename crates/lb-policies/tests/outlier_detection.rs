@@ -1,0 +1,253 @@
+//! `outlier_detection` (gRFC A50) against the recording harness, its child a real
+//! `round_robin` (or `weighted_round_robin`) from the registry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lb_core::test_util::{Event, Harness, Outcome};
+use lb_core::{Address, Code, ConnectivityState::*, DoneInfo, Error, PickInfo, PickResult, Status};
+use lb_policies::OutlierDetection;
+
+fn addrs(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("10.0.0.{i}:1")).collect()
+}
+
+/// A ready outlier_detection over `n` addresses with this config.
+fn ready(n: usize, config: &str) -> Harness {
+    let mut h = Harness::with_registry(OutlierDetection, lb_policies::registry());
+    let addresses: Vec<Address> = addrs(n).iter().map(|a| Address::new(a.as_str())).collect();
+    h.update_with_config(addresses, config).unwrap();
+    for a in addrs(n) {
+        h.set_state(&a, Connecting);
+        h.set_state(&a, Ready);
+    }
+    assert_eq!(h.state(), Ready);
+    h
+}
+
+/// Sends `rpcs` picks; the RPCs to `failing` addresses end in UNAVAILABLE.
+fn traffic(h: &Harness, rpcs: usize, failing: &[&str]) -> HashMap<String, usize> {
+    let picker = h.picker();
+    let ok = Status::new(Code::Ok, "");
+    let bad = Status::unavailable("down");
+    let mut counts = HashMap::new();
+    for _ in 0..rpcs {
+        let PickResult::Pick(pick) = picker.pick(&PickInfo::new("/a.B/C")) else {
+            panic!("expected a pick");
+        };
+        let addr = pick.subconn.address().addr().to_owned();
+        let status = if failing.contains(&addr.as_str()) {
+            &bad
+        } else {
+            &ok
+        };
+        pick.on_done.done(&DoneInfo::new(status, None));
+        *counts.entry(addr).or_default() += 1;
+    }
+    counts
+}
+
+fn failure_percentage(interval: &str, base: &str, max_percent: u32) -> String {
+    format!(
+        r#"{{"interval": "{interval}", "baseEjectionTime": "{base}", "maxEjectionTime": "10s",
+            "maxEjectionPercent": {max_percent},
+            "failurePercentageEjection": {{"threshold": 40, "minimumHosts": 1, "requestVolume": 10}},
+            "childPolicy": [{{"round_robin": {{}}}}]}}"#
+    )
+}
+
+#[test]
+fn a_failing_address_is_ejected_after_one_interval_and_returns_after_the_ejection_time() {
+    let mut h = ready(3, &failure_percentage("10s", "0.05s", 50));
+    assert_eq!(h.timers().len(), 1, "the sweep timer is set");
+    let bad = addrs(3)[0].clone();
+    traffic(&h, 300, &[&bad]);
+    h.take_events();
+    h.fire_timers(); // one interval
+    let counts = traffic(&h, 300, &[]);
+    assert_eq!(counts.get(&bad), None, "ejected: {counts:?}");
+    assert_eq!(counts.len(), 2);
+    assert!(h.timers().len() == 1, "the next sweep is set");
+
+    // After the base ejection time, the next sweep returns it.
+    std::thread::sleep(Duration::from_millis(60));
+    h.fire_timers();
+    let counts = traffic(&h, 300, &[]);
+    assert_eq!(counts.len(), 3, "returned: {counts:?}");
+}
+
+#[test]
+fn an_address_that_keeps_failing_is_ejected_for_longer_each_time() {
+    let mut h = ready(3, &failure_percentage("10s", "0.1s", 50));
+    let bad = addrs(3)[0].clone();
+    let ejected = |h: &Harness| !traffic(h, 60, &[]).contains_key(&bad);
+
+    traffic(&h, 300, &[&bad]);
+    h.fire_timers();
+    assert!(ejected(&h), "first ejection");
+    std::thread::sleep(Duration::from_millis(120));
+    h.fire_timers();
+    assert!(!ejected(&h), "back after 100 ms (1 × base)");
+
+    traffic(&h, 300, &[&bad]);
+    h.fire_timers();
+    assert!(ejected(&h), "second ejection");
+    std::thread::sleep(Duration::from_millis(120));
+    h.fire_timers();
+    assert!(
+        ejected(&h),
+        "still out after 120 ms: the second ejection lasts 2 × base"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    h.fire_timers();
+    assert!(!ejected(&h), "back after 200 ms");
+}
+
+#[test]
+fn max_ejection_percent_is_honoured_when_every_address_fails() {
+    let mut h = ready(3, &failure_percentage("10s", "30s", 34));
+    let all = addrs(3);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    traffic(&h, 300, &all);
+    h.fire_timers();
+    let counts = traffic(&h, 300, &[]);
+    assert_eq!(
+        counts.len(),
+        2,
+        "only one of three (33% < 34%) is ejected: {counts:?}"
+    );
+
+    // One may always go, whatever the percentage.
+    let mut h = ready(3, &failure_percentage("10s", "30s", 0));
+    traffic(&h, 300, &all);
+    h.fire_timers();
+    assert_eq!(traffic(&h, 300, &[]).len(), 2);
+}
+
+#[test]
+fn the_success_rate_algorithm_ejects_a_statistical_outlier() {
+    let config = r#"{"interval": "10s",
+        "successRateEjection": {"stdevFactor": 1000, "minimumHosts": 5, "requestVolume": 20},
+        "maxEjectionPercent": 50, "childPolicy": [{"round_robin": {}}]}"#;
+    let mut h = ready(5, config);
+    let all = addrs(5);
+    // Address 1 fails half its RPCs, the others none.
+    let picker = h.picker();
+    let ok = Status::new(Code::Ok, "");
+    let bad = Status::unavailable("flaky");
+    for i in 0..500 {
+        let PickResult::Pick(pick) = picker.pick(&PickInfo::new("/a.B/C")) else {
+            panic!()
+        };
+        let fail = pick.subconn.address().addr() == all[0] && i % 2 == 0;
+        pick.on_done
+            .done(&DoneInfo::new(if fail { &bad } else { &ok }, None));
+    }
+    h.fire_timers();
+    let counts = traffic(&h, 400, &[]);
+    assert_eq!(counts.get(&all[0]), None, "{counts:?}");
+    assert_eq!(counts.len(), 4);
+}
+
+#[test]
+fn an_ejected_subconn_looks_failing_to_the_child_and_the_channel_stays_ready() {
+    let mut h = ready(2, &failure_percentage("10s", "30s", 50));
+    let bad = addrs(2)[0].clone();
+    traffic(&h, 100, &[&bad]);
+    h.fire_timers();
+    assert_eq!(h.state(), Ready, "the other address still serves");
+    assert_eq!(h.pick(), Outcome::Picked(addrs(2)[1].clone()));
+    // The real subconn is untouched: still connected, never shut down.
+    let events = h.take_events();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Shutdown(_))),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn without_an_algorithm_it_only_forwards_to_its_child() {
+    let mut h = ready(2, r#"{"childPolicy": [{"weighted_round_robin": {}}]}"#);
+    assert!(h.timers().is_empty(), "no sweep without an algorithm");
+    let bad = addrs(2)[0].clone();
+    traffic(&h, 100, &[&bad]);
+    assert_eq!(h.fire_timers(), 0);
+    assert_eq!(traffic(&h, 100, &[]).len(), 2);
+}
+
+#[test]
+fn subconn_state_changes_reach_the_child() {
+    let mut h = ready(2, &failure_percentage("10s", "30s", 50));
+    let a = addrs(2)[0].clone();
+    h.set_state(&a, Idle); // its connection closed
+    assert!(
+        h.take_events().contains(&Event::Connect(a.clone())),
+        "round_robin reconnects it at once"
+    );
+    assert_eq!(h.pick_addrs(4), [addrs(2)[1].as_str(); 4]);
+    h.set_state(&a, Connecting);
+    h.set_state(&a, Ready);
+    assert_eq!(traffic(&h, 10, &[]).len(), 2);
+}
+
+#[test]
+fn bad_configs_name_the_json_path() {
+    let h = || Harness::with_registry(OutlierDetection, lb_policies::registry());
+    let cases = [
+        (
+            r#"{"childPolicy": [{"round_robin": {}}], "maxEjectionPercent": 101}"#,
+            "maxEjectionPercent",
+            "at most 100",
+        ),
+        (
+            r#"{"childPolicy": [{"round_robin": {}}], "interval": "-1s"}"#,
+            "interval",
+            "negative",
+        ),
+        (
+            r#"{"childPolicy": [{"round_robin": {}}], "interval": "0s"}"#,
+            "interval",
+            "greater than zero",
+        ),
+        (
+            r#"{"childPolicy": [{"round_robin": {}}], "failurePercentageEjection": {"threshold": 150}}"#,
+            "failurePercentageEjection.threshold",
+            "at most 100",
+        ),
+        (
+            r#"{"childPolicy": [{"round_robin": {}}], "successRateEjection": {"enforcementPercentage": 101}}"#,
+            "successRateEjection.enforcementPercentage",
+            "at most 100",
+        ),
+        (
+            r#"{"childPolicy": [{"round_robin": {}}], "successRateEjection": 5}"#,
+            "successRateEjection",
+            "expected an object",
+        ),
+        (r#"{}"#, "childPolicy", "is required"),
+        (r#"{"childPolicy": []}"#, "childPolicy", "at least one"),
+        (
+            r#"{"childPolicy": [{"no_such_policy": {}}]}"#,
+            "childPolicy",
+            "no registered",
+        ),
+    ];
+    for (json, path, reason) in cases {
+        let err = h()
+            .update_with_config(vec![Address::new("10.0.0.1:1")], json)
+            .unwrap_err();
+        let Error::LbConfig {
+            policy,
+            path: got,
+            reason: why,
+        } = &err
+        else {
+            panic!("{json}: {err:?}");
+        };
+        assert_eq!(policy, "outlier_detection", "{json}");
+        assert_eq!(got, path, "{json}: {err}");
+        assert!(why.contains(reason), "{json}: {err}");
+    }
+}
