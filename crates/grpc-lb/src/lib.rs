@@ -5,9 +5,10 @@
 //! | path | crate | feature |
 //! |---|---|---|
 //! | `grpc_lb::*` | `lb-core`: the model (resolvers, balancers, subconns, pickers, service config) | always |
-//! | [`grpc_lb::policies`](policies) | `lb-policies`: `pick_first`, `round_robin`, `weighted_round_robin` | always |
+//! | [`grpc_lb::policies`](policies) | `lb-policies`: `pick_first`, `round_robin`, `weighted_round_robin` (ORCA), `least_request`, `peak_ewma`, `ring_hash`, `outlier_detection` | always |
 //! | [`grpc_lb::resolvers`](resolvers) | `lb-resolvers`: DNS, etcd, ZooKeeper | `dns`, `etcd`, `zookeeper` |
 //! | `grpc_lb::tonic` | `lb-tonic`: the load-balancing channel | `tonic` (default); `tls` adds rustls |
+//! | `grpc_lb::orca` | `lb-orca` with its server side: load reports for `weighted_round_robin` | `orca-server` |
 //!
 //! ```
 //! use grpc_lb::{ServiceConfig, policies};
@@ -19,6 +20,8 @@
 //! ```
 
 pub use lb_core::*;
+#[cfg(feature = "orca-server")]
+pub use lb_orca as orca;
 pub use lb_policies as policies;
 pub use lb_resolvers as resolvers;
 #[cfg(feature = "tonic")]

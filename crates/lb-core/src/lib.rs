@@ -51,6 +51,7 @@
 mod address;
 mod attributes;
 mod error;
+mod load;
 mod picker;
 mod registry;
 mod state;
@@ -73,6 +74,7 @@ pub use balancer::{
     TimerId,
 };
 pub use error::{Error, SharedError};
+pub use load::{LoadReport, LoadReportListener, LoadReportWatch};
 pub use picker::{
     Callbacks, DoneInfo, FailPicker, OnDone, Pick, PickInfo, PickResult, Picker, QueuePicker,
 };

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Status, SubConn};
+use crate::{LoadReport, Status, SubConn};
 
 /// Chooses a subconn for each RPC. Published by a balancer with
 /// [`crate::ClientConn::update_state`] and used by the channel until the next one.
@@ -214,6 +214,9 @@ pub struct DoneInfo<'a> {
     /// The time from the pick to the RPC's end, as the channel measured it (zero
     /// when nobody measured): what latency-aware policies feed on.
     pub elapsed: Duration,
+    /// The backend's load report for this call (ORCA's `endpoint-load-metrics-bin`
+    /// trailer), decoded by the channel when the server sent one.
+    pub load_report: Option<&'a LoadReport>,
 }
 
 impl<'a> DoneInfo<'a> {
@@ -223,7 +226,15 @@ impl<'a> DoneInfo<'a> {
             status,
             trailers,
             elapsed: Duration::ZERO,
+            load_report: None,
         }
+    }
+
+    /// This info with the backend's load report.
+    #[must_use]
+    pub fn with_load_report(mut self, report: Option<&'a LoadReport>) -> Self {
+        self.load_report = report;
+        self
     }
 
     /// This info with the RPC's duration since its pick.

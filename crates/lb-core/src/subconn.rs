@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Address, ConnectivityState, SharedError};
+use crate::{Address, ConnectivityState, LoadReportWatch, SharedError};
 
 /// What a transport implements behind each [`SubConn`].
 ///
@@ -28,6 +28,19 @@ pub trait SubConnHandle: Any + Send + Sync {
     /// the transport's connection. `None` (the default) for a transport's own handle.
     fn inner(&self) -> Option<&SubConn> {
         None
+    }
+
+    /// Starts (`Some`) or stops (`None`) out-of-band load reports on this subconn,
+    /// replacing any earlier watch: while the subconn is connected, the transport
+    /// keeps a load-report stream open on its connection and passes every report to
+    /// the watch's listener (reopened after each reconnection). Returns whether the
+    /// transport supports it.
+    ///
+    /// The default passes the call on to the wrapped subconn ([`SubConnHandle::inner`])
+    /// and returns `false` for a handle that wraps none.
+    fn watch_load_reports(&self, watch: Option<LoadReportWatch>) -> bool {
+        self.inner()
+            .is_some_and(|inner| inner.watch_load_reports(watch))
     }
 }
 
@@ -115,6 +128,14 @@ impl SubConn {
             }
             subconn = subconn.inner.handle.inner()?;
         }
+    }
+
+    /// Asks the backend for out-of-band load reports (ORCA), delivered to
+    /// `watch`'s listener while the subconn is connected; `None` stops them. One
+    /// watch per subconn: a new one replaces the last. Returns `false` when the
+    /// transport cannot (it then ignores the call; a policy should say so).
+    pub fn watch_load_reports(&self, watch: Option<LoadReportWatch>) -> bool {
+        self.inner.handle.watch_load_reports(watch)
     }
 
     /// The subconn this one wraps (see [`SubConnHandle::inner`]), if any.

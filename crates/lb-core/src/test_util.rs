@@ -29,10 +29,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::{
-    Address, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn,
-    ClientConnState, ConnectivityState, Error, PickInfo, PickResult, Picker, QueuePicker,
-    SharedError, StateTracker, Status, SubConn, SubConnHandle, SubConnId, SubConnOptions,
-    SubConnState, Target, TimerId,
+    Address, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Callbacks, ClientConn,
+    ClientConnState, ConnectivityState, DoneInfo, Error, LoadReport, LoadReportWatch, PickInfo,
+    PickResult, Picker, QueuePicker, SharedError, StateTracker, Status, SubConn, SubConnHandle,
+    SubConnId, SubConnOptions, SubConnState, Target, TimerId,
 };
 
 /// One thing a balancer did, in order.
@@ -50,6 +50,9 @@ pub enum Event {
     ResolveNow,
     /// `schedule`: a timer for the balancer after this long.
     Schedule(Duration, TimerId),
+    /// `SubConn::watch_load_reports` on the subconn for this address: the interval
+    /// asked for, or `None` to stop.
+    WatchLoadReports(String, Option<Duration>),
 }
 
 #[derive(Default)]
@@ -72,6 +75,8 @@ struct RecordingHandle {
     log: Log,
     addr: String,
     id: Mutex<Option<SubConnId>>,
+    /// The load-report watch the balancer set, if any.
+    watch: Mutex<Option<LoadReportWatch>>,
 }
 
 impl RecordingHandle {
@@ -88,6 +93,16 @@ impl SubConnHandle for RecordingHandle {
     fn shutdown(&self) {
         push(&self.log, Event::Shutdown(self.addr.clone()), self.id());
     }
+
+    fn watch_load_reports(&self, watch: Option<LoadReportWatch>) -> bool {
+        push(
+            &self.log,
+            Event::WatchLoadReports(self.addr.clone(), watch.as_ref().map(|w| w.interval)),
+            self.id(),
+        );
+        *self.watch.lock().unwrap_or_else(PoisonError::into_inner) = watch;
+        true
+    }
 }
 
 /// A [`ClientConn`] that records every call and keeps the latest published picker.
@@ -96,6 +111,7 @@ pub struct RecordingClientConn {
     log: Log,
     created: Vec<SubConn>,
     options: HashMap<SubConnId, SubConnOptions>,
+    handles: HashMap<SubConnId, Arc<RecordingHandle>>,
     current: (ConnectivityState, Arc<dyn Picker>),
     timers: Vec<(Duration, TimerId)>,
 }
@@ -108,6 +124,7 @@ impl RecordingClientConn {
             log: Arc::default(),
             created: Vec::new(),
             options: HashMap::new(),
+            handles: HashMap::new(),
             current: (ConnectivityState::Connecting, Arc::new(QueuePicker)),
             timers: Vec::new(),
         }
@@ -144,6 +161,38 @@ impl RecordingClientConn {
         &self.created
     }
 
+    /// Delivers `report` to the out-of-band load-report listener the balancer set on
+    /// `subconn` ([`crate::SubConn::watch_load_reports`]), as a transport would.
+    /// Returns whether there was one.
+    pub fn report_load(&self, subconn: &SubConn, report: &LoadReport) -> bool {
+        let listener = self.handles.get(&subconn.id()).and_then(|h| {
+            h.watch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|w| w.listener.clone())
+        });
+        match listener {
+            Some(listener) => {
+                listener.on_load_report(report);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The out-of-band load-report interval the balancer asked of `subconn`, if it
+    /// asked.
+    pub fn load_report_interval(&self, subconn: &SubConn) -> Option<Duration> {
+        self.handles.get(&subconn.id()).and_then(|h| {
+            h.watch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|w| w.interval)
+        })
+    }
+
     /// Whether `subconn` has been shut down.
     pub fn is_shut_down(&self, subconn: &SubConn) -> bool {
         self.log
@@ -174,6 +223,7 @@ impl ClientConn for RecordingClientConn {
             log: self.log.clone(),
             addr: address.addr().to_owned(),
             id: Mutex::new(None),
+            watch: Mutex::new(None),
         });
         let subconn = SubConn::new(address, handle.clone());
         *handle.id.lock().unwrap_or_else(PoisonError::into_inner) = Some(subconn.id());
@@ -183,6 +233,7 @@ impl ClientConn for RecordingClientConn {
             Some(subconn.id()),
         );
         self.options.insert(subconn.id(), options);
+        self.handles.insert(subconn.id(), handle);
         self.created.push(subconn.clone());
         Ok(subconn)
     }
@@ -416,6 +467,40 @@ impl Harness {
             .into()
     }
 
+    /// One pick from the latest picker with `info` (headers, say).
+    pub fn pick_with(&self, info: &PickInfo<'_>) -> Outcome {
+        self.cc.picker().pick(info).into()
+    }
+
+    /// One pick that picks a subconn (panics otherwise), as an RPC that has
+    /// started: the returned [`Started`] calls the pick's completion callbacks when
+    /// [`Started::finish`]ed (or with `CANCELLED` when dropped), as the channel
+    /// would at the RPC's end.
+    pub fn start_rpc(&self) -> Started {
+        self.start_rpc_with(&PickInfo::new("/test.Service/Method"))
+    }
+
+    /// [`Harness::start_rpc`] with `info`.
+    pub fn start_rpc_with(&self, info: &PickInfo<'_>) -> Started {
+        let picker = self.cc.picker();
+        match picker.pick(info) {
+            PickResult::Pick(pick) => Started {
+                addr: pick.subconn.address().addr().to_owned(),
+                subconn: pick.subconn.clone(),
+                on_done: Some(pick.on_done),
+            },
+            other => panic!("expected a pick, got {:?}", Outcome::from(other)),
+        }
+    }
+
+    /// Delivers an out-of-band load report from `addr`'s live subconn to the
+    /// listener the balancer set ([`RecordingClientConn::report_load`]); returns
+    /// whether there was one.
+    pub fn report_load(&self, addr: &str, report: &LoadReport) -> bool {
+        let sc = self.subconn(addr);
+        self.cc.report_load(&sc, report)
+    }
+
     /// `n` picks; panics unless every one picks a subconn. Returns their addresses.
     pub fn pick_addrs(&self, n: usize) -> Vec<String> {
         let picker = self.cc.picker();
@@ -431,5 +516,51 @@ impl Harness {
     /// The recording channel handle.
     pub fn client_conn(&mut self) -> &mut RecordingClientConn {
         &mut self.cc
+    }
+}
+
+/// An RPC the harness picked a subconn for and has not finished
+/// ([`Harness::start_rpc`]).
+pub struct Started {
+    /// The picked address.
+    pub addr: String,
+    /// The picked subconn.
+    pub subconn: SubConn,
+    on_done: Option<Callbacks>,
+}
+
+impl Started {
+    /// Ends the RPC: calls the pick's callbacks with `status`, the time it took and
+    /// the backend's per-call load report, if any.
+    pub fn finish(mut self, status: &Status, elapsed: Duration, report: Option<&LoadReport>) {
+        if let Some(on_done) = self.on_done.take() {
+            on_done.done(
+                &DoneInfo::new(status, None)
+                    .with_elapsed(elapsed)
+                    .with_load_report(report),
+            );
+        }
+    }
+
+    /// Ends the RPC with `OK` after `elapsed`.
+    pub fn ok(self, elapsed: Duration) {
+        self.finish(&Status::new(crate::Code::Ok, ""), elapsed, None);
+    }
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started").field("addr", &self.addr).finish()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(on_done) = self.on_done.take() {
+            on_done.done(&DoneInfo::new(
+                &Status::new(crate::Code::Cancelled, "the test dropped the RPC"),
+                None,
+            ));
+        }
     }
 }

@@ -250,7 +250,10 @@ impl DoneGuard {
 
     pub(crate) fn finish(&mut self, status: &Status, trailers: Option<&HeaderMap>) {
         if let Some(on_done) = self.on_done.take() {
-            let info = DoneInfo::new(status, trailers).with_elapsed(self.picked_at.elapsed());
+            let report = crate::load_reports::from_trailers(trailers);
+            let info = DoneInfo::new(status, trailers)
+                .with_elapsed(self.picked_at.elapsed())
+                .with_load_report(report.as_ref());
             // A policy's callback must not take the RPC down with it.
             let called = catch_unwind(AssertUnwindSafe(|| on_done.done(&info)));
             if called.is_err() {

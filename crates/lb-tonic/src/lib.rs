@@ -45,6 +45,7 @@ mod error;
 mod frames;
 mod health;
 mod idle;
+mod load_reports;
 mod replay;
 mod retry;
 mod stream;
@@ -52,6 +53,7 @@ mod subconn;
 mod timeout;
 #[cfg(feature = "tls")]
 mod tls;
+mod watch_stream;
 
 pub use backoff::BackoffConfig;
 pub use body::ResponseBody;

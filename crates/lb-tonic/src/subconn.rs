@@ -11,7 +11,8 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use http::uri::{Authority, Scheme};
 use lb_core::{
-    Address, ConnectivityState, SharedError, StateTracker, SubConnHandle, SubConnId, SubConnState,
+    Address, ConnectivityState, LoadReportWatch, SharedError, StateTracker, SubConnHandle,
+    SubConnId, SubConnState,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -22,6 +23,7 @@ use crate::control::Msg;
 use crate::error::TransportError;
 use crate::frames::ConnSignals;
 use crate::health::{self, Health};
+use crate::load_reports::{self, OobEnd};
 
 /// HTTP/2 keepalive pings, as grpc-go's `keepalive.ClientParameters`.
 ///
@@ -144,12 +146,15 @@ enum Cmd {
     Connect,
     Drain,
     Shutdown,
+    /// The policy's load-report watch changed.
+    LoadReports,
 }
 
 /// The transport behind a [`lb_core::SubConn`].
 pub(crate) struct Transport {
     cmds: mpsc::UnboundedSender<Cmd>,
     connected: Arc<ArcSwapOption<Connected>>,
+    load_watch: Arc<ArcSwapOption<LoadReportWatch>>,
 }
 
 impl SubConnHandle for Transport {
@@ -159,6 +164,12 @@ impl SubConnHandle for Transport {
 
     fn shutdown(&self) {
         let _ = self.cmds.send(Cmd::Shutdown);
+    }
+
+    fn watch_load_reports(&self, watch: Option<LoadReportWatch>) -> bool {
+        self.load_watch.store(watch.map(Arc::new));
+        let _ = self.cmds.send(Cmd::LoadReports);
+        true
     }
 }
 
@@ -180,16 +191,19 @@ pub(crate) struct Unstarted {
     connected: Arc<ArcSwapOption<Connected>>,
     /// The policy asked for health checking.
     health: bool,
+    load_watch: Arc<ArcSwapOption<LoadReportWatch>>,
 }
 
 /// A transport for one subconn; `health`: its policy asked for health checking.
 pub(crate) fn new_transport(health: bool) -> (Transport, Unstarted) {
     let (tx, rx) = mpsc::unbounded_channel();
     let connected = Arc::new(ArcSwapOption::empty());
+    let load_watch = Arc::new(ArcSwapOption::empty());
     (
         Transport {
             cmds: tx.clone(),
             connected: connected.clone(),
+            load_watch: load_watch.clone(),
         },
         Unstarted {
             cmds: rx,
@@ -198,6 +212,7 @@ pub(crate) fn new_transport(health: bool) -> (Transport, Unstarted) {
             drain: tx.downgrade(),
             connected,
             health,
+            load_watch,
         },
     )
 }
@@ -245,7 +260,7 @@ impl Reporter {
 
 /// Waits for a shutdown (or for every handle to be dropped), ignoring the rest.
 async fn shutdown_requested(cmds: &mut mpsc::UnboundedReceiver<Cmd>) {
-    while let Some(Cmd::Connect | Cmd::Drain) = cmds.recv().await {}
+    while let Some(Cmd::Connect | Cmd::Drain | Cmd::LoadReports) = cmds.recv().await {}
 }
 
 /// How a ready connection stopped being used.
@@ -271,6 +286,7 @@ async fn run(
         drain,
         connected,
         health,
+        load_watch,
     } = unstarted;
     let addr: Arc<str> = address.addr().into();
     let mut reporter = Reporter {
@@ -288,7 +304,8 @@ async fn run(
     'idle: loop {
         match cmds.recv().await {
             Some(Cmd::Connect) => {}
-            Some(Cmd::Drain) => continue 'idle, // for a connection already gone
+            // For a connection already gone; a watch starts with the next one.
+            Some(Cmd::Drain | Cmd::LoadReports) => continue 'idle,
             Some(Cmd::Shutdown) | None => break 'idle,
         }
         reporter.report(ConnectivityState::Connecting, None);
@@ -354,6 +371,16 @@ async fn run(
                     connected: &conn,
                     checker,
                     backoff: &mut backoff,
+                    oob: OobReporter {
+                        watch: &load_watch,
+                        sender: conn.sender.clone(),
+                        scheme: options.scheme(),
+                        authority: conn.authority.clone(),
+                        running: None,
+                        reopen_at: None,
+                        backoff: Backoff::new(options.backoff),
+                        unimplemented: false,
+                    },
                 })
                 .await;
                 connected.store(None);
@@ -456,6 +483,84 @@ struct Serving<'a> {
     connected: &'a Connected,
     checker: Option<HealthChecker>,
     backoff: &'a mut Backoff,
+    oob: OobReporter<'a>,
+}
+
+/// A ready connection's out-of-band load-report stream, while a policy watches the
+/// subconn ([`SubConnHandle::watch_load_reports`]).
+struct OobReporter<'a> {
+    watch: &'a ArcSwapOption<LoadReportWatch>,
+    sender: SendRequest<Bytes>,
+    scheme: Scheme,
+    authority: Authority,
+    /// The stream's task; aborted when dropped (the connection ended) or replaced.
+    running: Option<AbortOnDrop<OobEnd>>,
+    /// When to (re)open the stream after it ended.
+    reopen_at: Option<Instant>,
+    backoff: Backoff,
+    /// The server has no `OpenRcaService`: not asked again on this connection.
+    unimplemented: bool,
+}
+
+impl OobReporter<'_> {
+    /// Starts (or restarts, or stops) the stream to follow the current watch.
+    fn follow(&mut self) {
+        self.running = None;
+        self.reopen_at = None;
+        let Some(watch) = self.watch.load_full() else {
+            return;
+        };
+        if self.unimplemented {
+            return;
+        }
+        self.running = Some(AbortOnDrop(tokio::spawn(load_reports::stream(
+            self.sender.clone(),
+            self.scheme.clone(),
+            self.authority.clone(),
+            watch.interval,
+            watch.listener.clone(),
+        ))));
+    }
+
+    /// The stream ended: open it again after a backoff, unless the server has no
+    /// such service.
+    fn ended(&mut self, end: Result<OobEnd, tokio::task::JoinError>, addr: &str) {
+        self.running = None;
+        let end = match end {
+            Ok(end) => end,
+            Err(e) => OobEnd {
+                unimplemented: false,
+                received: false,
+                why: format!("the load-report task failed: {e}"),
+            },
+        };
+        if end.unimplemented {
+            self.unimplemented = true;
+            tracing::error!(%addr, "the server does not implement xds.service.orca.v3.OpenRcaService; no out-of-band load reports on this connection");
+            return;
+        }
+        if end.received {
+            self.backoff.reset();
+        }
+        tracing::debug!(%addr, why = %end.why, "the out-of-band load-report stream ended");
+        self.reopen_at = Some(Instant::now() + self.backoff.next_delay());
+    }
+
+    async fn next_end(&mut self) -> Result<OobEnd, tokio::task::JoinError> {
+        match &mut self.running {
+            Some(task) => (&mut task.0).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Serving<'_> {
@@ -539,14 +644,17 @@ async fn serve(mut this: Serving<'_>) -> Ended {
     // While a ping is out: when it times out.
     let mut pong_due: Option<Instant> = None;
     let addr = this.addr.to_owned();
+    this.oob.follow();
     loop {
         let reopen_at = this.checker.as_ref().and_then(|c| c.reopen_at);
+        let oob_reopen_at = this.oob.reopen_at;
         tokio::select! {
             ended = &mut this.connection => {
                 return Ended::Closed(TransportError::Closed { addr, source: ended.err() });
             }
             cmd = this.cmds.recv() => match cmd {
                 Some(Cmd::Connect) => {}
+                Some(Cmd::LoadReports) => this.oob.follow(),
                 Some(Cmd::Drain) => return Ended::Draining(this.connection),
                 Some(Cmd::Shutdown) | None => return Ended::Shutdown(this.connection),
             },
@@ -557,6 +665,8 @@ async fn serve(mut this: Serving<'_>) -> Ended {
                     checker.start();
                 }
             }
+            end = this.oob.next_end() => this.oob.ended(end, &addr),
+            () = sleep_until_some(oob_reopen_at) => this.oob.follow(),
             () = tokio::time::sleep_until(next_check), if pinger.is_some() && pong_due.is_none() => {
                 let now = Instant::now();
                 let quiet_until = Instant::from_std(this.signals.last_read()) + interval;

@@ -1,0 +1,97 @@
+//! ORCA load reports on the client: the per-call trailer decoded for the pick's
+//! completion callbacks, and the out-of-band stream
+//! (`xds.service.orca.v3.OpenRcaService/StreamCoreMetrics`) a subconn keeps open on
+//! its connection while a policy watches it ([`lb_core::SubConn::watch_load_reports`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::uri::{Authority, Scheme};
+use lb_core::{LoadReport, LoadReportListener};
+
+use crate::watch_stream::{StreamEnd, server_stream};
+
+/// The load report in a response's trailers, if the server sent a valid one. A
+/// malformed one is logged (at most once a minute) and ignored.
+pub(crate) fn from_trailers(trailers: Option<&http::HeaderMap>) -> Option<LoadReport> {
+    match lb_orca::from_trailers(trailers?)? {
+        Ok(report) => Some(report),
+        Err(error) => {
+            if should_log() {
+                tracing::warn!(%error, "ignoring a malformed ORCA load report (logged at most once a minute)");
+            }
+            None
+        }
+    }
+}
+
+/// Rate limit for warnings about malformed reports: once a minute, process-wide.
+fn should_log() -> bool {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 60;
+    let last = LAST.load(Ordering::Relaxed);
+    now >= last + 60
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// How an out-of-band stream ended.
+#[derive(Debug)]
+pub(crate) struct OobEnd {
+    /// The server has no `OpenRcaService`: do not ask again on this connection.
+    pub(crate) unimplemented: bool,
+    /// At least one report arrived (the backoff starts over).
+    pub(crate) received: bool,
+    pub(crate) why: String,
+}
+
+/// Streams load reports from the server of `sender`'s connection to `listener`,
+/// asking for one every `interval`, until the stream ends.
+pub(crate) async fn stream(
+    sender: SendRequest<Bytes>,
+    scheme: Scheme,
+    authority: Authority,
+    interval: Duration,
+    listener: Arc<dyn LoadReportListener>,
+) -> OobEnd {
+    let request = lb_orca::oob_request(interval);
+    let mut received = false;
+    let mut warned = false;
+    let end = server_stream(
+        &sender,
+        scheme,
+        authority,
+        lb_orca::STREAM_CORE_METRICS,
+        &request,
+        |message| {
+            match lb_orca::decode(&message) {
+                Ok(report) => {
+                    received = true;
+                    listener.on_load_report(&report);
+                }
+                Err(error) if !warned => {
+                    warned = true;
+                    tracing::warn!(%error, "ignoring a malformed out-of-band ORCA load report");
+                }
+                Err(_) => {}
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let (unimplemented, why) = match end {
+        StreamEnd::Status(tonic::Code::Unimplemented, message) => (true, message),
+        StreamEnd::Status(code, message) => (false, format!("ended with {code:?}: {message}")),
+        StreamEnd::Failed(why) | StreamEnd::Stopped(why) => (false, why),
+    };
+    OobEnd {
+        unimplemented,
+        received,
+        why,
+    }
+}
