@@ -67,7 +67,7 @@ fn pickers(n: usize) -> Vec<(&'static str, Arc<dyn Picker>)> {
         ("round_robin", RoundRobin.build(&ready, None)),
         (
             "weighted_round_robin",
-            WeightedRoundRobin.build(&ready, None),
+            WeightedRoundRobin::default().build(&ready, None),
         ),
         (
             "baseline_shared_atomic",
@@ -141,7 +141,7 @@ fn bench_rebuild(c: &mut Criterion) {
         b.iter(|| black_box(RoundRobin.build(black_box(&ready), None)))
     });
     group.bench_function(BenchmarkId::new("weighted_round_robin", 10_000), |b| {
-        b.iter(|| black_box(WeightedRoundRobin.build(black_box(&ready), None)))
+        b.iter(|| black_box(WeightedRoundRobin::default().build(black_box(&ready), None)))
     });
     group.finish();
 }

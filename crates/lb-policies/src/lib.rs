@@ -4,7 +4,10 @@
 //! |---|---|---|
 //! | `pick_first` (the default) | [`pick_first`] | one connection, to the first address that works |
 //! | `round_robin` | [`round_robin`] | all addresses connected, RPCs spread evenly |
-//! | `weighted_round_robin` | [`weighted_round_robin`] | like round robin, in proportion to address weights |
+//! | `weighted_round_robin` | [`weighted_round_robin`] | round robin in proportion to weights: the backends' load reports (ORCA, gRFC A58), else the resolver's |
+//! | `least_request` | [`least_request`] | the fewest RPCs in flight of a few random backends (gRFC A48) |
+//! | `peak_ewma` | [`peak_ewma`] | the lower latency × load of two random backends (linkerd, Finagle) |
+//! | `ring_hash` | [`ring_hash`] | a consistent-hash ring keyed by a request header: affinity (gRFC A42, A76) |
 //! | `outlier_detection` | [`outlier_detection`] | a parent of any policy: ejects backends whose RPCs fail (gRFC A50) |
 //!
 //! Every pick is lock-free and allocation-free. [`registry`] returns a registry with
@@ -25,16 +28,24 @@
 //! To write your own policy, see `lb_core::base` (a picker over the ready set) or
 //! implement `lb_core::Balancer` directly, as [`pick_first`] does.
 
+mod choice;
+mod config;
 mod cursor;
+pub mod least_request;
 pub mod outlier_detection;
+pub mod peak_ewma;
 pub mod pick_first;
+pub mod ring_hash;
 pub mod round_robin;
 pub mod weighted_round_robin;
 
 use lb_core::BalancerRegistry;
 
+pub use least_request::LeastRequest;
 pub use outlier_detection::OutlierDetection;
+pub use peak_ewma::PeakEwma;
 pub use pick_first::PickFirst;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
 
@@ -48,6 +59,10 @@ pub fn registry() -> BalancerRegistry {
         .register(PickFirst)
         .register(round_robin::builder())
         .register(weighted_round_robin::builder())
+        .register(least_request::builder())
+        .register(least_request::grpc_go_builder())
+        .register(peak_ewma::builder())
+        .register(RingHash)
         .register(OutlierDetection);
     registry
 }

@@ -39,14 +39,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use lb_core::child::{ChildPolicy, GracefulSwitch, own_timer, own_timer_id, parse_child_policy};
-use lb_core::service_config::duration_from_json;
 use lb_core::{
     Address, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn,
     ClientConnState, Code, ConnectivityState, DoneInfo, Error, LbConfig, OnDone, PickInfo,
     PickResult, Picker, SharedError, SubConn, SubConnHandle, SubConnId, SubConnOptions,
     SubConnState, Target, TimerId,
 };
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::config::Fields;
 
 /// The policy's name in service configs.
 pub const NAME: &str = "outlier_detection";
@@ -107,60 +108,6 @@ impl OutlierDetectionConfig {
 }
 
 /// Reads the config's JSON fields; each error names its path.
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    prefix: &'a str,
-}
-
-impl<'a> Fields<'a> {
-    fn path(&self, key: &str) -> String {
-        if self.prefix.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.prefix)
-        }
-    }
-
-    fn duration(&self, key: &str, default: Duration) -> Result<Duration, Error> {
-        match self.obj.get(key) {
-            None => Ok(default),
-            Some(v) => duration_from_json(v)
-                .map_err(|reason| Error::lb_config(NAME, self.path(key), reason)),
-        }
-    }
-
-    fn number(&self, key: &str, default: u32, max: Option<u32>) -> Result<u32, Error> {
-        let Some(v) = self.obj.get(key) else {
-            return Ok(default);
-        };
-        let n = v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                Error::lb_config(NAME, self.path(key), "expected a non-negative integer")
-            })?;
-        match max {
-            Some(max) if n > max => Err(Error::lb_config(
-                NAME,
-                self.path(key),
-                format!("must be at most {max}, got {n}"),
-            )),
-            _ => Ok(n),
-        }
-    }
-
-    fn object<'k>(&self, key: &'k str) -> Result<Option<Fields<'k>>, Error>
-    where
-        'a: 'k,
-    {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(obj)) => Ok(Some(Fields { obj, prefix: key })),
-            Some(_) => Err(Error::lb_config(NAME, self.path(key), "expected an object")),
-        }
-    }
-}
-
 impl BalancerBuilder for OutlierDetection {
     fn name(&self) -> &str {
         NAME
@@ -186,10 +133,7 @@ impl BalancerBuilder for OutlierDetection {
         config: &Value,
         registry: &BalancerRegistry,
     ) -> Result<LbConfig, Error> {
-        let obj = config
-            .as_object()
-            .ok_or_else(|| Error::lb_config(NAME, "$", "expected a JSON object"))?;
-        let f = Fields { obj, prefix: "" };
+        let f = Fields::of(NAME, config)?;
         let interval = f.duration("interval", Duration::from_secs(10))?;
         if interval.is_zero() {
             return Err(Error::lb_config(
@@ -223,7 +167,7 @@ impl BalancerBuilder for OutlierDetection {
                 })
             })
             .transpose()?;
-        let child = obj
+        let child = f
             .get("childPolicy")
             .ok_or_else(|| Error::lb_config(NAME, "childPolicy", "is required"))
             .and_then(|c| parse_child_policy(c, "childPolicy", NAME, registry))?;

@@ -1,18 +1,38 @@
-//! `weighted_round_robin` with static weights: round robin in proportion to each
-//! address's [`lb_core::Weight`].
+//! `weighted_round_robin`: round robin in proportion to each backend's weight,
+//! from the backends' own load reports (ORCA, gRFC A58) or, without them, from the
+//! resolver's static weights.
 //!
-//! The weight is the address attribute [`lb_core::Weight`] that resolvers set from
-//! registry metadata; an address without one weighs 1. A weight is never 0: a
-//! resolver that reads 0 or garbage from a registry leaves the weight off (and warns),
-//! so the address weighs 1. Connection handling is `round_robin`'s ([`lb_core::base`]).
+//! # Where weights come from
+//!
+//! * **Load reports.** A backend that reports its load (see the `lb-orca` crate) is
+//!   weighed `qps / (utilization + eps / qps × errorUtilizationPenalty)`: the
+//!   requests it serves per unit of utilization, lowered by its error rate.
+//!   `utilization` is the report's `application_utilization`, or its CPU
+//!   utilization when that is 0; a report with no utilization or no QPS is ignored.
+//!   Reports arrive per call, in the `endpoint-load-metrics-bin` trailer, or, with
+//!   `enableOobLoadReport`, on an out-of-band stream every `oobReportingPeriod`
+//!   (per-call reports are then not read, as in grpc-go).
+//! * **Blackout and expiry.** A backend's reported weight counts only once it has
+//!   reported for `blackoutPeriod` without a gap of `weightExpirationPeriod`; the
+//!   blackout starts again when its connection is re-established, and after an
+//!   expiry. Until then it weighs the mean of the backends whose weights count.
+//! * **Static weights.** While fewer than two ready backends have a weight that
+//!   counts, the resolver's [`lb_core::Weight`] attributes apply (registry metadata;
+//!   1 without one), exactly as before load reports existed. Once two do, reported
+//!   weights replace the static ones for every backend (a reported weight already
+//!   measures capacity: scaling it by a static weight would count a bigger machine
+//!   twice).
+//!
+//! Weights are recomputed every `weightUpdatePeriod` (1 s; at least 100 ms) on the
+//! channel's control task, and a new picker is published when they changed.
 //!
 //! # The schedule
 //!
-//! On every change of the ready set the picker lays out one *period*: a sequence in
-//! which each ready subconn appears exactly `weight / g` times, where `g` is the
-//! weights' greatest common divisor. Picks walk the period cyclically, so any run of
-//! one period's length holds every backend exactly its share, and the long-run share
-//! is exact.
+//! On every rebuild the picker lays out one *period*: a sequence in which each
+//! ready subconn appears in proportion to its weight (reported weights are scaled to
+//! integers, the largest to 1,000, or less with more than 200 backends, and at least
+//! 1). Picks walk the period cyclically: one striped atomic step, no lock, no
+//! allocation.
 //!
 //! The period is nginx's smooth weighted round robin (every step each backend gains
 //! its weight, the richest is picked and pays the total): with weights 5:1:1 it is
@@ -27,14 +47,23 @@
 //! (each weight stays at least 1), which keeps the memory per picker bounded at the
 //! price of approximate shares for extreme weight ratios.
 //!
-//! Config: an object. gRFC A58's fields for load-report-driven weights are accepted
-//! and not used yet: weights here come only from the resolver.
+//! # Config
+//!
+//! gRFC A58's, every field optional: `{"enableOobLoadReport": false,
+//! "oobReportingPeriod": "10s", "blackoutPeriod": "10s", "weightExpirationPeriod":
+//! "180s", "weightUpdatePeriod": "1s", "errorUtilizationPenalty": 1.0}`.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use lb_core::base::{BaseBuilder, PickerBuilder, ReadySubConn};
-use lb_core::{LbConfig, Pick, PickInfo, PickResult, Picker, SubConn};
+use lb_core::{
+    DoneInfo, Error, LbConfig, LoadReport, LoadReportListener, LoadReportWatch, OnDone, Pick,
+    PickInfo, PickResult, Picker, SubConn, SubConnId,
+};
 
+use crate::config::Fields;
 use crate::cursor::Cursor;
 
 /// The policy's name in service configs.
@@ -45,21 +74,313 @@ pub const MAX_PERIOD: usize = 1 << 20;
 
 /// The `weighted_round_robin` balancer builder, ready to register.
 pub fn builder() -> BaseBuilder<WeightedRoundRobin> {
-    BaseBuilder::new(NAME, WeightedRoundRobin)
+    BaseBuilder::new(NAME, WeightedRoundRobin::default())
 }
 
-/// The picker builder of `weighted_round_robin`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WeightedRoundRobin;
+/// The parsed config of `weighted_round_robin` (gRFC A58).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WrrConfig {
+    /// Load reports come from an out-of-band stream, not the per-call trailer.
+    pub enable_oob_load_report: bool,
+    /// How often the out-of-band stream asks for a report.
+    pub oob_reporting_period: Duration,
+    /// How long a backend must report before its weight counts.
+    pub blackout_period: Duration,
+    /// How long a weight counts after the backend's last report.
+    pub weight_expiration_period: Duration,
+    /// How often weights are recomputed (at least 100 ms).
+    pub weight_update_period: Duration,
+    /// How much the error rate weighs against utilization.
+    pub error_utilization_penalty: f64,
+}
+
+impl Default for WrrConfig {
+    fn default() -> Self {
+        Self {
+            enable_oob_load_report: false,
+            oob_reporting_period: Duration::from_secs(10),
+            blackout_period: Duration::from_secs(10),
+            weight_expiration_period: Duration::from_secs(180),
+            weight_update_period: Duration::from_secs(1),
+            error_utilization_penalty: 1.0,
+        }
+    }
+}
+
+/// The shortest `weightUpdatePeriod` (shorter ones are raised to it, as in grpc-go).
+pub const MIN_WEIGHT_UPDATE_PERIOD: Duration = Duration::from_millis(100);
+
+/// The picker builder of `weighted_round_robin`: one channel's per-backend weights.
+#[derive(Clone, Default)]
+pub struct WeightedRoundRobin {
+    weights: HashMap<SubConnId, Arc<EndpointWeight>>,
+    /// The subconns ready at the last build (a newly ready one starts its blackout).
+    ready: HashSet<SubConnId>,
+    /// The out-of-band interval each subconn was asked for.
+    watching: HashMap<SubConnId, Duration>,
+    /// The last picker and what it was built from, reused while nothing changed.
+    last: Option<Built>,
+    /// The transport cannot stream load reports (said once).
+    oob_unsupported_logged: bool,
+}
+
+#[derive(Clone)]
+struct Built {
+    subconns: Vec<SubConnId>,
+    weights: Vec<u32>,
+    picker: Arc<WeightedRoundRobinPicker>,
+}
+
+impl std::fmt::Debug for WeightedRoundRobin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightedRoundRobin")
+            .field("backends", &self.weights.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WeightedRoundRobin {
+    /// Starts, restarts or stops each ready subconn's out-of-band stream to follow
+    /// `config`.
+    fn follow_oob(&mut self, ready: &[ReadySubConn], config: &WrrConfig) {
+        for r in ready {
+            let id = r.subconn.id();
+            let want = config
+                .enable_oob_load_report
+                .then_some(config.oob_reporting_period);
+            if self.watching.get(&id).copied() == want {
+                continue;
+            }
+            let watch = want.map(|interval| {
+                let listener: Arc<dyn LoadReportListener> = self.weight(id).clone();
+                LoadReportWatch::new(interval, listener)
+            });
+            let supported = r.subconn.watch_load_reports(watch);
+            if want.is_some() && !supported && !self.oob_unsupported_logged {
+                self.oob_unsupported_logged = true;
+                tracing::warn!(
+                    "weighted_round_robin: enableOobLoadReport is set but this channel's transport cannot stream load reports; weights come from static weights only"
+                );
+            }
+            match want {
+                Some(interval) => self.watching.insert(id, interval),
+                None => self.watching.remove(&id),
+            };
+        }
+    }
+
+    fn weight(&mut self, id: SubConnId) -> &Arc<EndpointWeight> {
+        self.weights.entry(id).or_default()
+    }
+
+    /// The integer weight of each ready subconn now: reported ones when at least
+    /// two count, else the static ones.
+    fn current_weights(&mut self, ready: &[ReadySubConn], config: &WrrConfig) -> Vec<u32> {
+        let now = Instant::now();
+        let penalty = config.error_utilization_penalty;
+        let reported: Vec<f64> = ready
+            .iter()
+            .map(|r| self.weight(r.subconn.id()).weight(now, config, penalty))
+            .collect();
+        let counted: Vec<f64> = reported.iter().copied().filter(|w| *w > 0.0).collect();
+        if counted.len() < 2 {
+            return ready.iter().map(|r| r.address.weight().get()).collect();
+        }
+        let mean = counted.iter().sum::<f64>() / counted.len() as f64;
+        let max = counted.iter().copied().fold(0.0, f64::max);
+        // The largest weight becomes `top`: enough precision, a bounded period.
+        let top = (200_000 / ready.len().max(1)).clamp(10, 1000) as f64;
+        let scale = top / max;
+        reported
+            .iter()
+            .map(|&w| {
+                let w = if w > 0.0 { w } else { mean };
+                ((w * scale).round() as u32).max(1)
+            })
+            .collect()
+    }
+}
 
 impl PickerBuilder for WeightedRoundRobin {
-    fn build(&mut self, ready: &[ReadySubConn], _: Option<&LbConfig>) -> Arc<dyn Picker> {
-        Arc::new(WeightedRoundRobinPicker::new(
+    fn build(&mut self, ready: &[ReadySubConn], config: Option<&LbConfig>) -> Arc<dyn Picker> {
+        let config = config
+            .and_then(LbConfig::get::<WrrConfig>)
+            .copied()
+            .unwrap_or_default();
+        // A subconn that is ready again starts its blackout over (A58).
+        let now_ready: HashSet<SubConnId> = ready.iter().map(|r| r.subconn.id()).collect();
+        let newly_ready: Vec<SubConnId> = now_ready.difference(&self.ready).copied().collect();
+        for id in newly_ready {
+            self.weight(id).reset();
+        }
+        self.ready = now_ready;
+        self.follow_oob(ready, &config);
+        let weights = self.current_weights(ready, &config);
+        let subconns: Vec<SubConnId> = ready.iter().map(|r| r.subconn.id()).collect();
+        if let Some(last) = &self.last
+            && last.subconns == subconns
+            && last.weights == weights
+            && last.picker.per_call != config.enable_oob_load_report
+        {
+            return last.picker.clone();
+        }
+        let mut picker = WeightedRoundRobinPicker::new(
             ready
                 .iter()
-                .map(|r| (r.subconn.clone(), r.address.weight().get()))
+                .zip(&weights)
+                .map(|(r, w)| (r.subconn.clone(), *w))
                 .collect(),
-        ))
+        );
+        if !config.enable_oob_load_report {
+            // Per-call reports: each pick's callback reads the trailer's report.
+            picker.per_call = true;
+            picker.callbacks = ready
+                .iter()
+                .map(|r| {
+                    let w: Arc<dyn OnDone> = self.weight(r.subconn.id()).clone();
+                    w
+                })
+                .collect();
+        }
+        let picker = Arc::new(picker);
+        self.last = Some(Built {
+            subconns,
+            weights,
+            picker: picker.clone(),
+        });
+        picker
+    }
+
+    fn subconn_removed(&mut self, subconn: &SubConn) {
+        let id = subconn.id();
+        self.weights.remove(&id);
+        self.ready.remove(&id);
+        self.watching.remove(&id);
+    }
+
+    fn refresh_period(&self, config: Option<&LbConfig>) -> Option<Duration> {
+        let config = config
+            .and_then(LbConfig::get::<WrrConfig>)
+            .copied()
+            .unwrap_or_default();
+        Some(config.weight_update_period)
+    }
+
+    fn parse_config(&self, _: &str, config: &serde_json::Value) -> Result<LbConfig, Error> {
+        let f = Fields::of(NAME, config)?;
+        let d = WrrConfig::default();
+        let weight_expiration_period =
+            f.duration("weightExpirationPeriod", d.weight_expiration_period)?;
+        if weight_expiration_period.is_zero() {
+            return Err(f.error("weightExpirationPeriod", "must be greater than zero"));
+        }
+        let oob_reporting_period = f.duration("oobReportingPeriod", d.oob_reporting_period)?;
+        let enable_oob_load_report = f.boolean("enableOobLoadReport", false)?;
+        if enable_oob_load_report && oob_reporting_period.is_zero() {
+            return Err(f.error("oobReportingPeriod", "must be greater than zero"));
+        }
+        Ok(LbConfig::new(WrrConfig {
+            enable_oob_load_report,
+            oob_reporting_period,
+            blackout_period: f.duration("blackoutPeriod", d.blackout_period)?,
+            weight_expiration_period,
+            weight_update_period: f
+                .duration("weightUpdatePeriod", d.weight_update_period)?
+                .max(MIN_WEIGHT_UPDATE_PERIOD),
+            error_utilization_penalty: f
+                .non_negative("errorUtilizationPenalty", d.error_utilization_penalty)?,
+        }))
+    }
+}
+
+/// One backend's weight from its load reports: the per-call callback and the
+/// out-of-band listener of its subconn.
+#[derive(Debug, Default)]
+pub struct EndpointWeight {
+    state: Mutex<WeightState>,
+}
+
+#[derive(Debug, Default)]
+struct WeightState {
+    /// The raw reported load, kept so the penalty applies at recompute time.
+    qps: f64,
+    eps: f64,
+    utilization: f64,
+    /// Since when the backend has reported without a gap (the blackout's start).
+    non_empty_since: Option<Instant>,
+    last_updated: Option<Instant>,
+}
+
+impl EndpointWeight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WeightState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a report (ignored without utilization or QPS, as A58 says).
+    pub fn on_report(&self, report: &LoadReport, now: Instant) {
+        let utilization = if report.application_utilization > 0.0 {
+            report.application_utilization
+        } else {
+            report.cpu_utilization
+        };
+        let valid = |x: f64| x.is_finite() && x >= 0.0;
+        if !(utilization > 0.0
+            && report.rps_fractional > 0.0
+            && valid(utilization)
+            && valid(report.rps_fractional)
+            && valid(report.eps))
+        {
+            return;
+        }
+        let mut s = self.lock();
+        s.qps = report.rps_fractional;
+        s.eps = report.eps;
+        s.utilization = utilization;
+        s.last_updated = Some(now);
+        s.non_empty_since.get_or_insert(now);
+    }
+
+    /// Forgets the blackout's progress: the subconn (re)connected.
+    fn reset(&self) {
+        let mut s = self.lock();
+        s.non_empty_since = None;
+        s.last_updated = None;
+    }
+
+    /// The weight that counts at `now`, or 0 when none does (no report yet, in the
+    /// blackout, or expired, which restarts the blackout).
+    pub fn weight(&self, now: Instant, config: &WrrConfig, penalty: f64) -> f64 {
+        let mut s = self.lock();
+        let Some(last) = s.last_updated else {
+            return 0.0;
+        };
+        if now.saturating_duration_since(last) >= config.weight_expiration_period {
+            s.non_empty_since = None;
+            return 0.0;
+        }
+        let blacked_out = match s.non_empty_since {
+            None => true,
+            Some(since) => now.saturating_duration_since(since) < config.blackout_period,
+        };
+        if !config.blackout_period.is_zero() && blacked_out {
+            return 0.0;
+        }
+        let weight = s.qps / (s.utilization + s.eps / s.qps * penalty);
+        if weight.is_finite() { weight } else { 0.0 }
+    }
+}
+
+impl OnDone for EndpointWeight {
+    fn done(&self, info: &DoneInfo<'_>) {
+        if let Some(report) = info.load_report {
+            self.on_report(report, Instant::now());
+        }
+    }
+}
+
+impl LoadReportListener for EndpointWeight {
+    fn on_load_report(&self, report: &LoadReport) {
+        self.on_report(report, Instant::now());
     }
 }
 
@@ -69,6 +390,10 @@ pub struct WeightedRoundRobinPicker {
     /// Indices into `subconns`: one period of the schedule.
     schedule: Box<[u32]>,
     cursor: Cursor,
+    /// Per subconn, the callback that reads per-call load reports (empty when they
+    /// are not read).
+    callbacks: Box<[Arc<dyn OnDone>]>,
+    per_call: bool,
 }
 
 impl WeightedRoundRobinPicker {
@@ -81,6 +406,8 @@ impl WeightedRoundRobinPicker {
             cursor: Cursor::new(schedule.len()),
             subconns: weighted.into_iter().map(|(sc, _)| sc).collect(),
             schedule,
+            callbacks: Box::new([]),
+            per_call: false,
         }
     }
 
@@ -93,9 +420,15 @@ impl WeightedRoundRobinPicker {
 impl Picker for WeightedRoundRobinPicker {
     #[inline]
     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
-        let slot = self.schedule.get(self.cursor.next()).copied().unwrap_or(0);
-        match self.subconns.get(slot as usize) {
-            Some(subconn) => PickResult::Pick(Pick::new(subconn)),
+        let slot = self.schedule.get(self.cursor.next()).copied().unwrap_or(0) as usize;
+        match self.subconns.get(slot) {
+            Some(subconn) => {
+                let pick = Pick::new(subconn);
+                PickResult::Pick(match self.callbacks.get(slot) {
+                    Some(cb) => pick.with_on_done(cb.clone()),
+                    None => pick,
+                })
+            }
             None => PickResult::Queue,
         }
     }

@@ -169,7 +169,7 @@ fn an_ejected_subconn_looks_failing_to_the_child_and_the_channel_stays_ready() {
 
 #[test]
 fn without_an_algorithm_it_only_forwards_to_its_child() {
-    let mut h = ready(2, r#"{"childPolicy": [{"weighted_round_robin": {}}]}"#);
+    let mut h = ready(2, r#"{"childPolicy": [{"round_robin": {}}]}"#);
     assert!(h.timers().is_empty(), "no sweep without an algorithm");
     let bad = addrs(2)[0].clone();
     traffic(&h, 100, &[&bad]);

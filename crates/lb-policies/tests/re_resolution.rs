@@ -7,7 +7,9 @@
 use lb_core::BalancerBuilder;
 use lb_core::ConnectivityState::*;
 use lb_core::test_util::{Event, Harness};
-use lb_policies::{PickFirst, round_robin, weighted_round_robin};
+use lb_policies::{
+    PickFirst, RingHash, least_request, peak_ewma, round_robin, weighted_round_robin,
+};
 
 const A: &str = "10.0.0.1:1";
 const B: &str = "10.0.0.2:1";
@@ -23,6 +25,9 @@ fn policies() -> Vec<(&'static str, NewHarness)> {
         ("pick_first", h(PickFirst)),
         ("round_robin", h(round_robin::builder())),
         ("weighted_round_robin", h(weighted_round_robin::builder())),
+        ("least_request", h(least_request::builder())),
+        ("peak_ewma", h(peak_ewma::builder())),
+        ("ring_hash", h(RingHash)),
     ]
 }
 

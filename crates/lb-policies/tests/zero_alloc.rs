@@ -5,7 +5,12 @@
 use std::alloc::System;
 
 use lb_core::test_util::Harness;
-use lb_core::{Address, BalancerBuilder, ClientConnState, ConnectivityState::*, PickInfo, Weight};
+use std::time::Duration;
+
+use lb_core::{
+    Address, BalancerBuilder, ClientConnState, Code, ConnectivityState::*, DoneInfo, LoadReport,
+    PickInfo, PickResult, Status, Weight,
+};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -46,6 +51,19 @@ fn picks_allocate_nothing() {
             "weighted_round_robin",
             ready(lb_policies::weighted_round_robin::builder(), 3),
         ),
+        (
+            "least_request",
+            ready(lb_policies::least_request::builder(), 3),
+        ),
+        ("peak_ewma", ready(lb_policies::peak_ewma::builder(), 3)),
+        (
+            "ring_hash",
+            ready_with(
+                lb_policies::RingHash,
+                3,
+                Some(r#"{"requestHashHeader": "x-key"}"#),
+            ),
+        ),
         // A parent adding its completion callback to its child's pick.
         (
             "outlier_detection over round_robin",
@@ -57,13 +75,23 @@ fn picks_allocate_nothing() {
         ),
     ] {
         let picker = h.picker();
-        let info = PickInfo::new("/test.Service/Method");
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-key", http::HeaderValue::from_static("user-42"));
+        let info = PickInfo::new("/test.Service/Method").with_headers(&headers);
+        let ok = Status::new(Code::Ok, "");
+        let report = LoadReport::new().with_rps(100.0).with_cpu_utilization(0.5);
+        let done = DoneInfo::new(&ok, None)
+            .with_elapsed(Duration::from_micros(300))
+            .with_load_report(Some(&report));
         // Warm up: the first pick on a thread initialises its thread-local stripe.
         std::hint::black_box(picker.pick(&info));
         let region = Region::new(GLOBAL);
         for _ in 0..10_000 {
-            // The pick, its callbacks (if any) and their drop at the end of the RPC.
-            std::hint::black_box(picker.pick(&info));
+            // The pick, its callbacks at the end of the RPC (reading a load report,
+            // a latency), and their drop.
+            if let PickResult::Pick(pick) = picker.pick(&info) {
+                pick.on_done.done(&done);
+            }
         }
         let allocated = region.change().allocations;
         assert_eq!(
