@@ -27,6 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+pub mod child;
 mod dns;
 mod etcd;
 mod manual;
@@ -364,6 +365,46 @@ impl Stream for Tracked {
     }
 }
 
+/// How a test backend reports its load (ORCA, through `lb-orca`'s server side).
+#[derive(Clone, Debug)]
+pub struct Orca {
+    /// The load reported; set its values at any time.
+    pub recorder: lb_orca::server::ServerMetricsRecorder,
+    /// Attach the report to every response (the per-call trailer); the
+    /// out-of-band `OpenRcaService` is served either way.
+    pub per_call: bool,
+    /// The shortest out-of-band interval granted.
+    pub min_interval: Duration,
+}
+
+impl Orca {
+    /// Reports of `recorder`, per call and out of band (granting intervals down to
+    /// 20 ms).
+    pub fn new(recorder: lb_orca::server::ServerMetricsRecorder) -> Self {
+        Self {
+            recorder,
+            per_call: true,
+            min_interval: Duration::from_millis(20),
+        }
+    }
+
+    /// Reports fixed values: `qps` requests per second at `utilization` CPU.
+    pub fn fixed(qps: f64, utilization: f64) -> Self {
+        let recorder = lb_orca::server::ServerMetricsRecorder::new();
+        // Test values are valid: an invalid one would fail the test's assertions.
+        let _ = recorder.set_qps(qps);
+        let _ = recorder.set_cpu_utilization(utilization);
+        Self::new(recorder)
+    }
+
+    /// Only out of band: no trailer.
+    #[must_use]
+    pub fn out_of_band_only(mut self) -> Self {
+        self.per_call = false;
+        self
+    }
+}
+
 /// A real echo server on 127.0.0.1, served with hyper's HTTP/2 server over an accept
 /// loop this fixture owns, so that [`Backend::kill`] drops the listener and every
 /// connection at once, as a killed process would.
@@ -404,8 +445,26 @@ impl Serving {
         let routes = tonic::service::Routes::new(EchoServer::new(self.service.clone()))
             .add_service(health)
             .prepare();
-        self.served = Served::WithHealth(routes);
+        self.served = Served::Routes(routes);
         self.health = Some(reporter);
+        self
+    }
+
+    /// Reports `orca.recorder`'s load: per call (the trailer) and out of band.
+    fn with_orca(mut self, orca: &Orca) -> Self {
+        let routes = tonic::service::Routes::new(EchoServer::new(self.service.clone()))
+            .add_service(
+                lb_orca::server::OrcaService::new(orca.recorder.clone())
+                    .min_interval(orca.min_interval)
+                    .into_server(),
+            )
+            .prepare();
+        self.served = if orca.per_call {
+            let layer = lb_orca::server::OrcaLayer::new(orca.recorder.clone());
+            Served::Orca(tower_layer::Layer::layer(&layer, routes))
+        } else {
+            Served::Routes(routes)
+        };
         self
     }
 
@@ -512,6 +571,13 @@ impl Backend {
     /// otherwise.
     pub async fn start_with_health(name: &str) -> std::io::Result<Self> {
         let serving = Serving::new(name.into(), None).with_health();
+        Ok(Self::serve_with(serving, restartable_listener()?))
+    }
+
+    /// Starts a restartable backend that reports its load (ORCA) as `orca` says:
+    /// per call and on `OpenRcaService`.
+    pub async fn start_with_orca(name: &str, orca: &Orca) -> std::io::Result<Self> {
+        let serving = Serving::new(name.into(), None).with_orca(orca);
         Ok(Self::serve_with(serving, restartable_listener()?))
     }
 
@@ -870,41 +936,52 @@ enum Listener {
 #[derive(Clone)]
 enum Served {
     Echo(EchoServer<EchoService>),
-    WithHealth(tonic::service::Routes),
+    /// The echo service and others (health, ORCA's out-of-band service).
+    Routes(tonic::service::Routes),
+    /// The same, with ORCA's per-call trailer on every response.
+    Orca(lb_orca::server::WithLoadReports<tonic::service::Routes>),
 }
+
+type Incoming = hyper::body::Incoming;
+type EchoFuture =
+    <EchoServer<EchoService> as tonic::codegen::Service<http::Request<Incoming>>>::Future;
+type RoutesFuture =
+    <tonic::service::Routes as tonic::codegen::Service<http::Request<Incoming>>>::Future;
+type OrcaFuture =
+    <lb_orca::server::WithLoadReports<tonic::service::Routes> as tower_service::Service<
+        http::Request<Incoming>,
+    >>::Future;
 
 pin_project_lite::pin_project! {
     #[project = ServedFutureProj]
-    enum ServedFuture<A, B> {
-        Echo { #[pin] f: A },
-        WithHealth { #[pin] f: B },
+    enum ServedFuture {
+        Echo { #[pin] f: EchoFuture },
+        Routes { #[pin] f: RoutesFuture },
+        Orca { #[pin] f: OrcaFuture },
     }
 }
 
-impl<A, B, T> std::future::Future for ServedFuture<A, B>
-where
-    A: std::future::Future<Output = T>,
-    B: std::future::Future<Output = T>,
-{
-    type Output = T;
+impl std::future::Future for ServedFuture {
+    type Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         match self.project() {
             ServedFutureProj::Echo { f } => f.poll(cx),
-            ServedFutureProj::WithHealth { f } => f.poll(cx),
+            ServedFutureProj::Routes { f } => f.poll(cx),
+            ServedFutureProj::Orca { f } => f
+                .poll(cx)
+                .map(|r| r.map(|response| response.map(tonic::body::Body::new))),
         }
     }
 }
 
-type Incoming = hyper::body::Incoming;
-
 impl tonic::codegen::Service<http::Request<Incoming>> for Served {
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
-    type Future = ServedFuture<
-        <EchoServer<EchoService> as tonic::codegen::Service<http::Request<Incoming>>>::Future,
-        <tonic::service::Routes as tonic::codegen::Service<http::Request<Incoming>>>::Future,
-    >;
+    type Future = ServedFuture;
 
     fn poll_ready(
         &mut self,
@@ -914,16 +991,20 @@ impl tonic::codegen::Service<http::Request<Incoming>> for Served {
             Served::Echo(s) => {
                 tonic::codegen::Service::<http::Request<Incoming>>::poll_ready(s, cx)
             }
-            Served::WithHealth(r) => {
+            Served::Routes(r) => {
                 tonic::codegen::Service::<http::Request<Incoming>>::poll_ready(r, cx)
             }
+            Served::Orca(o) => tower_service::Service::<http::Request<Incoming>>::poll_ready(o, cx),
         }
     }
 
     fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
         match self {
             Served::Echo(s) => ServedFuture::Echo { f: s.call(request) },
-            Served::WithHealth(r) => ServedFuture::WithHealth { f: r.call(request) },
+            Served::Routes(r) => ServedFuture::Routes { f: r.call(request) },
+            Served::Orca(o) => ServedFuture::Orca {
+                f: tower_service::Service::call(o, request),
+            },
         }
     }
 }

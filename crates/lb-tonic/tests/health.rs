@@ -52,9 +52,25 @@ async fn served(client: &mut EchoClient<LbChannel>, n: usize) -> HashSet<String>
 
 #[tokio::test]
 async fn a_backend_that_turns_not_serving_gets_no_new_rpc_and_comes_back_when_serving() {
+    not_serving_is_avoided("round_robin").await;
+}
+
+#[tokio::test]
+async fn the_load_aware_policies_check_health_too() {
+    for policy in [
+        "least_request",
+        "peak_ewma",
+        "weighted_round_robin",
+        "ring_hash",
+    ] {
+        not_serving_is_avoided(policy).await;
+    }
+}
+
+async fn not_serving_is_avoided(policy: &str) {
     let backends = healthy(&["a", "b", "c"]).await;
     let all: Vec<&Backend> = backends.iter().collect();
-    let channel = channel(&all, "round_robin");
+    let channel = channel(&all, policy);
     let mut client = EchoClient::new(channel.clone());
     warm_up(&mut client, &["a", "b", "c"]).await;
 
@@ -63,7 +79,10 @@ async fn a_backend_that_turns_not_serving_gets_no_new_rpc_and_comes_back_when_se
     let hits = backends[1].hits();
     for i in 0..90 {
         let server = echo(&mut client, echo_req(&format!("{i}"))).await.unwrap();
-        assert_ne!(server, "b", "RPC {i} went to a NOT_SERVING backend");
+        assert_ne!(
+            server, "b",
+            "{policy}: RPC {i} went to a NOT_SERVING backend"
+        );
     }
     assert_eq!(backends[1].hits(), hits);
     // It stays connected: only its health changed.

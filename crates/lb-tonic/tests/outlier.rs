@@ -84,6 +84,22 @@ async fn outlier_detection_works_under_weighted_round_robin_too() {
     ejected_then_returned("weighted_round_robin").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_works_under_least_request() {
+    ejected_then_returned("least_request").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_works_under_peak_ewma() {
+    // A backend failing fast must not win peak_ewma's latency contest meanwhile.
+    ejected_then_returned("peak_ewma").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_works_under_ring_hash() {
+    ejected_then_returned("ring_hash").await;
+}
+
 #[tokio::test]
 async fn a_bad_outlier_detection_config_keeps_the_previous_one() {
     let backends = start(&["a", "b"]).await;
