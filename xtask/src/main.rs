@@ -5,9 +5,9 @@
 //! * `lint`  `cargo fmt --check`, clippy with warnings denied on all targets and
 //!   features, and `cargo doc` with warnings denied.
 //! * `ci`    `lint`, then `test`.
-//! * `bench` every benchmark: criterion pick benches and the end-to-end run, which
-//!   rewrites its section of `docs/benchmarks.md` (`cargo xtask bench --bench e2e` for
-//!   one target).
+//! * `bench` every benchmark: criterion pick benches and the end-to-end runs (`e2e`,
+//!   `load`, `discovery`), which rewrite their sections of `docs/benchmarks.md`
+//!   (`cargo xtask bench --bench load` for one target).
 //! * `demo`  the main demo (no etcd, no ZooKeeper, no system packages).
 
 use std::env;

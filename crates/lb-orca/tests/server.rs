@@ -105,7 +105,11 @@ async fn answers_and_errors_carry_the_report_with_counted_rates() {
     let mut sent = 0u32;
     while tokio::time::Instant::now() < until {
         // One in four fails.
-        let message = if sent.is_multiple_of(4) { "fail" } else { "hello" };
+        let message = if sent.is_multiple_of(4) {
+            "fail"
+        } else {
+            "hello"
+        };
         let _ = client.unary_echo(req(message)).await;
         sent += 1;
     }

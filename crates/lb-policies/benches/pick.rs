@@ -8,7 +8,14 @@
 //!   one thread is `2 * pick / pick_2threads`.
 //! * `baseline_shared_atomic`: round robin over one shared `AtomicUsize` (what a naive
 //!   picker does), measured in the same run, to compare against.
+//! * `pick_and_done/<policy>/<n>`: a pick plus its completion callbacks run with an
+//!   `OK` status, a latency and a load report, as at an RPC's end: the callback's
+//!   cost is the difference with `pick/<policy>/<n>`.
 //! * `rebuild/<policy>/10000`: building a picker for 10,000 ready subconns.
+//!
+//! `weighted_round_robin_orca` is the picker after load reports set the weights
+//! (each pick carries the callback that reads the next report); `ring_hash` picks
+//! by the hash of a request header on a 4,096-entry ring.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
@@ -19,9 +26,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lb_core::base::{PickerBuilder, ReadySubConn};
-use lb_core::{Address, Pick, PickInfo, PickResult, Picker, SubConn, SubConnHandle, Weight};
+use lb_core::test_util::Harness;
+use lb_core::{
+    Address, BalancerBuilder, Code, ConnectivityState, DoneInfo, LoadReport, Pick, PickInfo,
+    PickResult, Picker, Status, SubConn, SubConnHandle, Weight,
+};
 use lb_policies::pick_first::PickFirstPicker;
-use lb_policies::{RoundRobin, WeightedRoundRobin};
+use lb_policies::{LeastRequest, PeakEwma, RingHash, RoundRobin, WeightedRoundRobin};
 
 struct Noop;
 
@@ -57,9 +68,63 @@ impl Picker for SharedAtomicPicker {
     }
 }
 
+/// Runs `rounds` picks on `picker`, ending each with `done`: what warms up
+/// latency estimates and load-report weights.
+fn feed(picker: &dyn Picker, rounds: usize, done: &DoneInfo<'_>) {
+    let info = PickInfo::new("/bench.Service/Method");
+    for _ in 0..rounds {
+        if let PickResult::Pick(p) = picker.pick(&info) {
+            p.on_done.done(done);
+        }
+    }
+}
+
+fn ok() -> Status {
+    Status::new(Code::Ok, "")
+}
+
+fn load_report() -> LoadReport {
+    LoadReport::new().with_rps(100.0).with_cpu_utilization(0.5)
+}
+
+/// `weighted_round_robin` after every backend reported its load.
+fn orca_wrr(ready: &[ReadySubConn]) -> Arc<dyn Picker> {
+    let mut builder = WeightedRoundRobin::default();
+    let config = lb_policies::weighted_round_robin::builder()
+        .parse_config(&serde_json::json!({"blackoutPeriod": "0s"}))
+        .unwrap();
+    let picker = builder.build(ready, Some(&config));
+    let status = ok();
+    let report = load_report();
+    let done = DoneInfo::new(&status, None).with_load_report(Some(&report));
+    feed(picker.as_ref(), ready.len() * 3, &done);
+    builder.build(ready, Some(&config))
+}
+
+/// `ring_hash` over `n` ready backends on a 4,096-entry ring, keyed by `x-key`.
+fn ring_hash(n: usize) -> Arc<dyn Picker> {
+    let mut h = Harness::new(RingHash);
+    let addrs = ready(n).into_iter().map(|r| r.address).collect();
+    h.update_with_config(
+        addrs,
+        r#"{"minRingSize": 4096, "maxRingSize": 4096, "requestHashHeader": "x-key"}"#,
+    )
+    .unwrap();
+    for sc in h.live_subconns() {
+        let addr = sc.address().addr().to_owned();
+        h.set_state(&addr, ConnectivityState::Connecting);
+        h.set_state(&addr, ConnectivityState::Ready);
+    }
+    h.picker()
+}
+
 fn pickers(n: usize) -> Vec<(&'static str, Arc<dyn Picker>)> {
     let ready = ready(n);
-    vec![
+    let status = ok();
+    let latency = DoneInfo::new(&status, None).with_elapsed(Duration::from_micros(300));
+    let peak_ewma = PeakEwma::default().build(&ready, None);
+    feed(peak_ewma.as_ref(), n * 3, &latency);
+    let mut pickers = vec![
         (
             "pick_first",
             Arc::new(PickFirstPicker::new(ready[0].subconn.clone())) as Arc<dyn Picker>,
@@ -69,6 +134,9 @@ fn pickers(n: usize) -> Vec<(&'static str, Arc<dyn Picker>)> {
             "weighted_round_robin",
             WeightedRoundRobin::default().build(&ready, None),
         ),
+        ("weighted_round_robin_orca", orca_wrr(&ready)),
+        ("least_request", LeastRequest::default().build(&ready, None)),
+        ("peak_ewma", peak_ewma),
         (
             "baseline_shared_atomic",
             Arc::new(SharedAtomicPicker {
@@ -76,7 +144,19 @@ fn pickers(n: usize) -> Vec<(&'static str, Arc<dyn Picker>)> {
                 next: AtomicUsize::new(0),
             }),
         ),
-    ]
+    ];
+    // Harness-built: 10,000 subconns would republish 10,000 pickers of 10,000.
+    if n <= 100 {
+        pickers.push(("ring_hash", ring_hash(n)));
+    }
+    pickers
+}
+
+/// The request headers every pick sees (`ring_hash` hashes `x-key`).
+fn bench_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-key", http::HeaderValue::from_static("user-1234567"));
+    headers
 }
 
 #[inline]
@@ -90,7 +170,8 @@ fn pick_once(picker: &dyn Picker, info: &PickInfo<'_>) {
 }
 
 fn bench_pick(c: &mut Criterion) {
-    let info = PickInfo::new("/bench.Service/Method");
+    let headers = bench_headers();
+    let info = PickInfo::new("/bench.Service/Method").with_headers(&headers);
     let mut one = c.benchmark_group("pick");
     for n in [3, 100, 10_000] {
         for (name, picker) in pickers(n) {
@@ -100,6 +181,27 @@ fn bench_pick(c: &mut Criterion) {
         }
     }
     one.finish();
+
+    let status = ok();
+    let report = load_report();
+    let done = DoneInfo::new(&status, None)
+        .with_elapsed(Duration::from_micros(300))
+        .with_load_report(Some(&report));
+    let mut with_done = c.benchmark_group("pick_and_done");
+    for n in [3, 100] {
+        for (name, picker) in pickers(n) {
+            if name == "baseline_shared_atomic" || name == "pick_first" {
+                continue;
+            }
+            with_done.bench_with_input(BenchmarkId::new(name, n), &picker, |b, picker| {
+                b.iter(|| match picker.pick(&info) {
+                    PickResult::Pick(p) => p.on_done.done(&done),
+                    other => panic!("benchmark picker did not pick: {other:?}"),
+                })
+            });
+        }
+    }
+    with_done.finish();
 
     let mut two = c.benchmark_group("pick_2threads");
     for n in [3, 100, 10_000] {
@@ -118,7 +220,8 @@ fn two_threads(picker: &Arc<dyn Picker>, iters: u64) -> Duration {
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
-                let info = PickInfo::new("/bench.Service/Method");
+                let headers = bench_headers();
+                let info = PickInfo::new("/bench.Service/Method").with_headers(&headers);
                 pick_once(picker.as_ref(), &info); // initialise the thread's stripe
                 barrier.wait();
                 for _ in 0..iters {

@@ -38,6 +38,9 @@ use crate::Backend;
 /// The variable that makes [`serve_if_asked`] serve: the backend's name.
 pub const ENV: &str = "LB_TESTKIT_CHILD_BACKEND";
 
+/// With it, the child reports its load (ORCA): `<qps>,<utilization>`.
+pub const ORCA_ENV: &str = "LB_TESTKIT_CHILD_ORCA";
+
 /// How long a child may live at most.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(120);
 
@@ -59,7 +62,18 @@ pub fn serve_if_asked() {
         }
     };
     let code = runtime.block_on(async {
-        let backend = match Backend::start_restartable(&name).await {
+        let orca = std::env::var(ORCA_ENV).ok().and_then(|v| {
+            let (qps, utilization) = v.split_once(',')?;
+            Some(crate::Orca::fixed(
+                qps.parse().ok()?,
+                utilization.parse().ok()?,
+            ))
+        });
+        let started = match &orca {
+            Some(orca) => Backend::start_with_orca(&name, orca).await,
+            None => Backend::start_restartable(&name).await,
+        };
+        let backend = match started {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("child backend: cannot listen: {e}");
@@ -91,12 +105,22 @@ impl ChildBackend {
     /// Runs the test function `entry` of the current test binary (which calls
     /// [`serve_if_asked`]) as a backend named `name`.
     pub async fn spawn_test(entry: &str, name: &str) -> std::io::Result<Self> {
-        Self::spawn_with_args(&[entry, "--exact", "--nocapture", "--test-threads=1"], name).await
+        Self::spawn(
+            &[entry, "--exact", "--nocapture", "--test-threads=1"],
+            name,
+            None,
+        )
+        .await
     }
 
     /// Runs the current executable with `args` as a backend named `name`: for a
-    /// binary whose `main` calls [`serve_if_asked`] first (a bench).
-    pub async fn spawn_with_args(args: &[&str], name: &str) -> std::io::Result<Self> {
+    /// binary whose `main` calls [`serve_if_asked`] first (a bench). With `orca`,
+    /// `(qps, utilization)`, it reports that load per call and out of band.
+    pub async fn spawn(
+        args: &[&str],
+        name: &str,
+        orca: Option<(f64, f64)>,
+    ) -> std::io::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut timeout = Command::new("timeout")
             .arg("-s")
@@ -105,6 +129,7 @@ impl ChildBackend {
             .arg(exe)
             .args(args)
             .env(ENV, name)
+            .envs(orca.map(|(q, u)| (ORCA_ENV, format!("{q},{u}"))))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -33,82 +33,13 @@ use lb_testkit::{Backend, BadPeer, GracefulServer, Misbehavior};
 use lb_tonic::{BackoffConfig, LbChannel};
 use tonic::transport::{Channel, Endpoint};
 
+mod common;
+use common::*;
+
 const RUN: Duration = Duration::from_secs(3);
 /// Rounds per cell of the throughput table (the median is reported).
 const ROUNDS: u32 = 3;
 const WARM_UP: Duration = Duration::from_millis(500);
-
-#[derive(Clone)]
-enum Client {
-    Tonic(EchoClient<Channel>),
-    Lb(EchoClient<LbChannel>),
-}
-
-impl Client {
-    async fn echo(&mut self) -> Result<(), tonic::Status> {
-        let req = EchoRequest {
-            message: "bench".into(),
-            ..Default::default()
-        };
-        match self {
-            Client::Tonic(c) => c.unary_echo(req).await.map(drop),
-            Client::Lb(c) => c.unary_echo(req).await.map(drop),
-        }
-    }
-}
-
-struct Stats {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-    failed: usize,
-}
-
-/// `concurrency` tasks send unary RPCs back to back for `run`.
-async fn load(client: &Client, concurrency: usize, run: Duration) -> Stats {
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let mut client = client.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(200_000);
-                let mut failed = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    match client.echo().await {
-                        Ok(()) => latencies.push(t.elapsed()),
-                        Err(_) => failed += 1,
-                    }
-                }
-                (latencies, failed)
-            })
-        })
-        .collect();
-    tokio::time::sleep(run).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    let mut failed = 0;
-    for t in tasks {
-        let (l, f) = t.await.unwrap();
-        all.extend(l);
-        failed += f;
-    }
-    let elapsed = start.elapsed();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Stats {
-        rps: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: pct(0.50),
-        p99: pct(0.99),
-        failed,
-    }
-}
 
 async fn tonic_channel(backend: &Backend) -> EchoClient<Channel> {
     let channel = Endpoint::from_shared(format!("http://{}", backend.addr()))
@@ -163,10 +94,6 @@ async fn lb_channel(backends: &[Backend], retry: bool) -> EchoClient<LbChannel> 
         let _ = client.unary_echo(EchoRequest::default()).await;
     }
     client
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1e3)
 }
 
 /// What a fault or graceful-stop run saw.
@@ -321,24 +248,6 @@ async fn gray_run(gray: Gray, make: impl AsyncFnOnce(&[String]) -> Client) -> Fa
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     collect(tasks, started).await
-}
-
-/// Our channel with this service config.
-fn lb_channel_with(addrs: &[String], config: &str) -> Client {
-    let channel = LbChannel::builder(format!("static:///{}", addrs.join(",")))
-        .default_service_config(config)
-        .build()
-        .unwrap();
-    Client::Lb(EchoClient::new(channel))
-}
-
-fn balance_list_to(addrs: &[String]) -> Client {
-    let endpoints = addrs.iter().map(|a| {
-        Endpoint::from_shared(format!("http://{a}"))
-            .unwrap()
-            .tcp_nodelay(true)
-    });
-    Client::Tonic(EchoClient::new(Channel::balance_list(endpoints)))
 }
 
 const ROUND_ROBIN: &str = r#"{"loadBalancingConfig": [{"round_robin": {}}]}"#;
@@ -646,7 +555,7 @@ async fn main() {
         grays.push_str(&row);
     }
 
-    if let Ok(path) = std::env::var("GRPC_LB_BENCH_DOC") {
+    {
         let mut section = String::new();
         let _ = writeln!(
             section,
@@ -665,17 +574,6 @@ async fn main() {
         section.push_str(&grays);
         section.push_str("\nBad-peer run: round robin over a good backend and a misbehaving peer, concurrency 8 for 3 s, each RPC bounded by 1 s.\n\n");
         section.push_str(&bad_peers);
-        match std::fs::read_to_string(&path) {
-            Ok(doc) => match (doc.find("<!-- e2e:start -->"), doc.find("<!-- e2e:end -->")) {
-                (Some(a), Some(b)) if a < b => {
-                    let start = a + "<!-- e2e:start -->".len();
-                    let updated = format!("{}\n{}{}", &doc[..start], section, &doc[b..]);
-                    std::fs::write(&path, updated).unwrap();
-                    println!("wrote {path}");
-                }
-                _ => eprintln!("{path} has no <!-- e2e:start --> / <!-- e2e:end --> markers"),
-            },
-            Err(e) => eprintln!("cannot read {path}: {e}"),
-        }
+        write_doc_section("e2e", &section);
     }
 }
