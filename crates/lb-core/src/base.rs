@@ -121,8 +121,7 @@ impl<P: PickerBuilder> BalancerBuilder for BaseBuilder<P> {
             subconns: SubConnList::new(SubConnOptions::health_checked()),
             config: None,
             state: ConnectivityState::Connecting,
-            last_connection_error: None,
-            resolver_error: None,
+            errors: LastErrors::default(),
             refreshing: false,
         })
     }
@@ -325,6 +324,31 @@ impl SubConnList {
     }
 }
 
+/// A policy's last connection and resolver errors: what its picker fails RPCs with
+/// while nothing is ready, so that the status says why.
+#[derive(Debug, Default, Clone)]
+pub struct LastErrors {
+    /// The error of the last failed connection attempt.
+    pub connection: Option<SharedError>,
+    /// The resolver's last error, until it sends a good state again.
+    pub resolver: Option<SharedError>,
+}
+
+impl LastErrors {
+    /// `UNAVAILABLE` naming both errors, or `when_none` without any.
+    pub fn status(&self, when_none: &str) -> Status {
+        let message = match (&self.connection, &self.resolver) {
+            (Some(conn), Some(res)) => {
+                format!("last connection error: {conn}; last resolver error: {res}")
+            }
+            (Some(conn), None) => format!("last connection error: {conn}"),
+            (None, Some(res)) => format!("last resolver error: {res}"),
+            (None, None) => when_none.to_owned(),
+        };
+        Status::unavailable(message)
+    }
+}
+
 /// The timer of a picker refresh ([`PickerBuilder::refresh_period`]).
 const REFRESH: TimerId = TimerId(1);
 
@@ -334,25 +358,12 @@ struct BaseBalancer<P> {
     subconns: SubConnList,
     config: Option<LbConfig>,
     state: ConnectivityState,
-    last_connection_error: Option<SharedError>,
-    resolver_error: Option<SharedError>,
+    errors: LastErrors,
     /// A refresh timer is set.
     refreshing: bool,
 }
 
 impl<P: PickerBuilder> BaseBalancer<P> {
-    fn failure_status(&self) -> Status {
-        let message = match (&self.last_connection_error, &self.resolver_error) {
-            (Some(conn), Some(res)) => {
-                format!("last connection error: {conn}; last resolver error: {res}")
-            }
-            (Some(conn), None) => format!("last connection error: {conn}"),
-            (None, Some(res)) => format!("last resolver error: {res}"),
-            (None, None) => "no subconn is ready".to_owned(),
-        };
-        Status::unavailable(message)
-    }
-
     /// Recomputes the aggregate state and publishes it with a fresh picker.
     fn publish(&mut self, cc: &mut dyn ClientConn) {
         self.state = self.subconns.aggregate();
@@ -362,7 +373,9 @@ impl<P: PickerBuilder> BaseBalancer<P> {
                 self.schedule_refresh(cc);
                 self.picker_builder.build(&ready, self.config.as_ref())
             }
-            ConnectivityState::TransientFailure => Arc::new(FailPicker(self.failure_status())),
+            ConnectivityState::TransientFailure => {
+                Arc::new(FailPicker(self.errors.status("no subconn is ready")))
+            }
             _ => Arc::new(QueuePicker),
         };
         cc.update_state(self.state, picker);
@@ -395,11 +408,11 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
         if state.addresses.is_empty() {
             let removed = self.subconns.shutdown_all();
             self.removed(&removed);
-            self.resolver_error = Some(Arc::new(Error::NoAddresses));
+            self.errors.resolver = Some(Arc::new(Error::NoAddresses));
             self.publish(cc);
             return Err(Error::NoAddresses);
         }
-        self.resolver_error = None;
+        self.errors.resolver = None;
         let changes = self.subconns.update(state.addresses, cc)?;
         for sc in &changes.created {
             sc.connect();
@@ -410,7 +423,7 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
     }
 
     fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {
-        self.resolver_error = Some(error);
+        self.errors.resolver = Some(error);
         // Keep serving the last good addresses; only a balancer that has nothing
         // working turns the error into failing RPCs.
         if self.subconns.is_empty() || self.state == ConnectivityState::TransientFailure {
@@ -443,7 +456,7 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
         if state.state == ConnectivityState::TransientFailure
             && let Some(error) = &state.error
         {
-            self.last_connection_error = Some(error.clone());
+            self.errors.connection = Some(error.clone());
         }
         let now = self.subconns.get(subconn).map_or(previous, |e| e.effective);
         let ready_changed =

@@ -386,6 +386,20 @@ impl Harness {
         self.set_subconn_state(&sc, SubConnState::new(state));
     }
 
+    /// Connects every live subconn that is `Idle`: `Connecting`, then `Ready`.
+    pub fn ready_all(&mut self) {
+        for sc in self.live_subconns() {
+            if self
+                .states
+                .get(&sc.id())
+                .is_none_or(|t| t.get() == ConnectivityState::Idle)
+            {
+                self.set_subconn_state(&sc, SubConnState::new(ConnectivityState::Connecting));
+                self.set_subconn_state(&sc, SubConnState::new(ConnectivityState::Ready));
+            }
+        }
+    }
+
     /// Moves the live subconn for `addr` to `TransientFailure` with `message`.
     pub fn fail(&mut self, addr: &str, message: &str) {
         let sc = self.subconn(addr);

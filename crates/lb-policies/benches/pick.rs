@@ -28,8 +28,8 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lb_core::base::{PickerBuilder, ReadySubConn};
 use lb_core::test_util::Harness;
 use lb_core::{
-    Address, BalancerBuilder, Code, ConnectivityState, DoneInfo, LoadReport, Pick, PickInfo,
-    PickResult, Picker, Status, SubConn, SubConnHandle, Weight,
+    Address, BalancerBuilder, Code, DoneInfo, LoadReport, Pick, PickInfo, PickResult, Picker,
+    Status, SubConn, SubConnHandle, Weight,
 };
 use lb_policies::pick_first::PickFirstPicker;
 use lb_policies::{LeastRequest, PeakEwma, RingHash, RoundRobin, WeightedRoundRobin};
@@ -110,11 +110,7 @@ fn ring_hash(n: usize) -> Arc<dyn Picker> {
         r#"{"minRingSize": 4096, "maxRingSize": 4096, "requestHashHeader": "x-key"}"#,
     )
     .unwrap();
-    for sc in h.live_subconns() {
-        let addr = sc.address().addr().to_owned();
-        h.set_state(&addr, ConnectivityState::Connecting);
-        h.set_state(&addr, ConnectivityState::Ready);
-    }
+    h.ready_all();
     h.picker()
 }
 

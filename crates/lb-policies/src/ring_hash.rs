@@ -44,7 +44,7 @@
 use std::sync::Arc;
 
 use http::HeaderName;
-use lb_core::base::SubConnList;
+use lb_core::base::{LastErrors, SubConnList};
 use lb_core::{
     Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState, ConnectivityState, Error,
     FailPicker, LbConfig, Pick, PickInfo, PickResult, Picker, SharedError, Status, SubConn,
@@ -101,8 +101,7 @@ impl BalancerBuilder for RingHash {
             ring: None,
             ring_of: Vec::new(),
             state: ConnectivityState::Idle,
-            last_connection_error: None,
-            resolver_error: None,
+            errors: LastErrors::default(),
         })
     }
 
@@ -231,21 +230,13 @@ struct RingHashBalancer {
     /// What the ring was built from: (address, weight) in list order, and sizes.
     ring_of: Vec<(String, u32)>,
     state: ConnectivityState,
-    last_connection_error: Option<SharedError>,
-    resolver_error: Option<SharedError>,
+    errors: LastErrors,
 }
 
 impl RingHashBalancer {
     fn failure_status(&self) -> Status {
-        let message = match (&self.last_connection_error, &self.resolver_error) {
-            (Some(conn), Some(res)) => {
-                format!("ring_hash: last connection error: {conn}; last resolver error: {res}")
-            }
-            (Some(conn), None) => format!("ring_hash: last connection error: {conn}"),
-            (None, Some(res)) => format!("ring_hash: last resolver error: {res}"),
-            (None, None) => "ring_hash: no backend is reachable".to_owned(),
-        };
-        Status::unavailable(message)
+        let status = self.errors.status("no backend is reachable");
+        Status::new(status.code(), format!("ring_hash: {}", status.message()))
     }
 
     /// A42's aggregation of the (sticky) states.
@@ -354,11 +345,11 @@ impl Balancer for RingHashBalancer {
             self.subconns.shutdown_all();
             self.ring = None;
             self.ring_of.clear();
-            self.resolver_error = Some(Arc::new(Error::NoAddresses));
+            self.errors.resolver = Some(Arc::new(Error::NoAddresses));
             self.publish(cc);
             return Err(Error::NoAddresses);
         }
-        self.resolver_error = None;
+        self.errors.resolver = None;
         // Subconns connect when a pick needs them.
         self.subconns.update(state.addresses, cc)?;
         self.rebuild_ring();
@@ -367,7 +358,7 @@ impl Balancer for RingHashBalancer {
     }
 
     fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {
-        self.resolver_error = Some(error);
+        self.errors.resolver = Some(error);
         if self.subconns.is_empty() || self.state == ConnectivityState::TransientFailure {
             self.publish(cc);
         }
@@ -389,7 +380,7 @@ impl Balancer for RingHashBalancer {
             ConnectivityState::TransientFailure => {
                 cc.resolve_now();
                 if let Some(error) = &state.error {
-                    self.last_connection_error = Some(error.clone());
+                    self.errors.connection = Some(error.clone());
                 }
             }
             // A lost connection: the backend may have moved. It reconnects when a

@@ -19,10 +19,7 @@ fn ready(addrs: &[&str], config: &str) -> Harness {
     let mut h = Harness::new(least_request::builder());
     h.update_with_config(addrs.iter().map(|a| Address::new(*a)).collect(), config)
         .unwrap();
-    for a in addrs {
-        h.set_state(a, Connecting);
-        h.set_state(a, Ready);
-    }
+    h.ready_all();
     h
 }
 

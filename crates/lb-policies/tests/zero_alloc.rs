@@ -8,8 +8,8 @@ use lb_core::test_util::Harness;
 use std::time::Duration;
 
 use lb_core::{
-    Address, BalancerBuilder, ClientConnState, Code, ConnectivityState::*, DoneInfo, LoadReport,
-    PickInfo, PickResult, Status, Weight,
+    Address, BalancerBuilder, ClientConnState, Code, DoneInfo, LoadReport, PickInfo, PickResult,
+    Status, Weight,
 };
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
@@ -35,10 +35,7 @@ fn ready_with(builder: impl BalancerBuilder, n: usize, config: Option<&str>) -> 
         None => h.update(ClientConnState::new(addrs)).unwrap(),
     }
     // pick_first creates one subconn at a time; the others create them all.
-    for sc in h.live_subconns() {
-        h.set_state(sc.address().addr(), Connecting);
-        h.set_state(sc.address().addr(), Ready);
-    }
+    h.ready_all();
     h
 }
 
