@@ -421,6 +421,17 @@ impl Follower {
                     SessionStep::Carry => continue,
                     SessionStep::End(e) => return e,
                     SessionStep::Relist => {
+                        // Back on the same session. zookeeper-client 0.11 re-sends
+                        // only one-shot watches on reconnect, not persistent ones,
+                        // and events during the disconnect may be lost anyway
+                        // (ZOOKEEPER-4698): add the watch again, then list.
+                        watcher = match client
+                            .watch(&self.path, zk::AddWatchMode::PersistentRecursive)
+                            .await
+                        {
+                            Ok(w) => w,
+                            Err(e) => return zk_error(format!("watch {}", self.path))(e),
+                        };
                         if let Err(e) = self.list(&client).await {
                             return e;
                         }
@@ -461,8 +472,6 @@ impl Follower {
                 SessionStep::Carry
             }
             zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                // Events during the disconnect may be lost (ZOOKEEPER-4698): list
-                // again, on the same session.
                 SessionStep::Relist
             }
             state => SessionStep::End(ZkError::SessionEnded {

@@ -94,6 +94,27 @@ impl Watching {
         }
     }
 
+    /// Waits (at most [`WAIT`]) until there are `n` addresses.
+    pub async fn expect_count(&mut self, n: usize) -> ResolverState {
+        let found = tokio::time::timeout(
+            WAIT,
+            self.state
+                .wait_for(|s| s.as_ref().is_some_and(|s| s.addresses.len() == n)),
+        )
+        .await
+        .map(|r| r.map(|s| s.clone()));
+        match found {
+            Ok(Ok(Some(state))) => state,
+            _ => panic!(
+                "never {n} addresses; last: {}",
+                self.state
+                    .borrow()
+                    .as_ref()
+                    .map_or(0, |s| s.addresses.len())
+            ),
+        }
+    }
+
     /// The current addresses.
     pub fn current(&self) -> Vec<String> {
         self.state.borrow().as_ref().map(addrs).unwrap_or_default()
