@@ -594,3 +594,18 @@ async fn a_lease_lost_right_after_each_registration_is_retried_with_backoff() {
     killing.abort();
     r.deregister().await;
 }
+
+#[tokio::test]
+async fn reads_lower_case_keys_and_string_weights_as_go_services_write_them() {
+    let etcd = EtcdServer::start().await.unwrap();
+    etcd.etcdctl(&[
+        "put",
+        "billing/a",
+        r#"{"addr":"10.0.0.8:443","metadata":{"weight":"3"}}"#,
+    ])
+    .await
+    .unwrap();
+    let mut w = resolve(&etcd, "billing");
+    let state = w.expect_addrs(&["10.0.0.8:443"], WAIT).await;
+    assert_eq!(state.addresses[0].weight().get(), 3);
+}

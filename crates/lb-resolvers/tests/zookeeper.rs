@@ -513,3 +513,35 @@ async fn a_service_whose_child_list_exceeds_jute_maxbuffer_is_listed() {
     w.expect_count(n).await;
     assert_eq!(w.error_count(), 0);
 }
+
+#[tokio::test]
+async fn reads_tls_only_instances_and_skips_disabled_ones() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let client = raw(&server).await;
+    put_node(
+        &client,
+        "/services/tls/a",
+        r#"{"name":"tls","id":"a","address":"10.0.0.1","port":null,"sslPort":8443,"payload":{"weight":"2"},"serviceType":"DYNAMIC","enabled":true}"#,
+    )
+    .await;
+    put_node(
+        &client,
+        "/services/tls/b",
+        r#"{"name":"tls","id":"b","address":"10.0.0.2","port":8080,"enabled":false}"#,
+    )
+    .await;
+    let mut w = resolve(&server, "tls");
+    let state = w.expect_addrs(&["10.0.0.1:8443"], WAIT).await;
+    assert_eq!(state.addresses[0].weight().get(), 2);
+    // Enabled again: a target.
+    client
+        .set_data(
+            "/services/tls/b",
+            br#"{"name":"tls","id":"b","address":"10.0.0.2","port":8080,"enabled":true}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    w.expect_addrs(&["10.0.0.1:8443", "10.0.0.2:8080"], WAIT)
+        .await;
+}
