@@ -609,3 +609,37 @@ async fn reads_lower_case_keys_and_string_weights_as_go_services_write_them() {
     let state = w.expect_addrs(&["10.0.0.8:443"], WAIT).await;
     assert_eq!(state.addresses[0].weight().get(), 3);
 }
+
+#[tokio::test]
+async fn a_burst_of_registrations_is_published_in_a_few_complete_states() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut w = watching(
+        &fast(etcd.endpoint()).with_update_delay(Duration::from_millis(200)),
+        &format!("etcd://{}/svc", etcd.addr()),
+    );
+    w.expect_addrs(&[], WAIT).await;
+    let before = w.update_count();
+    // 300 registrations, each its own put (its own revision and watch event).
+    let c = client(&etcd).await;
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let mut kv = c.kv_client();
+        puts.spawn(async move { kv.put(format!("svc/i{i}"), endpoint(i), None).await });
+    }
+    while let Some(put) = puts.join_next().await {
+        put.unwrap().unwrap();
+    }
+    w.expect_count(300).await;
+    let published = w.update_count() - before;
+    assert!(published < 30, "{published} states for 300 changes");
+    // Without coalescing, one state per watch response.
+    let mut each = watching(
+        &fast(etcd.endpoint()).with_update_delay(Duration::ZERO),
+        &format!("etcd://{}/svc", etcd.addr()),
+    );
+    each.expect_count(300).await;
+    let before = each.update_count();
+    c.kv_client().delete("svc/i0", None).await.unwrap();
+    each.expect_count(299).await;
+    assert_eq!(each.update_count() - before, 1);
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test file uses a part
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lb_core::resolver::ClientConn;
@@ -16,10 +17,12 @@ pub const WAIT: Duration = Duration::from_secs(20);
 struct Latest {
     state: watch::Sender<Option<ResolverState>>,
     errors: watch::Sender<usize>,
+    updates: Arc<AtomicUsize>,
 }
 
 impl ClientConn for Latest {
     fn update_state(&self, state: ResolverState) {
+        self.updates.fetch_add(1, Ordering::SeqCst);
         self.state.send_replace(Some(state));
     }
     fn report_error(&self, _: SharedError) {
@@ -30,6 +33,7 @@ impl ClientConn for Latest {
 /// A running resolver and what it reported.
 pub struct Watching {
     _resolver: Box<dyn Resolver>,
+    updates: Arc<AtomicUsize>,
     pub state: watch::Receiver<Option<ResolverState>>,
     pub errors: watch::Receiver<usize>,
 }
@@ -38,14 +42,20 @@ pub struct Watching {
 pub fn watching(builder: &dyn ResolverBuilder, target: &str) -> Watching {
     let (state, state_rx) = watch::channel(None);
     let (errors, errors_rx) = watch::channel(0);
+    let updates = Arc::new(AtomicUsize::new(0));
     let resolver = builder
         .build(
             &Target::parse(target).unwrap(),
-            Arc::new(Latest { state, errors }),
+            Arc::new(Latest {
+                state,
+                errors,
+                updates: updates.clone(),
+            }),
         )
         .unwrap();
     Watching {
         _resolver: resolver,
+        updates,
         state: state_rx,
         errors: errors_rx,
     }
@@ -58,7 +68,11 @@ pub fn build_error(builder: &dyn ResolverBuilder, target: &str) -> String {
     builder
         .build(
             &Target::parse(target).unwrap(),
-            Arc::new(Latest { state, errors }),
+            Arc::new(Latest {
+                state,
+                errors,
+                updates: Arc::default(),
+            }),
         )
         .err()
         .unwrap()
@@ -126,6 +140,11 @@ impl Watching {
             .await
             .expect("no error was reported")
             .unwrap();
+    }
+
+    /// States published so far.
+    pub fn update_count(&self) -> usize {
+        self.updates.load(Ordering::SeqCst)
     }
 
     /// Errors reported so far.
