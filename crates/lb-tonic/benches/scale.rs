@@ -539,10 +539,23 @@ async fn measure(mut registry: Registry, instances: usize) -> Figures {
     }
 }
 
+/// `n` with thousands separators.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn table(instances: usize, figures: &[Figures]) -> String {
     let mut out = format!(
-        "A client following a service of {instances} instances ({} at dead ports, {LIVE} live echo servers), round_robin; {ROUNDS} rounds for the latencies.\n\n",
-        instances
+        "A client following a service of {} instances at dead ports plus {LIVE} live echo servers, round_robin; {ROUNDS} rounds for the latencies.\n\n",
+        thousands(instances)
     );
     out.push_str("| registry | first complete set | client RSS | registration → routed (min / median / max) | deregistration → last routed (min / median / max) | follower requests per registration |\n|---|---:|---:|---|---|---:|\n");
     for f in figures {
@@ -565,7 +578,8 @@ fn table(instances: usize, figures: &[Figures]) -> String {
     }
     let _ = write!(
         out,
-        "\nClient CPU time while {BURST} registrations arrive at once (all at dead ports), and the complete states its resolver published meanwhile; for scale, the same client's CPU over 2 s with no change.\n\n| registry | coalescing | client CPU | states published | burst wall time | idle CPU per 2 s |\n|---|---|---:|---:|---:|---:|\n"
+        "\nClient CPU time while {} registrations arrive at once (all at dead ports), and the complete states its resolver published meanwhile; for scale, the same client's CPU over 2 s with no change.\n\n| registry | coalescing | client CPU | states published | burst wall time | idle CPU per 2 s |\n|---|---|---:|---:|---:|---:|\n",
+        thousands(BURST)
     );
     for f in figures {
         for (i, mode) in ["5 ms (default)", "off (0)"].iter().enumerate() {
