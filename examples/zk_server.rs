@@ -9,7 +9,8 @@
 //!
 //! It serves the echo service, creates `/services/greeter/<id>`, and deletes it on
 //! Ctrl-C or after `RUN_SECS` (default 300) seconds; killed, its node vanishes with
-//! its 10 s session. `ZK` (connect string) and `WEIGHT` (`payload.weight`) can be set.
+//! its 10 s session. A second one with the same id waits for the first one's node to
+//! go, then creates its own; neither ever deletes the other's. `ZK` (connect string) and `WEIGHT` (`payload.weight`) can be set.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -643,3 +643,38 @@ async fn a_burst_of_registrations_is_published_in_a_few_complete_states() {
     each.expect_count(299).await;
     assert_eq!(each.update_count() - before, 1);
 }
+
+#[tokio::test]
+async fn resolvers_of_a_process_share_one_connection_that_goes_with_the_last() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let proxy = lb_testkit::TcpProxy::start(etcd.addr()).await.unwrap();
+    let mut c = client(&etcd).await;
+    c.put("a/1", r#"{"Addr":"10.0.0.1:80"}"#, None)
+        .await
+        .unwrap();
+    c.put("b/1", r#"{"Addr":"10.0.0.2:80"}"#, None)
+        .await
+        .unwrap();
+    let builder = fast(format!("http://{}", proxy.addr()));
+    let mut a = watching(&builder, &format!("etcd://{}/a", proxy.addr()));
+    let mut b = watching(&builder, &format!("etcd://{}/b", proxy.addr()));
+    let mut a2 = watching(&builder, &format!("etcd://{}/a", proxy.addr()));
+    a.expect_addrs(&["10.0.0.1:80"], WAIT).await;
+    b.expect_addrs(&["10.0.0.2:80"], WAIT).await;
+    a2.expect_addrs(&["10.0.0.1:80"], WAIT).await;
+    assert_eq!((proxy.accepted(), proxy.open()), (1, 1));
+    // Each follows its own service on it.
+    c.put("b/2", r#"{"Addr":"10.0.0.3:80"}"#, None)
+        .await
+        .unwrap();
+    b.expect_addrs(&["10.0.0.2:80", "10.0.0.3:80"], WAIT).await;
+    assert_eq!(a.current(), ["10.0.0.1:80"]);
+    drop((a, b, a2));
+    tokio::time::timeout(WAIT, async {
+        while proxy.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the connection outlived its resolvers");
+}

@@ -413,6 +413,15 @@ async fn resolvers_of_a_process_share_one_session_and_a_restart_creates_no_new_o
         );
     }
     assert_eq!(after.len(), 4, "{after:?}");
+    // The shared session goes with the last resolver; the registrars' stay.
+    drop((a, b, a2));
+    tokio::time::timeout(WAIT, async {
+        while server.connected_sessions().await.unwrap().len() > 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the resolvers' session outlived them");
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ struct Control {
     cut_next: AtomicBool,
     delay_us: AtomicU64,
     accepted: AtomicUsize,
+    open: AtomicUsize,
     cuts: AtomicUsize,
 }
 
@@ -85,6 +86,11 @@ impl TcpProxy {
         self.control.accepted.load(Ordering::SeqCst)
     }
 
+    /// Connections forwarded and open now.
+    pub fn open(&self) -> usize {
+        self.control.open.load(Ordering::SeqCst)
+    }
+
     /// Connections cut by [`TcpProxy::cut_next_after_first_message`] so far.
     pub fn cuts(&self) -> usize {
         self.control.cuts.load(Ordering::SeqCst)
@@ -131,6 +137,8 @@ async fn forward(
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
+    control.open.fetch_add(1, Ordering::SeqCst);
+    let _open = Open(control.clone());
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     severed.borrow_and_update();
@@ -140,6 +148,15 @@ async fn forward(
         () = pump(client_in, server_out) => {}
         () = downstream(server_in, client_out, cut, &control) => {}
         _ = severed.changed() => {}
+    }
+}
+
+/// Counts a forwarded connection while it is open.
+struct Open(Arc<Control>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
