@@ -340,13 +340,10 @@ async fn a_compaction_during_a_paged_list_starts_the_list_over() {
         &format!("etcd://{}/svc", proxy.addr()),
     );
     let mut c = client(&etcd).await;
+    // Compact until three lists in a row were cut short: the resolver then reports
+    // it (and retries after a backoff); each earlier one started over at once.
     tokio::time::timeout(WAIT, async {
-        while etcd
-            .grpc_calls_handled("Range", "OutOfRange")
-            .await
-            .unwrap()
-            == 0
-        {
+        while w.error_count() == 0 {
             let put = c.put("other/tick", "x", None).await.unwrap();
             c.compact(put.header().unwrap().revision(), None)
                 .await
@@ -355,7 +352,15 @@ async fn a_compaction_during_a_paged_list_starts_the_list_over() {
         }
     })
     .await
-    .expect("no list page ever hit a compacted revision");
+    .expect("no list was ever reported as cut short");
+    let compacted = etcd
+        .grpc_calls_handled("Range", "OutOfRange")
+        .await
+        .unwrap();
+    assert!(
+        compacted >= 3,
+        "{compacted} list pages hit a compacted revision"
+    );
     // The list starts over at a new revision, and the watch follows from there.
     proxy.set_response_delay(Duration::ZERO);
     w.expect_count(400).await;
@@ -677,4 +682,46 @@ async fn resolvers_of_a_process_share_one_connection_that_goes_with_the_last() {
     })
     .await
     .expect("the connection outlived its resolvers");
+}
+
+#[tokio::test]
+async fn a_resolver_started_while_etcd_is_down_lists_once_it_is_up() {
+    let mut etcd = EtcdServer::start().await.unwrap();
+    etcd.kill().await;
+    let mut w = watching(
+        &fast(etcd.endpoint()),
+        &format!("etcd://{}/svc", etcd.addr()),
+    );
+    w.expect_error_after(0).await;
+    assert!(
+        w.state.borrow().is_none(),
+        "nothing published without a list"
+    );
+    etcd.restart().await.unwrap();
+    let mut c = client(&etcd).await;
+    c.put("svc/a", r#"{"Addr":"10.0.0.1:80"}"#, None)
+        .await
+        .unwrap();
+    w.expect_addrs(&["10.0.0.1:80"], WAIT).await;
+}
+
+#[tokio::test]
+async fn registering_fails_when_etcd_cannot_be_reached() {
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let options = EtcdOptions {
+        timeout: Duration::from_millis(500),
+        ..options(&etcd)
+    };
+    etcd.kill().await;
+    let err = EtcdRegistrar::register(
+        options,
+        "echo",
+        "127.0.0.1:7001",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .err()
+    .expect("registered without etcd");
+    assert!(err.to_string().contains("lease grant"), "{err}");
 }

@@ -554,3 +554,53 @@ async fn reads_tls_only_instances_and_skips_disabled_ones() {
     w.expect_addrs(&["10.0.0.1:8443", "10.0.0.2:8080"], WAIT)
         .await;
 }
+
+#[tokio::test]
+async fn a_resolver_started_while_zookeeper_is_down_lists_once_it_is_up() {
+    let mut server = ZooKeeperServer::start().await.unwrap();
+    server.kill().await;
+    let mut w = resolve(&server, "echo");
+    w.expect_error_after(0).await;
+    assert!(
+        w.state.borrow().is_none(),
+        "nothing published without a list"
+    );
+    server.restart().await.unwrap();
+    let _r = ZkRegistrar::register(options(&server), "echo", "a", "127.0.0.1", 7001, None)
+        .await
+        .unwrap();
+    w.expect_addrs(&["127.0.0.1:7001"], WAIT).await;
+}
+
+#[tokio::test]
+async fn registering_where_the_registrar_may_not_write_is_an_error_naming_the_node() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let client = raw(&server).await;
+    client
+        .create(
+            "/locked",
+            b"",
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_read()),
+        )
+        .await
+        .unwrap();
+    let err = ZkRegistrar::register(
+        ZkOptions {
+            base_path: "/locked".to_owned(),
+            ..options(&server)
+        },
+        "echo",
+        "a",
+        "127.0.0.1",
+        7001,
+        None,
+    )
+    .await
+    .err()
+    .expect("registered under a read-only node");
+    let err = err.to_string();
+    assert!(
+        err.contains("/locked/echo") && err.contains("not authorized"),
+        "{err}"
+    );
+}
