@@ -9,8 +9,8 @@
 //!   a string holding one (`"3"`), also becomes its [`lb_core::Weight`].
 //! * The resolver lists the prefix `service/` in pages, all at one revision, then
 //!   watches it from that revision and applies each event to what it knows. It
-//!   publishes complete sets, changes arriving within
-//!   [`EtcdResolverBuilder::with_update_delay`] of each other together. After a
+//!   publishes complete sets, at most one per
+//!   [`EtcdResolverBuilder::with_update_delay`] (a burst goes out in a few). After a
 //!   disconnect it resumes the watch from the last revision whose events it has
 //!   applied (an event's, or a progress notification's); after a compaction, or when
 //!   etcd's revision is below that point (a restored or rebuilt etcd), it lists
@@ -344,9 +344,10 @@ impl EtcdResolverBuilder {
         }
     }
 
-    /// Changes arriving within `delay` of the first unpublished one are published in
-    /// one complete state (default 5 ms), so a burst of registrations does not make
-    /// the channel rebuild its picker for each. `Duration::ZERO` publishes after every
+    /// Complete states go out at most once per `delay` (default 5 ms): a change after
+    /// a quiet spell at once, changes arriving within `delay` of the last state
+    /// together when `delay` has passed. A burst of registrations thus makes a few
+    /// picker rebuilds, not one each, and a lone registration waits for nothing. `Duration::ZERO` publishes after every
     /// watch response. The first list is published at once.
     #[must_use]
     pub fn with_update_delay(mut self, delay: Duration) -> Self {

@@ -286,12 +286,14 @@ pub(crate) enum Listed {
     Unreadable(String, String),
 }
 
-/// Publishes complete states to the channel, coalescing changes that arrive within
-/// `delay` of the first unpublished one.
+/// Publishes complete states to the channel, at most one per `delay`: a change after a
+/// quiet spell goes out at once; changes arriving within `delay` of the last
+/// publication wait until `delay` has passed and go out together.
 pub(crate) struct Publisher {
     cc: Arc<dyn ClientConn>,
     delay: Duration,
     due: Option<Instant>,
+    last: Option<Instant>,
     published: bool,
 }
 
@@ -301,6 +303,7 @@ impl Publisher {
             cc,
             delay,
             due: None,
+            last: None,
             published: false,
         }
     }
@@ -313,15 +316,16 @@ impl Publisher {
         }
     }
 
-    /// After applying events: publishes now (no delay) or schedules it.
+    /// After applying events: publishes now, or schedules it for `delay` after the
+    /// last publication.
     pub(crate) fn changed(&mut self, entries: &mut Entries) {
-        if !entries.is_dirty() {
+        if !entries.is_dirty() || self.due.is_some() {
             return;
         }
-        if self.delay.is_zero() {
-            self.publish(entries);
-        } else if self.due.is_none() {
-            self.due = Some(Instant::now() + self.delay);
+        let now = Instant::now();
+        match self.last.map(|t| t + self.delay).filter(|next| *next > now) {
+            Some(next) => self.due = Some(next),
+            None => self.publish(entries),
         }
     }
 
@@ -343,6 +347,7 @@ impl Publisher {
 
     fn publish(&mut self, entries: &mut Entries) {
         self.due = None;
+        self.last = Some(Instant::now());
         self.published = true;
         self.cc.update_state(entries.take_state());
     }
@@ -501,6 +506,48 @@ mod tests {
                 note: None,
             },
         }
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<usize>>);
+
+    impl ClientConn for Recorder {
+        fn update_state(&self, state: ResolverState) {
+            self.0.lock().unwrap().push(state.addresses.len());
+        }
+        fn report_error(&self, _: SharedError) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_after_a_quiet_spell_goes_out_at_once_and_a_burst_at_most_once_per_delay() {
+        let cc = Arc::new(Recorder::default());
+        let mut p = Publisher::new(cc.clone(), Duration::from_millis(5));
+        let mut e = Entries::new("test");
+        p.listed(&mut e);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        e.put("a", b"h:1", parse_addr);
+        p.changed(&mut e);
+        e.put("b", b"h:2", parse_addr);
+        p.changed(&mut e);
+        e.put("c", b"h:3", parse_addr);
+        p.changed(&mut e);
+        assert_eq!(*cc.0.lock().unwrap(), [0, 1], "the first change at once");
+        let t = Instant::now();
+        p.due().await;
+        assert_eq!(t.elapsed(), Duration::from_millis(5));
+        p.flush(&mut e);
+        assert_eq!(*cc.0.lock().unwrap(), [0, 1, 3], "the rest together");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        e.remove("a");
+        p.changed(&mut e);
+        assert_eq!(*cc.0.lock().unwrap(), [0, 1, 3, 2]);
+
+        let mut each = Publisher::new(cc.clone(), Duration::ZERO);
+        e.remove("b");
+        each.changed(&mut e);
+        e.remove("c");
+        each.changed(&mut e);
+        assert_eq!(*cc.0.lock().unwrap(), [0, 1, 3, 2, 1, 0]);
     }
 
     #[test]

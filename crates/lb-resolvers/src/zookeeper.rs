@@ -13,11 +13,12 @@
 //! * The resolver sets a persistent recursive watch on the service node, then lists
 //!   the children and reads them all, pipelined. After that each event for a child
 //!   (created, deleted, data changed) costs one read of that child; events for deeper
-//!   nodes are ignored. Changes arriving within
-//!   [`ZkResolverBuilder::with_update_delay`] of each other are published together.
+//!   nodes are ignored. Complete states go out at most once per
+//!   [`ZkResolverBuilder::with_update_delay`] (a burst goes out in a few).
 //! * A plain disconnect is reported and the set kept; the client reconnects within
-//!   the session timeout, keeping its session and watches, and the resolver then
-//!   lists again (events that happen while disconnected may be lost, ZOOKEEPER-4698).
+//!   the session timeout, keeping its session, and the resolver then adds its watch
+//!   again (zookeeper-client re-registers only one-shot watches) and lists again
+//!   (events that happen while disconnected may be lost, ZOOKEEPER-4698).
 //!   After session expiry it starts over with a new session, watch and list. A child
 //!   that cannot be read (no such node any more, no permission) is skipped; errors
 //!   are reported, the last good set stays, and retries wait with jittered
@@ -303,9 +304,10 @@ impl ZkResolverBuilder {
         }
     }
 
-    /// Changes arriving within `delay` of the first unpublished one are published in
-    /// one complete state (default 5 ms), so a burst of registrations does not make
-    /// the channel rebuild its picker for each. `Duration::ZERO` publishes after each
+    /// Complete states go out at most once per `delay` (default 5 ms): a change after
+    /// a quiet spell at once, changes arriving within `delay` of the last state
+    /// together when `delay` has passed. A burst of registrations thus makes a few
+    /// picker rebuilds, not one each, and a lone registration waits for nothing. `Duration::ZERO` publishes after each
     /// batch of events read. A full list is published at once.
     #[must_use]
     pub fn with_update_delay(mut self, delay: Duration) -> Self {
