@@ -725,3 +725,46 @@ async fn registering_fails_when_etcd_cannot_be_reached() {
     .expect("registered without etcd");
     assert!(err.to_string().contains("lease grant"), "{err}");
 }
+
+#[tokio::test]
+async fn a_watch_catching_up_on_more_than_4_mib_of_events_gets_them_all() {
+    use etcd_client::{Txn, TxnOp};
+    let etcd = EtcdServer::start().await.unwrap();
+    let proxy = lb_testkit::TcpProxy::start(etcd.addr()).await.unwrap();
+    let target = format!("etcd://{}/svc", proxy.addr());
+    let builder = fast(format!("http://{}", proxy.addr()));
+    let mut w = watching(&builder, &target);
+    // The same resolver with tonic's default 4 MiB limit on replies.
+    let mut small = watching(&builder.clone().with_max_message_size(4 << 20), &target);
+    w.expect_addrs(&[], WAIT).await;
+    small.expect_addrs(&[], WAIT).await;
+    // While both are away, 5,120 instances of 1 KB register (40 transactions of 128):
+    // etcd sends them to a catching-up watch in one reply of over 5 MiB.
+    let errors = w.error_count();
+    proxy.set_blocked(true);
+    w.expect_error_after(errors).await;
+    let mut c = client(&etcd).await;
+    for t in 0..40 {
+        let ops: Vec<TxnOp> = (0..128)
+            .map(|i| {
+                let n = t * 128 + i;
+                let value = format!(
+                    r#"{{"Addr":"10.0.{}.{}:80","Metadata":{{"pad":"{:0>1000}"}}}}"#,
+                    n / 250,
+                    n % 250,
+                    0
+                );
+                TxnOp::put(format!("svc/i{n}"), value, None)
+            })
+            .collect();
+        c.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    proxy.set_blocked(false);
+    w.expect_count(5120).await;
+    // The other cannot take that reply: it fails each time and keeps its last set.
+    let failed = small.error_count();
+    small.expect_error_after(failed + 2).await;
+    assert_eq!(small.current(), Vec::<String>::new());
+    let error = small.last_error();
+    assert!(error.contains("message length too large"), "{error}");
+}

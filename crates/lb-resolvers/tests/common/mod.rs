@@ -3,8 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test file uses a part
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lb_core::resolver::ClientConn;
@@ -18,6 +18,7 @@ struct Latest {
     state: watch::Sender<Option<ResolverState>>,
     errors: watch::Sender<usize>,
     updates: Arc<AtomicUsize>,
+    last_error: Arc<Mutex<String>>,
 }
 
 impl ClientConn for Latest {
@@ -25,7 +26,8 @@ impl ClientConn for Latest {
         self.updates.fetch_add(1, Ordering::SeqCst);
         self.state.send_replace(Some(state));
     }
-    fn report_error(&self, _: SharedError) {
+    fn report_error(&self, error: SharedError) {
+        *self.last_error.lock().unwrap() = error.to_string();
         self.errors.send_modify(|n| *n += 1);
     }
 }
@@ -34,6 +36,7 @@ impl ClientConn for Latest {
 pub struct Watching {
     _resolver: Box<dyn Resolver>,
     updates: Arc<AtomicUsize>,
+    last_error: Arc<Mutex<String>>,
     pub state: watch::Receiver<Option<ResolverState>>,
     pub errors: watch::Receiver<usize>,
 }
@@ -43,6 +46,7 @@ pub fn watching(builder: &dyn ResolverBuilder, target: &str) -> Watching {
     let (state, state_rx) = watch::channel(None);
     let (errors, errors_rx) = watch::channel(0);
     let updates = Arc::new(AtomicUsize::new(0));
+    let last_error = Arc::new(Mutex::new(String::new()));
     let resolver = builder
         .build(
             &Target::parse(target).unwrap(),
@@ -50,12 +54,14 @@ pub fn watching(builder: &dyn ResolverBuilder, target: &str) -> Watching {
                 state,
                 errors,
                 updates: updates.clone(),
+                last_error: last_error.clone(),
             }),
         )
         .unwrap();
     Watching {
         _resolver: resolver,
         updates,
+        last_error,
         state: state_rx,
         errors: errors_rx,
     }
@@ -72,6 +78,7 @@ pub fn build_error(builder: &dyn ResolverBuilder, target: &str) -> String {
                 state,
                 errors,
                 updates: Arc::default(),
+                last_error: Arc::default(),
             }),
         )
         .err()
@@ -145,6 +152,11 @@ impl Watching {
     /// States published so far.
     pub fn update_count(&self) -> usize {
         self.updates.load(Ordering::SeqCst)
+    }
+
+    /// The last error reported, as text.
+    pub fn last_error(&self) -> String {
+        self.last_error.lock().unwrap().clone()
     }
 
     /// Errors reported so far.
