@@ -177,6 +177,8 @@ impl Registry {
 struct Published {
     states: AtomicUsize,
     addresses: AtomicUsize,
+    /// When the last state was published (Unix time, ns).
+    last_ns: std::sync::atomic::AtomicU64,
     changed: tokio::sync::Notify,
 }
 
@@ -194,6 +196,10 @@ struct CountingConn {
 impl ClientConn for CountingConn {
     fn update_state(&self, state: ResolverState) {
         self.published.states.fetch_add(1, Ordering::SeqCst);
+        self.published.last_ns.store(
+            u64::try_from(unix_ns()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
         self.published
             .addresses
             .store(state.addresses.len(), Ordering::SeqCst);
@@ -326,7 +332,11 @@ async fn client_process(target: String) {
             ["probe", name] => {
                 println!("probing");
                 while echo(&mut client).await.as_deref() != Some(*name) {}
-                println!("routed {}", unix_ns());
+                println!(
+                    "routed {} {}",
+                    unix_ns(),
+                    published.last_ns.load(Ordering::SeqCst)
+                );
             }
             ["gone", name] => {
                 println!("watching");
@@ -427,6 +437,7 @@ struct Figures {
     first_complete: Duration,
     rss_mib: f64,
     up: Vec<Duration>,
+    published: Vec<Duration>,
     down: Vec<Duration>,
     requests_per_registration: f64,
     idle_cpu_ms: u128,
@@ -468,7 +479,7 @@ async fn measure(mut registry: Registry, instances: usize) -> Figures {
     let first_complete = Duration::from_micros(u64::try_from(ready[0]).unwrap());
     let rss_mib = ready[1] as f64 / 1024.0;
 
-    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let (mut up, mut published, mut down) = (Vec::new(), Vec::new(), Vec::new());
     let mut requests = 0;
     for round in 0..ROUNDS {
         let name = format!("new{round}");
@@ -480,10 +491,10 @@ async fn measure(mut registry: Registry, instances: usize) -> Figures {
         let before = registry.follower_requests().await;
         let t0 = unix_ns();
         registry.register_many(vec![(key.clone(), value)]).await;
-        let routed = client.expect("routed").await[0];
-        up.push(Duration::from_nanos(
-            u64::try_from(routed.saturating_sub(t0)).unwrap(),
-        ));
+        let routed = client.expect("routed").await;
+        let since = |t: u128| Duration::from_nanos(u64::try_from(t.saturating_sub(t0)).unwrap());
+        up.push(since(routed[0]));
+        published.push(since(routed[1]));
         requests += registry.follower_requests().await - before;
 
         client.send(&format!("gone {name}")).await;
@@ -532,6 +543,7 @@ async fn measure(mut registry: Registry, instances: usize) -> Figures {
         first_complete,
         rss_mib,
         up,
+        published,
         down,
         requests_per_registration: requests as f64 / ROUNDS as f64,
         idle_cpu_ms,
@@ -557,16 +569,20 @@ fn table(instances: usize, figures: &[Figures]) -> String {
         "A client following a service of {} instances at dead ports plus {LIVE} live echo servers, round_robin; {ROUNDS} rounds for the latencies.\n\n",
         thousands(instances)
     );
-    out.push_str("| registry | first complete set | client RSS | registration → routed (min / median / max) | deregistration → last routed (min / median / max) | follower requests per registration |\n|---|---:|---:|---|---|---:|\n");
+    out.push_str("| registry | first complete set | client RSS | registration → state published (min / median / max) | registration → routed (min / median / max) | deregistration → last routed (min / median / max) | follower requests per registration |\n|---|---:|---:|---|---|---|---:|\n");
     for f in figures {
         let (a, b, c) = median(f.up.clone());
+        let (p, q, r) = median(f.published.clone());
         let (d, e, g) = median(f.down.clone());
         let _ = writeln!(
             out,
-            "| {} | {:.0} ms | {:.0} MiB | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} |",
+            "| {} | {:.0} ms | {:.0} MiB | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} |",
             f.label,
             ms(f.first_complete),
             f.rss_mib,
+            ms(p),
+            ms(q),
+            ms(r),
             ms(a),
             ms(b),
             ms(c),
