@@ -8,8 +8,10 @@
 //!
 //! It serves the echo service, registers `greeter/127.0.0.1:50051` in the format of
 //! etcd's Go `naming/endpoints` package (so Go clients find it too), and deregisters
-//! on Ctrl-C or after `RUN_SECS` (default 300) seconds. Kill it with SIGKILL instead and
-//! the key expires with its 10 s lease. `ETCD_ENDPOINTS` (comma-separated) overrides
+//! on Ctrl-C or after `RUN_SECS` (default 300) seconds. If another process registers
+//! the same address meanwhile (the new process of a rolling restart), the key becomes
+//! its, and this one's deregistration leaves it in place. Kill it with SIGKILL instead
+//! and the key expires with its 10 s lease. `ETCD_ENDPOINTS` (comma-separated) overrides
 //! the etcd address; `WEIGHT` sets `Metadata.weight` for weighted_round_robin clients.
 
 use std::net::SocketAddr;

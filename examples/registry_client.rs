@@ -10,6 +10,8 @@
 //!
 //! It sends one RPC every 200 ms for `RUN_SECS` (default 30) seconds and prints which
 //! server answered; start and stop servers meanwhile and watch the traffic follow.
+//! Every channel of a process that follows the same registry shares one connection
+//! to it (one etcd client, one ZooKeeper session).
 //! `POLICY` (default `round_robin`; try `weighted_round_robin` with `WEIGHT` set on
 //! the servers) can be set.
 

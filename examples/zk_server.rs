@@ -9,7 +9,9 @@
 //!
 //! It serves the echo service, creates `/services/greeter/<id>`, and deletes it on
 //! Ctrl-C or after `RUN_SECS` (default 300) seconds; killed, its node vanishes with
-//! its 10 s session. `ZK` (connect string) and `WEIGHT` (`payload.weight`) can be set.
+//! its 10 s session. If a node with its id exists under another session (the old
+//! process of a rolling restart), it waits for that one to go, then creates its own;
+//! it never deletes a node it does not own. `ZK` (connect string) and `WEIGHT` (`payload.weight`) can be set.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -6,8 +6,9 @@
 //!   features, and `cargo doc` with warnings denied.
 //! * `ci`    `lint`, then `test`.
 //! * `bench` every benchmark: criterion pick benches and the end-to-end runs (`e2e`,
-//!   `load`, `discovery`), which rewrite their sections of `docs/benchmarks.md`
-//!   (`cargo xtask bench --bench load` for one target).
+//!   `load`, `discovery`, and `scale`: 10,000 instances in real etcd and ZooKeeper),
+//!   each rewriting its section of `docs/benchmarks.md` (`cargo xtask bench --bench
+//!   load` for one target).
 //! * `demo`  the main demo (no etcd, no ZooKeeper, no system packages).
 
 use std::env;
@@ -167,7 +168,7 @@ fn bench(rest: &[String]) -> Result {
     }
     args.extend(rest.iter().map(String::as_str));
     let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    // The end-to-end bench writes its tables into docs/benchmarks.md.
+    // The e2e, discovery and scale benches write their tables into docs/benchmarks.md.
     let doc = root().join("docs").join("benchmarks.md");
     run(Command::new(cargo_bin)
         .args(&args)

@@ -3,36 +3,74 @@
 //! registered with it are found by our clients and the other way round.
 //!
 //! * Key `service/<anything>` (usually `service/host:port`), value JSON
-//!   `{"Op":0,"Addr":"host:port","Metadata":...}`. `Metadata` becomes the address
-//!   attribute [`crate::Metadata`]; a positive integer `Metadata.weight` also becomes
-//!   its [`lb_core::Weight`].
-//! * The resolver lists the prefix `service/`, then watches it from the listed
-//!   revision, and sends the complete set after every change. After a disconnect it
-//!   resumes the watch from the last revision it saw; after a compaction it lists
-//!   again. Errors are reported and the last good set stays.
-//! * The registrar puts its key with a lease, keeps the lease alive, puts it again
-//!   under a new lease if the lease is lost (an etcd restart, a long pause), and
-//!   deletes it on [`EtcdRegistrar::deregister`]. A registrar that dies leaves the key
-//!   to expire with the lease's TTL.
+//!   `{"Op":0,"Addr":"host:port","Metadata":...}`. Field names are matched without
+//!   regard to case, as Go's `encoding/json` reads them. `Metadata` becomes the
+//!   address attribute [`crate::Metadata`]; `Metadata.weight`, a positive integer or
+//!   a string holding one (`"3"`), also becomes its [`lb_core::Weight`].
+//! * The resolver lists the prefix `service/` in pages, all at one revision, then
+//!   watches it from that revision and applies each event to what it knows. It
+//!   publishes complete sets, at most one per
+//!   [`EtcdResolverBuilder::with_update_delay`] (a burst goes out in a few). After a
+//!   disconnect it resumes the watch from the last revision whose events it has
+//!   applied (an event's, or a progress notification's); after a compaction, or when
+//!   etcd's revision is below that point (a restored or rebuilt etcd), it lists
+//!   again. Errors are reported, the last good set stays, and reconnects wait with
+//!   jittered exponential backoff.
+//! * Every resolver and registrar of a process (on one tokio runtime) that talks to the
+//!   same endpoints shares one etcd client and its connections; each resolver has its
+//!   own watch stream on them. Requests carry etcd's require-leader flag, so a member
+//!   cut off from its cluster ends the watch instead of staying silently stale.
+//! * The registrar puts its key under a lease, keeps the lease alive, and puts the key
+//!   back if someone else deletes it while the lease lives. If the lease is lost (an
+//!   etcd restart, a long pause) it registers again under a new lease. On
+//!   [`EtcdRegistrar::deregister`] it deletes the key only if the key is still under
+//!   its lease (a newer process registered with the same address keeps its entry),
+//!   then revokes the lease. A registrar that dies leaves the key to expire with the
+//!   lease's TTL.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, Txn, TxnOp,
+    WatchClient, WatchOptions, WatchResponse,
+};
 use lb_core::resolver::{BuildError, ClientConn};
-use lb_core::{Address, Resolver, ResolverBuilder, ResolverState, Target};
+use lb_core::{Address, Resolver, ResolverBuilder, Target};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use tokio::sync::oneshot;
+
+use crate::EntryError;
+use crate::backoff::Backoff;
+use crate::watching::{
+    DEFAULT_MAX_RETRY_INTERVAL, DEFAULT_UPDATE_DELAY, Entries, ErrorLog, Listed, Parsed, Publisher,
+    SharedClients,
+};
+
+/// Keys per page when listing a service (each page is one etcd request).
+const DEFAULT_PAGE_SIZE: u32 = 1000;
+
+/// The largest etcd reply accepted, as etcd's Go client (`MaxCallRecvMsgSize` is
+/// `math.MaxInt32`); tonic's default is 4 MiB.
+const DEFAULT_MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
+
+/// A list interrupted by compactions this many times in a row is reported as an error
+/// (and retried after a backoff).
+const MAX_COMPACTED_LISTS: u32 = 3;
 
 /// Connection settings for etcd.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
     /// etcd endpoints (`http://host:port`) for targets without an authority.
     pub endpoints: Vec<String>,
-    /// Wait this long before reconnecting or re-listing after an error (default 1 s).
+    /// The first wait before reconnecting, re-listing or registering again after an
+    /// error (default 1 s); each further wait is 1.6 times longer, up to 10 s (see
+    /// [`EtcdResolverBuilder::with_max_retry_interval`]), each randomized by ±20% so
+    /// that clients do not retry in lockstep.
     pub retry_interval: Duration,
-    /// Connect and request timeout (default 5 s).
+    /// Connect and request timeout, and the HTTP/2 keepalive interval (default 5 s).
     pub timeout: Duration,
 }
 
@@ -52,42 +90,180 @@ impl EtcdOptions {
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
             .with_keep_alive(self.timeout, self.timeout)
+            .with_require_leader(true)
+    }
+
+    /// What makes two option sets share a client: the endpoints and the timeout.
+    fn connection_key(&self) -> String {
+        let mut endpoints = self.endpoints.clone();
+        endpoints.sort();
+        format!("{}|{:?}", endpoints.join(","), self.timeout)
     }
 }
 
 /// An error talking to etcd.
 #[derive(Debug, thiserror::Error)]
-#[error("etcd ({what}): {source}")]
-pub struct EtcdError {
-    what: String,
-    source: etcd_client::Error,
+#[non_exhaustive]
+pub enum EtcdError {
+    /// A request failed.
+    #[error("etcd ({what}): {source}")]
+    Request {
+        /// What was asked (`list greeter/`, `watch greeter/`, `lease grant`).
+        what: String,
+        /// The client's error.
+        source: etcd_client::Error,
+    },
+    /// etcd canceled the watch for a reason other than compaction (a compacted
+    /// revision makes the resolver list again and is not an error).
+    #[error("etcd canceled the watch on `{prefix}`: {reason}")]
+    WatchCanceled {
+        /// The watched prefix.
+        prefix: String,
+        /// etcd's cancel reason.
+        reason: String,
+    },
+    /// The watch stream ended without an error.
+    #[error("the etcd watch stream on `{prefix}` ended")]
+    WatchEnded {
+        /// The watched prefix.
+        prefix: String,
+    },
+    /// A list kept being interrupted by compactions.
+    #[error("listing `{prefix}` was interrupted by {times} compactions in a row")]
+    ListCompacted {
+        /// The listed prefix.
+        prefix: String,
+        /// How many attempts failed.
+        times: u32,
+    },
+    /// etcd's reply lacked its header (no revision to list or watch from).
+    #[error("etcd's reply to `{what}` has no header")]
+    NoHeader {
+        /// What was asked.
+        what: String,
+    },
+    /// The registration's lease is gone (expired or revoked).
+    #[error("etcd lease {lease:x} for `{key}` lost: {reason}")]
+    LeaseLost {
+        /// The registered key.
+        key: String,
+        /// The lease.
+        lease: i64,
+        /// What showed it.
+        reason: String,
+    },
 }
 
-fn etcd_error(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> EtcdError {
+fn request_error(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> EtcdError {
     let what = what.into();
-    move |source| EtcdError { what, source }
+    move |source| EtcdError::Request { what, source }
 }
 
-/// Parses one value in the `naming/endpoints` format. Errors say what is wrong.
-pub fn parse_endpoint(value: &[u8]) -> Result<Address, String> {
-    let json: Value = serde_json::from_slice(value).map_err(|e| format!("not JSON: {e}"))?;
-    let obj = json.as_object().ok_or("not a JSON object")?;
-    match obj.get("Op") {
+/// Whether `e` is etcd's "required revision has been compacted".
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    // gRPC's OUT_OF_RANGE (11) with etcd's `ErrCompacted` message.
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() as i32 == 11 && s.message().contains("required revision has been compacted"))
+}
+
+/// The fields of etcd's Go `endpoints.Update`, read as Go's `encoding/json` reads them:
+/// names matched without regard to case, a later duplicate winning, `null` leaving a
+/// string field unset.
+#[derive(Default)]
+struct GoUpdate {
+    op: Option<Value>,
+    addr: Option<Value>,
+    metadata: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for GoUpdate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = GoUpdate;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<GoUpdate, A::Error> {
+                let mut update = GoUpdate::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: Value = map.next_value()?;
+                    if key.eq_ignore_ascii_case("op") {
+                        if !value.is_null() {
+                            update.op = Some(value);
+                        }
+                    } else if key.eq_ignore_ascii_case("addr") {
+                        if !value.is_null() {
+                            update.addr = Some(value);
+                        }
+                    } else if key.eq_ignore_ascii_case("metadata") {
+                        update.metadata = Some(value);
+                    }
+                }
+                Ok(update)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+fn parse(value: &[u8]) -> Parsed {
+    let mut note = None;
+    let address = parse_with_note(value, &mut note).map(Some);
+    Parsed { address, note }
+}
+
+fn parse_with_note(value: &[u8], note: &mut Option<EntryError>) -> Result<Address, EntryError> {
+    let json: Value =
+        serde_json::from_slice(value).map_err(|e| EntryError::NotJson(e.to_string()))?;
+    if !json.is_object() {
+        return Err(EntryError::NotAnObject);
+    }
+    let update: GoUpdate =
+        serde_json::from_value(json).map_err(|e| EntryError::NotJson(e.to_string()))?;
+    match &update.op {
         None => {}
         Some(op) if op.as_u64() == Some(0) => {}
-        Some(op) => return Err(format!("`Op` is {op}, not 0 (Add)")),
+        Some(op) => {
+            return Err(EntryError::BadField {
+                field: "Op",
+                found: op.to_string(),
+                want: "0 (Add)",
+            });
+        }
     }
-    let addr = obj
-        .get("Addr")
-        .and_then(Value::as_str)
-        .filter(|a| !a.is_empty())
-        .ok_or("missing `Addr`")?;
-    crate::static_list::check_host_port(addr)
-        .map_err(|reason| format!("`Addr` {addr:?}: {reason}"))?;
-    Ok(crate::watching::with_metadata(
-        Address::new(addr),
-        obj.get("Metadata"),
-    ))
+    let addr = match &update.addr {
+        None => return Err(EntryError::Missing("Addr")),
+        Some(Value::String(a)) if a.is_empty() => return Err(EntryError::Missing("Addr")),
+        Some(Value::String(a)) => a.as_str(),
+        Some(other) => {
+            return Err(EntryError::BadField {
+                field: "Addr",
+                found: other.to_string(),
+                want: "a `host:port` string",
+            });
+        }
+    };
+    crate::static_list::check_host_port(addr).map_err(|reason| EntryError::BadAddress {
+        address: addr.to_owned(),
+        reason,
+    })?;
+    let (address, weight_note) =
+        crate::watching::with_metadata(Address::new(addr), update.metadata.as_ref());
+    *note = weight_note;
+    Ok(address)
+}
+
+/// Parses one value in the `naming/endpoints` format (field names in any case, as Go
+/// reads them). Errors say what is wrong. An invalid `Metadata.weight` is dropped with
+/// a warning (the address weighs 1).
+pub fn parse_endpoint(value: &[u8]) -> Result<Address, EntryError> {
+    let mut note = None;
+    let address = parse_with_note(value, &mut note)?;
+    if let Some(note) = note {
+        tracing::warn!(addr = %address, reason = %note, "ignoring an invalid weight");
+    }
+    Ok(address)
 }
 
 /// The value a registrar writes for `addr`.
@@ -102,17 +278,105 @@ pub fn endpoint_value(addr: &str, metadata: Option<&Value>) -> String {
     Value::Object(obj).to_string()
 }
 
+/// One etcd client, shared by every resolver and registrar of the process (on one
+/// tokio runtime) that uses the same endpoints and timeout. Made on first use; its
+/// connections reconnect by themselves.
+struct EtcdConnection {
+    options: EtcdOptions,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+static CONNECTIONS: LazyLock<SharedClients<EtcdConnection>> = LazyLock::new(SharedClients::new);
+
+impl EtcdConnection {
+    fn shared(runtime: &tokio::runtime::Handle, options: &EtcdOptions) -> Arc<Self> {
+        CONNECTIONS.get(runtime, &options.connection_key(), || Self {
+            options: options.clone(),
+            client: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn client(&self) -> Result<Client, EtcdError> {
+        let mut client = self.client.lock().await;
+        if let Some(c) = &*client {
+            return Ok(c.clone());
+        }
+        let fresh = Client::connect(
+            &self.options.endpoints,
+            Some(self.options.connect_options()),
+        )
+        .await
+        .map_err(request_error(format!(
+            "connect to {:?}",
+            self.options.endpoints
+        )))?;
+        *client = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
 /// Builds resolvers for `etcd:///service` (etcd from [`EtcdOptions::endpoints`]) and
 /// `etcd://host:port,host:port/service`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EtcdResolverBuilder {
     options: EtcdOptions,
+    update_delay: Duration,
+    page_size: u32,
+    max_retry_interval: Duration,
+    max_message_size: usize,
+}
+
+impl Default for EtcdResolverBuilder {
+    fn default() -> Self {
+        Self::new(EtcdOptions::default())
+    }
 }
 
 impl EtcdResolverBuilder {
     /// A builder with these options.
     pub fn new(options: EtcdOptions) -> Self {
-        Self { options }
+        Self {
+            options,
+            update_delay: DEFAULT_UPDATE_DELAY,
+            page_size: DEFAULT_PAGE_SIZE,
+            max_retry_interval: DEFAULT_MAX_RETRY_INTERVAL,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+
+    /// Complete states go out at most once per `delay` (default 5 ms): a change after
+    /// a quiet spell at once, changes arriving within `delay` of the last state
+    /// together when `delay` has passed. A burst of registrations thus makes a few
+    /// picker rebuilds, not one each, and a lone registration waits for nothing. `Duration::ZERO` publishes after every
+    /// watch response. The first list is published at once.
+    #[must_use]
+    pub fn with_update_delay(mut self, delay: Duration) -> Self {
+        self.update_delay = delay;
+        self
+    }
+
+    /// Keys per list request (default 1,000; at least 1). A service's keys are listed
+    /// in pages at one revision, so no reply grows with the service.
+    #[must_use]
+    pub fn with_page_size(mut self, keys: u32) -> Self {
+        self.page_size = keys.max(1);
+        self
+    }
+
+    /// The longest wait between retries (default 10 s).
+    #[must_use]
+    pub fn with_max_retry_interval(mut self, max: Duration) -> Self {
+        self.max_retry_interval = max;
+        self
+    }
+
+    /// The largest etcd reply accepted, in bytes (default `i32::MAX`, as etcd's Go
+    /// client; tonic's own default of 4 MiB would fail a watch catching up on a large
+    /// backlog).
+    #[must_use]
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
     }
 }
 
@@ -127,6 +391,7 @@ impl ResolverBuilder for EtcdResolverBuilder {
         cc: Arc<dyn ClientConn>,
     ) -> Result<Box<dyn Resolver>, BuildError> {
         let service = crate::watching::service_name(target)?;
+        let runtime = crate::watching::runtime(target)?;
         let mut options = self.options.clone();
         if !target.authority().is_empty() {
             options.endpoints = target
@@ -135,120 +400,307 @@ impl ResolverBuilder for EtcdResolverBuilder {
                 .map(|hp| format!("http://{hp}"))
                 .collect();
         }
-        crate::watching::spawn(target, watch_service(format!("{service}/"), options, cc))
-    }
-}
-
-/// What the resolver knows: the entries by key, and the revision they are current at.
-struct Known {
-    entries: BTreeMap<String, Address>,
-    revision: Option<i64>,
-}
-
-impl Known {
-    fn apply_put(&mut self, key: &str, value: &[u8]) {
-        match parse_endpoint(value) {
-            Ok(address) => {
-                self.entries.insert(key.to_owned(), address);
-            }
-            Err(reason) => {
-                // A malformed entry is skipped; it never hides the good ones.
-                tracing::warn!(%key, %reason, "skipping a malformed etcd entry");
-                self.entries.remove(key);
-            }
-        }
-    }
-
-    fn state(&self) -> ResolverState {
-        ResolverState::new(self.entries.values().cloned().collect())
-    }
-}
-
-async fn watch_service(prefix: String, options: EtcdOptions, cc: Arc<dyn ClientConn>) {
-    let mut known = Known {
-        entries: BTreeMap::new(),
-        revision: None,
-    };
-    loop {
-        if let Err(e) = follow(&prefix, &options, &mut known, cc.as_ref()).await {
-            tracing::warn!(%prefix, error = %e, "etcd resolver error; retrying");
-            cc.report_error(Arc::new(e));
-        }
-        tokio::time::sleep(options.retry_interval).await;
-    }
-}
-
-/// Connects, lists if needed, then follows the watch until something fails.
-async fn follow(
-    prefix: &str,
-    options: &EtcdOptions,
-    known: &mut Known,
-    cc: &dyn ClientConn,
-) -> Result<(), EtcdError> {
-    let mut client = Client::connect(&options.endpoints, Some(options.connect_options()))
-        .await
-        .map_err(etcd_error(format!("connect to {:?}", options.endpoints)))?;
-    loop {
-        let revision = match known.revision {
-            Some(r) => r,
-            None => {
-                let listed = client
-                    .get(prefix, Some(GetOptions::new().with_prefix()))
-                    .await
-                    .map_err(etcd_error(format!("list {prefix}")))?;
-                known.entries.clear();
-                for kv in listed.kvs() {
-                    known.apply_put(&String::from_utf8_lossy(kv.key()), kv.value());
-                }
-                let r = listed.header().map_or(0, |h| h.revision());
-                known.revision = Some(r);
-                cc.update_state(known.state());
-                r
-            }
+        let prefix = format!("{service}/");
+        let follower = Follower {
+            range_end: prefix_end(prefix.as_bytes()),
+            connection: EtcdConnection::shared(&runtime, &options),
+            page_size: i64::from(self.page_size),
+            max_message_size: self.max_message_size,
+            entries: Entries::new("etcd key"),
+            resume: None,
+            cluster_id: None,
+            progressed: false,
+            publisher: Publisher::new(cc, self.update_delay),
+            backoff: Backoff::new(options.retry_interval, self.max_retry_interval),
+            log: ErrorLog::new(format!("etcd resolver for {prefix}")),
+            prefix,
         };
-        let watch_options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1)
-            .with_progress_notify();
-        let mut stream = client
-            .watch(prefix, Some(watch_options))
-            .await
-            .map_err(etcd_error(format!("watch {prefix}")))?;
+        Ok(crate::watching::spawn(&runtime, follower.run()))
+    }
+}
+
+/// The end of the key range of everything under `prefix` (etcd's `GetPrefix`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
+}
+
+/// What to do with one watch response.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Apply its events (if any) and carry on.
+    Apply,
+    /// The watch was created; nothing to apply.
+    Created,
+    /// A progress notification: everything up to this revision has been delivered.
+    Progress(i64),
+    /// List again: the revision we resume from is gone (compacted), or etcd is behind
+    /// it (a restored or rebuilt registry).
+    Relist(&'static str),
+    /// The watch was canceled for another reason: an error.
+    Canceled(String),
+}
+
+/// Decides what `response` means for a watch resuming after `resume` on the cluster
+/// `cluster_id` (`None`: not known yet).
+fn classify(response: &WatchResponse, resume: i64, cluster_id: Option<u64>) -> Step {
+    if response.compact_revision() > 0 {
+        return Step::Relist("compacted");
+    }
+    if response.canceled() {
+        let reason = response.cancel_reason();
+        return Step::Canceled(if reason.is_empty() {
+            "no reason given".to_owned()
+        } else {
+            reason.to_owned()
+        });
+    }
+    if let Some(header) = response.header() {
+        if cluster_id.is_some_and(|id| id != header.cluster_id()) {
+            return Step::Relist("etcd's cluster id changed");
+        }
+        if header.revision() < resume {
+            return Step::Relist("etcd's revision went back");
+        }
+    }
+    if !response.events().is_empty() {
+        return Step::Apply;
+    }
+    if response.created() {
+        // The header of the creation response carries the store's current revision,
+        // but the events between our start revision and it may still be on their
+        // way: it is no resume point.
+        return Step::Created;
+    }
+    match response.header() {
+        Some(h) if h.revision() > 0 => Step::Progress(h.revision()),
+        _ => Step::Created,
+    }
+}
+
+/// One resolver's watch of one service.
+struct Follower {
+    prefix: String,
+    range_end: Vec<u8>,
+    connection: Arc<EtcdConnection>,
+    page_size: i64,
+    max_message_size: usize,
+    entries: Entries,
+    /// The last revision whose events are all applied: the watch resumes after it.
+    /// `None`: list first.
+    resume: Option<i64>,
+    cluster_id: Option<u64>,
+    /// Whether the current watch has delivered events or progress.
+    progressed: bool,
+    publisher: Publisher,
+    backoff: Backoff,
+    log: ErrorLog,
+}
+
+impl Follower {
+    async fn run(mut self) {
         loop {
-            let Some(response) = stream
-                .message()
-                .await
-                .map_err(etcd_error(format!("watch {prefix}")))?
-            else {
-                return Err(EtcdError {
-                    what: format!("watch {prefix}"),
-                    source: etcd_client::Error::WatchError("the watch stream ended".to_owned()),
-                });
+            let e = self.follow().await;
+            self.log.error(&e);
+            // What arrived before the error goes out now, not after the backoff.
+            self.publisher.flush(&mut self.entries);
+            self.publisher.report(Arc::new(e));
+            self.backoff.wait().await;
+        }
+    }
+
+    /// Lists if needed, then follows the watch until something fails.
+    async fn follow(&mut self) -> EtcdError {
+        let client = match self.connection.client().await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let mut kv = client
+            .kv_client()
+            .max_decoding_message_size(self.max_message_size);
+        let mut watcher = client
+            .watch_client()
+            .max_decoding_message_size(self.max_message_size);
+        let mut relists = 0;
+        loop {
+            let resume = match self.resume {
+                Some(r) => r,
+                None => match self.list(&mut kv).await {
+                    Ok(r) => r,
+                    Err(e) => return e,
+                },
             };
-            if response.compact_revision() > 0 || response.canceled() {
-                // Our revision was compacted away: list again.
-                tracing::info!(%prefix, compacted = response.compact_revision(), "etcd watch canceled; listing again");
-                known.revision = None;
-                break;
-            }
-            if response.events().is_empty() {
-                if let Some(h) = response.header() {
-                    known.revision = Some(known.revision.unwrap_or(0).max(h.revision()));
-                }
-                continue; // created or progress notification
-            }
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                match event.event_type() {
-                    EventType::Put => known.apply_put(&key, kv.value()),
-                    EventType::Delete => {
-                        known.entries.remove(&key);
+            self.progressed = false;
+            match self.watch(&mut watcher, resume).await {
+                Ok(reason) => {
+                    relists = if self.progressed { 1 } else { relists + 1 };
+                    tracing::info!(prefix = %self.prefix, reason, "listing etcd again");
+                    self.resume = None;
+                    if relists > 1 {
+                        // Relisting and losing the watch again at once: do not spin.
+                        self.backoff.wait().await;
                     }
                 }
-                known.revision = Some(kv.mod_revision());
+                Err(e) => return e,
             }
-            cc.update_state(known.state());
+        }
+    }
+
+    /// Lists the prefix in pages at one revision; publishes; returns the revision.
+    async fn list(&mut self, kv: &mut KvClient) -> Result<i64, EtcdError> {
+        let mut compacted = 0;
+        loop {
+            match self.list_once(kv).await {
+                Ok((listed, revision, cluster_id)) => {
+                    self.entries.replace(listed, parse);
+                    self.resume = Some(revision);
+                    self.cluster_id = Some(cluster_id);
+                    self.publisher.listed(&mut self.entries);
+                    self.backoff.connected();
+                    self.log.recovered();
+                    return Ok(revision);
+                }
+                Err(EtcdError::Request { source, .. }) if is_compacted(&source) => {
+                    compacted += 1;
+                    tracing::info!(prefix = %self.prefix, "a compaction interrupted the list; listing again");
+                    if compacted >= MAX_COMPACTED_LISTS {
+                        return Err(EtcdError::ListCompacted {
+                            prefix: self.prefix.clone(),
+                            times: compacted,
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn list_once(&self, kv: &mut KvClient) -> Result<(Vec<Listed>, i64, u64), EtcdError> {
+        let what = format!("list {}", self.prefix);
+        let mut start = self.prefix.as_bytes().to_vec();
+        let mut at: Option<(i64, u64)> = None;
+        let mut listed = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(self.range_end.clone())
+                .with_limit(self.page_size);
+            if let Some((revision, _)) = at {
+                options = options.with_revision(revision);
+            }
+            let page = kv
+                .get(start.clone(), Some(options))
+                .await
+                .map_err(request_error(what.clone()))?;
+            if at.is_none() {
+                let header = page
+                    .header()
+                    .ok_or_else(|| EtcdError::NoHeader { what: what.clone() })?;
+                at = Some((header.revision(), header.cluster_id()));
+            }
+            for kv in page.kvs() {
+                listed.push(Listed::Data(
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                ));
+            }
+            match page.kvs().last() {
+                Some(last) if page.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        let (revision, cluster_id) = at.ok_or(EtcdError::NoHeader { what })?;
+        Ok((listed, revision, cluster_id))
+    }
+
+    /// Watches from `resume + 1`. Returns why to list again, or the error that ended
+    /// the watch.
+    async fn watch(
+        &mut self,
+        watcher: &mut WatchClient,
+        resume: i64,
+    ) -> Result<&'static str, EtcdError> {
+        let what = format!("watch {}", self.prefix);
+        let options = WatchOptions::new()
+            .with_range(self.range_end.clone())
+            .with_start_revision(resume + 1)
+            .with_progress_notify();
+        let mut stream = watcher
+            .watch(self.prefix.clone(), Some(options))
+            .await
+            .map_err(request_error(what.clone()))?;
+        loop {
+            let response = tokio::select! {
+                biased;
+                r = stream.message() => r.map_err(request_error(what.clone()))?,
+                () = self.publisher.due() => {
+                    self.publisher.flush(&mut self.entries);
+                    continue;
+                }
+            };
+            let Some(response) = response else {
+                return Err(EtcdError::WatchEnded {
+                    prefix: self.prefix.clone(),
+                });
+            };
+            let resume = self.resume.unwrap_or(resume);
+            match classify(&response, resume, self.cluster_id) {
+                Step::Relist(reason) => {
+                    if reason != "compacted" {
+                        tracing::warn!(
+                            prefix = %self.prefix,
+                            resume,
+                            revision = response.header().map_or(0, |h| h.revision()),
+                            reason,
+                            "etcd is behind the revision the resolver resumes from (restored or rebuilt?)"
+                        );
+                    }
+                    self.publisher.flush(&mut self.entries);
+                    return Ok(reason);
+                }
+                Step::Canceled(reason) => {
+                    return Err(EtcdError::WatchCanceled {
+                        prefix: self.prefix.clone(),
+                        reason,
+                    });
+                }
+                Step::Created => {
+                    self.backoff.connected();
+                    self.log.recovered();
+                }
+                Step::Progress(revision) => {
+                    self.resume = Some(resume.max(revision));
+                    self.progressed = true;
+                    self.backoff.succeeded();
+                }
+                Step::Apply => {
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let key = String::from_utf8_lossy(kv.key());
+                        // A deleted key's record has version 0 (etcd's mvcc contract);
+                        // reading it so also avoids a panic in `Event::event_type` on
+                        // an event type this client does not know.
+                        if kv.version() == 0 {
+                            self.entries.remove(&key);
+                        } else {
+                            self.entries.put(&key, kv.value(), parse);
+                        }
+                        self.resume = Some(self.resume.unwrap_or(resume).max(kv.mod_revision()));
+                    }
+                    self.publisher.changed(&mut self.entries);
+                    self.progressed = true;
+                    self.backoff.succeeded();
+                    self.log.recovered();
+                }
+            }
         }
     }
 }
@@ -266,6 +718,9 @@ impl EtcdRegistrar {
     /// Registers `addr` under `service/addr` with a lease of `ttl` and keeps it alive.
     /// Returns once the first registration is written; fails if etcd cannot be
     /// reached within the timeout.
+    ///
+    /// If the key exists (another process registered the same address), this one
+    /// takes it over: the key is put under this registrar's lease.
     pub async fn register(
         options: EtcdOptions,
         service: &str,
@@ -276,13 +731,20 @@ impl EtcdRegistrar {
         let key = format!("{}/{addr}", service.trim_matches('/'));
         let value = endpoint_value(addr, metadata.as_ref());
         let ttl = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let mut client = Client::connect(&options.endpoints, Some(options.connect_options()))
-            .await
-            .map_err(etcd_error(format!("connect to {:?}", options.endpoints)))?;
+        let runtime = tokio::runtime::Handle::current();
+        let connection = EtcdConnection::shared(&runtime, &options);
+        let mut client = connection.client().await?;
         let lease = put_with_lease(&mut client, &key, &value, ttl).await?;
-        let owned_key = key.clone();
+        let registration = Registration {
+            _connection: connection,
+            key: key.clone(),
+            value,
+            ttl,
+            backoff: Backoff::new(options.retry_interval, DEFAULT_MAX_RETRY_INTERVAL),
+            log: ErrorLog::new(format!("etcd registration {key}")),
+        };
         let keeper = crate::watching::Keeper::spawn(move |stopped| {
-            keep_registered(client, owned_key, value, ttl, lease, options, stopped)
+            registration.keep(client, lease, stopped)
         });
         Ok(Self { key, keeper })
     }
@@ -292,10 +754,18 @@ impl EtcdRegistrar {
         &self.key
     }
 
-    /// Deletes the key and revokes the lease, then stops.
+    /// Deletes the key if it is still under this registrar's lease, revokes the lease,
+    /// then stops.
     pub async fn deregister(self) {
         self.keeper.stop().await;
     }
+}
+
+/// A lease and the revision of the put that attached our key to it.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    id: i64,
+    revision: i64,
 }
 
 async fn put_with_lease(
@@ -303,91 +773,168 @@ async fn put_with_lease(
     key: &str,
     value: &str,
     ttl: i64,
-) -> Result<i64, EtcdError> {
-    let lease = client
+) -> Result<Lease, EtcdError> {
+    let id = client
         .lease_grant(ttl, None)
         .await
-        .map_err(etcd_error("lease grant"))?
+        .map_err(request_error("lease grant"))?
         .id();
-    client
-        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+    let put = client
+        .put(key, value, Some(PutOptions::new().with_lease(id)))
         .await
-        .map_err(etcd_error(format!("put {key}")))?;
-    tracing::debug!(%key, lease, "registered in etcd");
-    Ok(lease)
+        .map_err(request_error(format!("put {key}")))?;
+    let revision = put.header().map_or(0, |h| h.revision());
+    tracing::debug!(%key, lease = id, "registered in etcd");
+    Ok(Lease { id, revision })
 }
 
-async fn keep_registered(
-    mut client: Client,
+struct Registration {
+    /// Held so that resolvers of this process share the client.
+    _connection: Arc<EtcdConnection>,
     key: String,
     value: String,
     ttl: i64,
-    mut lease: i64,
-    options: EtcdOptions,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    let interval = Duration::from_secs(u64::try_from(ttl).unwrap_or(1).max(3) / 3);
-    loop {
-        let alive = keep_alive(&mut client, lease, interval);
-        tokio::select! {
-            _ = &mut stopped => break,
-            reason = alive => tracing::warn!(%key, lease, %reason, "etcd lease lost; registering again"),
-        }
-        // Register again, under a new lease, until it works or we are stopped.
+    backoff: Backoff,
+    log: ErrorLog,
+}
+
+impl Registration {
+    async fn keep(mut self, mut client: Client, first: Lease, mut stopped: oneshot::Receiver<()>) {
+        let mut lease = first;
+        self.backoff.connected();
         loop {
-            let again = async {
-                let mut fresh =
-                    Client::connect(&options.endpoints, Some(options.connect_options()))
-                        .await
-                        .map_err(etcd_error("reconnect"))?;
-                let l = put_with_lease(&mut fresh, &key, &value, ttl).await?;
-                Ok::<_, EtcdError>((fresh, l))
-            };
             tokio::select! {
-                _ = &mut stopped => return deregister(&mut client, &key, lease).await,
-                result = again => match result {
-                    Ok((fresh, l)) => {
-                        client = fresh;
-                        lease = l;
-                        break;
+                _ = &mut stopped => return self.deregister(&mut client, lease).await,
+                e = self.hold(&mut client, lease) => self.log.error(&e),
+            }
+            // The lease is lost (or cannot be kept): register again under a new one,
+            // after a backoff, until it works or we are stopped. The wait also covers
+            // a lease that fails right after a successful grant and put.
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return self.deregister(&mut client, lease).await,
+                    () = self.backoff.wait() => {}
+                }
+                tokio::select! {
+                    _ = &mut stopped => return self.deregister(&mut client, lease).await,
+                    r = put_with_lease(&mut client, &self.key, &self.value, self.ttl) => match r {
+                        Ok(l) => {
+                            lease = l;
+                            self.backoff.connected();
+                            self.log.recovered();
+                            break;
+                        }
+                        Err(e) => self.log.error(&e),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Keeps `lease` alive and our key in place until that fails; returns why.
+    async fn hold(&mut self, client: &mut Client, lease: Lease) -> EtcdError {
+        let lost = |reason: String| EtcdError::LeaseLost {
+            key: self.key.clone(),
+            lease: lease.id,
+            reason,
+        };
+        let (mut keeper, mut responses) = match client.lease_keep_alive(lease.id).await {
+            Ok(k) => k,
+            Err(e) => return request_error("lease keep-alive")(e),
+        };
+        let mut watch = match client
+            .watch(
+                self.key.clone(),
+                Some(WatchOptions::new().with_start_revision(lease.revision + 1)),
+            )
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => return request_error(format!("watch {}", self.key))(e),
+        };
+        let period = Duration::from_secs(u64::try_from(self.ttl).unwrap_or(1).max(3) / 3);
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = keeper.keep_alive().await {
+                        return request_error("lease keep-alive")(e);
                     }
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "etcd registration failed; retrying");
-                        tokio::time::sleep(options.retry_interval).await;
+                }
+                r = responses.message() => match r {
+                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    Ok(Some(_)) => return lost("the lease expired".to_owned()),
+                    Ok(None) => return lost("the keep-alive stream ended".to_owned()),
+                    Err(e) => return request_error("lease keep-alive")(e),
+                },
+                w = watch.message() => match w {
+                    Ok(Some(w)) => {
+                        if w.canceled() {
+                            return EtcdError::WatchCanceled { prefix: self.key.clone(), reason: w.cancel_reason().to_owned() };
+                        }
+                        for event in w.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            if kv.version() == 0 {
+                                if let Err(e) = self.restore(client, lease).await {
+                                    return e;
+                                }
+                            } else if kv.lease() != lease.id {
+                                tracing::info!(key = %self.key, "another registration took over the key; it is kept as is");
+                            }
+                        }
                     }
+                    Ok(None) => return EtcdError::WatchEnded { prefix: self.key.clone() },
+                    Err(e) => return request_error(format!("watch {}", self.key))(e),
                 },
             }
         }
     }
-    deregister(&mut client, &key, lease).await;
-}
 
-/// Keeps `lease` alive until that fails; returns why.
-async fn keep_alive(client: &mut Client, lease: i64, interval: Duration) -> String {
-    let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
-        Ok(k) => k,
-        Err(e) => return e.to_string(),
-    };
-    loop {
-        if let Err(e) = keeper.keep_alive().await {
-            return e.to_string();
+    /// Puts our key back under `lease` if it is absent (someone else deleted it while
+    /// our lease lives).
+    async fn restore(&self, client: &mut Client, lease: Lease) -> Result<(), EtcdError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                self.key.as_str(),
+                self.value.as_str(),
+                Some(PutOptions::new().with_lease(lease.id)),
+            )]);
+        let done = client
+            .txn(txn)
+            .await
+            .map_err(request_error(format!("restore {}", self.key)))?;
+        if done.succeeded() {
+            tracing::info!(key = %self.key, "our etcd key was deleted while our lease lives; put it back");
         }
-        match responses.message().await {
-            Ok(Some(r)) if r.ttl() > 0 => {}
-            Ok(Some(_)) => return "the lease expired".to_owned(),
-            Ok(None) => return "the keep-alive stream ended".to_owned(),
-            Err(e) => return e.to_string(),
-        }
-        tokio::time::sleep(interval).await;
+        Ok(())
     }
-}
 
-async fn deregister(client: &mut Client, key: &str, lease: i64) {
-    if let Err(e) = client.delete(key, None).await {
-        tracing::warn!(%key, error = %e, "could not delete the etcd key");
+    /// Deletes our key if it is still under `lease`, then revokes the lease.
+    async fn deregister(&self, client: &mut Client, lease: Lease) {
+        let txn = Txn::new()
+            .when([Compare::lease(
+                self.key.as_str(),
+                CompareOp::Equal,
+                lease.id,
+            )])
+            .and_then([TxnOp::delete(self.key.as_str(), None)]);
+        match client.txn(txn).await {
+            Ok(r) if r.succeeded() => {}
+            Ok(_) => {
+                tracing::info!(key = %self.key, "the key is not under our lease (another registration owns it); left in place");
+            }
+            Err(e) => tracing::warn!(key = %self.key, error = %e, "could not delete the etcd key"),
+        }
+        if let Err(e) = client.lease_revoke(lease.id).await {
+            tracing::debug!(key = %self.key, error = %e, "could not revoke the etcd lease");
+        }
+        tracing::debug!(key = %self.key, "deregistered from etcd");
     }
-    let _ = client.lease_revoke(lease).await;
-    tracing::debug!(%key, "deregistered from etcd");
 }
 
 #[cfg(test)]
@@ -408,11 +955,14 @@ mod tests {
         for (bad, why) in [
             (&b"nope"[..], "not JSON"),
             (br#"[1]"#, "not a JSON object"),
-            (br#"{"Op":1,"Addr":"h:1"}"#, "not 0"),
+            (br#"{"Op":1,"Addr":"h:1"}"#, "`Op` is 1"),
+            (br#"{"Op":"add","Addr":"h:1"}"#, "`Op`"),
             (br#"{"Op":0}"#, "missing `Addr`"),
-            (br#"{"Addr":"no-port"}"#, "`Addr`"),
+            (br#"{"Addr":""}"#, "missing `Addr`"),
+            (br#"{"Addr":7}"#, "`Addr` is 7"),
+            (br#"{"Addr":"no-port"}"#, "\"no-port\""),
         ] {
-            let err = parse_endpoint(bad).unwrap_err();
+            let err = parse_endpoint(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
         }
         // An invalid weight is dropped, the address kept.
@@ -421,9 +971,28 @@ mod tests {
     }
 
     #[test]
+    fn reads_field_names_in_any_case_and_string_weights_as_go_services_write_them() {
+        let a =
+            parse_endpoint(br#"{"op":0,"addr":"10.0.0.1:80","metadata":{"weight":"3"}}"#).unwrap();
+        assert_eq!((a.addr(), a.weight().get()), ("10.0.0.1:80", 3));
+        let b = parse_endpoint(br#"{"OP":0,"ADDR":"10.0.0.2:80"}"#).unwrap();
+        assert_eq!(b.addr(), "10.0.0.2:80");
+        // As in Go: a later duplicate wins, and null leaves a string field unset.
+        let c = parse_endpoint(br#"{"Addr":"a:1","addr":"b:2","ADDR":null}"#).unwrap();
+        assert_eq!(c.addr(), "b:2");
+    }
+
+    #[test]
     fn writes_what_it_reads() {
         let v = endpoint_value("10.0.0.1:80", Some(&serde_json::json!({"weight": 2})));
         let a = parse_endpoint(v.as_bytes()).unwrap();
         assert_eq!((a.addr(), a.weight().get()), ("10.0.0.1:80", 2));
+    }
+
+    #[test]
+    fn the_prefix_range_ends_after_every_key_under_it() {
+        assert_eq!(prefix_end(b"svc/"), b"svc0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }

@@ -26,6 +26,8 @@
 //! [`ResolverBuilder`]: lb_core::ResolverBuilder
 //! [`Resolver`]: lb_core::Resolver
 
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+mod backoff;
 #[cfg(feature = "dns")]
 pub mod dns;
 mod error;
@@ -37,6 +39,8 @@ pub mod zookeeper;
 
 use lb_core::ResolverRegistry;
 
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+pub use error::EntryError;
 pub use error::Error;
 
 /// Registry metadata of an address (etcd's `Metadata`, Curator's `payload`), as an

@@ -175,3 +175,432 @@ async fn bad_targets_are_errors() {
     let err = build_error(&ZkResolverBuilder::default(), "zk:////");
     assert!(err.contains("empty service name"), "{err}");
 }
+
+/// A service node with `n` Curator instances `i0..i{n-1}` at 10.0.x.y:8080, created
+/// with pipelined requests.
+async fn fill(client: &zk::Client, service_path: &str, n: usize) {
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    match client.mkdir(service_path, &persistent).await {
+        Ok(()) | Err(zk::Error::NodeExists) => {}
+        Err(e) => panic!("mkdir {service_path}: {e}"),
+    }
+    let nodes: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("{service_path}/i{i}"), instance(i, 8080)))
+        .collect();
+    for chunk in nodes.chunks(1000) {
+        let creates: Vec<_> = chunk
+            .iter()
+            .map(|(path, data)| client.create(path, data.as_bytes(), &persistent))
+            .collect();
+        for c in creates {
+            c.await.unwrap();
+        }
+    }
+}
+
+fn instance(i: usize, port: u16) -> String {
+    format!(
+        r#"{{"name":"svc","id":"i{i}","address":"10.0.{}.{}","port":{port},"payload":null,"registrationTimeUTC":1700000000000,"serviceType":"DYNAMIC"}}"#,
+        i / 250,
+        i % 250
+    )
+}
+
+fn counted_options(server: &ZooKeeperServer, base: &str) -> ZkOptions {
+    ZkOptions {
+        cluster: server.connect_string(),
+        base_path: base.to_owned(),
+        session_timeout: Duration::from_secs(10),
+        retry_interval: Duration::from_millis(100),
+    }
+}
+
+#[tokio::test]
+async fn with_1000_instances_an_add_a_change_and_a_removal_each_cost_at_most_one_read() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let client = raw(&server).await;
+    fill(&client, "/counted/svc", 1000).await;
+    let reads = || server.reads_under("counted");
+
+    let before = reads().await.unwrap();
+    let mut w = watching(
+        &ZkResolverBuilder::new(counted_options(&server, "/counted")),
+        "zk:///svc",
+    );
+    w.expect_count(1000).await;
+    let listed = reads().await.unwrap() - before;
+    // The first list: the children, then each child's data.
+    assert_eq!(listed, 1001, "one list and 1,000 reads");
+
+    // A new registration: one read of that child.
+    let before = reads().await.unwrap();
+    put_node(&client, "/counted/svc/new", &instance(1000, 9000)).await;
+    w.expect_count(1001).await;
+    let add = reads().await.unwrap() - before;
+
+    // Its data changes (a new port): one read.
+    let before = reads().await.unwrap();
+    client
+        .set_data("/counted/svc/new", instance(1000, 9001).as_bytes(), None)
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        w.state.wait_for(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.addresses.iter().any(|a| a.addr() == "10.0.4.0:9001"))
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let change = reads().await.unwrap() - before;
+
+    // It goes away: one read, which finds no node (ZooKeeper counts only reads that
+    // found data in this statistic, so this one shows as 0).
+    let before = reads().await.unwrap();
+    client.delete("/counted/svc/new", None).await.unwrap();
+    w.expect_count(1000).await;
+    let remove = reads().await.unwrap() - before;
+
+    eprintln!(
+        "ZooKeeper reads per event with 1,000 instances: add {add}, change {change}, remove {remove}"
+    );
+    assert!(
+        add <= 3 && change <= 3 && remove <= 3,
+        "add {add}, change {change}, remove {remove}"
+    );
+    // Deeper nodes are not instances, and cost nothing.
+    let before = reads().await.unwrap();
+    put_node(&client, "/counted/svc/i0/deeper", "x").await;
+    put_node(&client, "/counted/svc/marker", &instance(1001, 1)).await;
+    w.expect_count(1001).await;
+    assert_eq!(
+        reads().await.unwrap() - before,
+        1,
+        "only the direct child is read"
+    );
+    assert_eq!(w.error_count(), 0);
+}
+
+#[tokio::test]
+async fn a_child_deleted_between_the_list_and_its_read_is_skipped() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let client = raw(&server).await;
+    fill(&client, "/racy/svc", 20).await;
+    // The resolver talks through a slow link: every reply takes 1 s to arrive, so
+    // the list's reply is on its way while the test deletes a child.
+    let proxy = lb_testkit::TcpProxy::start(server.addr()).await.unwrap();
+    proxy.set_response_delay(Duration::from_millis(1000));
+    let before = server.reads_under("racy").await.unwrap();
+    let mut w = watching(
+        &ZkResolverBuilder::new(ZkOptions {
+            cluster: proxy.addr().to_string(),
+            ..counted_options(&server, "/racy")
+        }),
+        "zk:///svc",
+    );
+    // The server has answered the list (the first read under /racy)...
+    tokio::time::timeout(WAIT, async {
+        while server.reads_under("racy").await.unwrap() == before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the resolver never listed");
+    // ...and the reply has not reached the resolver yet: delete a listed child.
+    client.delete("/racy/svc/i7", None).await.unwrap();
+    proxy.set_response_delay(Duration::ZERO);
+    w.expect_count(19).await;
+    assert!(!w.current().contains(&"10.0.0.7:8080".to_owned()));
+    assert_eq!(w.error_count(), 0, "a vanished child is not an error");
+}
+
+#[tokio::test]
+async fn a_child_the_resolver_may_not_read_is_skipped_and_hides_nothing() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let client = raw(&server).await;
+    put_node(&client, "/services/acl/open", &instance(1, 80)).await;
+    // A node only its creator may read.
+    let owner = zk::Client::connector()
+        .with_auth("digest", b"owner:secret")
+        .connect(&server.connect_string())
+        .await
+        .unwrap();
+    owner
+        .create(
+            "/services/acl/private",
+            instance(2, 80).as_bytes(),
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::creator_all()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get_data("/services/acl/private").await.unwrap_err(),
+        zk::Error::NoAuth
+    );
+    let mut w = resolve(&server, "acl");
+    w.expect_addrs(&["10.0.0.1:80"], WAIT).await;
+    // Events read single children the same way.
+    put_node(&client, "/services/acl/open2", &instance(3, 80)).await;
+    owner
+        .set_data("/services/acl/private", instance(4, 80).as_bytes(), None)
+        .await
+        .unwrap();
+    w.expect_addrs(&["10.0.0.1:80", "10.0.0.3:80"], WAIT).await;
+    assert_eq!(w.error_count(), 0);
+}
+
+#[tokio::test]
+async fn resolvers_of_a_process_share_one_session_and_a_restart_creates_no_new_ones() {
+    let mut server = ZooKeeperServer::start().await.unwrap();
+    let options = ZkOptions {
+        cluster: server.connect_string(),
+        session_timeout: Duration::from_secs(20),
+        retry_interval: Duration::from_millis(100),
+        ..ZkOptions::default()
+    };
+    let builder = ZkResolverBuilder::new(options.clone());
+    let mut a = watching(&builder, "zk:///a");
+    let mut b = watching(&builder, "zk:///b");
+    let mut a2 = watching(&builder, "zk:///a");
+    let _ra = ZkRegistrar::register(options.clone(), "a", "1", "127.0.0.1", 7001, None)
+        .await
+        .unwrap();
+    for w in [&mut a, &mut a2] {
+        w.expect_addrs(&["127.0.0.1:7001"], WAIT).await;
+    }
+    b.expect_addrs(&[], WAIT).await;
+    // Three resolvers, one session; the registrar has its own.
+    let sessions = server.connected_sessions().await.unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+
+    // A restart (data kept): clients reconnect within the session timeout and keep
+    // their sessions; the resolvers report the outage, keep their sets and list
+    // again.
+    let errors = a.error_count();
+    server.kill().await;
+    a.expect_error_after(errors).await;
+    assert_eq!(a.current(), ["127.0.0.1:7001"]);
+    server.restart().await.unwrap();
+    let _rb = ZkRegistrar::register(options.clone(), "b", "1", "127.0.0.1", 7002, None)
+        .await
+        .unwrap();
+    b.expect_addrs(&["127.0.0.1:7002"], WAIT).await;
+    let _ra2 = ZkRegistrar::register(options, "a", "2", "127.0.0.1", 7003, None)
+        .await
+        .unwrap();
+    for w in [&mut a, &mut a2] {
+        w.expect_addrs(&["127.0.0.1:7001", "127.0.0.1:7003"], WAIT)
+            .await;
+    }
+    // The same sessions as before, plus the two new registrars'.
+    let after = tokio::time::timeout(WAIT, async {
+        loop {
+            let now = server.connected_sessions().await.unwrap();
+            if now.len() >= 4 {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the old sessions never came back");
+    for s in &sessions {
+        assert!(
+            after.contains(s),
+            "session {s} was replaced: {sessions:?} → {after:?}"
+        );
+    }
+    assert_eq!(after.len(), 4, "{after:?}");
+    // The shared session goes with the last resolver; the registrars' stay.
+    drop((a, b, a2));
+    tokio::time::timeout(WAIT, async {
+        while server.connected_sessions().await.unwrap().len() > 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the resolvers' session outlived them");
+}
+
+#[tokio::test]
+async fn an_old_process_leaving_does_not_remove_a_new_one_with_the_same_id() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let mut w = resolve(&server, "echo");
+    let old = ZkRegistrar::register(options(&server), "echo", "x", "127.0.0.1", 7001, None)
+        .await
+        .unwrap();
+    w.expect_addrs(&["127.0.0.1:7001"], WAIT).await;
+    // The new process starts while the old one still lives: the node stays the old
+    // one's until it leaves...
+    let new = ZkRegistrar::register(options(&server), "echo", "x", "127.0.0.1", 7002, None)
+        .await
+        .unwrap();
+    old.deregister().await;
+    // ...and then the new one's node takes its place.
+    w.expect_addrs(&["127.0.0.1:7002"], WAIT).await;
+    new.deregister().await;
+    w.expect_addrs(&[], WAIT).await;
+}
+
+#[tokio::test]
+async fn deregistering_leaves_a_node_another_session_owns_and_a_deleted_node_comes_back() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let mut w = resolve(&server, "echo");
+    let r = ZkRegistrar::register(options(&server), "echo", "x", "127.0.0.1", 7001, None)
+        .await
+        .unwrap();
+    w.expect_addrs(&["127.0.0.1:7001"], WAIT).await;
+
+    // Someone deletes our node while our session lives: it comes back.
+    let other = raw(&server).await;
+    other.delete("/services/echo/x", None).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while other
+            .check_stat("/services/echo/x")
+            .await
+            .unwrap()
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the node never came back");
+    w.expect_addrs(&["127.0.0.1:7001"], WAIT).await;
+
+    // Another session replaces it with its own, in one transaction: deregistering
+    // leaves that one alone.
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    let data = instance(9, 7009);
+    let mut swap = other.new_multi_writer();
+    swap.add_delete("/services/echo/x", None).unwrap();
+    swap.add_create("/services/echo/x", data.as_bytes(), &ephemeral)
+        .unwrap();
+    swap.commit().await.unwrap();
+    w.expect_addrs(&["10.0.0.9:7009"], WAIT).await;
+    r.deregister().await;
+    let stat = other.check_stat("/services/echo/x").await.unwrap().unwrap();
+    assert_eq!(stat.ephemeral_owner, other.session_id().0);
+    w.expect_addrs(&["10.0.0.9:7009"], WAIT).await;
+}
+
+#[tokio::test]
+async fn a_service_whose_child_list_exceeds_jute_maxbuffer_is_listed() {
+    // 30,000 instances with Curator's UUID ids: the list of children is about 1.2 MB,
+    // above ZooKeeper's default `jute.maxbuffer` (1 MB), which Java clients enforce on
+    // replies (they drop the connection); this client does not.
+    let server = ZooKeeperServer::start().await.unwrap();
+    let client = raw(&server).await;
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    client.mkdir("/services/big", &persistent).await.unwrap();
+    let n = 30_000;
+    let nodes: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            (
+                format!("/services/big/{i:08x}-0000-4000-8000-{i:012x}"),
+                instance(i, 80),
+            )
+        })
+        .collect();
+    let names: usize = nodes
+        .iter()
+        .map(|(p, _)| p.len() - "/services/big/".len() + 4)
+        .sum();
+    assert!(names > 1 << 20, "the list reply is {names} bytes");
+    for chunk in nodes.chunks(2000) {
+        let creates: Vec<_> = chunk
+            .iter()
+            .map(|(path, data)| client.create(path, data.as_bytes(), &persistent))
+            .collect();
+        for c in creates {
+            c.await.unwrap();
+        }
+    }
+    let mut w = resolve(&server, "big");
+    w.expect_count(n).await;
+    assert_eq!(w.error_count(), 0);
+}
+
+#[tokio::test]
+async fn reads_tls_only_instances_and_skips_disabled_ones() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let client = raw(&server).await;
+    put_node(
+        &client,
+        "/services/tls/a",
+        r#"{"name":"tls","id":"a","address":"10.0.0.1","port":null,"sslPort":8443,"payload":{"weight":"2"},"serviceType":"DYNAMIC","enabled":true}"#,
+    )
+    .await;
+    put_node(
+        &client,
+        "/services/tls/b",
+        r#"{"name":"tls","id":"b","address":"10.0.0.2","port":8080,"enabled":false}"#,
+    )
+    .await;
+    let mut w = resolve(&server, "tls");
+    let state = w.expect_addrs(&["10.0.0.1:8443"], WAIT).await;
+    assert_eq!(state.addresses[0].weight().get(), 2);
+    // Enabled again: a target.
+    client
+        .set_data(
+            "/services/tls/b",
+            br#"{"name":"tls","id":"b","address":"10.0.0.2","port":8080,"enabled":true}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    w.expect_addrs(&["10.0.0.1:8443", "10.0.0.2:8080"], WAIT)
+        .await;
+}
+
+#[tokio::test]
+async fn a_resolver_started_while_zookeeper_is_down_lists_once_it_is_up() {
+    let mut server = ZooKeeperServer::start().await.unwrap();
+    server.kill().await;
+    let mut w = resolve(&server, "echo");
+    w.expect_error_after(0).await;
+    assert!(
+        w.state.borrow().is_none(),
+        "nothing published without a list"
+    );
+    server.restart().await.unwrap();
+    let _r = ZkRegistrar::register(options(&server), "echo", "a", "127.0.0.1", 7001, None)
+        .await
+        .unwrap();
+    w.expect_addrs(&["127.0.0.1:7001"], WAIT).await;
+}
+
+#[tokio::test]
+async fn registering_where_the_registrar_may_not_write_is_an_error_naming_the_node() {
+    let server = ZooKeeperServer::start().await.unwrap();
+    let client = raw(&server).await;
+    client
+        .create(
+            "/locked",
+            b"",
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_read()),
+        )
+        .await
+        .unwrap();
+    let err = ZkRegistrar::register(
+        ZkOptions {
+            base_path: "/locked".to_owned(),
+            ..options(&server)
+        },
+        "echo",
+        "a",
+        "127.0.0.1",
+        7001,
+        None,
+    )
+    .await
+    .err()
+    .expect("registered under a read-only node");
+    let err = err.to_string();
+    assert!(
+        err.contains("/locked/echo") && err.contains("not authorized"),
+        "{err}"
+    );
+}

@@ -1,6 +1,6 @@
 //! A real etcd server on 127.0.0.1 for tests: free ports, a temporary data directory,
-//! killed when dropped (or when the test panics), restartable on the same ports and
-//! data.
+//! killed when dropped (or when the test panics), restartable on the same ports with
+//! the same data or with its data wiped; and clusters of several members.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -11,10 +11,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-/// A running (or stopped) etcd.
+/// A running (or stopped) etcd, alone or a member of an [`EtcdCluster`].
 pub struct EtcdServer {
+    name: String,
     client_port: u16,
     peer_port: u16,
+    /// `name=peer-url,...` of the whole cluster.
+    initial_cluster: String,
+    /// Raft heartbeat and election timeout, in ms (etcd's defaults when `None`).
+    timing: Option<(u64, u64)>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -27,18 +32,9 @@ impl EtcdServer {
         // A probed port can be taken by a parallel test before etcd binds it: retry
         // on fresh ports when that happens.
         for _ in 0..5 {
-            let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-            let client_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
-            let mut peer_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
-            while peer_port == client_port {
-                peer_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
-            }
-            let mut server = Self {
-                client_port,
-                peer_port,
-                dir,
-                child: None,
-            };
+            let (client_port, peer_port) = two_ports()?;
+            let mut server = Self::new("test", client_port, peer_port, None)?;
+            server.initial_cluster = format!("test={}", server.peer_url());
             match server.launch().await {
                 Ok(()) => return Ok(server),
                 Err(e) if e.contains("address already in use") => last = e,
@@ -46,6 +42,27 @@ impl EtcdServer {
             }
         }
         Err(last)
+    }
+
+    fn new(
+        name: &str,
+        client_port: u16,
+        peer_port: u16,
+        timing: Option<(u64, u64)>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            name: name.to_owned(),
+            client_port,
+            peer_port,
+            initial_cluster: String::new(),
+            timing,
+            dir: tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?,
+            child: None,
+        })
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
     }
 
     /// The client endpoint, `http://127.0.0.1:port`.
@@ -71,6 +88,18 @@ impl EtcdServer {
         self.launch().await
     }
 
+    /// Starts it again on the same ports with its data wiped, as a cluster rebuilt
+    /// without its data: its revision starts over from 1, below anything a client
+    /// saw before.
+    pub async fn restart_wiped(&mut self) -> Result<(), String> {
+        self.kill().await;
+        let data = self.dir.path().join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data).map_err(|e| format!("wipe {}: {e}", data.display()))?;
+        }
+        self.launch().await
+    }
+
     /// Runs `etcdctl` against this server with `args`; returns its stdout.
     pub async fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new("etcdctl")
@@ -92,20 +121,60 @@ impl EtcdServer {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    async fn launch(&mut self) -> Result<(), String> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+    /// etcd's Prometheus metrics (`GET /metrics`), as text.
+    pub async fn metrics(&self) -> Result<String, String> {
+        http_get(self.client_port, "/metrics")
+            .await
+            .ok_or_else(|| "GET /metrics failed".to_owned())
+    }
+
+    /// How many gRPC calls of `method` (`Range`, `Watch`, `LeaseGrant`, ...) the
+    /// server has started, from its metrics.
+    pub async fn grpc_calls(&self, method: &str) -> Result<u64, String> {
+        Ok(metric_sum(
+            &self.metrics().await?,
+            "grpc_server_started_total",
+            &format!("grpc_method=\"{method}\""),
+        ))
+    }
+
+    /// How many gRPC calls of `method` the server has finished with the gRPC status
+    /// `code` (`OK`, `OutOfRange`, ...), from its metrics.
+    pub async fn grpc_calls_handled(&self, method: &str, code: &str) -> Result<u64, String> {
+        let metrics = self.metrics().await?;
+        Ok(metrics
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_handled_total{"))
+            .filter(|l| l.contains(&format!("grpc_method=\"{method}\"")))
+            .filter(|l| l.contains(&format!("grpc_code=\"{code}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let client = self.endpoint();
+        let peer = self.peer_url();
         let log = std::fs::File::create(self.dir.path().join("etcd.log"))
             .map_err(|e| format!("log file: {e}"))?;
-        let child = Command::new("etcd")
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+        let mut command = Command::new("etcd");
+        command
+            .arg(format!("--name={}", self.name))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            .arg("--logger=zap")
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--logger=zap");
+        if let Some((heartbeat, election)) = self.timing {
+            command
+                .arg(format!("--heartbeat-interval={heartbeat}"))
+                .arg(format!("--election-timeout={election}"));
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -115,6 +184,10 @@ impl EtcdServer {
                 format!("cannot start etcd ({e}); install it with `apt-get install etcd-server` (cargo xtask test does)")
             })?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_healthy(&mut self) -> Result<(), String> {
         for _ in 0..400 {
             if healthy(self.client_port).await {
                 return Ok(());
@@ -126,9 +199,15 @@ impl EtcdServer {
         }
         self.kill().await;
         Err(format!(
-            "etcd did not become healthy; its log: {}",
+            "etcd {} did not become healthy; its log: {}",
+            self.name,
             read_log(&self.dir.path().join("etcd.log"))
         ))
+    }
+
+    async fn launch(&mut self) -> Result<(), String> {
+        self.spawn()?;
+        self.wait_healthy().await
     }
 }
 
@@ -140,28 +219,93 @@ impl Drop for EtcdServer {
     }
 }
 
+/// Several etcd processes forming one cluster on 127.0.0.1, with short raft timeouts
+/// (heartbeat 50 ms, election 500 ms) so that a member cut off from the others
+/// notices within about a second.
+pub struct EtcdCluster {
+    /// The members, each with its own client endpoint.
+    pub members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until every one serves.
+    pub async fn start(size: usize) -> Result<Self, String> {
+        let mut members = Vec::with_capacity(size);
+        for i in 0..size {
+            let (client_port, peer_port) = two_ports()?;
+            members.push(EtcdServer::new(
+                &format!("m{i}"),
+                client_port,
+                peer_port,
+                Some((50, 500)),
+            )?);
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.initial_cluster = initial_cluster.clone();
+            m.spawn()?;
+        }
+        for m in &mut members {
+            m.wait_healthy().await?;
+        }
+        Ok(Self { members })
+    }
+}
+
+/// Two distinct free ports outside the ephemeral range.
+fn two_ports() -> Result<(u16, u16), String> {
+    let a = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+    let mut b = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+    while b == a {
+        b = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+    }
+    Ok((a, b))
+}
+
+/// The sum of the samples of `metric` whose labels contain `label`.
+fn metric_sum(metrics: &str, metric: &str, label: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 fn read_log(path: &Path) -> String {
     let log = std::fs::read_to_string(path).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(10).collect();
     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
-/// `GET /health` answers `{"health":"true"...}` once etcd serves.
-async fn healthy(port: u16) -> bool {
+/// The body of `GET path` on 127.0.0.1:`port`, if it answers within a second.
+async fn http_get(port: u16, path: &str) -> Option<String> {
     let Ok(Ok(mut stream)) = tokio::time::timeout(
-        Duration::from_millis(200),
+        Duration::from_millis(500),
         TcpStream::connect((Ipv4Addr::LOCALHOST, port)),
     )
     .await
     else {
-        return false;
+        return None;
     };
-    let request = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
+    // HTTP/1.0: no chunked encoding to undo.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
     let mut body = Vec::new();
-    let read =
-        tokio::time::timeout(Duration::from_millis(500), stream.read_to_end(&mut body)).await;
-    read.is_ok() && String::from_utf8_lossy(&body).contains("\"health\":\"true\"")
+    tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `GET /health` answers `{"health":"true"...}` once etcd serves.
+async fn healthy(port: u16) -> bool {
+    http_get(port, "/health")
+        .await
+        .is_some_and(|body| body.contains("\"health\":\"true\""))
 }

@@ -32,13 +32,15 @@ mod dns;
 mod etcd;
 mod manual;
 mod peers;
+mod proxy;
 mod tls;
 mod zookeeper;
 
 pub use dns::DnsServer;
-pub use etcd::EtcdServer;
+pub use etcd::{EtcdCluster, EtcdServer};
 pub use manual::ManualResolver;
 pub use peers::{BadPeer, Misbehavior};
+pub use proxy::TcpProxy;
 pub use tls::TestPki;
 use tokio_rustls::TlsAcceptor;
 pub use zookeeper::ZooKeeperServer;

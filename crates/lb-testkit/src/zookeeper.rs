@@ -2,6 +2,7 @@
 //! free port, a temporary data directory, short session timeouts allowed, killed when
 //! dropped, restartable.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
@@ -45,7 +46,7 @@ impl ZooKeeperServer {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let config = format!(
             "tickTime=100\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-             admin.enableServer=false\n4lw.commands.whitelist=ruok\nminSessionTimeout=200\nmaxSessionTimeout=60000\n",
+             admin.enableServer=false\n4lw.commands.whitelist=ruok,mntr,cons,srvr\nminSessionTimeout=200\nmaxSessionTimeout=60000\n",
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("zoo.cfg"), config).map_err(|e| format!("zoo.cfg: {e}"))?;
@@ -66,6 +67,58 @@ impl ZooKeeperServer {
     /// The client address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Sends a four-letter word (`ruok`, `mntr`, `cons`, `srvr` are enabled) and
+    /// returns the answer.
+    pub async fn four_letter_word(&self, word: &str) -> Result<String, String> {
+        let mut s = tokio::time::timeout(
+            Duration::from_secs(5),
+            TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)),
+        )
+        .await
+        .map_err(|_| format!("{word}: connect timed out"))?
+        .map_err(|e| format!("{word}: {e}"))?;
+        s.write_all(word.as_bytes())
+            .await
+            .map_err(|e| format!("{word}: {e}"))?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+            .await
+            .map_err(|_| format!("{word}: no answer"))?
+            .map_err(|e| format!("{word}: {e}"))?;
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    }
+
+    /// The server's `mntr` statistics, by name.
+    pub async fn mntr(&self) -> Result<BTreeMap<String, String>, String> {
+        let text = self.four_letter_word("mntr").await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
+    }
+
+    /// Read requests (getData, getChildren, ...) the server has answered for nodes
+    /// under the top-level node `/<namespace>`, from its per-namespace statistics
+    /// (pings, writes and other namespaces are not counted).
+    pub async fn reads_under(&self, namespace: &str) -> Result<u64, String> {
+        let stats = self.mntr().await?;
+        let name = format!("zk_cnt_{namespace}_read_per_namespace");
+        Ok(stats.get(&name).and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// The session ids of the client connections open now (from `cons`).
+    pub async fn connected_sessions(&self) -> Result<Vec<String>, String> {
+        let text = self.four_letter_word("cons").await?;
+        let mut sessions: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split("sid=").nth(1))
+            .map(|rest| rest.split([',', ')']).next().unwrap_or(rest).to_owned())
+            .collect();
+        sessions.sort();
+        Ok(sessions)
     }
 
     /// Kills the server at once (SIGKILL).

@@ -3,7 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test file uses a part
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lb_core::resolver::ClientConn;
@@ -16,13 +17,17 @@ pub const WAIT: Duration = Duration::from_secs(20);
 struct Latest {
     state: watch::Sender<Option<ResolverState>>,
     errors: watch::Sender<usize>,
+    updates: Arc<AtomicUsize>,
+    last_error: Arc<Mutex<String>>,
 }
 
 impl ClientConn for Latest {
     fn update_state(&self, state: ResolverState) {
+        self.updates.fetch_add(1, Ordering::SeqCst);
         self.state.send_replace(Some(state));
     }
-    fn report_error(&self, _: SharedError) {
+    fn report_error(&self, error: SharedError) {
+        *self.last_error.lock().unwrap() = error.to_string();
         self.errors.send_modify(|n| *n += 1);
     }
 }
@@ -30,6 +35,8 @@ impl ClientConn for Latest {
 /// A running resolver and what it reported.
 pub struct Watching {
     _resolver: Box<dyn Resolver>,
+    updates: Arc<AtomicUsize>,
+    last_error: Arc<Mutex<String>>,
     pub state: watch::Receiver<Option<ResolverState>>,
     pub errors: watch::Receiver<usize>,
 }
@@ -38,14 +45,23 @@ pub struct Watching {
 pub fn watching(builder: &dyn ResolverBuilder, target: &str) -> Watching {
     let (state, state_rx) = watch::channel(None);
     let (errors, errors_rx) = watch::channel(0);
+    let updates = Arc::new(AtomicUsize::new(0));
+    let last_error = Arc::new(Mutex::new(String::new()));
     let resolver = builder
         .build(
             &Target::parse(target).unwrap(),
-            Arc::new(Latest { state, errors }),
+            Arc::new(Latest {
+                state,
+                errors,
+                updates: updates.clone(),
+                last_error: last_error.clone(),
+            }),
         )
         .unwrap();
     Watching {
         _resolver: resolver,
+        updates,
+        last_error,
         state: state_rx,
         errors: errors_rx,
     }
@@ -58,7 +74,12 @@ pub fn build_error(builder: &dyn ResolverBuilder, target: &str) -> String {
     builder
         .build(
             &Target::parse(target).unwrap(),
-            Arc::new(Latest { state, errors }),
+            Arc::new(Latest {
+                state,
+                errors,
+                updates: Arc::default(),
+                last_error: Arc::default(),
+            }),
         )
         .err()
         .unwrap()
@@ -94,6 +115,27 @@ impl Watching {
         }
     }
 
+    /// Waits (at most [`WAIT`]) until there are `n` addresses.
+    pub async fn expect_count(&mut self, n: usize) -> ResolverState {
+        let found = tokio::time::timeout(
+            WAIT,
+            self.state
+                .wait_for(|s| s.as_ref().is_some_and(|s| s.addresses.len() == n)),
+        )
+        .await
+        .map(|r| r.map(|s| s.clone()));
+        match found {
+            Ok(Ok(Some(state))) => state,
+            _ => panic!(
+                "never {n} addresses; last: {}",
+                self.state
+                    .borrow()
+                    .as_ref()
+                    .map_or(0, |s| s.addresses.len())
+            ),
+        }
+    }
+
     /// The current addresses.
     pub fn current(&self) -> Vec<String> {
         self.state.borrow().as_ref().map(addrs).unwrap_or_default()
@@ -105,6 +147,16 @@ impl Watching {
             .await
             .expect("no error was reported")
             .unwrap();
+    }
+
+    /// States published so far.
+    pub fn update_count(&self) -> usize {
+        self.updates.load(Ordering::SeqCst)
+    }
+
+    /// The last error reported, as text.
+    pub fn last_error(&self) -> String {
+        self.last_error.lock().unwrap().clone()
     }
 
     /// Errors reported so far.
