@@ -96,10 +96,11 @@ impl PickerBuilder for LeastCpu {
                     // The transport opens OpenRcaService/StreamCoreMetrics on the
                     // subconn's connection (again after each reconnection).
                     let listener: Arc<dyn LoadReportListener> = cpu.clone();
-                    r.subconn.watch_load_reports(Some(LoadReportWatch::new(
-                        Duration::from_millis(200),
-                        listener,
-                    )));
+                    r.subconn
+                        .watch_load_reports(Some(LoadReportWatch::out_of_band(
+                            Duration::from_millis(200),
+                            listener,
+                        )));
                     cpu
                 });
                 (r.subconn.clone(), cpu.clone())

@@ -61,6 +61,13 @@ pub trait PickerBuilder: Clone + Send + Sync + 'static {
         let _ = subconn;
     }
 
+    /// `subconn` reported `state` (before any picker for it is built): for state
+    /// kept per connection, such as load reports that must start over on a new
+    /// connection.
+    fn subconn_state_changed(&mut self, subconn: &SubConn, state: &SubConnState) {
+        let _ = (subconn, state);
+    }
+
     /// Rebuild the picker this often while any subconn is ready, for pickers whose
     /// input changes without a state change (weights from load reports). `None`, the
     /// default: only on changes.
@@ -443,6 +450,7 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
         let Some((_, previous)) = self.subconns.record(subconn, state) else {
             return; // removed already, or an older subconn for the address
         };
+        self.picker_builder.subconn_state_changed(subconn, state);
         // A lost connection or a failed attempt may mean the backend moved: ask the
         // resolver for news (it rate-limits), as grpc-go does.
         if state.state == ConnectivityState::TransientFailure

@@ -74,7 +74,7 @@ pub use balancer::{
     TimerId,
 };
 pub use error::{Error, SharedError};
-pub use load::{LoadReport, LoadReportListener, LoadReportWatch};
+pub use load::{LoadReport, LoadReportListener, LoadReportWatch, ReportSource};
 pub use picker::{
     Callbacks, DoneInfo, FailPicker, OnDone, Pick, PickInfo, PickResult, Picker, QueuePicker,
 };

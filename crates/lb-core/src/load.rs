@@ -4,13 +4,15 @@
 //! A backend reports its load in two ways, both carrying the same fields
 //! (`xds.data.orca.v3.OrcaLoadReport`):
 //!
-//! * **per call**, in the trailer `endpoint-load-metrics-bin` of each response: the
-//!   channel decodes it and hands it to the pick's completion callbacks as
-//!   [`crate::DoneInfo::load_report`];
+//! * **per call**, in the trailer `endpoint-load-metrics-bin` of each response;
 //! * **out of band**, on a stream the channel opens on the subconn's connection
-//!   (`xds.service.orca.v3.OpenRcaService/StreamCoreMetrics`) when a policy asks for
-//!   it with [`crate::SubConn::watch_load_reports`]: each report reaches the
-//!   policy's [`LoadReportListener`].
+//!   (`xds.service.orca.v3.OpenRcaService/StreamCoreMetrics`).
+//!
+//! A policy hears them through a [`LoadReportListener`] it sets on a subconn with
+//! [`crate::SubConn::watch_load_reports`], choosing the [`ReportSource`]: per-call
+//! reports then cost the picks nothing (the channel hands each to the subconn's
+//! listener when the RPC ends). A pick's completion callbacks also see the per-call
+//! report of their RPC, as [`crate::DoneInfo::load_report`].
 //!
 //! This crate only defines the data; decoding and the stream live in the transport
 //! (`lb-tonic`, through `lb-orca`).
@@ -112,27 +114,49 @@ impl<F: Fn(&LoadReport) + Send + Sync + 'static> LoadReportListener for F {
     }
 }
 
-/// A request for out-of-band load reports on a subconn.
+/// Where a subconn's load reports come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportSource {
+    /// The trailer of each RPC on the subconn (sent by servers that report per
+    /// call).
+    PerCall,
+    /// A stream on the subconn's connection, asking for a report this often.
+    /// Backends may report less often (gRPC servers enforce a minimum, 30 s by
+    /// default).
+    OutOfBand(Duration),
+}
+
+/// A request for a subconn's load reports ([`crate::SubConn::watch_load_reports`]).
 #[derive(Clone)]
 pub struct LoadReportWatch {
-    /// How often the backend is asked to report. Backends may report less often
-    /// (gRPC servers enforce a minimum, 30 s by default).
-    pub interval: Duration,
-    /// Who receives the reports.
+    /// Where the reports come from.
+    pub source: ReportSource,
+    /// Who receives them.
     pub listener: Arc<dyn LoadReportListener>,
 }
 
 impl LoadReportWatch {
-    /// Reports every `interval`, to `listener`.
-    pub fn new(interval: Duration, listener: Arc<dyn LoadReportListener>) -> Self {
-        Self { interval, listener }
+    /// Each RPC's report (its trailer), to `listener`.
+    pub fn per_call(listener: Arc<dyn LoadReportListener>) -> Self {
+        Self {
+            source: ReportSource::PerCall,
+            listener,
+        }
+    }
+
+    /// A report every `interval` on an out-of-band stream, to `listener`.
+    pub fn out_of_band(interval: Duration, listener: Arc<dyn LoadReportListener>) -> Self {
+        Self {
+            source: ReportSource::OutOfBand(interval),
+            listener,
+        }
     }
 }
 
 impl fmt::Debug for LoadReportWatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadReportWatch")
-            .field("interval", &self.interval)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }

@@ -30,11 +30,11 @@ pub trait SubConnHandle: Any + Send + Sync {
         None
     }
 
-    /// Starts (`Some`) or stops (`None`) out-of-band load reports on this subconn,
-    /// replacing any earlier watch: while the subconn is connected, the transport
-    /// keeps a load-report stream open on its connection and passes every report to
-    /// the watch's listener (reopened after each reconnection). Returns whether the
-    /// transport supports it.
+    /// Starts (`Some`) or stops (`None`) passing this subconn's load reports to a
+    /// listener, replacing any earlier watch. Per call: the report in each RPC's
+    /// trailer, when the RPC ends. Out of band: while the subconn is connected, the
+    /// transport keeps a load-report stream open on its connection (reopened after
+    /// each reconnection). Returns whether the transport supports it.
     ///
     /// The default passes the call on to the wrapped subconn ([`SubConnHandle::inner`])
     /// and returns `false` for a handle that wraps none.
@@ -130,8 +130,9 @@ impl SubConn {
         }
     }
 
-    /// Asks the backend for out-of-band load reports (ORCA), delivered to
-    /// `watch`'s listener while the subconn is connected; `None` stops them. One
+    /// Passes the backend's load reports (ORCA) to `watch`'s listener: each RPC's
+    /// ([`crate::ReportSource::PerCall`], at no cost to picks) or those of an
+    /// out-of-band stream ([`crate::ReportSource::OutOfBand`]); `None` stops them. One
     /// watch per subconn: a new one replaces the last. Returns `false` when the
     /// transport cannot (it then ignores the call; a policy should say so).
     pub fn watch_load_reports(&self, watch: Option<LoadReportWatch>) -> bool {

@@ -30,9 +30,10 @@ use std::time::Duration;
 
 use crate::{
     Address, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Callbacks, ClientConn,
-    ClientConnState, ConnectivityState, DoneInfo, Error, LoadReport, LoadReportWatch, PickInfo,
-    PickResult, Picker, QueuePicker, SharedError, StateTracker, Status, SubConn, SubConnHandle,
-    SubConnId, SubConnOptions, SubConnState, Target, TimerId,
+    ClientConnState, ConnectivityState, DoneInfo, Error, LoadReport, LoadReportListener,
+    LoadReportWatch, PickInfo, PickResult, Picker, QueuePicker, ReportSource, SharedError,
+    StateTracker, Status, SubConn, SubConnHandle, SubConnId, SubConnOptions, SubConnState, Target,
+    TimerId,
 };
 
 /// One thing a balancer did, in order.
@@ -50,9 +51,9 @@ pub enum Event {
     ResolveNow,
     /// `schedule`: a timer for the balancer after this long.
     Schedule(Duration, TimerId),
-    /// `SubConn::watch_load_reports` on the subconn for this address: the interval
+    /// `SubConn::watch_load_reports` on the subconn for this address: the source
     /// asked for, or `None` to stop.
-    WatchLoadReports(String, Option<Duration>),
+    WatchLoadReports(String, Option<ReportSource>),
 }
 
 #[derive(Default)]
@@ -97,7 +98,7 @@ impl SubConnHandle for RecordingHandle {
     fn watch_load_reports(&self, watch: Option<LoadReportWatch>) -> bool {
         push(
             &self.log,
-            Event::WatchLoadReports(self.addr.clone(), watch.as_ref().map(|w| w.interval)),
+            Event::WatchLoadReports(self.addr.clone(), watch.as_ref().map(|w| w.source)),
             self.id(),
         );
         *self.watch.lock().unwrap_or_else(PoisonError::into_inner) = watch;
@@ -161,36 +162,28 @@ impl RecordingClientConn {
         &self.created
     }
 
-    /// Delivers `report` to the out-of-band load-report listener the balancer set on
-    /// `subconn` ([`crate::SubConn::watch_load_reports`]), as a transport would.
-    /// Returns whether there was one.
-    pub fn report_load(&self, subconn: &SubConn, report: &LoadReport) -> bool {
-        let listener = self.handles.get(&subconn.id()).and_then(|h| {
-            h.watch
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .map(|w| w.listener.clone())
-        });
-        match listener {
-            Some(listener) => {
-                listener.on_load_report(report);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The out-of-band load-report interval the balancer asked of `subconn`, if it
-    /// asked.
-    pub fn load_report_interval(&self, subconn: &SubConn) -> Option<Duration> {
+    /// The load-report watch the balancer set on `subconn`
+    /// ([`crate::SubConn::watch_load_reports`]), if any.
+    pub fn load_report_watch(&self, subconn: &SubConn) -> Option<LoadReportWatch> {
         self.handles.get(&subconn.id()).and_then(|h| {
             h.watch
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .map(|w| w.interval)
+                .clone()
         })
+    }
+
+    /// Delivers `report` to the out-of-band load-report listener the balancer set on
+    /// `subconn`, as a transport would with a report from the stream. Returns whether
+    /// there was one.
+    pub fn report_load(&self, subconn: &SubConn, report: &LoadReport) -> bool {
+        match self.load_report_watch(subconn) {
+            Some(w) if matches!(w.source, ReportSource::OutOfBand(_)) => {
+                w.listener.on_load_report(report);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether `subconn` has been shut down.
@@ -500,6 +493,11 @@ impl Harness {
         match picker.pick(info) {
             PickResult::Pick(pick) => Started {
                 addr: pick.subconn.address().addr().to_owned(),
+                per_call: self
+                    .cc
+                    .load_report_watch(pick.subconn)
+                    .filter(|w| w.source == ReportSource::PerCall)
+                    .map(|w| w.listener),
                 subconn: pick.subconn.clone(),
                 on_done: Some(pick.on_done),
             },
@@ -508,8 +506,8 @@ impl Harness {
     }
 
     /// Delivers an out-of-band load report from `addr`'s live subconn to the
-    /// listener the balancer set ([`RecordingClientConn::report_load`]); returns
-    /// whether there was one.
+    /// listener the balancer set for them ([`RecordingClientConn::report_load`]);
+    /// returns whether there was one.
     pub fn report_load(&self, addr: &str, report: &LoadReport) -> bool {
         let sc = self.subconn(addr);
         self.cc.report_load(&sc, report)
@@ -541,12 +539,18 @@ pub struct Started {
     /// The picked subconn.
     pub subconn: SubConn,
     on_done: Option<Callbacks>,
+    /// The subconn's per-call load-report listener, when the balancer set one.
+    per_call: Option<Arc<dyn LoadReportListener>>,
 }
 
 impl Started {
-    /// Ends the RPC: calls the pick's callbacks with `status`, the time it took and
-    /// the backend's per-call load report, if any.
+    /// Ends the RPC, as the channel would: the backend's per-call load report, if
+    /// any, goes to the subconn's per-call listener; the pick's callbacks get
+    /// `status`, the time it took and the report.
     pub fn finish(mut self, status: &Status, elapsed: Duration, report: Option<&LoadReport>) {
+        if let (Some(listener), Some(report)) = (&self.per_call, report) {
+            listener.on_load_report(report);
+        }
         if let Some(on_done) = self.on_done.take() {
             on_done.done(
                 &DoneInfo::new(status, None)

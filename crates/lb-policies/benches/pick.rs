@@ -2,43 +2,52 @@
 //!
 //! Run with `cargo bench -p lb-policies --bench pick` (or `cargo xtask bench`).
 //!
-//! * `pick/<policy>/<n>`: one pick from a picker over `n` ready subconns, one thread.
-//! * `pick_2threads/<policy>/<n>`: two threads picking from the same picker at once;
-//!   the time is wall time per pick *per thread*, so 2-thread throughput relative to
-//!   one thread is `2 * pick / pick_2threads`.
+//! * `pick/<policy>/<n>`: one pick from a picker over `n` ready subconns, one thread
+//!   (what happens when an RPC starts; releasing its callbacks is the RPC's end).
+//! * `pick_2threads/<policy>/<n>`: two threads picking from the same picker at once,
+//!   each pick followed by its completion callbacks; the time is wall time per pick
+//!   *per thread*, so 2-thread throughput relative to one thread is
+//!   `2 * pick_and_done / pick_2threads`.
 //! * `baseline_shared_atomic`: round robin over one shared `AtomicUsize` (what a naive
 //!   picker does), measured in the same run, to compare against.
 //! * `pick_and_done/<policy>/<n>`: a pick plus its completion callbacks run with an
 //!   `OK` status, a latency and a load report, as at an RPC's end: the callback's
 //!   cost is the difference with `pick/<policy>/<n>`.
-//! * `rebuild/<policy>/10000`: building a picker for 10,000 ready subconns.
+//! * `rebuild/<policy>/10000`: a channel's picker builder rebuilding for 10,000
+//!   ready subconns, one of which leaves and comes back between builds.
 //!
 //! `weighted_round_robin_orca` is the picker after load reports set the weights
-//! (each pick carries the callback that reads the next report); `ring_hash` picks
-//! by the hash of a request header on a 4,096-entry ring.
+//! (reports reach the policy through its subconns' watch, not through picks);
+//! `ring_hash` picks by the hash of a request header on a 4,096-entry ring.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lb_core::base::{PickerBuilder, ReadySubConn};
 use lb_core::test_util::Harness;
 use lb_core::{
-    Address, BalancerBuilder, Code, DoneInfo, LoadReport, Pick, PickInfo, PickResult, Picker,
-    Status, SubConn, SubConnHandle, Weight,
+    Address, BalancerBuilder, Code, DoneInfo, LoadReport, LoadReportWatch, Pick, PickInfo,
+    PickResult, Picker, Status, SubConn, SubConnHandle, Weight,
 };
 use lb_policies::pick_first::PickFirstPicker;
 use lb_policies::{LeastRequest, PeakEwma, RingHash, RoundRobin, WeightedRoundRobin};
 
-struct Noop;
+/// A transport that does nothing but keep the policy's load-report watch.
+#[derive(Default)]
+struct Noop(Mutex<Option<LoadReportWatch>>);
 
 impl SubConnHandle for Noop {
     fn connect(&self) {}
     fn shutdown(&self) {}
+    fn watch_load_reports(&self, watch: Option<LoadReportWatch>) -> bool {
+        *self.0.lock().unwrap() = watch;
+        true
+    }
 }
 
 fn ready(n: usize) -> Vec<ReadySubConn> {
@@ -48,7 +57,7 @@ fn ready(n: usize) -> Vec<ReadySubConn> {
                 Address::new(format!("10.{}.{}.{}:443", i >> 16, (i >> 8) & 255, i & 255))
                     .with_attribute(Weight::new((i % 10) as u32 + 1).unwrap_or_default());
             ReadySubConn {
-                subconn: SubConn::new(address.clone(), Arc::new(Noop)),
+                subconn: SubConn::new(address.clone(), Arc::new(Noop::default())),
                 address,
             }
         })
@@ -93,12 +102,28 @@ fn orca_wrr(ready: &[ReadySubConn]) -> Arc<dyn Picker> {
     let config = lb_policies::weighted_round_robin::builder()
         .parse_config(&serde_json::json!({"blackoutPeriod": "0s"}))
         .unwrap();
-    let picker = builder.build(ready, Some(&config));
-    let status = ok();
-    let report = load_report();
-    let done = DoneInfo::new(&status, None).with_load_report(Some(&report));
-    feed(picker.as_ref(), ready.len() * 3, &done);
-    builder.build(ready, Some(&config))
+    orca_wrr_with(&mut builder, ready, &config)
+}
+
+/// Builds `builder`'s picker after every backend reported its load.
+fn orca_wrr_with(
+    builder: &mut WeightedRoundRobin,
+    ready: &[ReadySubConn],
+    config: &lb_core::LbConfig,
+) -> Arc<dyn Picker> {
+    builder.build(ready, Some(config));
+    // Each backend reports a different utilization, as the transport would hand
+    // the reports to the policy's listener.
+    for (i, r) in ready.iter().enumerate() {
+        let handle = r.subconn.handle::<Noop>().unwrap();
+        let watch = handle.0.lock().unwrap().clone().unwrap();
+        let utilization = 0.1 + (i % 9) as f64 / 10.0;
+        let report = LoadReport::new()
+            .with_rps(100.0)
+            .with_cpu_utilization(utilization);
+        watch.listener.on_load_report(&report);
+    }
+    builder.build(ready, Some(config))
 }
 
 /// `ring_hash` over `n` ready backends on a 4,096-entry ring, keyed by `x-key`.
@@ -155,11 +180,15 @@ fn bench_headers() -> http::HeaderMap {
     headers
 }
 
+/// One pick, as at an RPC's start. Its completion callbacks are released at the
+/// RPC's end, so that belongs to `pick_and_done`: here they are forgotten (their
+/// reference counts only grow).
 #[inline]
 fn pick_once(picker: &dyn Picker, info: &PickInfo<'_>) {
     match picker.pick(info) {
         PickResult::Pick(p) => {
             black_box(p.subconn);
+            std::mem::forget(p.on_done);
         }
         other => panic!("benchmark picker did not pick: {other:?}"),
     }
@@ -190,10 +219,7 @@ fn bench_pick(c: &mut Criterion) {
                 continue;
             }
             with_done.bench_with_input(BenchmarkId::new(name, n), &picker, |b, picker| {
-                b.iter(|| match picker.pick(&info) {
-                    PickResult::Pick(p) => p.on_done.done(&done),
-                    other => panic!("benchmark picker did not pick: {other:?}"),
-                })
+                b.iter(|| pick_and_done(picker.as_ref(), &info, &done))
             });
         }
     }
@@ -210,7 +236,17 @@ fn bench_pick(c: &mut Criterion) {
     two.finish();
 }
 
-/// Two threads each do `iters` picks at the same time; returns the wall time.
+/// A pick and its completion, as one RPC's whole cycle.
+#[inline]
+fn pick_and_done(picker: &dyn Picker, info: &PickInfo<'_>, done: &DoneInfo<'_>) {
+    match picker.pick(info) {
+        PickResult::Pick(p) => p.on_done.done(done),
+        other => panic!("benchmark picker did not pick: {other:?}"),
+    }
+}
+
+/// Two threads each do `iters` picks with their completions at the same time;
+/// returns the wall time.
 fn two_threads(picker: &Arc<dyn Picker>, iters: u64) -> Duration {
     let barrier = Barrier::new(3);
     std::thread::scope(|s| {
@@ -218,10 +254,12 @@ fn two_threads(picker: &Arc<dyn Picker>, iters: u64) -> Duration {
             s.spawn(|| {
                 let headers = bench_headers();
                 let info = PickInfo::new("/bench.Service/Method").with_headers(&headers);
-                pick_once(picker.as_ref(), &info); // initialise the thread's stripe
+                let status = ok();
+                let done = DoneInfo::new(&status, None).with_elapsed(Duration::from_micros(300));
+                pick_and_done(picker.as_ref(), &info, &done); // initialise the thread's stripe
                 barrier.wait();
                 for _ in 0..iters {
-                    pick_once(picker.as_ref(), &info);
+                    pick_and_done(picker.as_ref(), &info, &done);
                 }
                 barrier.wait();
             });
@@ -233,14 +271,37 @@ fn two_threads(picker: &Arc<dyn Picker>, iters: u64) -> Duration {
     })
 }
 
+/// A channel's picker builder rebuilding for 10,000 ready subconns as one of them
+/// leaves and comes back (so every build is a real one, not a cached picker).
 fn bench_rebuild(c: &mut Criterion) {
     let ready = ready(10_000);
+    let sets = [&ready[..], &ready[1..]];
     let mut group = c.benchmark_group("rebuild");
+    let mut rr = RoundRobin;
+    let mut i = 0;
     group.bench_function(BenchmarkId::new("round_robin", 10_000), |b| {
-        b.iter(|| black_box(RoundRobin.build(black_box(&ready), None)))
+        b.iter(|| {
+            i += 1;
+            black_box(rr.build(black_box(sets[i % 2]), None))
+        })
     });
+    let mut wrr = WeightedRoundRobin::default();
     group.bench_function(BenchmarkId::new("weighted_round_robin", 10_000), |b| {
-        b.iter(|| black_box(WeightedRoundRobin::default().build(black_box(&ready), None)))
+        b.iter(|| {
+            i += 1;
+            black_box(wrr.build(black_box(sets[i % 2]), None))
+        })
+    });
+    let mut orca = WeightedRoundRobin::default();
+    let config = lb_policies::weighted_round_robin::builder()
+        .parse_config(&serde_json::json!({"blackoutPeriod": "0s"}))
+        .unwrap();
+    orca_wrr_with(&mut orca, &ready, &config);
+    group.bench_function(BenchmarkId::new("weighted_round_robin_orca", 10_000), |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(orca.build(black_box(sets[i % 2]), Some(&config)))
+        })
     });
     group.finish();
 }

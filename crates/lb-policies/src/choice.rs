@@ -29,9 +29,12 @@ impl Choices {
             return Self { picked, len: n };
         }
         if k == 2 {
-            // The common case, with no rejection: the second draw skips the first.
-            let a = fastrand::usize(..n);
-            let mut b = fastrand::usize(..n - 1);
+            // The common case: one random word, split in two and scaled by
+            // multiplication (Lemire), the second draw skipping the first. The bias
+            // is below 2^-32 for any realistic `n`.
+            let r = fastrand::u64(..);
+            let a = ((r & 0xffff_ffff) * n as u64) >> 32;
+            let mut b = ((r >> 32) * (n as u64 - 1)) >> 32;
             if b >= a {
                 b += 1;
             }

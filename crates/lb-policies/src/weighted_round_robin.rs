@@ -11,7 +11,9 @@
 //!   utilization when that is 0; a report with no utilization or no QPS is ignored.
 //!   Reports arrive per call, in the `endpoint-load-metrics-bin` trailer, or, with
 //!   `enableOobLoadReport`, on an out-of-band stream every `oobReportingPeriod`
-//!   (per-call reports are then not read, as in grpc-go).
+//!   (per-call reports are then not read, as in grpc-go). Either way the policy
+//!   hears them through its subconns' load-report watch
+//!   ([`lb_core::SubConn::watch_load_reports`]), so picks carry no callback.
 //! * **Blackout and expiry.** A backend's reported weight counts only once it has
 //!   reported for `blackoutPeriod` without a gap of `weightExpirationPeriod`; the
 //!   blackout starts again when its connection is re-established, and after an
@@ -32,7 +34,7 @@
 //! ready subconn appears in proportion to its weight (reported weights are scaled to
 //! integers, the largest to 1,000, or less with more than 200 backends, and at least
 //! 1). Picks walk the period cyclically: one striped atomic step, no lock, no
-//! allocation.
+//! allocation, no callback.
 //!
 //! The period is nginx's smooth weighted round robin (every step each backend gains
 //! its weight, the richest is picked and pays the total): with weights 5:1:1 it is
@@ -53,14 +55,15 @@
 //! "oobReportingPeriod": "10s", "blackoutPeriod": "10s", "weightExpirationPeriod":
 //! "180s", "weightUpdatePeriod": "1s", "errorUtilizationPenalty": 1.0}`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lb_core::base::{BaseBuilder, PickerBuilder, ReadySubConn};
 use lb_core::{
-    DoneInfo, Error, LbConfig, LoadReport, LoadReportListener, LoadReportWatch, OnDone, Pick,
-    PickInfo, PickResult, Picker, SubConn, SubConnId,
+    ConnectivityState, Error, LbConfig, LoadReport, LoadReportListener, LoadReportWatch, Pick,
+    PickInfo, PickResult, Picker, ReportSource, SubConn, SubConnId, SubConnState,
 };
 
 use crate::config::Fields;
@@ -113,15 +116,19 @@ pub const MIN_WEIGHT_UPDATE_PERIOD: Duration = Duration::from_millis(100);
 /// The picker builder of `weighted_round_robin`: one channel's per-backend weights.
 #[derive(Clone, Default)]
 pub struct WeightedRoundRobin {
-    weights: HashMap<SubConnId, Arc<EndpointWeight>>,
-    /// The subconns ready at the last build (a newly ready one starts its blackout).
-    ready: HashSet<SubConnId>,
-    /// The out-of-band interval each subconn was asked for.
-    watching: HashMap<SubConnId, Duration>,
+    endpoints: HashMap<SubConnId, Endpoint>,
     /// The last picker and what it was built from, reused while nothing changed.
     last: Option<Built>,
-    /// The transport cannot stream load reports (said once).
-    oob_unsupported_logged: bool,
+    /// The transport cannot deliver load reports (said once).
+    unsupported_logged: bool,
+}
+
+/// What the builder keeps of one subconn.
+#[derive(Clone, Default)]
+struct Endpoint {
+    weight: Arc<EndpointWeight>,
+    /// The report source its watch asks for.
+    watching: Option<ReportSource>,
 }
 
 #[derive(Clone)]
@@ -134,70 +141,8 @@ struct Built {
 impl std::fmt::Debug for WeightedRoundRobin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WeightedRoundRobin")
-            .field("backends", &self.weights.len())
+            .field("backends", &self.endpoints.len())
             .finish_non_exhaustive()
-    }
-}
-
-impl WeightedRoundRobin {
-    /// Starts, restarts or stops each ready subconn's out-of-band stream to follow
-    /// `config`.
-    fn follow_oob(&mut self, ready: &[ReadySubConn], config: &WrrConfig) {
-        for r in ready {
-            let id = r.subconn.id();
-            let want = config
-                .enable_oob_load_report
-                .then_some(config.oob_reporting_period);
-            if self.watching.get(&id).copied() == want {
-                continue;
-            }
-            let watch = want.map(|interval| {
-                let listener: Arc<dyn LoadReportListener> = self.weight(id).clone();
-                LoadReportWatch::new(interval, listener)
-            });
-            let supported = r.subconn.watch_load_reports(watch);
-            if want.is_some() && !supported && !self.oob_unsupported_logged {
-                self.oob_unsupported_logged = true;
-                tracing::warn!(
-                    "weighted_round_robin: enableOobLoadReport is set but this channel's transport cannot stream load reports; weights come from static weights only"
-                );
-            }
-            match want {
-                Some(interval) => self.watching.insert(id, interval),
-                None => self.watching.remove(&id),
-            };
-        }
-    }
-
-    fn weight(&mut self, id: SubConnId) -> &Arc<EndpointWeight> {
-        self.weights.entry(id).or_default()
-    }
-
-    /// The integer weight of each ready subconn now: reported ones when at least
-    /// two count, else the static ones.
-    fn current_weights(&mut self, ready: &[ReadySubConn], config: &WrrConfig) -> Vec<u32> {
-        let now = Instant::now();
-        let penalty = config.error_utilization_penalty;
-        let reported: Vec<f64> = ready
-            .iter()
-            .map(|r| self.weight(r.subconn.id()).weight(now, config, penalty))
-            .collect();
-        let counted: Vec<f64> = reported.iter().copied().filter(|w| *w > 0.0).collect();
-        if counted.len() < 2 {
-            return ready.iter().map(|r| r.address.weight().get()).collect();
-        }
-        let mean = counted.iter().sum::<f64>() / counted.len() as f64;
-        let max = counted.iter().copied().fold(0.0, f64::max);
-        // The largest weight becomes `top`: enough precision, a bounded period.
-        let top = (200_000 / ready.len().max(1)).clamp(10, 1000) as f64;
-        let scale = top / max;
-        reported
-            .iter()
-            .map(|&w| {
-                let w = if w > 0.0 { w } else { mean };
-                ((w * scale).round() as u32).max(1)
-            })
-            .collect()
     }
 }
 
@@ -207,44 +152,56 @@ impl PickerBuilder for WeightedRoundRobin {
             .and_then(LbConfig::get::<WrrConfig>)
             .copied()
             .unwrap_or_default();
-        // A subconn that is ready again starts its blackout over (A58).
-        let now_ready: HashSet<SubConnId> = ready.iter().map(|r| r.subconn.id()).collect();
-        let newly_ready: Vec<SubConnId> = now_ready.difference(&self.ready).copied().collect();
-        for id in newly_ready {
-            self.weight(id).reset();
+        let source = if config.enable_oob_load_report {
+            ReportSource::OutOfBand(config.oob_reporting_period)
+        } else {
+            ReportSource::PerCall
+        };
+        let now = Instant::now();
+        let mut reported = Vec::with_capacity(ready.len());
+        let mut unsupported = false;
+        for r in ready {
+            let e = self.endpoints.entry(r.subconn.id()).or_default();
+            if e.watching != Some(source) {
+                let listener: Arc<dyn LoadReportListener> = e.weight.clone();
+                let watch = match source {
+                    ReportSource::PerCall => LoadReportWatch::per_call(listener),
+                    ReportSource::OutOfBand(interval) => {
+                        LoadReportWatch::out_of_band(interval, listener)
+                    }
+                };
+                unsupported |= !r.subconn.watch_load_reports(Some(watch));
+                e.watching = Some(source);
+            }
+            reported.push(e.weight.weight(now, &config));
         }
-        self.ready = now_ready;
-        self.follow_oob(ready, &config);
-        let weights = self.current_weights(ready, &config);
-        let subconns: Vec<SubConnId> = ready.iter().map(|r| r.subconn.id()).collect();
+        if unsupported && !self.unsupported_logged {
+            self.unsupported_logged = true;
+            tracing::warn!(
+                "weighted_round_robin: this channel's transport cannot deliver load reports; weights come from the resolver only"
+            );
+        }
+        let weights = integer_weights(ready, &reported);
         if let Some(last) = &self.last
-            && last.subconns == subconns
             && last.weights == weights
-            && last.picker.per_call != config.enable_oob_load_report
+            && last.subconns.len() == ready.len()
+            && last
+                .subconns
+                .iter()
+                .zip(ready)
+                .all(|(id, r)| *id == r.subconn.id())
         {
             return last.picker.clone();
         }
-        let mut picker = WeightedRoundRobinPicker::new(
+        let picker = Arc::new(WeightedRoundRobinPicker::new(
             ready
                 .iter()
                 .zip(&weights)
                 .map(|(r, w)| (r.subconn.clone(), *w))
                 .collect(),
-        );
-        if !config.enable_oob_load_report {
-            // Per-call reports: each pick's callback reads the trailer's report.
-            picker.per_call = true;
-            picker.callbacks = ready
-                .iter()
-                .map(|r| {
-                    let w: Arc<dyn OnDone> = self.weight(r.subconn.id()).clone();
-                    w
-                })
-                .collect();
-        }
-        let picker = Arc::new(picker);
+        ));
         self.last = Some(Built {
-            subconns,
+            subconns: ready.iter().map(|r| r.subconn.id()).collect(),
             weights,
             picker: picker.clone(),
         });
@@ -252,10 +209,16 @@ impl PickerBuilder for WeightedRoundRobin {
     }
 
     fn subconn_removed(&mut self, subconn: &SubConn) {
-        let id = subconn.id();
-        self.weights.remove(&id);
-        self.ready.remove(&id);
-        self.watching.remove(&id);
+        self.endpoints.remove(&subconn.id());
+    }
+
+    fn subconn_state_changed(&mut self, subconn: &SubConn, state: &SubConnState) {
+        // Connected again: the blackout starts over (A58).
+        if state.state == ConnectivityState::Ready
+            && let Some(e) = self.endpoints.get(&subconn.id())
+        {
+            e.weight.reset();
+        }
     }
 
     fn refresh_period(&self, config: Option<&LbConfig>) -> Option<Duration> {
@@ -293,11 +256,42 @@ impl PickerBuilder for WeightedRoundRobin {
     }
 }
 
-/// One backend's weight from its load reports: the per-call callback and the
-/// out-of-band listener of its subconn.
+/// The integer weight of each ready subconn: the reported ones (0: none counts
+/// yet) when at least two count, the missing ones at their mean; else the static
+/// ones.
+fn integer_weights(ready: &[ReadySubConn], reported: &[f64]) -> Vec<u32> {
+    let (mut counted, mut sum, mut max) = (0usize, 0.0f64, 0.0f64);
+    for &w in reported {
+        if w > 0.0 {
+            counted += 1;
+            sum += w;
+            max = max.max(w);
+        }
+    }
+    if counted < 2 {
+        return ready.iter().map(|r| r.address.weight().get()).collect();
+    }
+    let mean = sum / counted as f64;
+    // The largest weight becomes `top`: enough precision, a bounded period.
+    let top = (200_000 / ready.len().max(1)).clamp(10, 1000) as f64;
+    let scale = top / max;
+    reported
+        .iter()
+        .map(|&w| {
+            let w = if w > 0.0 { w } else { mean };
+            ((w * scale).round() as u32).max(1)
+        })
+        .collect()
+}
+
+/// One backend's weight from its load reports: the listener of its subconn's
+/// reports (per call or out of band).
 #[derive(Debug, Default)]
 pub struct EndpointWeight {
     state: Mutex<WeightState>,
+    /// Whether a report was taken since the last reset: a rebuild skips the lock of
+    /// a backend that never reported.
+    reported: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -338,18 +332,27 @@ impl EndpointWeight {
         s.utilization = utilization;
         s.last_updated = Some(now);
         s.non_empty_since.get_or_insert(now);
+        self.reported.store(true, Ordering::Release);
     }
 
     /// Forgets the blackout's progress: the subconn (re)connected.
     fn reset(&self) {
+        if !self.reported.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = self.lock();
         s.non_empty_since = None;
         s.last_updated = None;
+        self.reported.store(false, Ordering::Release);
     }
 
     /// The weight that counts at `now`, or 0 when none does (no report yet, in the
     /// blackout, or expired, which restarts the blackout).
-    pub fn weight(&self, now: Instant, config: &WrrConfig, penalty: f64) -> f64 {
+    pub fn weight(&self, now: Instant, config: &WrrConfig) -> f64 {
+        if !self.reported.load(Ordering::Acquire) {
+            return 0.0;
+        }
+        let penalty = config.error_utilization_penalty;
         let mut s = self.lock();
         let Some(last) = s.last_updated else {
             return 0.0;
@@ -370,14 +373,6 @@ impl EndpointWeight {
     }
 }
 
-impl OnDone for EndpointWeight {
-    fn done(&self, info: &DoneInfo<'_>) {
-        if let Some(report) = info.load_report {
-            self.on_report(report, Instant::now());
-        }
-    }
-}
-
 impl LoadReportListener for EndpointWeight {
     fn on_load_report(&self, report: &LoadReport) {
         self.on_report(report, Instant::now());
@@ -390,10 +385,6 @@ pub struct WeightedRoundRobinPicker {
     /// Indices into `subconns`: one period of the schedule.
     schedule: Box<[u32]>,
     cursor: Cursor,
-    /// Per subconn, the callback that reads per-call load reports (empty when they
-    /// are not read).
-    callbacks: Box<[Arc<dyn OnDone>]>,
-    per_call: bool,
 }
 
 impl WeightedRoundRobinPicker {
@@ -406,8 +397,6 @@ impl WeightedRoundRobinPicker {
             cursor: Cursor::new(schedule.len()),
             subconns: weighted.into_iter().map(|(sc, _)| sc).collect(),
             schedule,
-            callbacks: Box::new([]),
-            per_call: false,
         }
     }
 
@@ -420,15 +409,9 @@ impl WeightedRoundRobinPicker {
 impl Picker for WeightedRoundRobinPicker {
     #[inline]
     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
-        let slot = self.schedule.get(self.cursor.next()).copied().unwrap_or(0) as usize;
-        match self.subconns.get(slot) {
-            Some(subconn) => {
-                let pick = Pick::new(subconn);
-                PickResult::Pick(match self.callbacks.get(slot) {
-                    Some(cb) => pick.with_on_done(cb.clone()),
-                    None => pick,
-                })
-            }
+        let slot = self.schedule.get(self.cursor.next()).copied().unwrap_or(0);
+        match self.subconns.get(slot as usize) {
+            Some(subconn) => PickResult::Pick(Pick::new(subconn)),
             None => PickResult::Queue,
         }
     }

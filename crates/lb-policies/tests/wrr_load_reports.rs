@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use lb_core::ConnectivityState::*;
 use lb_core::test_util::{Event, Harness};
-use lb_core::{Address, BalancerBuilder, Code, Error, LoadReport, Status, TimerId, Weight};
+use lb_core::{
+    Address, BalancerBuilder, Code, Error, LoadReport, ReportSource, Status, TimerId, Weight,
+};
 use lb_policies::weighted_round_robin::{self, WrrConfig};
 
 const A: &str = "10.0.0.1:1";
@@ -222,7 +224,7 @@ fn out_of_band_reports_replace_per_call_ones() {
         assert!(
             events.contains(&Event::WatchLoadReports(
                 a.into(),
-                Some(Duration::from_secs(2))
+                Some(ReportSource::OutOfBand(Duration::from_secs(2)))
             )),
             "{events:?}"
         );
@@ -236,7 +238,7 @@ fn out_of_band_reports_replace_per_call_ones() {
     assert!(h.report_load(B, &report(100.0, 0.3)));
     h.fire_timers();
     assert!(close(shares(&h, 4000)[A], 0.75));
-    // Turning OOB off stops the streams.
+    // Turning OOB off goes back to per-call reports (and so stops the streams).
     h.update_with_config(
         vec![Address::new(A), Address::new(B)],
         r#"{"blackoutPeriod": "0s"}"#,
@@ -245,7 +247,10 @@ fn out_of_band_reports_replace_per_call_ones() {
     h.fire_timers();
     let events = h.take_events();
     assert!(
-        events.contains(&Event::WatchLoadReports(A.into(), None)),
+        events.contains(&Event::WatchLoadReports(
+            A.into(),
+            Some(ReportSource::PerCall)
+        )),
         "{events:?}"
     );
 }

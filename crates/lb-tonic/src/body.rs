@@ -12,7 +12,7 @@ use bytes::Bytes;
 use h2::RecvStream;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use lb_core::{Address, Callbacks, Code, DoneInfo, Status};
+use lb_core::{Address, Callbacks, Code, DoneInfo, LoadReportListener, Status};
 
 use crate::idle::CallGuard;
 use crate::stream::Held;
@@ -220,20 +220,27 @@ impl ResponseBody {
     }
 }
 
-/// Calls a pick's callbacks exactly once: with the final status, or with
-/// `CANCELLED` if the response is dropped before its end; with the time since the
-/// pick.
+/// Ends a picked attempt exactly once: with the final status, or with `CANCELLED`
+/// if the response is dropped before its end. Hands the backend's per-call load
+/// report to the subconn's listener, and calls the pick's callbacks with the status,
+/// the time since the pick and the report.
 pub(crate) struct DoneGuard {
     on_done: Option<Callbacks>,
+    /// The subconn's per-call load-report listener, if its policy set one.
+    per_call: Option<Arc<dyn LoadReportListener>>,
     picked_at: std::time::Instant,
 }
 
 impl DoneGuard {
-    /// A guard for `callbacks`, timed from now; `None` when there are none (the
-    /// common case costs nothing, not even a clock read).
-    pub(crate) fn new(callbacks: Callbacks) -> Option<Self> {
-        (!callbacks.is_empty()).then(|| Self {
+    /// A guard for `callbacks` and `per_call`, timed from now; `None` when there is
+    /// neither (the common case costs nothing, not even a clock read).
+    pub(crate) fn new(
+        callbacks: Callbacks,
+        per_call: Option<Arc<dyn LoadReportListener>>,
+    ) -> Option<Self> {
+        (!callbacks.is_empty() || per_call.is_some()).then(|| Self {
             on_done: Some(callbacks),
+            per_call,
             picked_at: std::time::Instant::now(),
         })
     }
@@ -249,16 +256,24 @@ impl DoneGuard {
     }
 
     pub(crate) fn finish(&mut self, status: &Status, trailers: Option<&HeaderMap>) {
-        if let Some(on_done) = self.on_done.take() {
-            let report = crate::load_reports::from_trailers(trailers);
-            let info = DoneInfo::new(status, trailers)
-                .with_elapsed(self.picked_at.elapsed())
-                .with_load_report(report.as_ref());
-            // A policy's callback must not take the RPC down with it.
-            let called = catch_unwind(AssertUnwindSafe(|| on_done.done(&info)));
-            if called.is_err() {
-                tracing::error!("a load-balancing policy's completion callback panicked");
+        let Some(on_done) = self.on_done.take() else {
+            return;
+        };
+        let report = crate::load_reports::from_trailers(trailers);
+        // A policy's code must not take the RPC down with it.
+        let called = catch_unwind(AssertUnwindSafe(|| {
+            if let (Some(listener), Some(report)) = (self.per_call.take(), &report) {
+                listener.on_load_report(report);
             }
+            if !on_done.is_empty() {
+                let info = DoneInfo::new(status, trailers)
+                    .with_elapsed(self.picked_at.elapsed())
+                    .with_load_report(report.as_ref());
+                on_done.done(&info);
+            }
+        }));
+        if called.is_err() {
+            tracing::error!("a load-balancing policy's completion callback panicked");
         }
     }
 }

@@ -483,7 +483,7 @@ impl Run<'_> {
                 };
             }
         };
-        let mut done = DoneGuard::new(picked.on_done);
+        let mut done = DoneGuard::new(picked.on_done, picked.connected.load_watch.per_call());
         let h2_head = match h2_request(head, &picked.connected, previous, self.deadline) {
             Ok(h) => h,
             Err(status) => return Outcome::failed(status, false),
@@ -717,7 +717,7 @@ async fn pick(
                         // The picker is a moment behind a connection that just closed:
                         // the next picker will not name it.
                         None => {
-                            if let Some(mut done) = DoneGuard::new(pick.on_done) {
+                            if let Some(mut done) = DoneGuard::new(pick.on_done, None) {
                                 done.finish(
                                     &lb_core::Status::unavailable(
                                         "the picked subconn is not connected",

@@ -4,13 +4,54 @@
 //! its connection while a policy watches it ([`lb_core::SubConn::watch_load_reports`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::uri::{Authority, Scheme};
-use lb_core::{LoadReport, LoadReportListener};
+use lb_core::{LoadReport, LoadReportListener, LoadReportWatch, ReportSource};
+
+/// A subconn's load-report watch, shared by its handle, its task and its
+/// connections.
+#[derive(Default)]
+pub(crate) struct LoadWatch {
+    watch: ArcSwapOption<LoadReportWatch>,
+    /// The watch is per call: checked on every RPC's end, so one relaxed load.
+    per_call: AtomicBool,
+}
+
+impl LoadWatch {
+    pub(crate) fn set(&self, watch: Option<LoadReportWatch>) {
+        let per_call = watch
+            .as_ref()
+            .is_some_and(|w| w.source == ReportSource::PerCall);
+        self.watch.store(watch.map(Arc::new));
+        self.per_call.store(per_call, Ordering::Release);
+    }
+
+    /// The listener of per-call reports, if the watch is per call.
+    #[inline]
+    pub(crate) fn per_call(&self) -> Option<Arc<dyn LoadReportListener>> {
+        if !self.per_call.load(Ordering::Acquire) {
+            return None;
+        }
+        self.watch
+            .load()
+            .as_ref()
+            .filter(|w| w.source == ReportSource::PerCall)
+            .map(|w| w.listener.clone())
+    }
+
+    /// The interval and listener of an out-of-band watch, if the watch is one.
+    pub(crate) fn out_of_band(&self) -> Option<(Duration, Arc<dyn LoadReportListener>)> {
+        self.watch.load().as_ref().and_then(|w| match w.source {
+            ReportSource::OutOfBand(interval) => Some((interval, w.listener.clone())),
+            ReportSource::PerCall => None,
+        })
+    }
+}
 
 use crate::watch_stream::{StreamEnd, server_stream};
 

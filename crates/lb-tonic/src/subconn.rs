@@ -23,7 +23,7 @@ use crate::control::Msg;
 use crate::error::TransportError;
 use crate::frames::ConnSignals;
 use crate::health::{self, Health};
-use crate::load_reports::{self, OobEnd};
+use crate::load_reports::{self, LoadWatch, OobEnd};
 
 /// HTTP/2 keepalive pings, as grpc-go's `keepalive.ClientParameters`.
 ///
@@ -130,6 +130,8 @@ pub(crate) struct Connected {
     pub(crate) signals: Arc<ConnSignals>,
     draining: AtomicBool,
     cmds: mpsc::UnboundedSender<Cmd>,
+    /// The subconn's load-report watch (per-call reports are handed to it).
+    pub(crate) load_watch: Arc<LoadWatch>,
 }
 
 impl Connected {
@@ -154,7 +156,7 @@ enum Cmd {
 pub(crate) struct Transport {
     cmds: mpsc::UnboundedSender<Cmd>,
     connected: Arc<ArcSwapOption<Connected>>,
-    load_watch: Arc<ArcSwapOption<LoadReportWatch>>,
+    load_watch: Arc<LoadWatch>,
 }
 
 impl SubConnHandle for Transport {
@@ -167,7 +169,7 @@ impl SubConnHandle for Transport {
     }
 
     fn watch_load_reports(&self, watch: Option<LoadReportWatch>) -> bool {
-        self.load_watch.store(watch.map(Arc::new));
+        self.load_watch.set(watch);
         let _ = self.cmds.send(Cmd::LoadReports);
         true
     }
@@ -191,14 +193,14 @@ pub(crate) struct Unstarted {
     connected: Arc<ArcSwapOption<Connected>>,
     /// The policy asked for health checking.
     health: bool,
-    load_watch: Arc<ArcSwapOption<LoadReportWatch>>,
+    load_watch: Arc<LoadWatch>,
 }
 
 /// A transport for one subconn; `health`: its policy asked for health checking.
 pub(crate) fn new_transport(health: bool) -> (Transport, Unstarted) {
     let (tx, rx) = mpsc::unbounded_channel();
     let connected = Arc::new(ArcSwapOption::empty());
-    let load_watch = Arc::new(ArcSwapOption::empty());
+    let load_watch = Arc::new(LoadWatch::default());
     (
         Transport {
             cmds: tx.clone(),
@@ -343,6 +345,7 @@ async fn run(
                     signals: signals.clone(),
                     draining: AtomicBool::new(false),
                     cmds: drain,
+                    load_watch: load_watch.clone(),
                 });
                 connected.store(Some(conn.clone()));
                 if health_service.is_none() {
@@ -489,7 +492,7 @@ struct Serving<'a> {
 /// A ready connection's out-of-band load-report stream, while a policy watches the
 /// subconn ([`SubConnHandle::watch_load_reports`]).
 struct OobReporter<'a> {
-    watch: &'a ArcSwapOption<LoadReportWatch>,
+    watch: &'a LoadWatch,
     sender: SendRequest<Bytes>,
     scheme: Scheme,
     authority: Authority,
@@ -507,7 +510,7 @@ impl OobReporter<'_> {
     fn follow(&mut self) {
         self.running = None;
         self.reopen_at = None;
-        let Some(watch) = self.watch.load_full() else {
+        let Some((interval, listener)) = self.watch.out_of_band() else {
             return;
         };
         if self.unimplemented {
@@ -517,8 +520,8 @@ impl OobReporter<'_> {
             self.sender.clone(),
             self.scheme.clone(),
             self.authority.clone(),
-            watch.interval,
-            watch.listener.clone(),
+            interval,
+            listener,
         ))));
     }
 

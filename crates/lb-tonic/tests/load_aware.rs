@@ -373,8 +373,20 @@ async fn ring_hash_keeps_a_key_on_one_backend_and_moves_it_only_when_that_one_di
         "keys spread over all: {per_backend:?}"
     );
 
-    // b dies: only its keys move; the others stay.
+    // b dies: only its keys move; the others stay. (An RPC sent in the moment before
+    // the channel sees the connection die fails with it, as an RPC in flight does.)
     backends[1].kill().await;
+    let b_key = homes
+        .iter()
+        .find(|(_, home)| *home == "b")
+        .map(|(key, _)| key.clone())
+        .unwrap();
+    within("b's keys to move", async {
+        while !matches!(echo(&mut client, keyed(&b_key)).await, Ok(name) if name != "b") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     for (key, home) in &homes {
         let now = within("a keyed RPC", echo(&mut client, keyed(key)))
             .await

@@ -12,12 +12,18 @@ use lb_tonic::LbChannel;
 mod common;
 use common::*;
 
+/// `child`: a policy name, or a whole `"name": {config}` entry.
 fn config(child: &str) -> String {
+    let child = if child.contains(':') {
+        child.to_owned()
+    } else {
+        format!(r#""{child}": {{}}"#)
+    };
     format!(
         r#"{{"loadBalancingConfig": [{{"outlier_detection": {{
               "interval": "0.3s", "baseEjectionTime": "0.6s", "maxEjectionPercent": 34,
               "failurePercentageEjection": {{"threshold": 30, "minimumHosts": 3, "requestVolume": 20}},
-              "childPolicy": [{{"{child}": {{}}}}]}}}}]}}"#
+              "childPolicy": [{{{child}}}]}}}}]}}"#
     )
 }
 
@@ -92,7 +98,10 @@ async fn outlier_detection_works_under_least_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlier_detection_works_under_peak_ewma() {
     // A backend failing fast must not win peak_ewma's latency contest meanwhile.
-    ejected_then_returned("peak_ewma").await;
+    // A short decay time: with the default 10 s, one latency spike on the failing
+    // backend can keep peak_ewma away from it (and so its failures from the sweep)
+    // for longer than the test runs.
+    ejected_then_returned(r#""peak_ewma": {"decayTime": "0.1s"}"#).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
