@@ -55,6 +55,13 @@ pub trait PickerBuilder: Clone + Send + Sync + 'static {
     /// `config` is the policy's config from the latest resolver state, if any.
     fn build(&mut self, ready: &[ReadySubConn], config: Option<&LbConfig>) -> Arc<dyn Picker>;
 
+    /// Called once on each channel's clone before anything else, with the
+    /// channel's build options: for state that depends on the channel (metrics
+    /// labelled with its target, say). The default does nothing.
+    fn started(&mut self, options: &BuildOptions) {
+        let _ = options;
+    }
+
     /// `subconn` was shut down (its address left the resolver's list, or the policy
     /// closed): forget what was kept for it.
     fn subconn_removed(&mut self, subconn: &SubConn) {
@@ -121,9 +128,11 @@ impl<P: PickerBuilder> BalancerBuilder for BaseBuilder<P> {
         &self.name
     }
 
-    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
+        let mut picker_builder = self.picker_builder.clone();
+        picker_builder.started(options);
         Box::new(BaseBalancer {
-            picker_builder: self.picker_builder.clone(),
+            picker_builder,
             // Spreading policies want health-checked subconns (gRFC A17).
             subconns: SubConnList::new(SubConnOptions::health_checked()),
             config: None,

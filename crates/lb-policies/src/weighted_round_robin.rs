@@ -62,8 +62,9 @@ use std::time::{Duration, Instant};
 
 use lb_core::base::{BaseBuilder, PickerBuilder, ReadySubConn};
 use lb_core::{
-    ConnectivityState, Error, LbConfig, LoadReport, LoadReportListener, LoadReportWatch, Pick,
-    PickInfo, PickResult, Picker, ReportSource, SubConn, SubConnId, SubConnState,
+    BuildOptions, ConnectivityState, Error, LbConfig, LoadReport, LoadReportListener,
+    LoadReportWatch, Pick, PickInfo, PickResult, Picker, ReportSource, SubConn, SubConnId,
+    SubConnState,
 };
 
 use crate::config::Fields;
@@ -121,6 +122,8 @@ pub struct WeightedRoundRobin {
     last: Option<Built>,
     /// The transport cannot deliver load reports (said once).
     unsupported_logged: bool,
+    /// gRFC A78's metrics for this channel.
+    metrics: WrrMetrics,
 }
 
 /// What the builder keeps of one subconn.
@@ -147,6 +150,10 @@ impl std::fmt::Debug for WeightedRoundRobin {
 }
 
 impl PickerBuilder for WeightedRoundRobin {
+    fn started(&mut self, options: &BuildOptions) {
+        self.metrics = WrrMetrics::new(&options.target.to_string());
+    }
+
     fn build(&mut self, ready: &[ReadySubConn], config: Option<&LbConfig>) -> Arc<dyn Picker> {
         let config = config
             .and_then(LbConfig::get::<WrrConfig>)
@@ -173,7 +180,22 @@ impl PickerBuilder for WeightedRoundRobin {
                 unsupported |= !r.subconn.watch_load_reports(Some(watch));
                 e.watching = Some(source);
             }
-            reported.push(e.weight.weight(now, &config));
+            let weight = match e.weight.usable(now, &config) {
+                Usable::Yes(w) => w,
+                Usable::NotYet => {
+                    self.metrics.not_yet_usable.increment(1);
+                    0.0
+                }
+                Usable::Stale => {
+                    self.metrics.stale.increment(1);
+                    0.0
+                }
+            };
+            self.metrics.weights.record(weight);
+            reported.push(weight);
+        }
+        if reported.iter().filter(|w| **w > 0.0).count() < 2 {
+            self.metrics.rr_fallback.increment(1);
         }
         if unsupported && !self.unsupported_logged {
             self.unsupported_logged = true;
@@ -349,28 +371,132 @@ impl EndpointWeight {
     /// The weight that counts at `now`, or 0 when none does (no report yet, in the
     /// blackout, or expired, which restarts the blackout).
     pub fn weight(&self, now: Instant, config: &WrrConfig) -> f64 {
+        match self.usable(now, config) {
+            Usable::Yes(w) => w,
+            Usable::NotYet | Usable::Stale => 0.0,
+        }
+    }
+
+    fn usable(&self, now: Instant, config: &WrrConfig) -> Usable {
         if !self.reported.load(Ordering::Acquire) {
-            return 0.0;
+            return Usable::NotYet;
         }
         let penalty = config.error_utilization_penalty;
         let mut s = self.lock();
         let Some(last) = s.last_updated else {
-            return 0.0;
+            return Usable::NotYet;
         };
         if now.saturating_duration_since(last) >= config.weight_expiration_period {
             s.non_empty_since = None;
-            return 0.0;
+            return Usable::Stale;
         }
         let blacked_out = match s.non_empty_since {
             None => true,
             Some(since) => now.saturating_duration_since(since) < config.blackout_period,
         };
         if !config.blackout_period.is_zero() && blacked_out {
-            return 0.0;
+            return Usable::NotYet;
         }
         let weight = s.qps / (s.utilization + s.eps / s.qps * penalty);
-        if weight.is_finite() { weight } else { 0.0 }
+        if weight.is_finite() && weight > 0.0 {
+            Usable::Yes(weight)
+        } else {
+            Usable::NotYet
+        }
     }
+}
+
+/// Whether a backend's reported weight counts now.
+enum Usable {
+    Yes(f64),
+    /// No report yet, or in the blackout.
+    NotYet,
+    /// Its last report is older than `weightExpirationPeriod`.
+    Stale,
+}
+
+/// gRFC A78's `weighted_round_robin` metrics, labelled with the channel's
+/// `grpc.target`; recorded on each weight update (off the RPC path).
+#[derive(Clone)]
+struct WrrMetrics {
+    rr_fallback: Counter,
+    not_yet_usable: Counter,
+    stale: Counter,
+    weights: Histogram,
+}
+
+impl WrrMetrics {
+    #[cfg(feature = "metrics")]
+    fn new(target: &str) -> Self {
+        let t = target.to_owned();
+        Self {
+            rr_fallback: metrics::counter!(metric_names::RR_FALLBACK, "grpc.target" => t.clone()),
+            not_yet_usable: metrics::counter!(metric_names::NOT_YET_USABLE, "grpc.target" => t.clone()),
+            stale: metrics::counter!(metric_names::STALE, "grpc.target" => t.clone()),
+            weights: metrics::histogram!(metric_names::WEIGHTS, "grpc.target" => t),
+        }
+    }
+
+    #[cfg(not(feature = "metrics"))]
+    fn new(_: &str) -> Self {
+        Self::noop()
+    }
+
+    /// Until the channel is known: records nothing.
+    fn noop() -> Self {
+        Self {
+            rr_fallback: Counter::noop(),
+            not_yet_usable: Counter::noop(),
+            stale: Counter::noop(),
+            weights: Histogram::noop(),
+        }
+    }
+}
+
+impl Default for WrrMetrics {
+    fn default() -> Self {
+        Self::noop()
+    }
+}
+
+#[cfg(feature = "metrics")]
+use metrics::{Counter, Histogram};
+
+/// Stand-ins without the `metrics` feature.
+#[cfg(not(feature = "metrics"))]
+#[derive(Clone)]
+struct Counter;
+#[cfg(not(feature = "metrics"))]
+impl Counter {
+    fn noop() -> Self {
+        Self
+    }
+    fn increment(&self, _: u64) {}
+}
+#[cfg(not(feature = "metrics"))]
+#[derive(Clone)]
+struct Histogram;
+#[cfg(not(feature = "metrics"))]
+impl Histogram {
+    fn noop() -> Self {
+        Self
+    }
+    fn record(&self, _: f64) {}
+}
+
+/// The names of gRFC A78's `weighted_round_robin` metrics, as grpc-go names them.
+/// Each is labelled `grpc.target`.
+pub mod metric_names {
+    /// Counter: weight updates at which fewer than two backends had a usable
+    /// weight, so static weights applied.
+    pub const RR_FALLBACK: &str = "grpc.lb.wrr.rr_fallback";
+    /// Counter: per weight update, backends whose weight is not usable yet (no
+    /// report, or in the blackout period).
+    pub const NOT_YET_USABLE: &str = "grpc.lb.wrr.endpoint_weight_not_yet_usable";
+    /// Counter: per weight update, backends whose last report expired.
+    pub const STALE: &str = "grpc.lb.wrr.endpoint_weight_stale";
+    /// Histogram: per weight update, each backend's weight (0 when not usable).
+    pub const WEIGHTS: &str = "grpc.lb.wrr.endpoint_weights";
 }
 
 impl LoadReportListener for EndpointWeight {

@@ -293,3 +293,80 @@ fn config_errors_name_the_field() {
     let config = parse("{}").unwrap();
     assert_eq!(config.get::<WrrConfig>(), Some(&WrrConfig::default()));
 }
+
+/// gRFC A78's metrics: updates that fall back to static weights, backends whose
+/// weight is not usable yet or stale, and each backend's weight.
+#[test]
+fn a78_metrics_follow_the_weights() {
+    use lb_policies::weighted_round_robin::metric_names;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // The policy registers its handles when the channel builds it.
+    let h = metrics::with_local_recorder(&recorder, || {
+        ready(
+            &[(A, 1), (B, 1), (C, 1)],
+            r#"{"blackoutPeriod": "0s", "weightExpirationPeriod": "60s"}"#,
+        )
+    });
+    let value = |name: &str| -> Vec<DebugValue> {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, _, _, _)| k.key().name() == name)
+            .map(|(_, _, _, v)| v)
+            .collect()
+    };
+    // No reports yet: every build fell back, and every backend was not yet usable.
+    let fallbacks = match value(metric_names::RR_FALLBACK).as_slice() {
+        [DebugValue::Counter(n)] => *n,
+        other => panic!("{other:?}"),
+    };
+    assert!(fallbacks >= 1);
+    // Only A and B report: C is still not usable, and the update no longer falls
+    // back.
+    // (C's reports carry no utilization, so they are ignored.)
+    per_call_reports(&h, 30, |a| {
+        report(
+            100.0,
+            match a {
+                A => 0.5,
+                B => 0.25,
+                _ => 0.0,
+            },
+        )
+    });
+    let _ = value(metric_names::NOT_YET_USABLE); // start the counts over
+    let _ = value(metric_names::RR_FALLBACK);
+    let mut h = h;
+    assert_eq!(h.fire_timers(), 1, "the weight update timer");
+    let snapshot = snapshotter.snapshot().into_vec();
+    let get = |name: &str| {
+        snapshot
+            .iter()
+            .find(|(k, _, _, _)| k.key().name() == name)
+            .map(|(k, _, _, v)| {
+                assert!(k.key().labels().any(|l| l.key() == "grpc.target"), "{k:?}");
+                v
+            })
+    };
+    assert_eq!(
+        get(metric_names::NOT_YET_USABLE),
+        Some(&DebugValue::Counter(1))
+    );
+    assert_eq!(
+        get(metric_names::RR_FALLBACK),
+        Some(&DebugValue::Counter(0))
+    );
+    match get(metric_names::WEIGHTS) {
+        Some(DebugValue::Histogram(values)) => {
+            let mut got: Vec<f64> = values.iter().map(|v| v.into_inner()).collect();
+            got.sort_by(f64::total_cmp);
+            // qps / utilization: 200 for A, 400 for B, 0 for C.
+            assert_eq!(got[got.len() - 3..], [0.0, 200.0, 400.0], "{got:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

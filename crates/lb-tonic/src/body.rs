@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use lb_core::{Address, Callbacks, Code, DoneInfo, LoadReportListener, Status};
 
 use crate::idle::CallGuard;
+use crate::introspect::SubConnStats;
 use crate::stream::Held;
 
 /// The body of a response from an [`crate::LbChannel`]: the response stream's
@@ -221,27 +222,39 @@ impl ResponseBody {
 }
 
 /// Ends a picked attempt exactly once: with the final status, or with `CANCELLED`
-/// if the response is dropped before its end. Hands the backend's per-call load
-/// report to the subconn's listener, and calls the pick's callbacks with the status,
-/// the time since the pick and the report.
+/// if the response is dropped before its end. Counts the attempt in its subconn's
+/// stats, hands the backend's per-call load report to the subconn's listener, and
+/// calls the pick's callbacks with the status, the time since the pick and the
+/// report.
 pub(crate) struct DoneGuard {
     on_done: Option<Callbacks>,
     /// The subconn's per-call load-report listener, if its policy set one.
     per_call: Option<Arc<dyn LoadReportListener>>,
-    picked_at: std::time::Instant,
+    /// When it was picked, if a callback wants to know.
+    picked_at: Option<std::time::Instant>,
+    /// The subconn's counters, when the channel counts RPCs.
+    stats: Option<Arc<SubConnStats>>,
 }
 
 impl DoneGuard {
-    /// A guard for `callbacks` and `per_call`, timed from now; `None` when there is
-    /// neither (the common case costs nothing, not even a clock read).
+    /// A guard for `callbacks`, `per_call` and `stats`; `None` when there is none of
+    /// them. The clock is read only for callbacks.
     pub(crate) fn new(
         callbacks: Callbacks,
         per_call: Option<Arc<dyn LoadReportListener>>,
+        stats: Option<Arc<SubConnStats>>,
     ) -> Option<Self> {
-        (!callbacks.is_empty() || per_call.is_some()).then(|| Self {
+        if callbacks.is_empty() && per_call.is_none() && stats.is_none() {
+            return None;
+        }
+        if let Some(stats) = &stats {
+            stats.started();
+        }
+        Some(Self {
+            picked_at: (!callbacks.is_empty()).then(std::time::Instant::now),
             on_done: Some(callbacks),
             per_call,
-            picked_at: std::time::Instant::now(),
+            stats,
         })
     }
 
@@ -259,15 +272,21 @@ impl DoneGuard {
         let Some(on_done) = self.on_done.take() else {
             return;
         };
+        if let Some(stats) = &self.stats {
+            stats.ended(status.code());
+        }
+        if on_done.is_empty() && self.per_call.is_none() {
+            return;
+        }
         let report = crate::load_reports::from_trailers(trailers);
         // A policy's code must not take the RPC down with it.
         let called = catch_unwind(AssertUnwindSafe(|| {
             if let (Some(listener), Some(report)) = (self.per_call.take(), &report) {
                 listener.on_load_report(report);
             }
-            if !on_done.is_empty() {
+            if let Some(picked_at) = self.picked_at {
                 let info = DoneInfo::new(status, trailers)
-                    .with_elapsed(self.picked_at.elapsed())
+                    .with_elapsed(picked_at.elapsed())
                     .with_load_report(report.as_ref());
                 on_done.done(&info);
             }

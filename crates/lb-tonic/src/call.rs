@@ -483,7 +483,11 @@ impl Run<'_> {
                 };
             }
         };
-        let mut done = DoneGuard::new(picked.on_done, picked.connected.load_watch.per_call());
+        let mut done = DoneGuard::new(
+            picked.on_done,
+            picked.connected.load_watch.per_call(),
+            picked.connected.stats.clone(),
+        );
         let h2_head = match h2_request(head, &picked.connected, previous, self.deadline) {
             Ok(h) => h,
             Err(status) => return Outcome::failed(status, false),
@@ -717,7 +721,7 @@ async fn pick(
                         // The picker is a moment behind a connection that just closed:
                         // the next picker will not name it.
                         None => {
-                            if let Some(mut done) = DoneGuard::new(pick.on_done, None) {
+                            if let Some(mut done) = DoneGuard::new(pick.on_done, None, None) {
                                 done.finish(
                                     &lb_core::Status::unavailable(
                                         "the picked subconn is not connected",
@@ -730,18 +734,32 @@ async fn pick(
                     }
                 }
                 Ok(PickResult::Queue) => {
+                    if waiter.is_none() {
+                        core.stats.metrics.pick_queued();
+                    }
                     if published.state == ConnectivityState::Idle {
                         core.request_exit_idle();
                     }
                     None
                 }
                 Ok(PickResult::Fail(status)) => {
-                    (!wait_for_ready).then(|| PickError::from(to_tonic(&status)))
+                    if wait_for_ready {
+                        if waiter.is_none() {
+                            core.stats.metrics.pick_queued();
+                        }
+                        None
+                    } else {
+                        core.stats.metrics.pick_failed();
+                        Some(PickError::from(to_tonic(&status)))
+                    }
                 }
-                Ok(PickResult::Drop(status)) => Some(PickError {
-                    status: to_tonic(&status),
-                    dropped: true,
-                }),
+                Ok(PickResult::Drop(status)) => {
+                    core.stats.metrics.pick_dropped();
+                    Some(PickError {
+                        status: to_tonic(&status),
+                        dropped: true,
+                    })
+                }
             }
         };
         if let Some(error) = failed {

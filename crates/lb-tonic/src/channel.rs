@@ -15,6 +15,7 @@ use crate::body::ResponseBody;
 use crate::call;
 use crate::control::{Control, ControlParts, Core, Msg, RetrySettings, policy_name};
 use crate::error::Error;
+use crate::introspect::{ChannelSnapshot, Stats};
 use crate::replay::BufferLimits;
 use crate::subconn::{Keepalive, TransportOptions};
 
@@ -123,6 +124,24 @@ impl LbChannel {
     pub fn policy(&self) -> String {
         self.handle.core.published.load().policy.to_string()
     }
+
+    /// What the channel is doing now: its target, policy and state, what the
+    /// resolver said last, and each subconn with its state, last error and RPC
+    /// counts. Costs a lock per call to this method, nothing on the RPC path beyond
+    /// the counters (see [`Builder::disable_metrics`]).
+    pub fn snapshot(&self) -> ChannelSnapshot {
+        let core = &self.handle.core;
+        let published = core.published.load();
+        ChannelSnapshot {
+            target: core.stats.target.clone(),
+            policy: published.policy.to_string(),
+            state: published.state,
+            picker_updates: *core.picker_version.borrow(),
+            calls_in_flight: core.activity.in_flight() as u64,
+            resolver: core.stats.resolver_snapshot(),
+            subconns: core.stats.subconn_snapshots(),
+        }
+    }
 }
 
 /// Configures an [`LbChannel`].
@@ -142,6 +161,7 @@ pub struct Builder {
     retries: bool,
     retry_buffer: BufferLimits,
     health_checks: bool,
+    metrics: bool,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConfig>,
 }
@@ -163,6 +183,7 @@ impl Builder {
             retries: true,
             retry_buffer: BufferLimits::default(),
             health_checks: true,
+            metrics: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -236,6 +257,16 @@ impl Builder {
     /// soon as they connect, whatever the service config's `healthCheckConfig` says.
     pub fn disable_health_check(mut self) -> Self {
         self.health_checks = false;
+        self
+    }
+
+    /// Stops counting RPCs: no per-subconn RPC counts in [`LbChannel::snapshot`] and
+    /// no channel metrics (see `docs/channel.md`), even with a `metrics` recorder
+    /// installed. Subconn states, errors and resolver updates are still in the
+    /// snapshot. Counting costs a few relaxed atomic additions per RPC; this exists
+    /// mostly to measure that.
+    pub fn disable_metrics(mut self) -> Self {
+        self.metrics = false;
         self
     }
 
@@ -331,6 +362,7 @@ impl Builder {
             #[cfg(feature = "tls")]
             tls: self.tls,
         });
+        let stats = Arc::new(Stats::new(target.to_string(), self.metrics));
         let core = Arc::new(Core::new(
             tx.clone(),
             default_config.clone(),
@@ -341,6 +373,7 @@ impl Builder {
                 enabled: self.retries,
                 buffer: self.retry_buffer,
             },
+            stats,
         ));
         let mut control = Control::new(ControlParts {
             core: core.clone(),

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::idle::Activity;
+use crate::introspect::Stats;
 use crate::replay::{Budget, BufferLimits};
 use crate::retry::Throttle;
 use crate::subconn::{TransportOptions, new_transport};
@@ -81,6 +82,8 @@ pub(crate) struct Core {
     pub(crate) budget: Arc<Budget>,
     /// Whether retry and hedging policies run (transparent retries always do).
     pub(crate) retries: bool,
+    /// Counters for snapshots and metrics.
+    pub(crate) stats: Arc<Stats>,
 }
 
 impl Core {
@@ -91,6 +94,7 @@ impl Core {
         policy: &str,
         transport: Arc<TransportOptions>,
         retry: RetrySettings,
+        stats: Arc<Stats>,
     ) -> Self {
         let throttle = config
             .retry_throttling()
@@ -112,6 +116,7 @@ impl Core {
             throttle: ArcSwapOption::new(throttle),
             budget: Arc::new(Budget::new(retry.buffer)),
             retries: retry.enabled,
+            stats,
         }
     }
 
@@ -206,11 +211,13 @@ impl ClientConn for ChannelCc {
         }
         let (transport, unstarted) = new_transport(options.health_check);
         let subconn = SubConn::new(address.clone(), Arc::new(transport));
+        let stats = self.core.stats.subconn(subconn.id(), address.clone());
         unstarted.spawn(
             subconn.id(),
             address,
             self.core.tx.clone(),
             self.transport.clone(),
+            stats,
         );
         self.subconns.insert(subconn.id(), subconn.clone());
         tracing::debug!(target = %self.target, subconn = %subconn.id(), addr = %subconn.address(), "subconn created");
@@ -412,10 +419,15 @@ impl Control {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Resolver(generation, state) if generation == self.resolver_generation => {
+                self.cc.core.stats.resolver_update(&state.addresses);
                 self.on_resolver_state(state);
             }
             Msg::ResolverError(generation, error) if generation == self.resolver_generation => {
                 tracing::warn!(target = %self.cc.target, %error, "resolver error");
+                self.cc
+                    .core
+                    .stats
+                    .resolver_error(crate::call::error_chain(error.as_ref()));
                 self.call(|s, cc| s.resolver_error(error, cc));
             }
             Msg::Resolver(..) | Msg::ResolverError(..) => {} // from a closed resolver

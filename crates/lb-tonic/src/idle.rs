@@ -34,6 +34,11 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Calls under way.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// When the channel may next be found idle for `timeout`, or `None` if it is
     /// idle for that long already.
     pub(crate) fn idle_check(&self, timeout: Duration) -> Option<Instant> {

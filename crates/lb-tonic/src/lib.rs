@@ -45,7 +45,9 @@ mod error;
 mod frames;
 mod health;
 mod idle;
+mod introspect;
 mod load_reports;
+mod metrics;
 mod replay;
 mod retry;
 mod stream;
@@ -62,6 +64,8 @@ pub use channel::{
     Builder, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_LIST_SIZE, LbChannel, ResponseFuture,
 };
 pub use error::{Error, TransportError};
+pub use introspect::{ChannelSnapshot, ResolverSnapshot, RpcCounts, SubConnSnapshot};
+pub use metrics::names as metric_names;
 pub use replay::BufferLimits;
 pub use subconn::Keepalive;
 #[cfg(feature = "tls")]

@@ -23,6 +23,7 @@ use crate::control::Msg;
 use crate::error::TransportError;
 use crate::frames::ConnSignals;
 use crate::health::{self, Health};
+use crate::introspect::SubConnStats;
 use crate::load_reports::{self, LoadWatch, OobEnd};
 
 /// HTTP/2 keepalive pings, as grpc-go's `keepalive.ClientParameters`.
@@ -132,6 +133,8 @@ pub(crate) struct Connected {
     cmds: mpsc::UnboundedSender<Cmd>,
     /// The subconn's load-report watch (per-call reports are handed to it).
     pub(crate) load_watch: Arc<LoadWatch>,
+    /// The subconn's counters, when the channel counts RPCs.
+    pub(crate) stats: Option<Arc<SubConnStats>>,
 }
 
 impl Connected {
@@ -228,8 +231,9 @@ impl Unstarted {
         address: Address,
         events: mpsc::UnboundedSender<Msg>,
         options: Arc<TransportOptions>,
+        stats: Arc<SubConnStats>,
     ) {
-        tokio::spawn(run(id, address, self, events, options));
+        tokio::spawn(run(id, address, self, events, options, stats));
     }
 }
 
@@ -238,6 +242,7 @@ struct Reporter {
     addr: Arc<str>,
     tracker: StateTracker,
     events: mpsc::UnboundedSender<Msg>,
+    stats: Arc<SubConnStats>,
 }
 
 impl Reporter {
@@ -253,6 +258,10 @@ impl Reporter {
             }
             None => tracing::debug!(subconn = %self.id, addr = %self.addr, %state, "subconn state"),
         }
+        self.stats.state(
+            state,
+            error.as_ref().map(|e| crate::call::error_chain(e.as_ref())),
+        );
         let _ = self.events.send(Msg::SubConnState {
             id: self.id,
             state: SubConnState { state, error },
@@ -282,6 +291,7 @@ async fn run(
     unstarted: Unstarted,
     events: mpsc::UnboundedSender<Msg>,
     options: Arc<TransportOptions>,
+    stats: Arc<SubConnStats>,
 ) {
     let Unstarted {
         mut cmds,
@@ -296,6 +306,7 @@ async fn run(
         addr: addr.clone(),
         tracker: StateTracker::new(),
         events,
+        stats: stats.clone(),
     };
     let mut backoff = Backoff::new(options.backoff);
     let endpoint = Endpoint::parse(&addr);
@@ -346,6 +357,7 @@ async fn run(
                     draining: AtomicBool::new(false),
                     cmds: drain,
                     load_watch: load_watch.clone(),
+                    stats: stats.counts_rpcs().then(|| stats.clone()),
                 });
                 connected.store(Some(conn.clone()));
                 if health_service.is_none() {

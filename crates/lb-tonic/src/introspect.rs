@@ -1,0 +1,297 @@
+//! What a channel is doing now, in the spirit of grpc-go's channelz:
+//! [`crate::LbChannel::snapshot`] returns a [`ChannelSnapshot`].
+//!
+//! The counters behind it are kept where the work already happens: each subconn's
+//! task updates its state, and each attempt's completion (which the channel tracks
+//! anyway) adds to its subconn's counts, with relaxed atomics. Picks touch none of it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use lb_core::{Address, Code, ConnectivityState, SubConnId};
+
+use crate::metrics::ChannelMetrics;
+
+/// A point-in-time view of one channel.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ChannelSnapshot {
+    /// The target the channel was built for.
+    pub target: String,
+    /// The policy serving RPCs.
+    pub policy: String,
+    /// The aggregate connectivity state.
+    pub state: ConnectivityState,
+    /// Pickers published so far (each change of the ready set, each weight update).
+    pub picker_updates: u64,
+    /// Calls under way (waiting for a pick, or in flight).
+    pub calls_in_flight: u64,
+    /// What the resolver said last.
+    pub resolver: ResolverSnapshot,
+    /// Every subconn the policy has now, by id.
+    pub subconns: Vec<SubConnSnapshot>,
+}
+
+/// The resolver's side of a [`ChannelSnapshot`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ResolverSnapshot {
+    /// The addresses of its last update, with their attributes.
+    pub addresses: Vec<Address>,
+    /// Updates received.
+    pub updates: u64,
+    /// Errors received.
+    pub errors: u64,
+    /// The last error, if the last thing it sent was an error.
+    pub last_error: Option<String>,
+    /// Time since its last update or error.
+    pub since_last: Option<Duration>,
+}
+
+/// One subconn in a [`ChannelSnapshot`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SubConnSnapshot {
+    /// The subconn's id.
+    pub id: SubConnId,
+    /// The address it connects to.
+    pub address: Address,
+    /// Its state now.
+    pub state: ConnectivityState,
+    /// How long it has been in that state.
+    pub in_state_for: Duration,
+    /// Why its last connection attempt failed or its connection was lost, if so.
+    pub last_error: Option<String>,
+    /// Connection attempts made.
+    pub connection_attempts: u64,
+    /// RPC attempts sent on it (counted when the channel's per-RPC counters are on:
+    /// see `Builder::disable_metrics`).
+    pub rpcs: RpcCounts,
+}
+
+/// RPC attempts on one subconn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RpcCounts {
+    /// Sent.
+    pub started: u64,
+    /// Ended with `OK`.
+    pub succeeded: u64,
+    /// Ended with any other status (cancellations included).
+    pub failed: u64,
+    /// Sent and not ended.
+    pub in_flight: u64,
+}
+
+/// One channel's counters, shared by its control task, subconn tasks and RPCs.
+pub(crate) struct Stats {
+    pub(crate) target: String,
+    pub(crate) metrics: ChannelMetrics,
+    epoch: Instant,
+    subconns: Mutex<BTreeMap<SubConnId, Arc<SubConnStats>>>,
+    resolver: Mutex<ResolverInfo>,
+    /// Whether RPC attempts are counted (`Builder::disable_metrics` turns it off).
+    pub(crate) count_rpcs: bool,
+}
+
+#[derive(Default)]
+struct ResolverInfo {
+    addresses: Vec<Address>,
+    updates: u64,
+    errors: u64,
+    last_error: Option<String>,
+    at: Option<Instant>,
+}
+
+impl Stats {
+    /// Counters for the channel to `target`; `enabled: false` turns off per-RPC
+    /// counting and metrics (states are still tracked).
+    pub(crate) fn new(target: String, enabled: bool) -> Self {
+        Self {
+            metrics: ChannelMetrics::new(&target, enabled),
+            target,
+            epoch: Instant::now(),
+            subconns: Mutex::default(),
+            resolver: Mutex::default(),
+            count_rpcs: enabled,
+        }
+    }
+
+    fn ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A new subconn's counters, registered for snapshots until it shuts down.
+    pub(crate) fn subconn(self: &Arc<Self>, id: SubConnId, address: Address) -> Arc<SubConnStats> {
+        let stats = Arc::new(SubConnStats {
+            id,
+            address,
+            channel: self.clone(),
+            state: AtomicU8::new(index(ConnectivityState::Idle)),
+            since_ms: AtomicU64::new(self.ms()),
+            last_error: Mutex::default(),
+            connection_attempts: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        self.subconns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, stats.clone());
+        stats
+    }
+
+    fn forget(&self, id: SubConnId) {
+        self.subconns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    pub(crate) fn resolver_update(&self, addresses: &[Address]) {
+        self.metrics.resolver_update(addresses.len());
+        let mut r = self.resolver.lock().unwrap_or_else(PoisonError::into_inner);
+        r.addresses = addresses.to_vec();
+        r.updates += 1;
+        r.last_error = None;
+        r.at = Some(Instant::now());
+    }
+
+    pub(crate) fn resolver_error(&self, error: String) {
+        self.metrics.resolver_error();
+        let mut r = self.resolver.lock().unwrap_or_else(PoisonError::into_inner);
+        r.errors += 1;
+        r.last_error = Some(error);
+        r.at = Some(Instant::now());
+    }
+
+    pub(crate) fn resolver_snapshot(&self) -> ResolverSnapshot {
+        let r = self.resolver.lock().unwrap_or_else(PoisonError::into_inner);
+        ResolverSnapshot {
+            addresses: r.addresses.clone(),
+            updates: r.updates,
+            errors: r.errors,
+            last_error: r.last_error.clone(),
+            since_last: r.at.map(|at| at.elapsed()),
+        }
+    }
+
+    pub(crate) fn subconn_snapshots(&self) -> Vec<SubConnSnapshot> {
+        let now = self.ms();
+        self.subconns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|s| s.snapshot(now))
+            .collect()
+    }
+}
+
+/// One subconn's counters.
+pub(crate) struct SubConnStats {
+    id: SubConnId,
+    address: Address,
+    channel: Arc<Stats>,
+    state: AtomicU8,
+    since_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    connection_attempts: AtomicU64,
+    in_flight: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+}
+
+fn index(state: ConnectivityState) -> u8 {
+    ConnectivityState::ALL
+        .iter()
+        .position(|s| *s == state)
+        .map_or(0, |i| i as u8)
+}
+
+impl SubConnStats {
+    /// The subconn moved to `state`; `error` says why, when it failed. A subconn
+    /// that shuts down leaves the snapshots.
+    pub(crate) fn state(&self, state: ConnectivityState, error: Option<String>) {
+        let previous = self.state.swap(index(state), Ordering::Relaxed);
+        self.since_ms.store(self.channel.ms(), Ordering::Relaxed);
+        let metrics = &self.channel.metrics;
+        metrics.state_change(state);
+        match state {
+            ConnectivityState::Connecting => {
+                self.connection_attempts.fetch_add(1, Ordering::Relaxed);
+            }
+            ConnectivityState::Ready | ConnectivityState::TransientFailure
+                if previous == index(ConnectivityState::Connecting) =>
+            {
+                metrics.connection_attempt(state == ConnectivityState::Ready);
+            }
+            ConnectivityState::Shutdown => {
+                self.channel.forget(self.id);
+                return;
+            }
+            _ => {}
+        }
+        if error.is_some() || state == ConnectivityState::Ready {
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = error;
+        }
+    }
+
+    /// Whether RPC attempts on the subconn are counted.
+    pub(crate) fn counts_rpcs(&self) -> bool {
+        self.channel.count_rpcs
+    }
+
+    /// An RPC attempt was sent on the subconn.
+    #[inline]
+    pub(crate) fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An attempt sent on the subconn ended with `code`.
+    #[inline]
+    pub(crate) fn ended(&self, code: Code) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.channel.metrics.attempt(code);
+        if code == Code::Ok {
+            self.succeeded.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self, now_ms: u64) -> SubConnSnapshot {
+        let state = ConnectivityState::ALL
+            .get(usize::from(self.state.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(ConnectivityState::Idle);
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let succeeded = self.succeeded.load(Ordering::Relaxed);
+        let failed = self.failed.load(Ordering::Relaxed);
+        SubConnSnapshot {
+            id: self.id,
+            address: self.address.clone(),
+            state,
+            in_state_for: Duration::from_millis(
+                now_ms.saturating_sub(self.since_ms.load(Ordering::Relaxed)),
+            ),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            connection_attempts: self.connection_attempts.load(Ordering::Relaxed),
+            rpcs: RpcCounts {
+                started: in_flight + succeeded + failed,
+                succeeded,
+                failed,
+                in_flight,
+            },
+        }
+    }
+}
