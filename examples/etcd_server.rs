@@ -6,9 +6,11 @@
 //! cargo run -p examples --features registries --example etcd_server -- 127.0.0.1:50051
 //! ```
 //!
-//! It serves the echo service, registers `greeter/127.0.0.1:50051` in the format of
-//! etcd's Go `naming/endpoints` package (so Go clients find it too), and deregisters
-//! on Ctrl-C or after `RUN_SECS` (default 300) seconds. If another process registers
+//! It serves the echo service and `grpc.health.v1.Health`, registers
+//! `greeter/127.0.0.1:50051` in the format of etcd's Go `naming/endpoints` package (so
+//! Go clients find it too), and on SIGTERM, Ctrl-C or after `RUN_SECS` (default 300)
+//! seconds stops without failing an RPC (`lb_server::Shutdown`: NOT_SERVING,
+//! deregister, 1 s for clients to see it, drain with GOAWAY, exit). If another process registers
 //! the same address meanwhile (the new process of a rolling restart), the key becomes
 //! its, and this one's deregistration leaves it in place. Kill it with SIGKILL instead
 //! and the key expires with its 10 s lease. `ETCD_ENDPOINTS` (comma-separated) overrides
@@ -18,6 +20,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lb_resolvers::etcd::{EtcdOptions, EtcdRegistrar};
+use lb_server::Shutdown;
 use lb_testkit::EchoService;
 use lb_testkit::pb::echo_server::EchoServer;
 use tonic::transport::server::TcpIncoming;
@@ -46,11 +49,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(EchoServer::new(EchoService::new(addr.to_string())))
-            .serve_with_incoming(incoming),
-    );
 
     let options = EtcdOptions {
         endpoints,
@@ -66,12 +64,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     println!("serving on {addr}, registered as {}", registrar.key());
 
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => println!("interrupted"),
-        () = tokio::time::sleep(run_for) => println!("ran for {run_for:?}"),
-    }
-    registrar.deregister().await;
-    println!("deregistered");
-    server.abort();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let stopped = Shutdown::new()
+        .deregister(registrar)
+        .health(health, ["echo.Echo"])
+        .on(async move {
+            tokio::select! {
+                () = lb_server::stop_signal() => println!("asked to stop"),
+                () = tokio::time::sleep(run_for) => println!("ran for {run_for:?}"),
+            }
+        })
+        .serve(|drained| {
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(EchoServer::new(EchoService::new(addr.to_string())))
+                .serve_with_incoming_shutdown(incoming, drained)
+        })
+        .await?;
+    println!("deregistered and drained: {stopped:?}");
     Ok(())
 }

@@ -7,8 +7,10 @@
 //! cargo run -p examples --features registries --example zk_server -- 127.0.0.1:50051
 //! ```
 //!
-//! It serves the echo service, creates `/services/greeter/<id>`, and deletes it on
-//! Ctrl-C or after `RUN_SECS` (default 300) seconds; killed, its node vanishes with
+//! It serves the echo service and `grpc.health.v1.Health`, creates
+//! `/services/greeter/<id>`, and on SIGTERM, Ctrl-C or after `RUN_SECS` (default 300)
+//! seconds stops without failing an RPC (`lb_server::Shutdown`: NOT_SERVING, delete
+//! the node, 1 s for clients to see it, drain with GOAWAY, exit); killed, its node vanishes with
 //! its 10 s session. If a node with its id exists under another session (the old
 //! process of a rolling restart), it waits for that one to go, then creates its own;
 //! it never deletes a node it does not own. `ZK` (connect string) and `WEIGHT` (`payload.weight`) can be set.
@@ -17,6 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lb_resolvers::zookeeper::{ZkOptions, ZkRegistrar};
+use lb_server::Shutdown;
 use lb_testkit::EchoService;
 use lb_testkit::pb::echo_server::EchoServer;
 use tonic::transport::server::TcpIncoming;
@@ -41,11 +44,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(EchoServer::new(EchoService::new(addr.to_string())))
-            .serve_with_incoming(incoming),
-    );
 
     let options = ZkOptions {
         cluster,
@@ -64,12 +62,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     println!("serving on {addr}, registered at {}", registrar.path());
 
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => println!("interrupted"),
-        () = tokio::time::sleep(run_for) => println!("ran for {run_for:?}"),
-    }
-    registrar.deregister().await;
-    println!("deregistered");
-    server.abort();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let stopped = Shutdown::new()
+        .deregister(registrar)
+        .health(health, ["echo.Echo"])
+        .on(async move {
+            tokio::select! {
+                () = lb_server::stop_signal() => println!("asked to stop"),
+                () = tokio::time::sleep(run_for) => println!("ran for {run_for:?}"),
+            }
+        })
+        .serve(|drained| {
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(EchoServer::new(EchoService::new(addr.to_string())))
+                .serve_with_incoming_shutdown(incoming, drained)
+        })
+        .await?;
+    println!("deregistered and drained: {stopped:?}");
     Ok(())
 }

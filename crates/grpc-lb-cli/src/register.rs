@@ -142,14 +142,28 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
             args.registry
         );
     }
-    tokio::select! {
-        () = stop_signal() => {}
-        () = sleep_for(args.run_for) => {}
-    }
-    match registration {
-        Registration::Etcd(r) => r.deregister().await,
-        Registration::Zk(r) => r.deregister().await,
-    }
+    // The same sequence a server runs (`lb_server::Shutdown`), with nothing to
+    // drain: deregister on the signal, then exit.
+    let shutdown = match registration {
+        Registration::Etcd(r) => lb_server::Shutdown::new().deregister(r),
+        Registration::Zk(r) => lb_server::Shutdown::new().deregister(r),
+    };
+    let run_for = args.run_for;
+    shutdown
+        .propagation_delay(Duration::ZERO)
+        .deregister_timeout(args.timeout)
+        .on(async move {
+            tokio::select! {
+                () = stop_signal() => {}
+                () = sleep_for(run_for) => {}
+            }
+        })
+        .serve(|drained| async move {
+            drained.await;
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .await
+        .map_err(|e| Failure(e.to_string()))?;
     if args.json {
         print_json(&json!({ "time": now(), "event": "deregistered", "key": key }));
     } else {
