@@ -420,7 +420,7 @@ pub enum EtcdError {
         /// etcd's answer.
         reason: String,
         /// The client's error, if there was one (a canceled watch has none).
-        source: Option<etcd_client::Error>,
+        source: Option<Box<etcd_client::Error>>,
     },
     /// etcd could not be reached: no connection, a connection closed (with mutual
     /// TLS, possibly etcd refusing the client certificate), or no answer in time.
@@ -640,13 +640,13 @@ impl EtcdConnection {
                 if let Some(reason) = auth_failure(&source) {
                     return self.auth_error(what, reason, Some(source));
                 }
-                if self.options.tls.is_some() {
-                    if let Some(reason) = tls_failure(&source) {
-                        return EtcdError::Tls {
-                            endpoints: self.options.endpoint_list(),
-                            reason: self.tls_hint(reason),
-                        };
-                    }
+                if self.options.tls.is_some()
+                    && let Some(reason) = tls_failure(&source)
+                {
+                    return EtcdError::Tls {
+                        endpoints: self.options.endpoint_list(),
+                        reason: self.tls_hint(reason),
+                    };
                 }
                 if unreachable(&source) {
                     return EtcdError::Unreachable {
@@ -698,7 +698,7 @@ impl EtcdConnection {
             },
             what,
             reason,
-            source,
+            source: source.map(Box::new),
         }
     }
 

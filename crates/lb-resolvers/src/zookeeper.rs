@@ -191,16 +191,16 @@ impl ZkOptions {
     /// Checks the settings: a digest user that is not empty and has no `:`, and an
     /// ACL that can be set with the credentials given.
     pub fn validate(&self) -> Result<(), ZkError> {
-        if let Some(digest) = &self.digest {
-            if digest.user.is_empty() || digest.user.contains(':') {
-                return Err(ZkError::InvalidSetting {
-                    setting: "digest",
-                    reason: format!(
-                        "the user `{}` must be non-empty and without `:`",
-                        digest.user
-                    ),
-                });
-            }
+        if let Some(digest) = &self.digest
+            && (digest.user.is_empty() || digest.user.contains(':'))
+        {
+            return Err(ZkError::InvalidSetting {
+                setting: "digest",
+                reason: format!(
+                    "the user `{}` must be non-empty and without `:`",
+                    digest.user
+                ),
+            });
         }
         if matches!(self.acl, ZkAcl::CreatorAll { .. }) && self.digest.is_none() {
             return Err(ZkError::InvalidSetting {

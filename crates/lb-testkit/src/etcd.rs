@@ -277,13 +277,14 @@ impl EtcdServer {
             .map_err(|e| {
                 format!("cannot run etcdctl ({e}); install it with `apt-get install etcd-client`")
             })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            if let Some(input) = input {
-                stdin
-                    .write_all(format!("{input}\n").as_bytes())
-                    .await
-                    .map_err(|e| format!("etcdctl stdin: {e}"))?;
-            }
+        // Without input, stdin closes here.
+        if let Some(mut stdin) = child.stdin.take()
+            && let Some(input) = input
+        {
+            stdin
+                .write_all(format!("{input}\n").as_bytes())
+                .await
+                .map_err(|e| format!("etcdctl stdin: {e}"))?;
         }
         let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
             .await
