@@ -630,11 +630,24 @@ impl EtcdConnection {
         Ok(fresh)
     }
 
-    /// The error to report for `e`: a refusal of our credentials or permissions
-    /// becomes [`EtcdError::Auth`]; with TLS, a failure to reach etcd is checked with
-    /// a handshake of our own and, if that fails, becomes [`EtcdError::Tls`]. Both name
-    /// the endpoints.
+    /// The error to report for `e`, naming the endpoints: a refusal of our
+    /// credentials or permissions becomes [`EtcdError::Auth`]; a failure to connect
+    /// caused by TLS (a certificate, an alert) [`EtcdError::Tls`]; another failure to
+    /// reach etcd [`EtcdError::Unreachable`]. A stale token is renewed on the way.
     async fn explain(&self, e: EtcdError) -> EtcdError {
+        // A token etcd no longer knows (it restarted, or the token expired): the
+        // client's own refresh covers unary requests, not streams (a watch is
+        // canceled, a keep-alive fails). Log in again; if that fails, that is the
+        // error.
+        if self.options.credentials.is_some() && e.to_string().contains("invalid auth token") {
+            let client = self.client.lock().await.clone();
+            if let Some(client) = client
+                && let Err(source) = client.refresh_token().await
+            {
+                let reason = auth_failure(&source).unwrap_or_else(|| source.to_string());
+                return self.auth_error("authenticate".to_owned(), reason, Some(source));
+            }
+        }
         match e {
             EtcdError::Request { what, source } => {
                 if let Some(reason) = auth_failure(&source) {
@@ -656,25 +669,6 @@ impl EtcdConnection {
                     };
                 }
                 EtcdError::Request { what, source }
-            }
-            // A watch created with a token etcd no longer knows (it restarted, or the
-            // token expired) is canceled: the client's own refresh covers requests,
-            // not this. Log in again; if that fails, that is the error.
-            EtcdError::WatchCanceled { prefix, reason }
-                if self.options.credentials.is_some() && reason.contains("invalid auth token") =>
-            {
-                let client = self.client.lock().await.clone();
-                match client {
-                    Some(client) => match client.refresh_token().await {
-                        Ok(()) => EtcdError::WatchCanceled { prefix, reason },
-                        Err(source) => {
-                            let reason =
-                                auth_failure(&source).unwrap_or_else(|| source.to_string());
-                            self.auth_error("authenticate".to_owned(), reason, Some(source))
-                        }
-                    },
-                    None => EtcdError::WatchCanceled { prefix, reason },
-                }
             }
             EtcdError::WatchCanceled { prefix, reason } => match auth_reason(&reason) {
                 Some(why) => self.auth_error(format!("watch {prefix}"), why, None),

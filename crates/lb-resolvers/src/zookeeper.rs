@@ -63,6 +63,21 @@ use crate::watching::{
 const PIPELINE: usize = 1024;
 
 /// ZooKeeper connection settings.
+///
+/// Build it with struct update syntax (`..ZkOptions::default()`) and the `with_`
+/// methods:
+///
+/// ```
+/// use lb_resolvers::zookeeper::{ZkAcl, ZkOptions};
+///
+/// let options = ZkOptions {
+///     cluster: "10.0.0.7:2181,10.0.0.8:2181".to_owned(),
+///     ..ZkOptions::default()
+/// }
+/// .with_digest("greeter", "s3cret")
+/// .with_acl(ZkAcl::CreatorAll { world_read: true });
+/// assert!(options.validate().is_ok());
+/// ```
 #[derive(Debug, Clone)]
 pub struct ZkOptions {
     /// The connect string (`host:port,host:port`) for targets without an authority.

@@ -920,6 +920,49 @@ mod secured {
     }
 
     #[tokio::test]
+    async fn with_auth_a_registration_survives_an_etcd_restart_that_forgets_its_token() {
+        tokio::time::timeout(LIMIT, async {
+            let mut etcd = secured(true, true).await;
+            let options = tls_options(&etcd).with_credentials("app", "app-secret");
+            let mut w = resolve_with(&etcd, options.clone(), "greeter");
+            let ttl = Duration::from_secs(2);
+            let _r = EtcdRegistrar::register(options, "greeter", "127.0.0.1:7106", None, ttl)
+                .await
+                .unwrap();
+            w.expect_addrs(&["127.0.0.1:7106"], WAIT).await;
+            // etcd keeps tokens in memory: after a restart both the registrar's
+            // streams and the resolver's watch must log in again.
+            etcd.kill().await;
+            tokio::time::sleep(ttl * 2).await;
+            etcd.restart().await.unwrap();
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    let out = etcd
+                        .etcdctl(&["get", "greeter/127.0.0.1:7106", "--print-value-only"])
+                        .await
+                        .unwrap();
+                    if out.contains("127.0.0.1:7106") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .expect("the registration did not come back");
+            etcd.etcdctl(&["put", "greeter/late", r#"{"Op":0,"Addr":"10.0.0.9:80"}"#])
+                .await
+                .unwrap();
+            w.expect_addrs(&["10.0.0.9:80", "127.0.0.1:7106"], WAIT)
+                .await;
+            // Still held a while later (the lease is kept alive on the new token).
+            tokio::time::sleep(ttl * 2).await;
+            assert_eq!(w.current(), ["10.0.0.9:80", "127.0.0.1:7106"]);
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
     async fn with_tls_an_untrusted_server_certificate_is_an_error_naming_the_endpoint() {
         tokio::time::timeout(LIMIT, async {
             let etcd = secured(true, false).await;
