@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{WAIT, Watching, build_error, watching};
 use lb_resolvers::Metadata;
 use lb_resolvers::zookeeper::{ZkOptions, ZkRegistrar, ZkResolverBuilder};
-use lb_testkit::ZooKeeperServer;
+use lb_testkit::{ZK_SUPER_USER, ZooKeeperServer};
 use zookeeper_client as zk;
 
 fn options(zk: &ZooKeeperServer) -> ZkOptions {
@@ -626,7 +626,9 @@ mod secured {
     #[tokio::test]
     async fn digest_with_a_creator_acl_only_the_same_digest_reads_or_registers() {
         tokio::time::timeout(LIMIT, async {
-            let server = ZooKeeperServer::start().await.unwrap();
+            let server = ZooKeeperServer::start_with_super_digest("super-pw")
+                .await
+                .unwrap();
             let app = options(&server)
                 .with_digest("app", "app-secret")
                 .with_acl(ZkAcl::CreatorAll { world_read: false });
@@ -642,12 +644,15 @@ mod secured {
                 anonymous.get_acl("/services/vault/one").await.unwrap_err(),
                 zk::Error::NoAuth
             );
-            let owner = zk::Client::connector()
-                .with_auth("digest", b"app:app-secret")
+            // The server's super user sees past ACLs.
+            let admin = zk::Client::connector()
+                .with_auth("digest", format!("{ZK_SUPER_USER}:super-pw").as_bytes())
                 .connect(&server.connect_string())
                 .await
                 .unwrap();
-            let (acl, _) = owner.get_acl("/services/vault/one").await.unwrap();
+            let (data, _) = admin.get_data("/services/vault/one").await.unwrap();
+            assert!(String::from_utf8_lossy(&data).contains("7201"));
+            let (acl, _) = admin.get_acl("/services/vault/one").await.unwrap();
             assert_eq!(acl.len(), 1, "{acl:?}");
             assert_eq!(acl[0].scheme(), "digest");
             assert!(acl[0].id().starts_with("app:"), "{acl:?}");

@@ -43,7 +43,7 @@ pub use peers::{BadPeer, Misbehavior};
 pub use proxy::TcpProxy;
 pub use tls::{PkiFiles, TestPki};
 use tokio_rustls::TlsAcceptor;
-pub use zookeeper::ZooKeeperServer;
+pub use zookeeper::{ZK_SUPER_USER, ZooKeeperServer};
 
 /// The generated echo service.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
