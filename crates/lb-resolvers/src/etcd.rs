@@ -27,17 +27,27 @@
 //!   its lease (a newer process registered with the same address keeps its entry),
 //!   then revokes the lease. A registrar that dies leaves the key to expire with the
 //!   lease's TTL.
+//! * Secured etcd: [`EtcdOptions::with_tls`] (a CA to trust, and a client certificate
+//!   for etcd's `--client-cert-auth`) and [`EtcdOptions::with_credentials`] (etcd's
+//!   user and password authentication) apply to resolvers and registrars alike. A
+//!   wrong password is an [`EtcdError::Auth`], a server certificate that cannot be
+//!   verified an [`EtcdError::Tls`], both naming the endpoints; resolvers report them
+//!   and keep retrying, keeping their last good set.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, Txn, TxnOp,
-    WatchClient, WatchOptions, WatchResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchClient, WatchOptions, WatchResponse,
 };
 use lb_core::resolver::{BuildError, ClientConn};
 use lb_core::{Address, Resolver, ResolverBuilder, Target};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -61,9 +71,26 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
 const MAX_COMPACTED_LISTS: u32 = 3;
 
 /// Connection settings for etcd.
+///
+/// Build it with struct update syntax (`..EtcdOptions::default()`) or the `with_`
+/// methods:
+///
+/// ```
+/// use lb_resolvers::etcd::{EtcdOptions, EtcdTls};
+///
+/// let options = EtcdOptions::default()
+///     .with_endpoints(["https://etcd-0.internal:2379"])
+///     .with_tls(
+///         EtcdTls::new("/etc/etcd/ca.pem")
+///             .with_client_identity("/etc/etcd/client.pem", "/etc/etcd/client-key.pem"),
+///     )
+///     .with_credentials("greeter", "s3cret");
+/// ```
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
-    /// etcd endpoints (`http://host:port`) for targets without an authority.
+    /// etcd endpoints (`http://host:port`, or `https://host:port` with
+    /// [`EtcdOptions::tls`]) for targets without an authority. Targets with one
+    /// (`etcd://host:port/service`) use `https://` when `tls` is set.
     pub endpoints: Vec<String>,
     /// The first wait before reconnecting, re-listing or registering again after an
     /// error (default 1 s); each further wait is 1.6 times longer, up to 10 s (see
@@ -72,6 +99,12 @@ pub struct EtcdOptions {
     pub retry_interval: Duration,
     /// Connect and request timeout, and the HTTP/2 keepalive interval (default 5 s).
     pub timeout: Duration,
+    /// TLS to etcd's client port (default `None`: plaintext). See
+    /// [`EtcdOptions::with_tls`].
+    pub tls: Option<EtcdTls>,
+    /// A user and password for etcd's authentication (default `None`). See
+    /// [`EtcdOptions::with_credentials`].
+    pub credentials: Option<EtcdCredentials>,
 }
 
 impl Default for EtcdOptions {
@@ -80,24 +113,256 @@ impl Default for EtcdOptions {
             endpoints: vec!["http://127.0.0.1:2379".to_owned()],
             retry_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(5),
+            tls: None,
+            credentials: None,
         }
     }
 }
 
+/// TLS settings for etcd's client port: the CA that signed etcd's server
+/// certificate and, for etcd's `--client-cert-auth`, a client certificate and key.
+/// All are PEM files, read when a client connects (a missing or unreadable file is an
+/// [`EtcdError::TlsFile`] naming it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EtcdTls {
+    /// The CA certificate(s) to verify etcd's server certificate with (etcdctl's
+    /// `--cacert`). Only these are trusted.
+    pub ca_cert_path: PathBuf,
+    /// The client certificate (etcdctl's `--cert`); set together with
+    /// `client_key_path`.
+    pub client_cert_path: Option<PathBuf>,
+    /// The client certificate's private key (etcdctl's `--key`), PKCS#8, PKCS#1 or
+    /// SEC1.
+    pub client_key_path: Option<PathBuf>,
+    /// The name to verify the server certificate against, when it is not the
+    /// endpoint's host (e.g. endpoints given by IP address, a certificate for
+    /// `etcd.internal`).
+    pub domain: Option<String>,
+}
+
+impl EtcdTls {
+    /// Trust the CA certificate(s) in `ca_cert_path`; no client certificate.
+    pub fn new(ca_cert_path: impl Into<PathBuf>) -> Self {
+        Self {
+            ca_cert_path: ca_cert_path.into(),
+            client_cert_path: None,
+            client_key_path: None,
+            domain: None,
+        }
+    }
+
+    /// Present this client certificate and key (mutual TLS).
+    #[must_use]
+    pub fn with_client_identity(
+        mut self,
+        cert_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_cert_path = Some(cert_path.into());
+        self.client_key_path = Some(key_path.into());
+        self
+    }
+
+    /// Verify the server certificate against `domain` instead of the endpoint's host.
+    #[must_use]
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// Reads and checks the files; the client's TLS settings.
+    fn load(&self) -> Result<TlsOptions, EtcdError> {
+        let ca = read_pem(&self.ca_cert_path, "CA certificate")?;
+        let count = CertificateDer::pem_slice_iter(&ca)
+            .filter(|c| c.is_ok())
+            .count();
+        if count == 0 {
+            return Err(EtcdError::TlsFile {
+                file: "CA certificate",
+                path: self.ca_cert_path.clone(),
+                reason: "no PEM certificate in it".to_owned(),
+            });
+        }
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+        match (&self.client_cert_path, &self.client_key_path) {
+            (None, None) => {}
+            (Some(cert_path), Some(key_path)) => {
+                let cert = read_pem(cert_path, "client certificate")?;
+                if CertificateDer::pem_slice_iter(&cert).next().is_none() {
+                    return Err(EtcdError::TlsFile {
+                        file: "client certificate",
+                        path: cert_path.clone(),
+                        reason: "no PEM certificate in it".to_owned(),
+                    });
+                }
+                let key = read_pem(key_path, "client key")?;
+                if let Err(e) = PrivateKeyDer::from_pem_slice(&key) {
+                    return Err(EtcdError::TlsFile {
+                        file: "client key",
+                        path: key_path.clone(),
+                        reason: format!("no PEM private key in it ({e})"),
+                    });
+                }
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(EtcdError::InvalidSetting {
+                    setting: "tls",
+                    reason: "a client certificate needs its key and a key its certificate: set both `client_cert_path` and `client_key_path`, or neither".to_owned(),
+                });
+            }
+        }
+        if let Some(domain) = &self.domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        Ok(tls)
+    }
+}
+
+fn read_pem(path: &Path, file: &'static str) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(path).map_err(|e| EtcdError::TlsFile {
+        file,
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A user name and password for etcd's authentication. Its `Debug` output hides the
+/// password.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EtcdCredentials {
+    /// The etcd user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl fmt::Debug for EtcdCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdCredentials")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
 impl EtcdOptions {
-    fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions::new()
+    /// Use these endpoints (`http://host:port`, `https://host:port` with TLS) for
+    /// targets without an authority.
+    #[must_use]
+    pub fn with_endpoints<I>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.endpoints = endpoints.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Talk to etcd over TLS: trust `tls.ca_cert_path`, and present a client
+    /// certificate if `tls` has one. Endpoints must then be `https://` (or have no
+    /// scheme); a `http://` one is an [`EtcdError::InvalidSetting`].
+    #[must_use]
+    pub fn with_tls(mut self, tls: EtcdTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Authenticate as `user` with `password` (etcd's `--user user:password`). The
+    /// client gets a token when it connects and a new one when etcd expires it; a
+    /// wrong password is an [`EtcdError::Auth`] naming the endpoints.
+    #[must_use]
+    pub fn with_credentials(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some(EtcdCredentials {
+            user: user.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// The client's settings; reads and checks the TLS files, checks the endpoints
+    /// and credentials.
+    fn connect_options(&self) -> Result<ConnectOptions, EtcdError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
             .with_keep_alive(self.timeout, self.timeout)
-            .with_require_leader(true)
+            .with_require_leader(true);
+        if self.endpoints.is_empty() {
+            return Err(EtcdError::InvalidSetting {
+                setting: "endpoints",
+                reason: "no endpoint".to_owned(),
+            });
+        }
+        for endpoint in &self.endpoints {
+            let plaintext = endpoint.starts_with("http://");
+            let secure = endpoint.starts_with("https://");
+            if self.tls.is_some() && plaintext {
+                return Err(EtcdError::InvalidSetting {
+                    setting: "endpoints",
+                    reason: format!(
+                        "`{endpoint}` is plaintext but TLS is configured: use `https://`"
+                    ),
+                });
+            }
+            if self.tls.is_none() && secure {
+                return Err(EtcdError::InvalidSetting {
+                    setting: "endpoints",
+                    reason: format!(
+                        "`{endpoint}` needs TLS settings (the CA to trust): see `EtcdOptions::with_tls`"
+                    ),
+                });
+            }
+        }
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.load()?);
+        }
+        if let Some(credentials) = &self.credentials {
+            if credentials.user.is_empty() {
+                return Err(EtcdError::InvalidSetting {
+                    setting: "credentials",
+                    reason: "the user name is empty".to_owned(),
+                });
+            }
+            options = options
+                .with_user(credentials.user.clone(), credentials.password.clone())
+                .with_auto_token_refresh(true);
+        }
+        Ok(options)
     }
 
-    /// What makes two option sets share a client: the endpoints and the timeout.
+    /// Checks what can be checked before connecting: the endpoints, the
+    /// credentials, and that the TLS files can be read and hold what they should.
+    pub fn validate(&self) -> Result<(), EtcdError> {
+        self.connect_options().map(drop)
+    }
+
+    /// The endpoints, for error messages.
+    fn endpoint_list(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    /// What makes two option sets share a client: the endpoints, the timeout, TLS and
+    /// credentials (the password only as a hash).
     fn connection_key(&self) -> String {
         let mut endpoints = self.endpoints.clone();
         endpoints.sort();
-        format!("{}|{:?}", endpoints.join(","), self.timeout)
+        let credentials = self.credentials.as_ref().map(|c| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            c.password.hash(&mut hasher);
+            (c.user.clone(), hasher.finish())
+        });
+        format!(
+            "{}|{:?}|{:?}|{:?}",
+            endpoints.join(","),
+            self.timeout,
+            self.tls,
+            credentials
+        )
     }
 }
 
@@ -141,6 +406,59 @@ pub enum EtcdError {
     NoHeader {
         /// What was asked.
         what: String,
+    },
+    /// etcd refused the credentials (wrong user or password), or the user may not do
+    /// what was asked.
+    #[error("etcd at {endpoints} refused {user} ({what}): {reason}")]
+    Auth {
+        /// The endpoints asked.
+        endpoints: String,
+        /// Who asked: ``user `name` `` or `an unauthenticated client`.
+        user: String,
+        /// What was asked.
+        what: String,
+        /// etcd's answer.
+        reason: String,
+        /// The client's error, if there was one (a canceled watch has none).
+        source: Option<Box<etcd_client::Error>>,
+    },
+    /// etcd could not be reached: no connection, a connection closed (with mutual
+    /// TLS, possibly etcd refusing the client certificate), or no answer in time.
+    #[error("etcd at {endpoints} unreachable ({what}): {source}")]
+    Unreachable {
+        /// The endpoints asked.
+        endpoints: String,
+        /// What was asked.
+        what: String,
+        /// The client's error.
+        source: etcd_client::Error,
+    },
+    /// A TLS handshake with etcd failed: its certificate cannot be verified with the
+    /// configured CA, or it refused our client certificate.
+    #[error("TLS with etcd at {endpoints} failed: {reason}")]
+    Tls {
+        /// The endpoints asked.
+        endpoints: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A TLS file named in the options cannot be used.
+    #[error("etcd TLS: cannot use the {file} file {}: {reason}", path.display())]
+    TlsFile {
+        /// Which file (`CA certificate`, `client certificate`, `client key`).
+        file: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A setting in [`EtcdOptions`] cannot be used.
+    #[error("etcd option `{setting}`: {reason}")]
+    InvalidSetting {
+        /// The setting (`endpoints`, `tls`, `credentials`).
+        setting: &'static str,
+        /// Why.
+        reason: String,
     },
     /// The registration's lease is gone (expired or revoked).
     #[error("etcd lease {lease:x} for `{key}` lost: {reason}")]
@@ -301,18 +619,171 @@ impl EtcdConnection {
         if let Some(c) = &*client {
             return Ok(c.clone());
         }
-        let fresh = Client::connect(
-            &self.options.endpoints,
-            Some(self.options.connect_options()),
-        )
-        .await
-        .map_err(request_error(format!(
-            "connect to {:?}",
-            self.options.endpoints
-        )))?;
+        let options = self.options.connect_options()?;
+        let fresh = Client::connect(&self.options.endpoints, Some(options))
+            .await
+            .map_err(request_error(format!(
+                "connect to {}",
+                self.options.endpoint_list()
+            )))?;
         *client = Some(fresh.clone());
         Ok(fresh)
     }
+
+    /// The error to report for `e`, naming the endpoints: a refusal of our
+    /// credentials or permissions becomes [`EtcdError::Auth`]; a failure to connect
+    /// caused by TLS (a certificate, an alert) [`EtcdError::Tls`]; another failure to
+    /// reach etcd [`EtcdError::Unreachable`]. A stale token is renewed on the way.
+    async fn explain(&self, e: EtcdError) -> EtcdError {
+        // A token etcd no longer knows (it restarted, or the token expired): the
+        // client's own refresh covers unary requests, not streams (a watch is
+        // canceled, a keep-alive fails). Log in again; if that fails, that is the
+        // error.
+        if self.options.credentials.is_some() && e.to_string().contains("invalid auth token") {
+            let client = self.client.lock().await.clone();
+            if let Some(client) = client
+                && let Err(source) = client.refresh_token().await
+            {
+                let reason = auth_failure(&source).unwrap_or_else(|| source.to_string());
+                return self.auth_error("authenticate".to_owned(), reason, Some(source));
+            }
+        }
+        match e {
+            EtcdError::Request { what, source } => {
+                if let Some(reason) = auth_failure(&source) {
+                    return self.auth_error(what, reason, Some(source));
+                }
+                if self.options.tls.is_some()
+                    && let Some(reason) = tls_failure(&source)
+                {
+                    return EtcdError::Tls {
+                        endpoints: self.options.endpoint_list(),
+                        reason: self.tls_hint(reason),
+                    };
+                }
+                if unreachable(&source) {
+                    return EtcdError::Unreachable {
+                        endpoints: self.options.endpoint_list(),
+                        what,
+                        source,
+                    };
+                }
+                EtcdError::Request { what, source }
+            }
+            EtcdError::WatchCanceled { prefix, reason } => match auth_reason(&reason) {
+                Some(why) => self.auth_error(format!("watch {prefix}"), why, None),
+                None => EtcdError::WatchCanceled { prefix, reason },
+            },
+            e => e,
+        }
+    }
+
+    fn auth_error(
+        &self,
+        what: String,
+        reason: String,
+        source: Option<etcd_client::Error>,
+    ) -> EtcdError {
+        EtcdError::Auth {
+            endpoints: self.options.endpoint_list(),
+            user: match &self.options.credentials {
+                Some(c) => format!("user `{}`", c.user),
+                None => "an unauthenticated client".to_owned(),
+            },
+            what,
+            reason,
+            source: source.map(Box::new),
+        }
+    }
+
+    /// Says which side a TLS failure is about.
+    fn tls_hint(&self, reason: String) -> String {
+        let ca = self
+            .options
+            .tls
+            .as_ref()
+            .map(|t| t.ca_cert_path.display().to_string())
+            .unwrap_or_default();
+        if reason.contains("invalid peer certificate") {
+            format!("its certificate cannot be verified with the CA in {ca}: {reason}")
+        } else if reason.contains("alert") {
+            format!(
+                "etcd refused the handshake (is a client certificate it trusts configured?): {reason}"
+            )
+        } else {
+            reason
+        }
+    }
+}
+
+/// What etcd says of a refusal of the client's credentials or permissions, if
+/// `message` is one.
+fn auth_reason(message: &str) -> Option<String> {
+    [
+        "authentication failed",
+        "invalid auth token",
+        "user name is empty",
+        "user name not found",
+        "authentication is not enabled",
+        "permission denied",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+    .then(|| {
+        let message = message.rsplit("desc = ").next().unwrap_or(message);
+        message.trim_start_matches("etcdserver: ").to_owned()
+    })
+}
+
+/// etcd's message when `e` is a refusal of the client's credentials or permissions.
+fn auth_failure(e: &etcd_client::Error) -> Option<String> {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return None;
+    };
+    // gRPC's UNAUTHENTICATED (16) and PERMISSION_DENIED (7).
+    auth_reason(status.message())
+        .or_else(|| matches!(status.code() as i32, 16 | 7).then(|| status.message().to_owned()))
+}
+
+/// Whether `e` says etcd could not be reached (no connection, a connection closed,
+/// no answer in time) rather than that it answered with an error.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        // CANCELLED (1) and UNKNOWN (2) from the transport, DEADLINE_EXCEEDED (4),
+        // UNAVAILABLE (14).
+        etcd_client::Error::GRpcStatus(s) => match s.code() as i32 {
+            4 | 14 => true,
+            1 | 2 => std::error::Error::source(s).is_some(),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// The TLS part of a failure to reach etcd (a certificate etcd's or ours fails to
+/// verify, a TLS alert), if `e` is one.
+fn tls_failure(e: &etcd_client::Error) -> Option<String> {
+    let mut messages = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            messages.push(status.message().to_owned());
+            Some(status)
+        }
+        etcd_client::Error::TransportError(e) => Some(e),
+        _ => None,
+    };
+    while let Some(e) = next {
+        messages.push(e.to_string());
+        next = e.source();
+    }
+    // The innermost message that is about TLS.
+    messages.into_iter().rev().find(|m| {
+        let m = m.to_ascii_lowercase();
+        ["certificate", "alert", "tls", "handshake"]
+            .iter()
+            .any(|w| m.contains(w))
+    })
 }
 
 /// Builds resolvers for `etcd:///service` (etcd from [`EtcdOptions::endpoints`]) and
@@ -394,12 +865,19 @@ impl ResolverBuilder for EtcdResolverBuilder {
         let runtime = crate::watching::runtime(target)?;
         let mut options = self.options.clone();
         if !target.authority().is_empty() {
+            let scheme = if options.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             options.endpoints = target
                 .authority()
                 .split(',')
-                .map(|hp| format!("http://{hp}"))
+                .map(|hp| format!("{scheme}://{hp}"))
                 .collect();
         }
+        // A setting that cannot work fails the build, naming it.
+        options.validate()?;
         let prefix = format!("{service}/");
         let follower = Follower {
             range_end: prefix_end(prefix.as_bytes()),
@@ -507,6 +985,7 @@ impl Follower {
     async fn run(mut self) {
         loop {
             let e = self.follow().await;
+            let e = self.connection.explain(e).await;
             self.log.error(&e);
             // What arrived before the error goes out now, not after the backoff.
             self.publisher.flush(&mut self.entries);
@@ -732,11 +1211,20 @@ impl EtcdRegistrar {
         let value = endpoint_value(addr, metadata.as_ref());
         let ttl = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let runtime = tokio::runtime::Handle::current();
+        options.validate()?;
         let connection = EtcdConnection::shared(&runtime, &options);
-        let mut client = connection.client().await?;
-        let lease = put_with_lease(&mut client, &key, &value, ttl).await?;
+        let first = match connection.client().await {
+            Ok(mut client) => put_with_lease(&mut client, &key, &value, ttl)
+                .await
+                .map(|lease| (client, lease)),
+            Err(e) => Err(e),
+        };
+        let (client, lease) = match first {
+            Ok(first) => first,
+            Err(e) => return Err(connection.explain(e).await),
+        };
         let registration = Registration {
-            _connection: connection,
+            connection,
             key: key.clone(),
             value,
             ttl,
@@ -789,8 +1277,8 @@ async fn put_with_lease(
 }
 
 struct Registration {
-    /// Held so that resolvers of this process share the client.
-    _connection: Arc<EtcdConnection>,
+    /// Held so that resolvers of this process share the client; explains errors.
+    connection: Arc<EtcdConnection>,
     key: String,
     value: String,
     ttl: i64,
@@ -805,7 +1293,10 @@ impl Registration {
         loop {
             tokio::select! {
                 _ = &mut stopped => return self.deregister(&mut client, lease).await,
-                e = self.hold(&mut client, lease) => self.log.error(&e),
+                e = self.hold(&mut client, lease) => {
+                    let e = self.connection.explain(e).await;
+                    self.log.error(&e);
+                }
             }
             // The lease is lost (or cannot be kept): register again under a new one,
             // after a backoff, until it works or we are stopped. The wait also covers
@@ -824,7 +1315,10 @@ impl Registration {
                             self.log.recovered();
                             break;
                         }
-                        Err(e) => self.log.error(&e),
+                        Err(e) => {
+                            let e = self.connection.explain(e).await;
+                            self.log.error(&e);
+                        }
                     },
                 }
             }

@@ -33,8 +33,15 @@
 //!   new session after an expiry. Deregistering deletes the node only if this
 //!   registrar's session owns it, then closes the session. A registrar that dies
 //!   leaves its node to vanish with its session.
+//! * Secured ZooKeeper: [`ZkOptions::with_digest`] authenticates sessions of resolvers
+//!   and registrars (`addauth digest user:password`), and [`ZkOptions::with_acl`]
+//!   protects the nodes a registrar creates ([`ZkAcl::CreatorAll`]: only sessions
+//!   with the same digest may change them; optionally anyone may read them). A
+//!   request an ACL refuses is a [`ZkError::NotAuthorized`] naming the ensemble.
 
 use std::collections::BTreeSet;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,6 +63,21 @@ use crate::watching::{
 const PIPELINE: usize = 1024;
 
 /// ZooKeeper connection settings.
+///
+/// Build it with struct update syntax (`..ZkOptions::default()`) and the `with_`
+/// methods:
+///
+/// ```
+/// use lb_resolvers::zookeeper::{ZkAcl, ZkOptions};
+///
+/// let options = ZkOptions {
+///     cluster: "10.0.0.7:2181,10.0.0.8:2181".to_owned(),
+///     ..ZkOptions::default()
+/// }
+/// .with_digest("greeter", "s3cret")
+/// .with_acl(ZkAcl::CreatorAll { world_read: true });
+/// assert!(options.validate().is_ok());
+/// ```
 #[derive(Debug, Clone)]
 pub struct ZkOptions {
     /// The connect string (`host:port,host:port`) for targets without an authority.
@@ -69,6 +91,12 @@ pub struct ZkOptions {
     /// [`ZkResolverBuilder::with_max_retry_interval`]), each randomized by ±20% so
     /// that clients do not retry in lockstep.
     pub retry_interval: Duration,
+    /// Digest credentials every session authenticates with (default `None`). See
+    /// [`ZkOptions::with_digest`].
+    pub digest: Option<ZkDigest>,
+    /// The ACL of the nodes a registrar creates (default [`ZkAcl::Open`]). See
+    /// [`ZkOptions::with_acl`].
+    pub acl: ZkAcl,
 }
 
 impl Default for ZkOptions {
@@ -78,11 +106,162 @@ impl Default for ZkOptions {
             base_path: "/services".to_owned(),
             session_timeout: Duration::from_secs(10),
             retry_interval: Duration::from_secs(1),
+            digest: None,
+            acl: ZkAcl::Open,
+        }
+    }
+}
+
+/// A user and password for ZooKeeper's `digest` scheme. Its `Debug` output hides the
+/// password.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ZkDigest {
+    /// The user (no `:` in it).
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl fmt::Debug for ZkDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZkDigest")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// Who may do what with the nodes a registrar creates: its instance node, the service
+/// node and missing parents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ZkAcl {
+    /// Anyone may do anything (`world:anyone:cdrwa`, ZooKeeper's `OPEN_ACL_UNSAFE`), as
+    /// Curator does by default.
+    #[default]
+    Open,
+    /// Only sessions authenticated with the registrar's digest may do anything with
+    /// the instance and service nodes (`auth::cdrwa`, ZooKeeper's
+    /// `CREATOR_ALL_ACL`); with `world_read`, anyone may also read them, so resolvers
+    /// need no credentials. Parents above the service node that the registrar creates
+    /// are readable by anyone and anyone may create children in them, so other
+    /// services can register beside it. Needs [`ZkOptions::with_digest`].
+    CreatorAll {
+        /// Whether anyone may read the nodes (`world:anyone:r`).
+        world_read: bool,
+    },
+}
+
+impl ZkAcl {
+    /// The ACL of the service and instance nodes.
+    fn node_acl(self) -> Vec<zk::Acl> {
+        match self {
+            ZkAcl::Open => vec![zk::Acl::new(zk::Permission::ALL, zk::AuthId::anyone())],
+            ZkAcl::CreatorAll { world_read } => {
+                let mut acl = vec![zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed())];
+                if world_read {
+                    acl.push(zk::Acl::new(zk::Permission::READ, zk::AuthId::anyone()));
+                }
+                acl
+            }
+        }
+    }
+
+    /// The ACL of the parents above the service node.
+    fn parent_acl(self) -> Vec<zk::Acl> {
+        match self {
+            ZkAcl::Open => self.node_acl(),
+            ZkAcl::CreatorAll { .. } => vec![
+                zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
+                zk::Acl::new(
+                    zk::Permission::READ | zk::Permission::CREATE,
+                    zk::AuthId::anyone(),
+                ),
+            ],
         }
     }
 }
 
 impl ZkOptions {
+    /// Authenticate every session with ZooKeeper's `digest` scheme as `user` with
+    /// `password` (`addauth digest user:password`). ZooKeeper accepts any digest; a
+    /// wrong password shows when an ACL refuses a request, as a
+    /// [`ZkError::NotAuthorized`].
+    #[must_use]
+    pub fn with_digest(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.digest = Some(ZkDigest {
+            user: user.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// The ACL of the nodes a registrar creates (default [`ZkAcl::Open`]).
+    #[must_use]
+    pub fn with_acl(mut self, acl: ZkAcl) -> Self {
+        self.acl = acl;
+        self
+    }
+
+    /// Checks the settings: a digest user that is not empty and has no `:`, and an
+    /// ACL that can be set with the credentials given.
+    pub fn validate(&self) -> Result<(), ZkError> {
+        if let Some(digest) = &self.digest
+            && (digest.user.is_empty() || digest.user.contains(':'))
+        {
+            return Err(ZkError::InvalidSetting {
+                setting: "digest",
+                reason: format!(
+                    "the user `{}` must be non-empty and without `:`",
+                    digest.user
+                ),
+            });
+        }
+        if matches!(self.acl, ZkAcl::CreatorAll { .. }) && self.digest.is_none() {
+            return Err(ZkError::InvalidSetting {
+                setting: "acl",
+                reason: "`CreatorAll` grants the creator's digest identity, and there is none: set `with_digest` too".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Who the sessions are, for error messages.
+    fn identity(&self) -> String {
+        match &self.digest {
+            Some(d) => format!("digest user `{}`", d.user),
+            None => "an unauthenticated session".to_owned(),
+        }
+    }
+
+    /// The error to report for `e`: a request an ACL refused becomes
+    /// [`ZkError::NotAuthorized`], naming the ensemble and who asked.
+    fn explain(&self, e: ZkError) -> ZkError {
+        match e {
+            ZkError::Request {
+                what,
+                source: source @ (zk::Error::NoAuth | zk::Error::AuthFailed),
+            } => ZkError::NotAuthorized {
+                cluster: self.cluster.clone(),
+                identity: self.identity(),
+                what,
+                source,
+            },
+            e => e,
+        }
+    }
+
+    /// What makes two option sets share a session: the ensemble, the session timeout
+    /// and the digest (its password only as a hash).
+    fn session_key(&self) -> String {
+        let digest = self.digest.as_ref().map(|d| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            d.password.hash(&mut hasher);
+            (d.user.clone(), hasher.finish())
+        });
+        format!("{}|{:?}|{:?}", self.cluster, self.session_timeout, digest)
+    }
+
     fn service_path(&self, service: &str) -> String {
         format!(
             "{}/{}",
@@ -92,8 +271,12 @@ impl ZkOptions {
     }
 
     async fn connect(&self) -> Result<zk::Client, ZkError> {
-        zk::Client::connector()
-            .with_session_timeout(self.session_timeout)
+        let mut connector = zk::Client::connector().with_session_timeout(self.session_timeout);
+        if let Some(digest) = &self.digest {
+            let auth = format!("{}:{}", digest.user, digest.password);
+            connector = connector.with_auth("digest", auth.as_bytes());
+        }
+        connector
             .connect(&self.cluster)
             .await
             .map_err(zk_error(format!("connect to {}", self.cluster)))
@@ -118,6 +301,30 @@ pub enum ZkError {
     Disconnected {
         /// The followed service node.
         path: String,
+    },
+    /// ZooKeeper refused a request: no ACL of the node grants it to this session's
+    /// identity (a wrong digest password, no digest, or a user the ACL does not
+    /// name).
+    #[error(
+        "ZooKeeper at {cluster} refused {what} to {identity} (wrong digest password, or no ACL grants it): {source}"
+    )]
+    NotAuthorized {
+        /// The ensemble's connect string.
+        cluster: String,
+        /// Who asked (``digest user `name` `` or `an unauthenticated session`).
+        identity: String,
+        /// What was asked (`list /services/greeter`, `create /services/greeter/1`).
+        what: String,
+        /// The client's error.
+        source: zk::Error,
+    },
+    /// A setting in [`ZkOptions`] cannot be used.
+    #[error("ZooKeeper option `{setting}`: {reason}")]
+    InvalidSetting {
+        /// The setting (`digest`, `acl`).
+        setting: &'static str,
+        /// Why.
+        reason: String,
     },
     /// The session ended (expired, closed, authentication failed): a new one follows.
     #[error("ZooKeeper session for {path} ended: {state}")]
@@ -259,8 +466,7 @@ static SESSIONS: LazyLock<SharedClients<ZkSession>> = LazyLock::new(SharedClient
 
 impl ZkSession {
     fn shared(runtime: &tokio::runtime::Handle, options: &ZkOptions) -> Arc<Self> {
-        let key = format!("{}|{:?}", options.cluster, options.session_timeout);
-        SESSIONS.get(runtime, &key, || Self {
+        SESSIONS.get(runtime, &options.session_key(), || Self {
             options: options.clone(),
             client: tokio::sync::Mutex::new(None),
         })
@@ -339,6 +545,8 @@ impl ResolverBuilder for ZkResolverBuilder {
         if !target.authority().is_empty() {
             options.cluster = target.authority().to_owned();
         }
+        // A setting that cannot work fails the build, naming it.
+        options.validate()?;
         let path = options.service_path(service);
         let follower = Follower {
             session: ZkSession::shared(&runtime, &options),
@@ -380,6 +588,7 @@ impl Follower {
     }
 
     fn error(&mut self, e: ZkError) {
+        let e = self.session.options.explain(e);
         self.log.error(&e);
         self.publisher.flush(&mut self.entries);
         self.publisher.report(Arc::new(e));
@@ -581,6 +790,7 @@ impl ZkRegistrar {
         let service_path = options.service_path(service);
         let path = format!("{service_path}/{id}");
         let data = instance_json(service.trim_matches('/'), id, host, port, payload.as_ref());
+        options.validate()?;
         let client = options.connect().await?;
         let node = Node {
             backoff: Backoff::new(options.retry_interval, DEFAULT_MAX_RETRY_INTERVAL),
@@ -590,7 +800,9 @@ impl ZkRegistrar {
             data,
             options,
         };
-        node.ensure(&client).await?;
+        node.ensure(&client)
+            .await
+            .map_err(|e| node.options.explain(e))?;
         let keeper = crate::watching::Keeper::spawn(move |stopped| node.keep(client, stopped));
         Ok(Self { path, keeper })
     }
@@ -617,14 +829,25 @@ struct Node {
 }
 
 impl Node {
-    /// Creates the node unless it exists (ours, or another session's).
+    /// Creates the node unless it exists (ours, or another session's), and the
+    /// service node and its parents if missing, with the configured ACLs.
     async fn ensure(&self, client: &zk::Client) -> Result<(), ZkError> {
-        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        match client.mkdir(&self.parent, &persistent).await {
-            Ok(()) | Err(zk::Error::NodeExists) => {}
+        let node_acl = self.options.acl.node_acl();
+        let parent_acl = self.options.acl.parent_acl();
+        let above = self.parent.rsplit_once('/').map_or("", |(above, _)| above);
+        if !above.is_empty() {
+            let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::new(&parent_acl));
+            match client.mkdir(above, &persistent).await {
+                Ok(()) | Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(zk_error(format!("create {above}"))(e)),
+            }
+        }
+        let service = zk::CreateMode::Persistent.with_acls(zk::Acls::new(&node_acl));
+        match client.create(&self.parent, &[], &service).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
             Err(e) => return Err(zk_error(format!("create {}", self.parent))(e)),
         }
-        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::new(&node_acl));
         match client
             .create(&self.path, self.data.as_bytes(), &ephemeral)
             .await
@@ -682,6 +905,7 @@ impl Node {
                 Err(e) => Some(zk_error(format!("watch {}", self.path))(e)),
             };
             let Some(e) = failed else { continue };
+            let e = self.options.explain(e);
             self.log.error(&e);
             tokio::select! {
                 _ = &mut stopped => return self.deregister(&client).await,

@@ -17,6 +17,7 @@ fn options(etcd: &EtcdServer) -> EtcdOptions {
         endpoints: vec![etcd.endpoint()],
         retry_interval: Duration::from_millis(100),
         timeout: Duration::from_secs(2),
+        ..EtcdOptions::default()
     }
 }
 
@@ -196,6 +197,7 @@ async fn registrar_child_process() {
         endpoints: vec![endpoint],
         retry_interval: Duration::from_millis(100),
         timeout: Duration::from_secs(2),
+        ..EtcdOptions::default()
     };
     let _r = EtcdRegistrar::register(
         options,
@@ -240,6 +242,7 @@ async fn a_compacted_revision_makes_the_resolver_list_again() {
         endpoints: vec![etcd.endpoint()],
         retry_interval: Duration::from_secs(2),
         timeout: Duration::from_secs(1),
+        ..EtcdOptions::default()
     });
     let mut w = watching(&builder, &format!("etcd://{}/svc", etcd.addr()));
     w.expect_addrs(&["10.0.0.1:80"], WAIT).await;
@@ -306,6 +309,7 @@ fn fast(etcd_endpoint: String) -> EtcdResolverBuilder {
         endpoints: vec![etcd_endpoint],
         retry_interval: Duration::from_millis(50),
         timeout: Duration::from_secs(2),
+        ..EtcdOptions::default()
     })
     .with_max_retry_interval(Duration::from_millis(400))
 }
@@ -767,4 +771,315 @@ async fn a_watch_catching_up_on_more_than_4_mib_of_events_gets_them_all() {
     assert_eq!(small.current(), Vec::<String>::new());
     let error = small.last_error();
     assert!(error.contains("message length too large"), "{error}");
+}
+
+// Secured etcd: client TLS (mutual) and user/password authentication.
+
+mod secured {
+    use super::*;
+    use lb_resolvers::etcd::{EtcdError, EtcdTls};
+    use lb_testkit::{EtcdSecurity, EtcdUser, TestPki};
+
+    /// Every secured test is bounded by this.
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    async fn secured(tls: bool, auth: bool) -> EtcdServer {
+        EtcdServer::start_secured(EtcdSecurity {
+            tls,
+            user: auth.then(|| EtcdUser::new("app", "app-secret", &["greeter/"])),
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Options that trust the server's CA and present its client certificate.
+    fn tls_options(etcd: &EtcdServer) -> EtcdOptions {
+        let files = etcd.tls_files().unwrap();
+        options(etcd).with_tls(
+            EtcdTls::new(&files.ca).with_client_identity(&files.client_cert, &files.client_key),
+        )
+    }
+
+    fn resolve_with(etcd: &EtcdServer, options: EtcdOptions, service: &str) -> Watching {
+        watching(
+            &EtcdResolverBuilder::new(options).with_max_retry_interval(Duration::from_millis(500)),
+            &format!("etcd://{}/{service}", etcd.addr()),
+        )
+    }
+
+    async fn register(options: EtcdOptions, addr: &str) -> Result<EtcdRegistrar, EtcdError> {
+        EtcdRegistrar::register(options, "greeter", addr, None, Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn over_mutual_tls_with_auth_a_registrar_and_a_resolver_work() {
+        tokio::time::timeout(LIMIT, async {
+            let etcd = secured(true, true).await;
+            let options = tls_options(&etcd).with_credentials("app", "app-secret");
+            let mut w = resolve_with(&etcd, options.clone(), "greeter");
+            w.expect_addrs(&[], WAIT).await;
+            let r = register(options, "127.0.0.1:7101").await.unwrap();
+            w.expect_addrs(&["127.0.0.1:7101"], WAIT).await;
+            // What the registrar wrote is there for etcdctl (root, over TLS) too.
+            let raw = etcd
+                .etcdctl(&["get", "greeter/127.0.0.1:7101", "--print-value-only"])
+                .await
+                .unwrap();
+            assert!(raw.contains("127.0.0.1:7101"), "{raw}");
+            r.deregister().await;
+            w.expect_addrs(&[], WAIT).await;
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
+    async fn with_auth_a_wrong_password_is_an_error_naming_the_endpoint() {
+        tokio::time::timeout(LIMIT, async {
+            let etcd = secured(false, true).await;
+            let wrong = options(&etcd).with_credentials("app", "not-the-password");
+            let err = register(wrong.clone(), "127.0.0.1:7102")
+                .await
+                .err()
+                .expect("registered with a wrong password");
+            assert!(matches!(err, EtcdError::Auth { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains(&etcd.endpoint()), "{text}");
+            assert!(text.contains("user `app`"), "{text}");
+            assert!(text.contains("authentication failed"), "{text}");
+            assert!(!text.contains("not-the-password"), "{text}");
+
+            let mut w = resolve_with(&etcd, wrong, "greeter");
+            w.expect_error_after(0).await;
+            let reported = w.last_error();
+            assert!(reported.contains(&etcd.endpoint()), "{reported}");
+            assert!(reported.contains("authentication failed"), "{reported}");
+            // And it keeps trying.
+            w.expect_error_after(1).await;
+
+            // A user may not read keys outside its prefixes: also named.
+            let mut other = resolve_with(
+                &etcd,
+                options(&etcd).with_credentials("app", "app-secret"),
+                "billing",
+            );
+            other.expect_error_after(0).await;
+            let reported = other.last_error();
+            assert!(reported.contains("permission denied"), "{reported}");
+            assert!(reported.contains(&etcd.endpoint()), "{reported}");
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
+    async fn with_auth_a_resolver_keeps_its_set_while_its_password_fails_and_recovers() {
+        tokio::time::timeout(LIMIT, async {
+            let mut etcd = secured(false, true).await;
+            etcd.etcdctl(&["put", "greeter/a", r#"{"Op":0,"Addr":"10.0.0.1:80"}"#])
+                .await
+                .unwrap();
+            let mut w = resolve_with(
+                &etcd,
+                options(&etcd).with_credentials("app", "app-secret"),
+                "greeter",
+            );
+            w.expect_addrs(&["10.0.0.1:80"], WAIT).await;
+            // The password changes, and a restart drops every connection and token:
+            // the resolver must log in again, and cannot.
+            etcd.set_password("app", "rotated").await.unwrap();
+            let errors = w.error_count();
+            etcd.restart().await.unwrap();
+            etcd.etcdctl(&["put", "greeter/b", r#"{"Op":0,"Addr":"10.0.0.2:80"}"#])
+                .await
+                .unwrap();
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    w.expect_error_after(w.error_count()).await;
+                    if w.last_error().contains("authentication failed") {
+                        break;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no authentication error; last: {}", w.last_error()));
+            assert!(w.error_count() > errors);
+            assert!(
+                w.last_error().contains(&etcd.endpoint()),
+                "{}",
+                w.last_error()
+            );
+            // The last good set stays.
+            assert_eq!(w.current(), ["10.0.0.1:80"]);
+            // Its password back, it lists again and sees what it missed.
+            etcd.set_password("app", "app-secret").await.unwrap();
+            w.expect_addrs(&["10.0.0.1:80", "10.0.0.2:80"], WAIT).await;
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
+    async fn with_auth_a_registration_survives_an_etcd_restart_that_forgets_its_token() {
+        tokio::time::timeout(LIMIT, async {
+            let mut etcd = secured(true, true).await;
+            let options = tls_options(&etcd).with_credentials("app", "app-secret");
+            let mut w = resolve_with(&etcd, options.clone(), "greeter");
+            let ttl = Duration::from_secs(2);
+            let _r = EtcdRegistrar::register(options, "greeter", "127.0.0.1:7106", None, ttl)
+                .await
+                .unwrap();
+            w.expect_addrs(&["127.0.0.1:7106"], WAIT).await;
+            // etcd keeps tokens in memory: after a restart both the registrar's
+            // streams and the resolver's watch must log in again.
+            etcd.kill().await;
+            tokio::time::sleep(ttl * 2).await;
+            etcd.restart().await.unwrap();
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    let out = etcd
+                        .etcdctl(&["get", "greeter/127.0.0.1:7106", "--print-value-only"])
+                        .await
+                        .unwrap();
+                    if out.contains("127.0.0.1:7106") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .expect("the registration did not come back");
+            etcd.etcdctl(&["put", "greeter/late", r#"{"Op":0,"Addr":"10.0.0.9:80"}"#])
+                .await
+                .unwrap();
+            w.expect_addrs(&["10.0.0.9:80", "127.0.0.1:7106"], WAIT)
+                .await;
+            // Still held a while later (the lease is kept alive on the new token).
+            tokio::time::sleep(ttl * 2).await;
+            assert_eq!(w.current(), ["10.0.0.9:80", "127.0.0.1:7106"]);
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
+    async fn with_tls_an_untrusted_server_certificate_is_an_error_naming_the_endpoint() {
+        tokio::time::timeout(LIMIT, async {
+            let etcd = secured(true, false).await;
+            let files = etcd.tls_files().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let other = TestPki::new().unwrap().write_files(dir.path()).unwrap();
+            // Our client certificate is fine; the CA we trust did not sign etcd's.
+            let untrusted = options(&etcd).with_tls(
+                EtcdTls::new(&other.ca).with_client_identity(&files.client_cert, &files.client_key),
+            );
+            let err = register(untrusted.clone(), "127.0.0.1:7103")
+                .await
+                .err()
+                .expect("registered with an untrusted server");
+            assert!(matches!(err, EtcdError::Tls { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains(&etcd.endpoint()), "{text}");
+            assert!(text.contains("certificate"), "{text}");
+
+            let mut w = resolve_with(&etcd, untrusted, "greeter");
+            w.expect_error_after(0).await;
+            let reported = w.last_error();
+            assert!(reported.contains(&etcd.endpoint()), "{reported}");
+            assert!(reported.contains("certificate"), "{reported}");
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
+    async fn with_tls_settings_that_cannot_work_are_rejected_naming_them() {
+        tokio::time::timeout(LIMIT, async {
+            let etcd = secured(true, false).await;
+            let files = etcd.tls_files().unwrap();
+            let missing = etcd
+                .tls_files()
+                .unwrap()
+                .client_key
+                .with_file_name("absent-key.pem");
+            let bad_key = options(&etcd).with_tls(
+                EtcdTls::new(&files.ca).with_client_identity(&files.client_cert, &missing),
+            );
+            let err = register(bad_key.clone(), "127.0.0.1:7104")
+                .await
+                .err()
+                .expect("registered with a missing key file");
+            assert!(
+                matches!(
+                    err,
+                    EtcdError::TlsFile {
+                        file: "client key",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string().contains(&missing.display().to_string()),
+                "{err}"
+            );
+            let build = build_error(
+                &EtcdResolverBuilder::new(bad_key),
+                &format!("etcd://{}/greeter", etcd.addr()),
+            );
+            assert!(build.contains(&missing.display().to_string()), "{build}");
+
+            // A CA file that holds no certificate.
+            let not_a_ca = options(&etcd).with_tls(EtcdTls::new(&files.client_key));
+            let err = not_a_ca.validate().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    EtcdError::TlsFile {
+                        file: "CA certificate",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+
+            // A certificate without its key.
+            let mut half = EtcdTls::new(&files.ca);
+            half.client_cert_path = Some(files.client_cert.clone());
+            let err = options(&etcd).with_tls(half).validate().unwrap_err();
+            assert!(
+                matches!(err, EtcdError::InvalidSetting { setting: "tls", .. }),
+                "{err:?}"
+            );
+
+            // A plaintext endpoint with TLS configured, and the other way round.
+            let plain = tls_options(&etcd).with_endpoints([format!("http://{}", etcd.addr())]);
+            let err = plain.validate().unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("http://{}", etcd.addr())),
+                "{err}"
+            );
+            let err = options(&etcd).validate().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    EtcdError::InvalidSetting {
+                        setting: "endpoints",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+
+            // Without a client certificate etcd (`--client-cert-auth`) refuses us.
+            let anonymous = options(&etcd).with_tls(EtcdTls::new(&files.ca));
+            let err = register(anonymous, "127.0.0.1:7105")
+                .await
+                .err()
+                .expect("registered without a client certificate");
+            assert!(err.to_string().contains(&etcd.endpoint()), "{err}");
+        })
+        .await
+        .expect("timed out");
+    }
 }

@@ -84,6 +84,7 @@ async fn a_malformed_etcd_entry_is_warned_about_once_per_change() {
         endpoints: vec![format!("http://{}", proxy.addr())],
         retry_interval: Duration::from_millis(50),
         timeout: Duration::from_secs(2),
+        ..EtcdOptions::default()
     })
     .with_max_retry_interval(Duration::from_millis(200));
     let mut w = watching(&builder, &format!("etcd://{}/svc", proxy.addr()));
@@ -211,6 +212,7 @@ async fn repeated_registry_errors_are_logged_rarely_and_each_is_reported() {
         endpoints: vec![etcd.endpoint()],
         retry_interval: Duration::from_millis(10),
         timeout: Duration::from_millis(500),
+        ..EtcdOptions::default()
     })
     .with_max_retry_interval(Duration::from_millis(20));
     let mut w = watching(&builder, &format!("etcd://{}/svc", etcd.addr()));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{WAIT, Watching, build_error, watching};
 use lb_resolvers::Metadata;
 use lb_resolvers::zookeeper::{ZkOptions, ZkRegistrar, ZkResolverBuilder};
-use lb_testkit::ZooKeeperServer;
+use lb_testkit::{ZK_SUPER_USER, ZooKeeperServer};
 use zookeeper_client as zk;
 
 fn options(zk: &ZooKeeperServer) -> ZkOptions {
@@ -212,6 +212,7 @@ fn counted_options(server: &ZooKeeperServer, base: &str) -> ZkOptions {
         base_path: base.to_owned(),
         session_timeout: Duration::from_secs(10),
         retry_interval: Duration::from_millis(100),
+        ..ZkOptions::default()
     }
 }
 
@@ -603,4 +604,233 @@ async fn registering_where_the_registrar_may_not_write_is_an_error_naming_the_no
         err.contains("/locked/echo") && err.contains("not authorized"),
         "{err}"
     );
+}
+
+// Secured ZooKeeper: digest authentication and ACLs on what a registrar creates.
+
+mod secured {
+    use super::*;
+    use lb_resolvers::zookeeper::{ZkAcl, ZkError};
+
+    /// Every secured test is bounded by this.
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    async fn register(options: ZkOptions, id: &str, port: u16) -> Result<ZkRegistrar, ZkError> {
+        ZkRegistrar::register(options, "vault", id, "127.0.0.1", port, None).await
+    }
+
+    fn resolve_with(options: ZkOptions) -> Watching {
+        watching(&ZkResolverBuilder::new(options), "zk:///vault")
+    }
+
+    #[tokio::test]
+    async fn digest_with_a_creator_acl_only_the_same_digest_reads_or_registers() {
+        tokio::time::timeout(LIMIT, async {
+            let server = ZooKeeperServer::start_with_super_digest("super-pw")
+                .await
+                .unwrap();
+            let app = options(&server)
+                .with_digest("app", "app-secret")
+                .with_acl(ZkAcl::CreatorAll { world_read: false });
+            let r = register(app.clone(), "one", 7201).await.unwrap();
+            // The same digest reads it.
+            let mut w = resolve_with(options(&server).with_digest("app", "app-secret"));
+            w.expect_addrs(&["127.0.0.1:7201"], WAIT).await;
+
+            // The nodes carry the creator's digest identity and nothing for anyone.
+            let anonymous = raw(&server).await;
+            // (Reading an ACL takes READ or ADMIN on the node.)
+            assert_eq!(
+                anonymous.get_acl("/services/vault/one").await.unwrap_err(),
+                zk::Error::NoAuth
+            );
+            // The server's super user sees past ACLs.
+            let admin = zk::Client::connector()
+                .with_auth("digest", format!("{ZK_SUPER_USER}:super-pw").as_bytes())
+                .connect(&server.connect_string())
+                .await
+                .unwrap();
+            let (data, _) = admin.get_data("/services/vault/one").await.unwrap();
+            assert!(String::from_utf8_lossy(&data).contains("7201"));
+            let (acl, _) = admin.get_acl("/services/vault/one").await.unwrap();
+            assert_eq!(acl.len(), 1, "{acl:?}");
+            assert_eq!(acl[0].scheme(), "digest");
+            assert!(acl[0].id().starts_with("app:"), "{acl:?}");
+            for path in ["/services/vault", "/services/vault/one"] {
+                assert_eq!(
+                    anonymous.get_data(path).await.unwrap_err(),
+                    zk::Error::NoAuth,
+                    "{path}"
+                );
+            }
+            // Parents stay open to other services' registrars, not to deletion.
+            assert!(anonymous.list_children("/services").await.is_ok());
+            assert_eq!(
+                anonymous
+                    .delete("/services/vault/one", None)
+                    .await
+                    .unwrap_err(),
+                zk::Error::NoAuth
+            );
+
+            // No digest, or a wrong password: an error naming the ensemble and user.
+            for (who, options) in [
+                ("an unauthenticated session", options(&server)),
+                (
+                    "digest user `app`",
+                    options(&server).with_digest("app", "bad-pw-123"),
+                ),
+            ] {
+                let mut denied = resolve_with(options);
+                denied.expect_error_after(0).await;
+                let reported = denied.last_error();
+                assert!(reported.contains(&server.connect_string()), "{reported}");
+                assert!(reported.contains(who), "{reported}");
+                assert!(reported.contains("/services/vault"), "{reported}");
+                assert!(denied.current().is_empty());
+                // It keeps trying.
+                denied.expect_error_after(1).await;
+            }
+            let err = register(
+                options(&server)
+                    .with_digest("app", "bad-pw-123")
+                    .with_acl(ZkAcl::CreatorAll { world_read: false }),
+                "two",
+                7202,
+            )
+            .await
+            .err()
+            .expect("registered with a wrong password");
+            assert!(matches!(err, ZkError::NotAuthorized { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains(&server.connect_string()), "{text}");
+            assert!(text.contains("/services/vault/two"), "{text}");
+            assert!(!text.contains("bad-pw-123"), "{text}");
+
+            r.deregister().await;
+            w.expect_addrs(&[], WAIT).await;
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
+    async fn digest_with_world_read_anyone_resolves_and_only_the_creator_writes() {
+        tokio::time::timeout(LIMIT, async {
+            let server = ZooKeeperServer::start().await.unwrap();
+            let app = options(&server)
+                .with_digest("app", "app-secret")
+                .with_acl(ZkAcl::CreatorAll { world_read: true });
+            let _r = register(app, "one", 7203).await.unwrap();
+            let mut w = resolve_with(options(&server));
+            w.expect_addrs(&["127.0.0.1:7203"], WAIT).await;
+            let anonymous = raw(&server).await;
+            assert_eq!(
+                anonymous
+                    .set_data("/services/vault/one", b"{}", None)
+                    .await
+                    .unwrap_err(),
+                zk::Error::NoAuth
+            );
+            assert_eq!(
+                anonymous
+                    .delete("/services/vault/one", None)
+                    .await
+                    .unwrap_err(),
+                zk::Error::NoAuth
+            );
+            assert_eq!(w.error_count(), 0);
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
+    async fn digest_a_resolver_keeps_its_set_when_an_acl_starts_refusing_it() {
+        tokio::time::timeout(LIMIT, async {
+            let mut server = ZooKeeperServer::start().await.unwrap();
+            let app = options(&server)
+                .with_digest("app", "app-secret")
+                .with_acl(ZkAcl::CreatorAll { world_read: true });
+            let _r = register(app, "one", 7204).await.unwrap();
+            let mut w = resolve_with(options(&server).with_digest("reader", "r"));
+            w.expect_addrs(&["127.0.0.1:7204"], WAIT).await;
+            // The owner withdraws world read from the service node, then a restart
+            // makes the resolver list again: refused.
+            let owner = zk::Client::connector()
+                .with_auth("digest", b"app:app-secret")
+                .connect(&server.connect_string())
+                .await
+                .unwrap();
+            owner
+                .set_acl(
+                    "/services/vault",
+                    &[zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed())],
+                    None,
+                )
+                .await
+                .unwrap();
+            drop(owner);
+            let errors = w.error_count();
+            server.restart().await.unwrap();
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    w.expect_error_after(w.error_count()).await;
+                    if w.last_error().contains("refused") {
+                        break;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("never refused; last: {}", w.last_error()));
+            assert!(w.error_count() > errors);
+            let reported = w.last_error();
+            assert!(reported.contains("digest user `reader`"), "{reported}");
+            assert!(reported.contains(&server.connect_string()), "{reported}");
+            // The last good set stays.
+            assert_eq!(w.current(), ["127.0.0.1:7204"]);
+        })
+        .await
+        .expect("timed out");
+    }
+
+    #[tokio::test]
+    async fn digest_and_acl_settings_that_cannot_work_are_rejected_naming_them() {
+        let creator_without_digest =
+            ZkOptions::default().with_acl(ZkAcl::CreatorAll { world_read: true });
+        let err = creator_without_digest.validate().unwrap_err();
+        assert!(
+            matches!(err, ZkError::InvalidSetting { setting: "acl", .. }),
+            "{err:?}"
+        );
+        let build = build_error(
+            &ZkResolverBuilder::new(creator_without_digest.clone()),
+            "zk:///vault",
+        );
+        assert!(build.contains("`acl`"), "{build}");
+        let err = ZkRegistrar::register(creator_without_digest, "vault", "x", "127.0.0.1", 1, None)
+            .await
+            .err()
+            .expect("registered with an ACL it cannot set");
+        assert!(err.to_string().contains("`acl`"), "{err}");
+        for user in ["", "a:b"] {
+            let err = ZkOptions::default()
+                .with_digest(user, "pw")
+                .validate()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ZkError::InvalidSetting {
+                        setting: "digest",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        }
+        // The password never shows.
+        let debug = format!("{:?}", ZkOptions::default().with_digest("app", "s3cret"));
+        assert!(!debug.contains("s3cret"), "{debug}");
+    }
 }

@@ -1,15 +1,58 @@
 //! A real etcd server on 127.0.0.1 for tests: free ports, a temporary data directory,
 //! killed when dropped (or when the test panics), restartable on the same ports with
-//! the same data or with its data wiped; and clusters of several members.
+//! the same data or with its data wiped; and clusters of several members. A single
+//! server can also serve clients over mutual TLS and with authentication enabled
+//! ([`EtcdServer::start_secured`]).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+use crate::tls::{PkiFiles, TestPki};
+
+/// The password of the `root` user of an etcd started with an
+/// [`EtcdSecurity::user`].
+pub const ETCD_ROOT_PASSWORD: &str = "root-secret";
+
+/// How [`EtcdServer::start_secured`] secures etcd.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdSecurity {
+    /// Serve clients over TLS only, with a server certificate for `127.0.0.1` and
+    /// `localhost` from a fresh [`TestPki`], and require client certificates signed
+    /// by its CA (etcd's `--client-cert-auth`). The PEM files are at
+    /// [`EtcdServer::tls_files`].
+    pub tls: bool,
+    /// Enable authentication: a `root` user (password [`ETCD_ROOT_PASSWORD`]) and
+    /// this user, with read and write access to its prefixes only.
+    pub user: Option<EtcdUser>,
+}
+
+/// A user of a secured etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdUser {
+    /// The user name.
+    pub name: String,
+    /// Its password.
+    pub password: String,
+    /// Key prefixes it may read and write (`greeter/`).
+    pub prefixes: Vec<String>,
+}
+
+impl EtcdUser {
+    /// A user with read and write access to `prefixes`.
+    pub fn new(name: &str, password: &str, prefixes: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+}
 
 /// A running (or stopped) etcd, alone or a member of an [`EtcdCluster`].
 pub struct EtcdServer {
@@ -22,6 +65,12 @@ pub struct EtcdServer {
     timing: Option<(u64, u64)>,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Client TLS: the PEM files (`None`: plaintext).
+    tls: Option<PkiFiles>,
+    /// A plaintext port for `/health` and `/metrics` when clients need TLS.
+    metrics_port: Option<u16>,
+    /// Whether authentication is on (`etcdctl` then runs as root).
+    auth: bool,
 }
 
 impl EtcdServer {
@@ -58,16 +107,109 @@ impl EtcdServer {
             timing,
             dir: tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?,
             child: None,
+            tls: None,
+            metrics_port: None,
+            auth: false,
         })
+    }
+
+    /// Starts etcd secured as `security` says and waits until it serves; with a
+    /// user, also creates it (and `root`) and enables authentication.
+    pub async fn start_secured(security: EtcdSecurity) -> Result<Self, String> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let (client_port, peer_port) = two_ports()?;
+            let mut metrics_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+            while metrics_port == client_port || metrics_port == peer_port {
+                metrics_port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+            }
+            let mut server = Self::new("test", client_port, peer_port, None)?;
+            server.initial_cluster = format!("test={}", server.peer_url());
+            server.metrics_port = Some(metrics_port);
+            if security.tls {
+                let pki = TestPki::new().map_err(|e| format!("test PKI: {e}"))?;
+                let files = pki
+                    .write_files(server.dir.path())
+                    .map_err(|e| format!("writing the test PKI: {e}"))?;
+                server.tls = Some(files);
+            }
+            match server.launch().await {
+                Ok(()) => {
+                    if let Some(user) = &security.user {
+                        server.enable_auth(user).await?;
+                    }
+                    return Ok(server);
+                }
+                Err(e) if e.contains("address already in use") => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Creates `root` and `user` (with a role for its prefixes) and enables auth.
+    async fn enable_auth(&mut self, user: &EtcdUser) -> Result<(), String> {
+        let role = format!("{}-role", user.name);
+        self.etcdctl(&["user", "add", &format!("root:{ETCD_ROOT_PASSWORD}")])
+            .await?;
+        self.etcdctl(&["role", "add", &role]).await?;
+        for prefix in &user.prefixes {
+            self.etcdctl(&[
+                "role",
+                "grant-permission",
+                &role,
+                "--prefix=true",
+                "readwrite",
+                prefix,
+            ])
+            .await?;
+        }
+        self.etcdctl(&["user", "add", &format!("{}:{}", user.name, user.password)])
+            .await?;
+        self.etcdctl(&["user", "grant-role", &user.name, &role])
+            .await?;
+        self.etcdctl(&["auth", "enable"]).await?;
+        self.auth = true;
+        Ok(())
+    }
+
+    /// Sets the password of `user` (as root).
+    pub async fn set_password(&self, user: &str, password: &str) -> Result<(), String> {
+        self.etcdctl_with_input(
+            &["user", "passwd", user, "--interactive=false"],
+            Some(password),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The PEM files of a server started with [`EtcdSecurity::tls`]: its CA, and a
+    /// client certificate and key that it accepts.
+    pub fn tls_files(&self) -> Option<&PkiFiles> {
+        self.tls.as_ref()
+    }
+
+    /// Where `etcd` writes its log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The port that answers `/health` and `/metrics` in plaintext.
+    fn plain_port(&self) -> u16 {
+        self.metrics_port.unwrap_or(self.client_port)
     }
 
     fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 
-    /// The client endpoint, `http://127.0.0.1:port`.
+    /// The client endpoint, `http://127.0.0.1:port` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     /// The client address, `127.0.0.1:port`.
@@ -100,18 +242,54 @@ impl EtcdServer {
         self.launch().await
     }
 
-    /// Runs `etcdctl` against this server with `args`; returns its stdout.
+    /// Runs `etcdctl` against this server with `args`; returns its stdout. On a
+    /// secured server it uses the test client certificate and runs as `root`.
     pub async fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("etcdctl")
+        self.etcdctl_with_input(args, None).await
+    }
+
+    async fn etcdctl_with_input(
+        &self,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> Result<String, String> {
+        let mut command = Command::new("etcdctl");
+        command
             .env("ETCDCTL_API", "3")
             .arg("--endpoints")
-            .arg(self.endpoint())
+            .arg(self.endpoint());
+        if let Some(files) = &self.tls {
+            command
+                .arg(format!("--cacert={}", files.ca.display()))
+                .arg(format!("--cert={}", files.client_cert.display()))
+                .arg(format!("--key={}", files.client_key.display()));
+        }
+        if self.auth {
+            command.arg(format!("--user=root:{ETCD_ROOT_PASSWORD}"));
+        }
+        let mut child = command
             .args(args)
-            .output()
-            .await
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
             .map_err(|e| {
                 format!("cannot run etcdctl ({e}); install it with `apt-get install etcd-client`")
             })?;
+        // Without input, stdin closes here.
+        if let Some(mut stdin) = child.stdin.take()
+            && let Some(input) = input
+        {
+            stdin
+                .write_all(format!("{input}\n").as_bytes())
+                .await
+                .map_err(|e| format!("etcdctl stdin: {e}"))?;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+            .await
+            .map_err(|_| format!("etcdctl {args:?} timed out"))?
+            .map_err(|e| format!("etcdctl {args:?}: {e}"))?;
         if !out.status.success() {
             return Err(format!(
                 "etcdctl {args:?} failed: {}",
@@ -123,7 +301,7 @@ impl EtcdServer {
 
     /// etcd's Prometheus metrics (`GET /metrics`), as text.
     pub async fn metrics(&self) -> Result<String, String> {
-        http_get(self.client_port, "/metrics")
+        http_get(self.plain_port(), "/metrics")
             .await
             .ok_or_else(|| "GET /metrics failed".to_owned())
     }
@@ -154,6 +332,8 @@ impl EtcdServer {
     fn spawn(&mut self) -> Result<(), String> {
         let client = self.endpoint();
         let peer = self.peer_url();
+        let metrics = self.metrics_port;
+        let tls = self.tls.clone();
         let log = std::fs::File::create(self.dir.path().join("etcd.log"))
             .map_err(|e| format!("log file: {e}"))?;
         let mut command = Command::new("etcd");
@@ -169,6 +349,16 @@ impl EtcdServer {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg("--logger=zap");
+        if let Some(port) = metrics {
+            command.arg(format!("--listen-metrics-urls=http://127.0.0.1:{port}"));
+        }
+        if let Some(files) = tls {
+            command
+                .arg("--client-cert-auth")
+                .arg(format!("--trusted-ca-file={}", files.ca.display()))
+                .arg(format!("--cert-file={}", files.server_cert.display()))
+                .arg(format!("--key-file={}", files.server_key.display()));
+        }
         if let Some((heartbeat, election)) = self.timing {
             command
                 .arg(format!("--heartbeat-interval={heartbeat}"))
@@ -189,7 +379,7 @@ impl EtcdServer {
 
     async fn wait_healthy(&mut self) -> Result<(), String> {
         for _ in 0..400 {
-            if healthy(self.client_port).await {
+            if healthy(self.plain_port()).await {
                 return Ok(());
             }
             if crate::exited(&mut self.child) {

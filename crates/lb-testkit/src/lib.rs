@@ -37,13 +37,13 @@ mod tls;
 mod zookeeper;
 
 pub use dns::DnsServer;
-pub use etcd::{EtcdCluster, EtcdServer};
+pub use etcd::{ETCD_ROOT_PASSWORD, EtcdCluster, EtcdSecurity, EtcdServer, EtcdUser};
 pub use manual::ManualResolver;
 pub use peers::{BadPeer, Misbehavior};
 pub use proxy::TcpProxy;
-pub use tls::TestPki;
+pub use tls::{PkiFiles, TestPki};
 use tokio_rustls::TlsAcceptor;
-pub use zookeeper::ZooKeeperServer;
+pub use zookeeper::{ZK_SUPER_USER, ZooKeeperServer};
 
 /// The generated echo service.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

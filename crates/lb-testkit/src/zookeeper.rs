@@ -1,6 +1,7 @@
 //! A real ZooKeeper server on 127.0.0.1 for tests (Debian's `zookeeper` package): a
 //! free port, a temporary data directory, short session timeouts allowed, killed when
-//! dropped, restartable.
+//! dropped, restartable; optionally with a digest super user who may do anything
+//! whatever a node's ACL says.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,17 +14,38 @@ use tokio::process::{Child, Command};
 
 const ZK_SERVER: &str = "/usr/share/zookeeper/bin/zkServer.sh";
 
+/// The user name of the super user of [`ZooKeeperServer::start_with_super_digest`].
+pub const ZK_SUPER_USER: &str = "super";
+
 /// A running (or stopped) ZooKeeper.
 pub struct ZooKeeperServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra JVM flags of the server (`SERVER_JVMFLAGS`).
+    server_flags: String,
 }
 
 impl ZooKeeperServer {
     /// Starts ZooKeeper and waits until it answers `ruok`. Fails with the install
     /// command when it is missing.
     pub async fn start() -> Result<Self, String> {
+        Self::start_with_flags(String::new()).await
+    }
+
+    /// Starts ZooKeeper with a digest super user, [`ZK_SUPER_USER`] with `password`
+    /// (ZooKeeper's `zookeeper.DigestAuthenticationProvider.superDigest`): a session
+    /// that adds `digest super:password` may read and change every node, whatever
+    /// its ACL, to check what ACL-protected nodes hold.
+    pub async fn start_with_super_digest(password: &str) -> Result<Self, String> {
+        let digest = digest_of(ZK_SUPER_USER, password).await?;
+        Self::start_with_flags(format!(
+            "-Dzookeeper.DigestAuthenticationProvider.superDigest={ZK_SUPER_USER}:{digest}"
+        ))
+        .await
+    }
+
+    async fn start_with_flags(server_flags: String) -> Result<Self, String> {
         if !std::path::Path::new(ZK_SERVER).exists() {
             return Err(format!(
                 "{ZK_SERVER} not found; install ZooKeeper with `apt-get install zookeeper` (cargo xtask test does)"
@@ -33,7 +55,8 @@ impl ZooKeeperServer {
         // A probed port can be taken by a parallel test before ZooKeeper binds it:
         // retry on a fresh port when that happens.
         for _ in 0..5 {
-            match Self::start_on(crate::free_port().map_err(|e| format!("free port: {e}"))?).await {
+            let port = crate::free_port().map_err(|e| format!("free port: {e}"))?;
+            match Self::start_on(port, server_flags.clone()).await {
                 Ok(server) => return Ok(server),
                 Err(e) if e.contains("Address already in use") => last = e,
                 Err(e) => return Err(e),
@@ -42,7 +65,7 @@ impl ZooKeeperServer {
         Err(last)
     }
 
-    async fn start_on(port: u16) -> Result<Self, String> {
+    async fn start_on(port: u16, server_flags: String) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let config = format!(
             "tickTime=100\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
@@ -54,6 +77,7 @@ impl ZooKeeperServer {
             port,
             dir,
             child: None,
+            server_flags,
         };
         server.launch().await?;
         Ok(server)
@@ -156,6 +180,7 @@ impl ZooKeeperServer {
             .env("ZOOCFGDIR", dir)
             .env("ZOO_LOG_DIR", dir)
             .env("JVMFLAGS", "-Xmx256m")
+            .env("SERVER_JVMFLAGS", &self.server_flags)
             .stdin(Stdio::null())
             // ZooKeeper logs to the console: keep it, to explain a failed start.
             .stdout(log.try_clone().map_err(|e| format!("log: {e}"))?)
@@ -197,6 +222,27 @@ impl Drop for ZooKeeperServer {
             let _ = child.start_kill();
         }
     }
+}
+
+/// ZooKeeper's digest of `user:password`: base64 of its SHA-1 (computed by `openssl`).
+async fn digest_of(user: &str, password: &str) -> Result<String, String> {
+    let script = "printf '%s' \"$1\" | openssl dgst -binary -sha1 | openssl base64";
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(format!("{user}:{password}"))
+        .output()
+        .await
+        .map_err(|e| format!("cannot run openssl for the digest ({e})"))?;
+    let digest = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || digest.is_empty() {
+        return Err(format!(
+            "openssl could not compute the digest (is it installed?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(digest)
 }
 
 async fn ruok(port: u16) -> bool {

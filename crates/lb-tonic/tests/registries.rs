@@ -85,6 +85,7 @@ async fn servers_registered_in_etcd() {
         endpoints: vec![etcd.endpoint()],
         retry_interval: Duration::from_millis(100),
         timeout: Duration::from_secs(2),
+        ..EtcdOptions::default()
     };
     follow_registrations(format!("etcd://{}/greeter", etcd.addr()), |backend| {
         let options = options.clone();
