@@ -94,25 +94,42 @@ fn main() -> ExitCode {
 }
 
 /// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM.
-pub(crate) async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+pub(crate) use lb_server::stop_signal;
+
+/// How `probe` and `watch` build their channel.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ChannelArgs {
+    /// The target: `etcd://host:port/service`, `zk://host:port/service`,
+    /// `dns:///host:port`, `static:///a:1,b:2`...
+    target: String,
+    /// The load-balancing policy (`round_robin`, `pick_first`, `least_request`,
+    /// `peak_ewma`, `weighted_round_robin`, `ring_hash`...).
+    #[arg(long, conflicts_with = "service_config")]
+    policy: Option<String>,
+    /// A service config in gRPC's JSON form (policy, health checking, retries...).
+    #[arg(long)]
+    service_config: Option<String>,
+}
+
+impl ChannelArgs {
+    /// The channel, or one line saying why not.
+    pub(crate) fn build(&self) -> Result<lb_tonic::LbChannel, Failure> {
+        let mut builder = lb_tonic::LbChannel::builder(self.target.clone());
+        if let Some(policy) = &self.policy {
+            if lb_policies::registry().get(policy).is_none() {
+                return Err(Failure(format!(
+                    "unknown policy `{policy}` (known: {})",
+                    probe::known_policies().join(", ")
+                )));
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            builder = builder.policy(policy);
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        if let Some(config) = &self.service_config {
+            builder = builder.default_service_config(config.clone());
+        }
+        builder
+            .build()
+            .map_err(|e| Failure(format!("`{}`: {e}", self.target)))
     }
 }
 

@@ -20,16 +20,8 @@ use crate::{Failure, duration};
 /// `probe`'s arguments.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The target: `etcd://host:port/service`, `dns:///host:port`,
-    /// `static:///a:1,b:2`...
-    target: String,
-    /// The load-balancing policy (`round_robin`, `pick_first`, `least_request`,
-    /// `peak_ewma`, `weighted_round_robin`, `ring_hash`...).
-    #[arg(long, conflicts_with = "service_config")]
-    policy: Option<String>,
-    /// A service config in gRPC's JSON form (policy, health checking, retries...).
-    #[arg(long)]
-    service_config: Option<String>,
+    #[command(flatten)]
+    channel: crate::ChannelArgs,
     /// How many RPCs to send (default 100, unless --duration is given).
     #[arg(short = 'n', long = "requests", conflicts_with = "duration")]
     requests: Option<u64>,
@@ -95,22 +87,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
     if args.concurrency == 0 {
         return Err(Failure("--concurrency must be at least 1".into()));
     }
-    let mut builder = LbChannel::builder(args.target.clone());
-    if let Some(policy) = &args.policy {
-        if lb_policies::registry().get(policy).is_none() {
-            return Err(Failure(format!(
-                "unknown policy `{policy}` (known: {})",
-                known_policies().join(", ")
-            )));
-        }
-        builder = builder.policy(policy);
-    }
-    if let Some(config) = &args.service_config {
-        builder = builder.default_service_config(config.clone());
-    }
-    let channel = builder
-        .build()
-        .map_err(|e| Failure(format!("`{}`: {e}", args.target)))?;
+    let channel = args.channel.build()?;
 
     let started = Instant::now();
     let (budget, bar) = match (args.requests, args.duration) {
@@ -158,7 +135,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
             .unwrap_or_default();
         return Err(Failure(format!(
             "all {total} RPCs to `{}` failed; most with {code}: {message}",
-            args.target
+            args.channel.target
         )));
     }
     if tally.failed > 0 {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lb_tonic::{ChannelSnapshot, LbChannel, SubConnSnapshot};
+use lb_tonic::{ChannelSnapshot, SubConnSnapshot};
 use serde_json::json;
 
 use crate::output::{now, print_json, subconn_json};
@@ -14,14 +14,8 @@ use crate::{Failure, duration, sleep_for, stop_signal};
 /// `watch`'s arguments.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The target.
-    target: String,
-    /// The load-balancing policy.
-    #[arg(long, conflicts_with = "service_config")]
-    policy: Option<String>,
-    /// A service config in gRPC's JSON form.
-    #[arg(long)]
-    service_config: Option<String>,
+    #[command(flatten)]
+    channel: crate::ChannelArgs,
     /// How often to look.
     #[arg(long, value_parser = duration::parse, default_value = "100ms")]
     interval: Duration,
@@ -34,22 +28,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
-    let mut builder = LbChannel::builder(args.target.clone());
-    if let Some(policy) = &args.policy {
-        if lb_policies::registry().get(policy).is_none() {
-            return Err(Failure(format!(
-                "unknown policy `{policy}` (known: {})",
-                crate::probe::known_policies().join(", ")
-            )));
-        }
-        builder = builder.policy(policy);
-    }
-    if let Some(config) = &args.service_config {
-        builder = builder.default_service_config(config.clone());
-    }
-    let channel = builder
-        .build()
-        .map_err(|e| Failure(format!("`{}`: {e}", args.target)))?;
+    let channel = args.channel.build()?;
     let limit = sleep_for(args.run_for);
     tokio::pin!(limit);
     let stop = stop_signal();
