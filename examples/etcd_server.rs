@@ -20,9 +20,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lb_resolvers::etcd::{EtcdOptions, EtcdRegistrar};
-use lb_server::Shutdown;
-use lb_testkit::EchoService;
-use lb_testkit::pb::echo_server::EchoServer;
 use tonic::transport::server::TcpIncoming;
 
 #[tokio::main]
@@ -64,23 +61,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     println!("serving on {addr}, registered as {}", registrar.key());
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let stopped = Shutdown::new()
-        .deregister(registrar)
-        .health(health, ["echo.Echo"])
-        .on(async move {
-            tokio::select! {
-                () = lb_server::stop_signal() => println!("asked to stop"),
-                () = tokio::time::sleep(run_for) => println!("ran for {run_for:?}"),
-            }
-        })
-        .serve(|drained| {
-            tonic::transport::Server::builder()
-                .add_service(health_service)
-                .add_service(EchoServer::new(EchoService::new(addr.to_string())))
-                .serve_with_incoming_shutdown(incoming, drained)
-        })
-        .await?;
+    let stopped =
+        examples::serve_registered(incoming, addr.to_string(), registrar, run_for).await?;
     println!("deregistered and drained: {stopped:?}");
     Ok(())
 }

@@ -51,12 +51,6 @@ enum Command {
 #[derive(Debug)]
 pub(crate) struct Failure(pub(crate) String);
 
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure(e.to_string())
-    }
-}
-
 fn main() -> ExitCode {
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {

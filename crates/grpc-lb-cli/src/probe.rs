@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use lb_tonic::{ChannelSnapshot, LbChannel, ServedBy};
+use lb_tonic::{ChannelSnapshot, LbChannel, ServedBy, SubConnSnapshot};
 use serde_json::json;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -121,6 +121,9 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
         );
     }
     bar.finish_and_clear();
+    for answers in tally.by_backend.values_mut() {
+        answers.latencies.sort_unstable();
+    }
     let elapsed = started.elapsed();
     let snapshot = channel.snapshot();
     report(&args, &tally, &snapshot, elapsed);
@@ -240,73 +243,95 @@ fn percentile(sorted: &[Duration], p: usize) -> Option<Duration> {
     sorted.get(i).copied()
 }
 
+/// One row of the table: an address, its subconn if the channel still has one,
+/// and the answers it gave.
+struct Backend<'a> {
+    addr: &'a str,
+    subconn: Option<&'a SubConnSnapshot>,
+    /// Sorted.
+    latencies: &'a [Duration],
+    not_serving: u64,
+}
+
+impl<'a> Backend<'a> {
+    fn new(addr: &'a str, subconn: Option<&'a SubConnSnapshot>, tally: &'a Tally) -> Self {
+        let answers = tally.by_backend.get(addr);
+        Self {
+            addr,
+            subconn,
+            latencies: answers.map_or(&[], |a| a.latencies.as_slice()),
+            not_serving: answers.map_or(0, |a| a.not_serving),
+        }
+    }
+
+    /// Attempts sent to it: the subconn's count, else the answers seen.
+    fn rpcs(&self) -> u64 {
+        self.subconn
+            .map_or(self.latencies.len() as u64, |sc| sc.rpcs.started)
+    }
+
+    /// Failed attempts and NOT_SERVING answers.
+    fn failed(&self) -> u64 {
+        self.subconn.map_or(0, |sc| sc.rpcs.failed) + self.not_serving
+    }
+
+    fn percentiles(&self) -> (Option<Duration>, Option<Duration>) {
+        (
+            percentile(self.latencies, 50),
+            percentile(self.latencies, 99),
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let (p50, p99) = self.percentiles();
+        json!({
+            "backend": self.addr,
+            "rpcs": self.rpcs(),
+            "failed": self.failed(),
+            "not_serving": self.not_serving,
+            "p50_ms": p50.map(|d| d.as_secs_f64() * 1e3),
+            "p99_ms": p99.map(|d| d.as_secs_f64() * 1e3),
+            "subconn": self.subconn.map(subconn_json),
+        })
+    }
+
+    fn cells(&self) -> [String; 8] {
+        let (p50, p99) = self.percentiles();
+        [
+            self.addr.to_owned(),
+            self.subconn
+                .map_or("(removed)", |sc| sc.state.as_str())
+                .to_owned(),
+            self.rpcs().to_string(),
+            self.failed().to_string(),
+            latency(p50),
+            latency(p99),
+            self.subconn
+                .map_or("-".to_owned(), |sc| sc.connection_attempts.to_string()),
+            self.subconn
+                .and_then(|sc| sc.last_error.clone())
+                .unwrap_or_default(),
+        ]
+    }
+}
+
 fn report(args: &Args, tally: &Tally, snapshot: &ChannelSnapshot, elapsed: Duration) {
     let total = tally.ok + tally.failed;
     let rate = total as f64 / elapsed.as_secs_f64().max(1e-9);
-    // Every address the channel had, with what its subconn and the answers say.
-    let mut rows: Vec<serde_json::Value> = Vec::new();
-    let mut text_rows: Vec<[String; 8]> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for sc in &snapshot.subconns {
-        let addr = sc.address.addr().to_owned();
-        seen.insert(addr.clone());
-        let mut latencies = tally
-            .by_backend
-            .get(&addr)
-            .map(|a| a.latencies.clone())
-            .unwrap_or_default();
-        latencies.sort_unstable();
-        let not_serving = tally.by_backend.get(&addr).map_or(0, |a| a.not_serving);
-        let (p50, p99) = (percentile(&latencies, 50), percentile(&latencies, 99));
-        let failed = sc.rpcs.failed + not_serving;
-        rows.push(json!({
-            "backend": addr,
-            "rpcs": sc.rpcs.started,
-            "failed": failed,
-            "not_serving": not_serving,
-            "p50_ms": p50.map(|d| d.as_secs_f64() * 1e3),
-            "p99_ms": p99.map(|d| d.as_secs_f64() * 1e3),
-            "subconn": subconn_json(sc),
-        }));
-        text_rows.push([
-            addr,
-            sc.state.as_str().to_owned(),
-            sc.rpcs.started.to_string(),
-            failed.to_string(),
-            latency(p50),
-            latency(p99),
-            sc.connection_attempts.to_string(),
-            sc.last_error.clone().unwrap_or_default(),
-        ]);
-    }
-    // Answers from backends whose subconn is gone by now.
-    for (addr, answers) in &tally.by_backend {
-        if seen.contains(addr) {
-            continue;
+    // Every address the channel had, with what its subconn and the answers say,
+    // then answers from backends whose subconn is gone by now.
+    let mut backends: Vec<Backend<'_>> = snapshot
+        .subconns
+        .iter()
+        .map(|sc| Backend::new(sc.address.addr(), Some(sc), tally))
+        .collect();
+    for addr in tally.by_backend.keys() {
+        if !snapshot.subconns.iter().any(|sc| sc.address.addr() == addr) {
+            backends.push(Backend::new(addr, None, tally));
         }
-        let mut latencies = answers.latencies.clone();
-        latencies.sort_unstable();
-        let (p50, p99) = (percentile(&latencies, 50), percentile(&latencies, 99));
-        rows.push(json!({
-            "backend": addr,
-            "rpcs": latencies.len(),
-            "failed": answers.not_serving,
-            "not_serving": answers.not_serving,
-            "p50_ms": p50.map(|d| d.as_secs_f64() * 1e3),
-            "p99_ms": p99.map(|d| d.as_secs_f64() * 1e3),
-            "subconn": null,
-        }));
-        text_rows.push([
-            addr.clone(),
-            "(removed)".into(),
-            latencies.len().to_string(),
-            answers.not_serving.to_string(),
-            latency(p50),
-            latency(p99),
-            "-".into(),
-            String::new(),
-        ]);
     }
+    let rows: Vec<serde_json::Value> = backends.iter().map(Backend::json).collect();
+    let text_rows: Vec<[String; 8]> = backends.iter().map(Backend::cells).collect();
     if args.json {
         print_json(&json!({
             "target": snapshot.target,

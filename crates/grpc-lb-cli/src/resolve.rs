@@ -47,22 +47,10 @@ impl ClientConn for Sink {
     }
 
     fn report_error(&self, error: SharedError) {
-        let _ = self.0.send(Event::Error(error_chain(error.as_ref())));
+        let _ = self
+            .0
+            .send(Event::Error(lb_core::error_chain(error.as_ref())));
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        source = e.source();
-    }
-    out
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {

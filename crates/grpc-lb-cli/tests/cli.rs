@@ -396,81 +396,112 @@ async fn watch_shows_subconn_states_and_pickers() {
 
 #[tokio::test]
 async fn bad_input_is_one_line_and_a_non_zero_exit() {
-    assert_one_line_error(&run(&["resolve", "nope://x/y"]).await, "nope://x/y");
-    assert_one_line_error(
-        &run(&["probe", "static:///127.0.0.1:1", "--policy", "nope"]).await,
-        "unknown policy `nope`",
-    );
-    assert_one_line_error(
-        &run(&["watch", "static:///127.0.0.1:1", "--policy", "nope"]).await,
-        "unknown policy `nope`",
-    );
-    assert_one_line_error(
-        &run(&["probe", "static:///127.0.0.1:1", "--service-config", "{"]).await,
-        "service config",
-    );
-    assert_one_line_error(
-        &run(&["register", "etcd://127.0.0.1:2379/svc", "not-an-address"]).await,
-        "`not-an-address` is not host:port",
-    );
-    assert_one_line_error(
-        &run(&["register", "dns:///svc", "127.0.0.1:1"]).await,
-        "use etcd:// or zk://",
-    );
-    assert_one_line_error(
-        &run(&[
-            "register",
-            "etcd://127.0.0.1:2379/svc",
-            "127.0.0.1:1",
-            "--metadata",
-            "{not json",
-        ])
-        .await,
-        "--metadata",
-    );
     // Registries nobody listens on.
-    let port = lb_testkit::free_port().unwrap();
-    let unreachable = format!("127.0.0.1:{port}");
-    assert_one_line_error(
-        &run(&[
-            "resolve",
-            &format!("etcd://{unreachable}/svc"),
-            "--timeout",
-            "3s",
-        ])
-        .await,
-        &unreachable,
+    let unreachable = format!("127.0.0.1:{}", lb_testkit::free_port().unwrap());
+    let etcd_down = format!("etcd://{unreachable}/svc");
+    let zk_down = format!("zk://{unreachable}/svc");
+    let cases: [(&[&str], &str); 11] = [
+        (&["resolve", "nope://x/y"], "nope://x/y"),
+        (
+            &["probe", "static:///127.0.0.1:1", "--policy", "nope"],
+            "unknown policy `nope`",
+        ),
+        (
+            &["watch", "static:///127.0.0.1:1", "--policy", "nope"],
+            "unknown policy `nope`",
+        ),
+        (
+            &["probe", "static:///127.0.0.1:1", "--service-config", "{"],
+            "service config",
+        ),
+        (
+            &["register", "etcd://127.0.0.1:2379/svc", "not-an-address"],
+            "`not-an-address` is not host:port",
+        ),
+        (
+            &["register", "dns:///svc", "127.0.0.1:1"],
+            "use etcd:// or zk://",
+        ),
+        (
+            &[
+                "register",
+                "etcd://127.0.0.1:2379/svc",
+                "127.0.0.1:1",
+                "--metadata",
+                "{not json",
+            ],
+            "--metadata",
+        ),
+        (&["resolve", &etcd_down, "--timeout", "3s"], &unreachable),
+        (
+            &["register", &etcd_down, "127.0.0.1:1", "--timeout", "2s"],
+            &unreachable,
+        ),
+        (
+            &["register", &zk_down, "127.0.0.1:1", "--timeout", "2s"],
+            &unreachable,
+        ),
+        (&["resolve", &zk_down, "--timeout", "3s"], &unreachable),
+    ];
+    for (args, expected) in cases {
+        assert_one_line_error(&run(args).await, expected);
+    }
+}
+
+/// `resolve --watch` prints the registry's error while it is down, does not end,
+/// and prints the changes made once it is back.
+#[tokio::test]
+async fn resolve_watch_outlives_an_etcd_restart() {
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let options = EtcdOptions {
+        endpoints: vec![etcd.endpoint()],
+        ..EtcdOptions::default()
+    };
+    let registered = EtcdRegistrar::register(
+        options,
+        "greeter",
+        "127.0.0.1:50061",
+        None,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let target = format!("etcd://{}/greeter", etcd.addr());
+    let mut watch = Running::spawn(&["resolve", &target, "--watch", "--json", "--for", "50s"]);
+    watch
+        .next_json("the first set", |v| addresses(v) == ["127.0.0.1:50061"])
+        .await;
+    etcd.kill().await;
+    let error = watch
+        .next_json("the error while etcd is down", |v| v["error"].is_string())
+        .await;
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains(&etcd.addr().to_string()),
+        "{error}"
     );
-    assert_one_line_error(
-        &run(&[
-            "register",
-            &format!("etcd://{unreachable}/svc"),
-            "127.0.0.1:1",
-            "--timeout",
-            "2s",
-        ])
-        .await,
-        &unreachable,
-    );
-    assert_one_line_error(
-        &run(&[
-            "register",
-            &format!("zk://{unreachable}/svc"),
-            "127.0.0.1:1",
-            "--timeout",
-            "2s",
-        ])
-        .await,
-        &unreachable,
-    );
-    assert_one_line_error(
-        &run(&[
-            "resolve",
-            &format!("zk://{unreachable}/svc"),
-            "--timeout",
-            "3s",
-        ])
-        .await,
-        &unreachable,
-    );
+    etcd.restart().await.unwrap();
+    let second = EtcdRegistrar::register(
+        EtcdOptions {
+            endpoints: vec![etcd.endpoint()],
+            ..EtcdOptions::default()
+        },
+        "greeter",
+        "127.0.0.1:50062",
+        None,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    watch
+        .next_json("a registration made after the restart", |v| {
+            addresses(v).len() == 2
+        })
+        .await;
+    let (ok, _) = watch.terminate().await;
+    assert!(ok);
+    second.deregister().await;
+    registered.deregister().await;
 }

@@ -8,6 +8,22 @@ use crate::ConnectivityState;
 /// cheaply between the channel, the balancer and the pickers it publishes.
 pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
+/// An error and its sources, `: `-separated ("stream error received: connection
+/// reset"); a source whose text the message already ends with is not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        source = e.source();
+    }
+    out
+}
+
 /// Everything that can go wrong in `lb-core`. Each message names the input that was
 /// wrong: the target, the JSON path in a service config, the policy, the transition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -73,7 +73,7 @@ pub use balancer::{
     Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState, LbConfig, SubConnOptions,
     TimerId,
 };
-pub use error::{Error, SharedError};
+pub use error::{Error, SharedError, error_chain};
 pub use load::{LoadReport, LoadReportListener, LoadReportWatch, ReportSource};
 pub use picker::{
     Callbacks, DoneInfo, FailPicker, OnDone, Pick, PickInfo, PickResult, Picker, QueuePicker,

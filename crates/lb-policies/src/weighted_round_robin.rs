@@ -194,16 +194,17 @@ impl PickerBuilder for WeightedRoundRobin {
             self.metrics.weights.record(weight);
             reported.push(weight);
         }
-        if reported.iter().filter(|w| **w > 0.0).count() < 2 {
-            self.metrics.rr_fallback.increment(1);
-        }
+
         if unsupported && !self.unsupported_logged {
             self.unsupported_logged = true;
             tracing::warn!(
                 "weighted_round_robin: this channel's transport cannot deliver load reports; weights come from the resolver only"
             );
         }
-        let weights = integer_weights(ready, &reported);
+        let weights = reported_weights(ready.len(), &reported).unwrap_or_else(|| {
+            self.metrics.rr_fallback.increment(1);
+            ready.iter().map(|r| r.address.weight().get()).collect()
+        });
         if let Some(last) = &self.last
             && last.weights == weights
             && last.subconns.len() == ready.len()
@@ -278,10 +279,10 @@ impl PickerBuilder for WeightedRoundRobin {
     }
 }
 
-/// The integer weight of each ready subconn: the reported ones (0: none counts
-/// yet) when at least two count, the missing ones at their mean; else the static
-/// ones.
-fn integer_weights(ready: &[ReadySubConn], reported: &[f64]) -> Vec<u32> {
+/// The integer weight of each ready subconn from its reported weight (0: none
+/// counts yet), the missing ones at the mean; `None` when fewer than two count (the
+/// static weights apply).
+fn reported_weights(backends: usize, reported: &[f64]) -> Option<Vec<u32>> {
     let (mut counted, mut sum, mut max) = (0usize, 0.0f64, 0.0f64);
     for &w in reported {
         if w > 0.0 {
@@ -291,19 +292,21 @@ fn integer_weights(ready: &[ReadySubConn], reported: &[f64]) -> Vec<u32> {
         }
     }
     if counted < 2 {
-        return ready.iter().map(|r| r.address.weight().get()).collect();
+        return None;
     }
     let mean = sum / counted as f64;
     // The largest weight becomes `top`: enough precision, a bounded period.
-    let top = (200_000 / ready.len().max(1)).clamp(10, 1000) as f64;
+    let top = (200_000 / backends.max(1)).clamp(10, 1000) as f64;
     let scale = top / max;
-    reported
-        .iter()
-        .map(|&w| {
-            let w = if w > 0.0 { w } else { mean };
-            ((w * scale).round() as u32).max(1)
-        })
-        .collect()
+    Some(
+        reported
+            .iter()
+            .map(|&w| {
+                let w = if w > 0.0 { w } else { mean };
+                ((w * scale).round() as u32).max(1)
+            })
+            .collect(),
+    )
 }
 
 /// One backend's weight from its load reports: the listener of its subconn's

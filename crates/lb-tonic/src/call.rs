@@ -27,7 +27,10 @@ use crate::replay::{self, Prefetched};
 use crate::retry::{self, Policy, Pushback, Throttle};
 use crate::stream::{self, Held, NotOpened, Outgoing};
 use crate::subconn::{Connected, Transport};
+
 use crate::timeout;
+/// An error and its sources, for messages.
+pub(crate) use lb_core::error_chain;
 
 /// Request extension: whether this RPC waits for a ready subconn instead of failing
 /// while the channel is in `TRANSIENT_FAILURE`. Overrides the service config's
@@ -778,19 +781,4 @@ async fn pick(
             }
         }
     }
-}
-
-/// An error and its sources, `: `-separated ("stream error received: ...").
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !out.ends_with(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        source = e.source();
-    }
-    out
 }

@@ -215,10 +215,11 @@ impl SubConnStats {
     /// The subconn moved to `state`; `error` says why, when it failed. A subconn
     /// that shuts down leaves the snapshots.
     pub(crate) fn state(&self, state: ConnectivityState, error: Option<String>) {
-        let previous = self.state.swap(index(state), Ordering::Relaxed);
+        let now = index(state);
+        let previous = self.state.swap(now, Ordering::Relaxed);
         self.since_ms.store(self.channel.ms(), Ordering::Relaxed);
         let metrics = &self.channel.metrics;
-        metrics.state_change(state);
+        metrics.state_change(usize::from(now));
         match state {
             ConnectivityState::Connecting => {
                 self.connection_attempts.fetch_add(1, Ordering::Relaxed);

@@ -106,9 +106,10 @@ mod imp {
             self.picks_dropped.increment(1);
         }
 
-        pub(crate) fn state_change(&self, state: ConnectivityState) {
-            if let Some(i) = ConnectivityState::ALL.iter().position(|s| *s == state) {
-                self.state_changes[i].increment(1);
+        /// A subconn entered the state at `index` in `ConnectivityState::ALL`.
+        pub(crate) fn state_change(&self, index: usize) {
+            if let Some(c) = self.state_changes.get(index) {
+                c.increment(1);
             }
         }
 
@@ -133,7 +134,7 @@ mod imp {
 
 #[cfg(not(feature = "metrics"))]
 mod imp {
-    use lb_core::{Code, ConnectivityState};
+    use lb_core::Code;
 
     /// Without the `metrics` feature: nothing is recorded.
     pub(crate) struct ChannelMetrics;
@@ -147,7 +148,7 @@ mod imp {
         pub(crate) fn pick_queued(&self) {}
         pub(crate) fn pick_failed(&self) {}
         pub(crate) fn pick_dropped(&self) {}
-        pub(crate) fn state_change(&self, _: ConnectivityState) {}
+        pub(crate) fn state_change(&self, _: usize) {}
         pub(crate) fn connection_attempt(&self, _: bool) {}
         pub(crate) fn resolver_update(&self, _: usize) {}
         pub(crate) fn resolver_error(&self) {}
