@@ -1154,6 +1154,7 @@ impl Follower {
                 Step::Created => {
                     self.backoff.connected();
                     self.log.recovered();
+                    self.publisher.recovered(&mut self.entries);
                 }
                 Step::Progress(revision) => {
                     self.resume = Some(resume.max(revision));

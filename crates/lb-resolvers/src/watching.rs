@@ -295,6 +295,10 @@ pub(crate) struct Publisher {
     due: Option<Instant>,
     last: Option<Instant>,
     published: bool,
+    /// An error was reported since the last publication: the channel shows it until
+    /// the next state, which must therefore go out once the registry is back even if
+    /// nothing changed meanwhile.
+    errored: bool,
 }
 
 impl Publisher {
@@ -305,13 +309,24 @@ impl Publisher {
             due: None,
             last: None,
             published: false,
+            errored: false,
         }
     }
 
-    /// After a full list: publishes at once when anything changed or nothing was ever
-    /// published (an empty service is a result too).
+    /// After a full list: publishes at once when anything changed, nothing was ever
+    /// published (an empty service is a result too), or an error was reported since
+    /// the last publication.
     pub(crate) fn listed(&mut self, entries: &mut Entries) {
-        if entries.is_dirty() || !self.published {
+        if entries.is_dirty() || !self.published || self.errored {
+            self.publish(entries);
+        }
+    }
+
+    /// The registry answers again without a full list (a watch resumed where it left
+    /// off): when an error was reported since the last publication, publishes the set
+    /// again, unchanged or not, so that the channel stops showing the error.
+    pub(crate) fn recovered(&mut self, entries: &mut Entries) {
+        if self.errored && self.published {
             self.publish(entries);
         }
     }
@@ -349,11 +364,13 @@ impl Publisher {
         self.due = None;
         self.last = Some(Instant::now());
         self.published = true;
+        self.errored = false;
         self.cc.update_state(entries.take_state());
     }
 
     /// Reports `error` to the channel.
-    pub(crate) fn report(&self, error: SharedError) {
+    pub(crate) fn report(&mut self, error: SharedError) {
+        self.errored = true;
         self.cc.report_error(error);
     }
 }
@@ -516,6 +533,37 @@ mod tests {
             self.0.lock().unwrap().push(state.addresses.len());
         }
         fn report_error(&self, _: SharedError) {}
+    }
+
+    #[test]
+    fn after_an_error_the_unchanged_set_goes_out_again_once() {
+        let cc = Arc::new(Recorder::default());
+        let mut p = Publisher::new(cc.clone(), Duration::from_millis(5));
+        let mut e = Entries::new("test");
+        e.put("a", b"h:1", parse_addr);
+        p.listed(&mut e);
+        p.recovered(&mut e);
+        p.listed(&mut e);
+        assert_eq!(
+            *cc.0.lock().unwrap(),
+            [1],
+            "nothing new, no error: no state"
+        );
+        p.report(Arc::new(std::io::Error::other("registry down")));
+        p.recovered(&mut e);
+        assert_eq!(
+            *cc.0.lock().unwrap(),
+            [1, 1],
+            "the set again, to clear the error"
+        );
+        p.recovered(&mut e);
+        p.report(Arc::new(std::io::Error::other("registry down")));
+        p.listed(&mut e);
+        assert_eq!(
+            *cc.0.lock().unwrap(),
+            [1, 1, 1],
+            "once per error, by a list too"
+        );
     }
 
     #[tokio::test(start_paused = true)]

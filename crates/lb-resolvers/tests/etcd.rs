@@ -185,6 +185,26 @@ async fn an_etcd_restart_keeps_the_set_and_the_registration_comes_back() {
         .await;
 }
 
+#[tokio::test]
+async fn after_an_outage_the_unchanged_set_is_published_again_to_clear_the_error() {
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let mut c = client(&etcd).await;
+    c.put("echo/a", r#"{"Op":0,"Addr":"127.0.0.1:7011"}"#, None)
+        .await
+        .unwrap();
+    let mut w = resolve(&etcd, "echo");
+    w.expect_addrs(&["127.0.0.1:7011"], WAIT).await;
+    let errors = w.error_count();
+    etcd.kill().await;
+    w.expect_error_after(errors).await;
+    let updates = w.update_count();
+    etcd.restart().await.unwrap();
+    // The watch resumes where it left off and nothing changed, yet the channel hears
+    // the set again: without it, the outage's error would stay on the channel until
+    // the next registration.
+    assert_eq!(w.expect_update_after(updates).await, ["127.0.0.1:7011"]);
+}
+
 /// Not a test of its own: the registrar process that
 /// `a_sigkilled_registrar_process_leaves_its_key_to_expire` starts (this test binary
 /// re-executed). Without `LB_REGISTRAR_CHILD` it returns at once.

@@ -171,6 +171,24 @@ async fn a_zookeeper_restart_keeps_the_set_and_changes_arrive_again() {
 }
 
 #[tokio::test]
+async fn after_an_outage_the_unchanged_set_is_published_again_to_clear_the_error() {
+    let mut server = ZooKeeperServer::start().await.unwrap();
+    let client = raw(&server).await;
+    put_node(&client, "/services/echo/a", &instance(1, 7007)).await;
+    drop(client);
+    let mut w = resolve(&server, "echo");
+    let before = w.expect_count(1).await;
+    let errors = w.error_count();
+    server.kill().await;
+    w.expect_error_after(errors).await;
+    let updates = w.update_count();
+    server.restart().await.unwrap();
+    // Nothing changed while ZooKeeper was down, yet the channel hears the set again:
+    // without it, the outage's error would stay on the channel until the next change.
+    assert_eq!(w.expect_update_after(updates).await, common::addrs(&before));
+}
+
+#[tokio::test]
 async fn bad_targets_are_errors() {
     let err = build_error(&ZkResolverBuilder::default(), "zk:////");
     assert!(err.contains("empty service name"), "{err}");

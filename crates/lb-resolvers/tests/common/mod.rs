@@ -149,6 +149,20 @@ impl Watching {
             .unwrap();
     }
 
+    /// Waits until a state is published after `before` states; returns its addresses.
+    pub async fn expect_update_after(&mut self, before: usize) -> Vec<String> {
+        tokio::time::timeout(WAIT, async {
+            while self.update_count() <= before {
+                if self.state.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await
+        .expect("no state was published");
+        self.current()
+    }
+
     /// States published so far.
     pub fn update_count(&self) -> usize {
         self.updates.load(Ordering::SeqCst)
