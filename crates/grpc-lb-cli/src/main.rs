@@ -17,6 +17,7 @@ mod output;
 mod probe;
 mod register;
 mod resolve;
+mod secure;
 mod watch;
 
 use std::process::ExitCode;
@@ -103,12 +104,15 @@ pub(crate) struct ChannelArgs {
     /// A service config in gRPC's JSON form (policy, health checking, retries...).
     #[arg(long)]
     service_config: Option<String>,
+    #[command(flatten)]
+    access: secure::RegistryArgs,
 }
 
 impl ChannelArgs {
     /// The channel, or one line saying why not.
     pub(crate) fn build(&self) -> Result<lb_tonic::LbChannel, Failure> {
-        let mut builder = lb_tonic::LbChannel::builder(self.target.clone());
+        let mut builder = lb_tonic::LbChannel::builder(self.target.clone())
+            .resolvers(self.access.resolvers(&self.target)?);
         if let Some(policy) = &self.policy {
             if lb_policies::registry().get(policy).is_none() {
                 return Err(Failure(format!(

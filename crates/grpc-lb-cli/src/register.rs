@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use lb_core::Target;
 use lb_resolvers::etcd::{EtcdOptions, EtcdRegistrar};
-use lb_resolvers::zookeeper::{ZkOptions, ZkRegistrar};
+use lb_resolvers::zookeeper::{ZkAcl, ZkOptions, ZkRegistrar};
 use serde_json::{Value, json};
 
 use crate::output::{now, print_json};
+use crate::secure::RegistryArgs;
 use crate::{Failure, duration, sleep_for, stop_signal};
 
 /// `register`'s arguments.
@@ -42,6 +43,34 @@ pub(crate) struct Args {
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
+    /// ZooKeeper: who may change the nodes this creates: anyone (`open`), or only
+    /// sessions with this --zk-digest identity (`creator`), which anyone may still
+    /// read with `creator-world-read`.
+    #[arg(long, value_enum, default_value_t = Acl::Open)]
+    zk_acl: Acl,
+    #[command(flatten)]
+    access: RegistryArgs,
+}
+
+/// `--zk-acl`'s values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Acl {
+    /// `world:anyone:cdrwa`, as Curator does by default.
+    Open,
+    /// `auth::cdrwa`: only the registrar's digest identity.
+    Creator,
+    /// `auth::cdrwa` and `world:anyone:r`.
+    CreatorWorldRead,
+}
+
+impl From<Acl> for ZkAcl {
+    fn from(acl: Acl) -> Self {
+        match acl {
+            Acl::Open => ZkAcl::Open,
+            Acl::Creator => ZkAcl::CreatorAll { world_read: false },
+            Acl::CreatorWorldRead => ZkAcl::CreatorAll { world_read: true },
+        }
+    }
 }
 
 enum Registration {
@@ -71,6 +100,12 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
     } else {
         Some(target.authority().to_owned())
     };
+    args.access.check_for(target.scheme())?;
+    if args.zk_acl != Acl::Open && target.scheme() == "etcd" {
+        return Err(Failure(
+            "--zk-acl does not apply to an `etcd` registry".to_owned(),
+        ));
+    }
     let registration = match target.scheme() {
         "etcd" => {
             let mut options = EtcdOptions {
@@ -78,11 +113,9 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
                 ..EtcdOptions::default()
             };
             if let Some(authority) = &where_ {
-                options.endpoints = authority
-                    .split(',')
-                    .map(|hp| format!("http://{hp}"))
-                    .collect();
+                options.endpoints = args.access.etcd_endpoints(authority);
             }
+            let options = args.access.etcd_options(options)?;
             let endpoints = options.endpoints.join(",");
             let registrar =
                 EtcdRegistrar::register(options, &service, &args.addr, metadata.clone(), args.ttl)
@@ -99,6 +132,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
             if let Some(authority) = &where_ {
                 options.cluster = authority.clone();
             }
+            let options = args.access.zk_options(options, args.zk_acl.into())?;
             let cluster = options.cluster.clone();
             let id = args
                 .id

@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::output::{address_json, address_line, now, print_json};
+use crate::secure::RegistryArgs;
 use crate::{Failure, duration, sleep_for, stop_signal};
 
 /// `resolve`'s arguments.
@@ -31,6 +32,8 @@ pub(crate) struct Args {
     /// With --watch: stop after this long instead of at Ctrl-C.
     #[arg(long = "for", value_parser = duration::parse)]
     run_for: Option<Duration>,
+    #[command(flatten)]
+    access: RegistryArgs,
 }
 
 enum Event {
@@ -54,7 +57,7 @@ impl ClientConn for Sink {
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
-    let registry = lb_resolvers::registry();
+    let registry = args.access.resolvers(&args.target)?;
     let (target, builder) = registry
         .resolve(&args.target)
         .map_err(|e| Failure(format!("bad target `{}`: {e}", args.target)))?;

@@ -57,8 +57,14 @@ struct Running {
 
 impl Running {
     fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// With these environment variables set.
+    fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -400,7 +406,7 @@ async fn bad_input_is_one_line_and_a_non_zero_exit() {
     let unreachable = format!("127.0.0.1:{}", lb_testkit::free_port().unwrap());
     let etcd_down = format!("etcd://{unreachable}/svc");
     let zk_down = format!("zk://{unreachable}/svc");
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 17] = [
         (&["resolve", "nope://x/y"], "nope://x/y"),
         (
             &["probe", "static:///127.0.0.1:1", "--policy", "nope"],
@@ -442,6 +448,37 @@ async fn bad_input_is_one_line_and_a_non_zero_exit() {
             &unreachable,
         ),
         (&["resolve", &zk_down, "--timeout", "3s"], &unreachable),
+        // Registry access flags: refused where they would not be used, checked
+        // before anything connects.
+        (
+            &["resolve", "static:///127.0.0.1:1", "--etcd-user", "a:b"],
+            "--etcd-user does not apply to a `static` target",
+        ),
+        (
+            &["register", &etcd_down, "127.0.0.1:1", "--zk-digest", "a:b"],
+            "--zk-digest does not apply",
+        ),
+        (
+            &["register", &etcd_down, "127.0.0.1:1", "--zk-acl", "creator"],
+            "--zk-acl does not apply",
+        ),
+        (
+            &["register", &zk_down, "127.0.0.1:1", "--zk-acl", "creator"],
+            "`acl`",
+        ),
+        (
+            &[
+                "resolve",
+                &etcd_down,
+                "--etcd-cacert",
+                "/nonexistent/ca.pem",
+            ],
+            "/nonexistent/ca.pem",
+        ),
+        (
+            &["probe", &etcd_down, "--etcd-user", "app"],
+            "GRPC_LB_ETCD_PASSWORD",
+        ),
     ];
     for (args, expected) in cases {
         assert_one_line_error(&run(args).await, expected);
@@ -449,7 +486,7 @@ async fn bad_input_is_one_line_and_a_non_zero_exit() {
 }
 
 /// `resolve --watch` prints the registry's error while it is down, does not end,
-/// and prints the changes made once it is back.
+/// prints the set again once it is back, and the changes made after.
 #[tokio::test]
 async fn resolve_watch_outlives_an_etcd_restart() {
     let mut etcd = EtcdServer::start().await.unwrap();
@@ -483,6 +520,12 @@ async fn resolve_watch_outlives_an_etcd_restart() {
         "{error}"
     );
     etcd.restart().await.unwrap();
+    // Nothing changed meanwhile, and the set is printed again: the error is over.
+    watch
+        .next_json("the unchanged set once etcd is back", |v| {
+            addresses(v) == ["127.0.0.1:50061"]
+        })
+        .await;
     let second = EtcdRegistrar::register(
         EtcdOptions {
             endpoints: vec![etcd.endpoint()],
@@ -504,4 +547,97 @@ async fn resolve_watch_outlives_an_etcd_restart() {
     assert!(ok);
     second.deregister().await;
     registered.deregister().await;
+}
+
+/// `resolve` and `register` reach an etcd that wants mutual TLS and a password, with
+/// the password on the command line or in the environment; a wrong one is one line
+/// naming the endpoint.
+#[tokio::test]
+async fn resolve_and_register_reach_an_etcd_with_mutual_tls_and_auth() {
+    use lb_testkit::{EtcdSecurity, EtcdUser};
+    let etcd = EtcdServer::start_secured(EtcdSecurity {
+        tls: true,
+        user: Some(EtcdUser::new("app", "app-secret", &["greeter/"])),
+    })
+    .await
+    .unwrap();
+    let files = etcd.tls_files().unwrap();
+    let (ca, cert, key) = (
+        files.ca.to_str().unwrap(),
+        files.client_cert.to_str().unwrap(),
+        files.client_key.to_str().unwrap(),
+    );
+    let target = format!("etcd://{}/greeter", etcd.addr());
+    let tls = ["--etcd-cacert", ca, "--etcd-cert", cert, "--etcd-key", key];
+    let mut register = vec!["register", &target, "127.0.0.1:50071", "--json"];
+    register.extend(tls);
+    register.extend(["--etcd-user", "app"]);
+    let mut reg = Running::spawn_with_env(&register, &[("GRPC_LB_ETCD_PASSWORD", "app-secret")]);
+    reg.next_json("the registration", |v| v["event"] == "registered")
+        .await;
+
+    let mut resolve = vec!["resolve", &target, "--json"];
+    resolve.extend(tls);
+    resolve.extend(["--etcd-user", "app:app-secret"]);
+    let out = run(&resolve).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(addresses(&value), ["127.0.0.1:50071"]);
+
+    let mut wrong = vec!["resolve", &target, "--timeout", "5s"];
+    wrong.extend(tls);
+    wrong.extend(["--etcd-user", "app:wrong"]);
+    let out = run(&wrong).await;
+    assert_one_line_error(&out, &format!("etcd at https://{}", etcd.addr()));
+    assert!(
+        stderr(&out).contains("refused user `app`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let (ok, rest) = reg.terminate().await;
+    assert!(ok && rest.contains("deregistered"), "{rest}");
+    let out = run(&resolve).await;
+    let value: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(addresses(&value).is_empty(), "{value}");
+}
+
+/// `register` with a digest identity and creator ACLs: anyone resolves the instance,
+/// nobody else may delete it.
+#[tokio::test]
+async fn register_protects_a_zookeeper_node_with_its_digest() {
+    use zookeeper_client as zk;
+    let zk = ZooKeeperServer::start().await.unwrap();
+    let target = format!("zk://{}/greeter", zk.connect_string());
+    let mut reg = Running::spawn_with_env(
+        &[
+            "register",
+            &target,
+            "127.0.0.1:50072",
+            "--zk-digest",
+            "app",
+            "--zk-acl",
+            "creator-world-read",
+            "--json",
+        ],
+        &[("GRPC_LB_ZK_PASSWORD", "app-secret")],
+    );
+    let registered = reg
+        .next_json("the registration", |v| v["event"] == "registered")
+        .await;
+    let path = registered["key"].as_str().unwrap().to_owned();
+
+    let out = run(&["resolve", &target, "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(addresses(&value), ["127.0.0.1:50072"]);
+
+    let stranger = zk::Client::connect(&zk.connect_string()).await.unwrap();
+    assert_eq!(
+        stranger.delete(&path, None).await,
+        Err(zk::Error::NoAuth),
+        "a client without the digest cannot remove {path}"
+    );
+    let (ok, rest) = reg.terminate().await;
+    assert!(ok && rest.contains("deregistered"), "{rest}");
 }
