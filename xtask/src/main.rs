@@ -7,8 +7,8 @@
 //! * `ci`    `lint`, then `test`.
 //! * `bench` every benchmark: criterion pick benches and the end-to-end runs (`e2e`,
 //!   `load`, `discovery`, and `scale`: 10,000 instances in real etcd and ZooKeeper),
-//!   each rewriting its section of `docs/benchmarks.md` (`cargo xtask bench --bench
-//!   load` for one target).
+//!   each rewriting its section of `docs/benchmarks.md`, and `e2e` drawing its SVG
+//!   charts into `docs/charts/` (`cargo xtask bench --bench load` for one target).
 //! * `demo`  the main demo (no etcd, no ZooKeeper, no system packages).
 
 use std::env;
@@ -168,7 +168,8 @@ fn bench(rest: &[String]) -> Result {
     }
     args.extend(rest.iter().map(String::as_str));
     let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    // The e2e, discovery and scale benches write their tables into docs/benchmarks.md.
+    // The end-to-end benches write their tables into docs/benchmarks.md, and e2e its
+    // charts into docs/charts/ beside it.
     let doc = root().join("docs").join("benchmarks.md");
     run(Command::new(cargo_bin)
         .args(&args)

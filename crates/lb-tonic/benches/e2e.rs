@@ -40,6 +40,13 @@ const RUN: Duration = Duration::from_secs(3);
 /// Rounds per cell of the throughput table (the median is reported).
 const ROUNDS: u32 = 3;
 const WARM_UP: Duration = Duration::from_millis(500);
+/// The concurrencies of the throughput table and chart.
+const CONCURRENCY: [usize; 5] = [1, 4, 16, 32, 64];
+/// The charts, in `docs/charts/`.
+const CONCURRENCY_CHART: &str = "e2e-concurrency.svg";
+const FAULT_CHART: &str = "e2e-fault-timeline.svg";
+const GRAY_A_CHART: &str = "e2e-gray-not-serving-timeline.svg";
+const GRAY_B_CHART: &str = "e2e-gray-half-failing-timeline.svg";
 
 async fn tonic_channel(backend: &Backend) -> EchoClient<Channel> {
     let channel = Endpoint::from_shared(format!("http://{}", backend.addr()))
@@ -103,60 +110,78 @@ struct FaultRun {
     last_failure: Duration,
     p99: Duration,
     ok: usize,
+    /// RPCs served per backend and failed, per 100 ms since the load started.
+    timeline: charts::Timeline,
 }
 
-/// `concurrency` callers sending unary RPCs until `stop`; returns per-caller
-/// latencies of successes and failure times.
+/// One RPC of a caller: when it ended, and its latency and the server that answered
+/// (`None`: it failed).
+type Outcome = (Instant, Option<(Duration, String)>);
+
+/// `concurrency` callers sending unary RPCs until `stop`; returns what each RPC did.
 fn callers(
     client: &Client,
     concurrency: usize,
     stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<(Vec<Duration>, Vec<Instant>)>> {
+) -> Vec<tokio::task::JoinHandle<Vec<Outcome>>> {
     (0..concurrency)
         .map(|_| {
             let mut client = client.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(100_000);
-                let mut failures = Vec::new();
+                let mut outcomes = Vec::with_capacity(100_000);
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    match client.echo().await {
-                        Ok(()) => latencies.push(t.elapsed()),
-                        Err(_) => failures.push(Instant::now()),
-                    }
+                    let result = client.echo().await;
+                    let done = Instant::now();
+                    outcomes.push((done, result.ok().map(|server| (done - t, server))));
                 }
-                (latencies, failures)
+                outcomes
             })
         })
         .collect()
 }
 
+/// Stops the callers and sums up their RPCs: failures counted from `since`, the
+/// timeline from `load_started`.
 async fn collect(
-    tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, Vec<Instant>)>>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>,
+    stop: &AtomicBool,
+    load_started: Instant,
     since: Instant,
 ) -> FaultRun {
+    stop.store(true, Ordering::Relaxed);
     let (mut all, mut failed, mut last) = (Vec::new(), 0, Duration::ZERO);
+    let mut timeline = charts::Timeline::new(load_started, Instant::now());
     for t in tasks {
-        let (l, f) = t.await.unwrap();
-        all.extend(l);
-        failed += f.len();
-        if let Some(x) = f.iter().max() {
-            last = last.max(x.saturating_duration_since(since));
+        for (done, outcome) in t.await.unwrap() {
+            match outcome {
+                Some((latency, server)) => {
+                    all.push(latency);
+                    timeline.served(&server, done);
+                }
+                None => {
+                    failed += 1;
+                    last = last.max(done.saturating_duration_since(since));
+                    timeline.failed(done);
+                }
+            }
         }
     }
     all.sort_unstable();
-    let p99 = all
-        .get((all.len() as f64 * 0.99) as usize)
-        .copied()
-        .unwrap_or_default();
     FaultRun {
         failed,
         last_failure: last,
-        p99,
+        p99: quantile(&all, 0.99),
         ok: all.len(),
+        timeline,
     }
 }
+
+/// When the fault run killed and restarted its backend, in seconds since its load
+/// started.
+const KILLED_AT: f64 = 1.0;
+const RESTARTED_AT: f64 = 3.0;
 
 /// Concurrency 32: one of three backends is killed (listener and connections dropped
 /// at once) after 1 s of load, and restarted on its port 2 s later; 1 s more of load.
@@ -167,15 +192,15 @@ async fn fault_run(make: impl AsyncFnOnce(&[Backend]) -> Client) -> FaultRun {
     }
     let client = make(&backends).await;
     let stop = Arc::new(AtomicBool::new(false));
+    let load_started = Instant::now();
     let tasks = callers(&client, 32, &stop);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs_f64(KILLED_AT)).await;
     let killed_at = Instant::now();
     backends[0].kill().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs_f64(RESTARTED_AT - KILLED_AT)).await;
     backends[0].restart().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    collect(tasks, killed_at).await
+    collect(tasks, &stop, load_started, killed_at).await
 }
 
 /// Concurrency 32 against three tonic servers; 20 times, one of them stops gracefully
@@ -188,6 +213,7 @@ async fn graceful_run(make: impl AsyncFnOnce(&[String]) -> Client) -> FaultRun {
     let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
     let client = make(&addrs).await;
     let stop = Arc::new(AtomicBool::new(false));
+    let load_started = Instant::now();
     let tasks = callers(&client, 32, &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let first = Instant::now();
@@ -195,8 +221,7 @@ async fn graceful_run(make: impl AsyncFnOnce(&[String]) -> Client) -> FaultRun {
         servers[round % 3].restart().await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    collect(tasks, first).await
+    collect(tasks, &stop, load_started, first).await
 }
 
 /// A gray failure: the backend stays up and connected, but something is wrong.
@@ -224,6 +249,7 @@ async fn gray_run(gray: Gray, make: impl AsyncFnOnce(&[String]) -> Client) -> Fa
     let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
     let client = make(&addrs).await;
     let stop = Arc::new(AtomicBool::new(false));
+    let load_started = Instant::now();
     let tasks = callers(&client, 32, &stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
@@ -246,8 +272,7 @@ async fn gray_run(gray: Gray, make: impl AsyncFnOnce(&[String]) -> Client) -> Fa
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    collect(tasks, started).await
+    collect(tasks, &stop, load_started, started).await
 }
 
 const ROUND_ROBIN: &str = r#"{"loadBalancingConfig": [{"round_robin": {}}]}"#;
@@ -283,7 +308,7 @@ async fn bad_peer_run(
                 let (mut ok, mut failed) = (0, 0);
                 while !stop.load(Ordering::Relaxed) {
                     match tokio::time::timeout(Duration::from_secs(1), client.echo()).await {
-                        Ok(Ok(())) => ok += 1,
+                        Ok(Ok(_)) => ok += 1,
                         _ => failed += 1,
                     }
                 }
@@ -341,7 +366,8 @@ async fn main() {
     let mut table = String::from(
         "| client | concurrency | RPC/s | vs plain Channel | p50 ms | p99 ms | failed |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
-    for concurrency in [1, 16, 64] {
+    let mut points: Vec<Vec<charts::Point>> = clients.iter().map(|_| Vec::new()).collect();
+    for concurrency in CONCURRENCY {
         // This machine's speed drifts (other tenants): the clients take turns, in
         // ROUNDS rounds of RUN / ROUNDS each, and each cell is the median round.
         for (_, client) in &clients {
@@ -354,9 +380,14 @@ async fn main() {
             }
         }
         let mut baseline = None;
-        for ((name, _), mut runs) in clients.iter().zip(rounds) {
+        for (((name, _), mut runs), points) in clients.iter().zip(rounds).zip(&mut points) {
             runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
             let s = &runs[runs.len() / 2];
+            points.push(charts::Point {
+                concurrency,
+                rps: s.rps,
+                p99: s.p99,
+            });
             let base = *baseline.get_or_insert(s.rps);
             let row = format!(
                 "| {name} | {concurrency} | {:.0} | {:.2}× | {} | {} | {} |\n",
@@ -370,6 +401,13 @@ async fn main() {
             table.push_str(&row);
         }
     }
+    let named: Vec<(&str, Vec<charts::Point>)> =
+        clients.iter().map(|(name, _)| *name).zip(points).collect();
+    charts::concurrency_chart(
+        CONCURRENCY_CHART,
+        "Unary echo over three loopback backends (median of 3 rounds per point)",
+        &named,
+    );
 
     // The retry machinery's cost when nothing is retried: the same channel with and
     // without a retry policy, alternating, five 2 s runs each at concurrency 16; the
@@ -408,7 +446,7 @@ async fn main() {
             fault_run(async |b: &[Backend]| Client::Lb(lb_channel(b, true).await)).await,
         ),
     ];
-    for (name, run) in runs {
+    for (name, run) in &runs {
         let row = format!(
             "| {name} | {} | {} ms | {} | {} |\n",
             run.failed,
@@ -419,6 +457,16 @@ async fn main() {
         print!("{row}");
         faults.push_str(&row);
     }
+    let timelines: Vec<(&str, &charts::Timeline)> = runs
+        .iter()
+        .map(|(name, run)| (*name, &run.timeline))
+        .collect();
+    charts::timeline_chart(
+        FAULT_CHART,
+        "Fault run: f1 killed at 1 s, restarted at 3 s (concurrency 32)",
+        &timelines,
+        &[(KILLED_AT, "f1 killed"), (RESTARTED_AT, "f1 restarted")],
+    );
 
     let mut graceful = String::from(
         "| client | failed RPCs | p99 ms | RPCs served in the run |\n|---|---:|---:|---:|\n",
@@ -544,7 +592,7 @@ async fn main() {
             gray_run(Gray::HalfFailing, async |a: &[String]| balance_list_to(a)).await,
         ),
     ];
-    for (gray, name, run) in runs {
+    for (gray, name, run) in &runs {
         let row = format!(
             "| {gray} | {name} | {} | {} | {} |\n",
             run.failed,
@@ -553,6 +601,28 @@ async fn main() {
         );
         print!("{row}");
         grays.push_str(&row);
+    }
+    // One chart per kind of gray failure, (a') aside.
+    for (kind, chart, title, events) in [
+        (
+            "(a)",
+            GRAY_A_CHART,
+            "Gray failure (a): h2 NOT_SERVING and failing its RPCs from 1 s to 3 s (concurrency 32)",
+            [(1.0, "h2 NOT_SERVING"), (3.0, "h2 serving")],
+        ),
+        (
+            "(b)",
+            GRAY_B_CHART,
+            "Gray failure (b): h2 fails half its RPCs from 1 s to 4 s (concurrency 32)",
+            [(1.0, "h2 fails 50%"), (4.0, "h2 recovered")],
+        ),
+    ] {
+        let timelines: Vec<(&str, &charts::Timeline)> = runs
+            .iter()
+            .filter(|(gray, _, _)| gray.starts_with(kind))
+            .map(|(_, name, run)| (*name, &run.timeline))
+            .collect();
+        charts::timeline_chart(chart, title, &timelines, &events);
     }
 
     {
@@ -564,14 +634,26 @@ async fn main() {
             (RUN / ROUNDS).as_millis()
         );
         section.push_str(&table);
+        let _ = writeln!(
+            section,
+            "\n![Throughput and p99 latency against concurrency, per client](charts/{CONCURRENCY_CHART})"
+        );
         section.push('\n');
         section.push_str(&overhead);
         section.push_str("\nFault run: concurrency 32, one of three backends killed after 1 s (listener and every connection dropped at once, as a SIGKILLed process), restarted on its port 2 s later, 1 s more of load. The retry policy retries UNAVAILABLE up to 5 attempts.\n\n");
         section.push_str(&faults);
+        let _ = writeln!(
+            section,
+            "\nPer 100 ms of the fault runs: RPCs each backend served (lines) and RPCs that failed (bars). A failure names no backend, but f1 is the only one that goes away.\n\n![Fault-run timeline: RPCs served per backend and failed, per 100 ms, balance_list against LbChannel](charts/{FAULT_CHART})"
+        );
         section.push_str("\nGraceful-stop run: concurrency 32, three tonic servers; 20 times, one stops gracefully (GOAWAY, in-flight RPCs finish) and starts again on its port, 100 ms apart. No retry policy.\n\n");
         section.push_str(&graceful);
         section.push_str("\nGray-failure run: concurrency 32, three backends that serve the health service; after 1 s one goes gray, (a) NOT_SERVING and failing its RPCs for 2 s (in (a') its RPCs start failing 100 ms after its health changes, as a draining server's would), or (b) failing half its RPCs with UNAVAILABLE for 3 s; 1 s more of load. Outlier detection sweeps every 100 ms (failure percentage over 30%, 50 RPCs at least, one backend of three at most).\n\n");
         section.push_str(&grays);
+        let _ = writeln!(
+            section,
+            "\n![Gray failure (a) timeline: RPCs served per backend and failed, per 100 ms](charts/{GRAY_A_CHART})\n\n![Gray failure (b) timeline: RPCs served per backend and failed, per 100 ms](charts/{GRAY_B_CHART})"
+        );
         section.push_str("\nBad-peer run: round robin over a good backend and a misbehaving peer, concurrency 8 for 3 s, each RPC bounded by 1 s.\n\n");
         section.push_str(&bad_peers);
         write_doc_section("e2e", &section);

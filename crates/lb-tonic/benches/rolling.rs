@@ -206,7 +206,7 @@ async fn rolling(registry: Registry, at: &str, graceful: bool) -> Row {
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     match client.echo().await {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                         Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                     };
                 }

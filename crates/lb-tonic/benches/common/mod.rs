@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each bench uses a part
 
+pub mod charts;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,15 +22,17 @@ pub enum Client {
 }
 
 impl Client {
-    pub async fn echo(&mut self) -> Result<(), tonic::Status> {
+    /// One unary echo; the name of the server that answered.
+    pub async fn echo(&mut self) -> Result<String, tonic::Status> {
         let req = EchoRequest {
             message: "bench".into(),
             ..Default::default()
         };
-        match self {
-            Client::Tonic(c) => c.unary_echo(req).await.map(drop),
-            Client::Lb(c) => c.unary_echo(req).await.map(drop),
-        }
+        let reply = match self {
+            Client::Tonic(c) => c.unary_echo(req).await?,
+            Client::Lb(c) => c.unary_echo(req).await?,
+        };
+        Ok(reply.into_inner().server)
     }
 }
 
@@ -61,7 +65,7 @@ pub async fn load(client: &Client, concurrency: usize, run: Duration) -> Stats {
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     match client.echo().await {
-                        Ok(()) => latencies.push(t.elapsed()),
+                        Ok(_) => latencies.push(t.elapsed()),
                         Err(_) => failed += 1,
                     }
                 }
