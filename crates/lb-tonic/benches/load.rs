@@ -5,7 +5,8 @@
 //! `<!-- load:start -->` and `<!-- load:end -->` in that file.
 //!
 //! * **Heterogeneous**: three loopback echo backends, one of them 5 ms slower per
-//!   RPC, concurrency 32, for `round_robin`, `least_request`, `peak_ewma`,
+//!   RPC, concurrency 32, for `round_robin`, `least_request`, `peak_ewma` (default
+//!   and with a 1 s decay time),
 //!   `weighted_round_robin` over ORCA reports (the slow backend reports three times
 //!   the utilization: weights 3:3:1) and tonic's `balance_list`; and, in the same
 //!   run, `round_robin` over the two fast backends alone. The backends report their
@@ -50,6 +51,10 @@ fn clients(addrs: &[String]) -> Vec<(&'static str, Client)> {
         (
             "LbChannel peak_ewma",
             lb_channel_with(addrs, &config(r#""peak_ewma": {}"#)),
+        ),
+        (
+            "LbChannel peak_ewma (decayTime 1s)",
+            lb_channel_with(addrs, &config(r#""peak_ewma": {"decayTime": "1s"}"#)),
         ),
         (
             "LbChannel weighted_round_robin (ORCA)",
