@@ -5,8 +5,12 @@
 //! sample above the estimate replaces it at once (a backend that slows down is seen
 //! at its first slow answer), a sample below it is averaged in with a weight that
 //! grows with the time since the last one, `1 - e^(-Δt / decayTime)` (a backend that
-//! recovers is trusted again over about `decayTime`). The estimate also decays
-//! toward zero while no answer arrives, so a backend that was avoided is tried again.
+//! recovers is trusted again over about `decayTime`), and is at least 1%, so that a
+//! peak also fades over about a hundred faster answers: a backend answering tens of
+//! thousands of RPCs a second would otherwise wear its slowest answer of the last
+//! `decayTime` as its estimate, and look no faster than one that is slow every
+//! time. The estimate also decays toward zero while no answer arrives, so a backend
+//! that was avoided is tried again.
 //!
 //! A pick draws two distinct ready subconns at random and takes the one of lower
 //! cost, `estimate × (RPCs in flight + 1)`: a backend twice as slow gets about half
@@ -47,6 +51,11 @@ use crate::config::Fields;
 
 /// The policy's name in service configs.
 pub const NAME: &str = "peak_ewma";
+
+/// The least weight of a sample below the estimate, however soon it follows the
+/// last: a peak fades over about a hundred faster answers as well as over
+/// `decayTime`.
+const SAMPLE_WEIGHT: f64 = 0.01;
 
 /// The `peak_ewma` balancer builder, ready to register.
 pub fn builder() -> BaseBuilder<PeakEwma> {
@@ -211,7 +220,10 @@ impl Ewma {
             Some(_) if failed => e.ns,
             Some(at) => {
                 let dt = now.saturating_duration_since(at).as_nanos() as f64;
-                let w = (-dt / decay_ns).exp();
+                // Forget by time, and by samples too: a backend answering tens of
+                // thousands of RPCs a second would otherwise wear its slowest answer
+                // of the last `decayTime` as its estimate.
+                let w = (-dt / decay_ns).exp().min(1.0 - SAMPLE_WEIGHT);
                 e.ns * w + rtt_ns * (1.0 - w)
             }
         };
@@ -321,14 +333,29 @@ mod tests {
         e.sample(0.0, false, t0 + Duration::from_secs(10));
         let expected = 10.0 * MS * (-1.0f64).exp();
         assert!((e.cost_ns() - expected).abs() < 1.0, "{}", e.cost_ns());
-        // A moment later, another one barely moves it.
-        let before = e.cost_ns();
-        e.sample(
-            0.0,
-            false,
-            t0 + Duration::from_secs(10) + Duration::from_micros(100),
-        );
-        assert!(e.cost_ns() > before * 0.9999);
+    }
+
+    #[test]
+    fn a_peak_also_fades_over_a_few_hundred_faster_answers_however_quick() {
+        let e = ewma();
+        let t0 = Instant::now();
+        e.sample(0.2 * MS, false, t0);
+        e.sample(20.0 * MS, false, t0 + Duration::from_micros(10));
+        assert_eq!(e.cost_ns(), 20.0 * MS, "the peak counts at once");
+        // 20,000 answers a second: by time alone, each would weigh 5e-6.
+        let mut t = t0 + Duration::from_micros(10);
+        for _ in 0..100 {
+            t += Duration::from_micros(50);
+            e.sample(0.2 * MS, false, t);
+        }
+        let after_100 = e.cost_ns();
+        let expected = 0.2 * MS + 19.8 * MS * 0.99f64.powi(100);
+        assert!((after_100 - expected).abs() < 0.01 * MS, "{after_100}");
+        for _ in 0..400 {
+            t += Duration::from_micros(50);
+            e.sample(0.2 * MS, false, t);
+        }
+        assert!(e.cost_ns() < 0.4 * MS, "{}", e.cost_ns());
     }
 
     #[test]
