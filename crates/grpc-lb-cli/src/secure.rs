@@ -119,7 +119,7 @@ impl RegistryArgs {
 
     /// A flag given that a target of `scheme` would not use, to be refused rather
     /// than ignored.
-    pub(crate) fn unused_with(&self, scheme: &str) -> Option<&'static str> {
+    fn unused_with(&self, scheme: &str) -> Option<&'static str> {
         let etcd = [
             ("--etcd-cacert", self.etcd_cacert.is_some()),
             ("--etcd-cert", self.etcd_cert.is_some()),
@@ -140,6 +140,9 @@ impl RegistryArgs {
     /// Refuses a flag that a target of `scheme` would not use.
     pub(crate) fn check_for(&self, scheme: &str) -> Result<(), Failure> {
         match self.unused_with(scheme) {
+            Some(flag) if scheme.is_empty() => Err(Failure(format!(
+                "{flag} does not apply to a target without a scheme"
+            ))),
             Some(flag) => Err(Failure(format!(
                 "{flag} does not apply to a `{scheme}` target"
             ))),

@@ -406,7 +406,7 @@ async fn bad_input_is_one_line_and_a_non_zero_exit() {
     let unreachable = format!("127.0.0.1:{}", lb_testkit::free_port().unwrap());
     let etcd_down = format!("etcd://{unreachable}/svc");
     let zk_down = format!("zk://{unreachable}/svc");
-    let cases: [(&[&str], &str); 17] = [
+    let cases: [(&[&str], &str); 18] = [
         (&["resolve", "nope://x/y"], "nope://x/y"),
         (
             &["probe", "static:///127.0.0.1:1", "--policy", "nope"],
@@ -453,6 +453,10 @@ async fn bad_input_is_one_line_and_a_non_zero_exit() {
         (
             &["resolve", "static:///127.0.0.1:1", "--etcd-user", "a:b"],
             "--etcd-user does not apply to a `static` target",
+        ),
+        (
+            &["probe", "127.0.0.1:1", "--zk-digest", "a:b"],
+            "--zk-digest does not apply to a target without a scheme",
         ),
         (
             &["register", &etcd_down, "127.0.0.1:1", "--zk-digest", "a:b"],
