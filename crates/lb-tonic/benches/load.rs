@@ -131,12 +131,20 @@ async fn heterogeneous() -> String {
     table
 }
 
-/// RPC/s of one client before, during and after a 3 s stall.
+/// RPC/s of one client before, during and after a 3 s stall, and its timeline.
 struct StallRun {
     before: f64,
     during: f64,
     after: f64,
+    timeline: charts::Timeline,
 }
+
+/// When the stall run stops and resumes its backend, in seconds since its load
+/// started.
+const STALLED_AT: f64 = 2.0;
+const RESUMED_AT: f64 = 5.0;
+/// The stall run's chart, in `docs/charts/`.
+const STALL_CHART: &str = "load-stall-timeline.svg";
 
 async fn stall_run(client: &Client, stalled: &ChildBackend) -> StallRun {
     load(client, CONCURRENCY, WARM_UP).await;
@@ -148,8 +156,8 @@ async fn stall_run(client: &Client, stalled: &ChildBackend) -> StallRun {
             tokio::spawn(async move {
                 let mut done = Vec::with_capacity(100_000);
                 while !stop.load(Ordering::Relaxed) {
-                    if client.echo().await.is_ok() {
-                        done.push(Instant::now());
+                    if let Ok(server) = client.echo().await {
+                        done.push((Instant::now(), server));
                     }
                 }
                 done
@@ -157,10 +165,10 @@ async fn stall_run(client: &Client, stalled: &ChildBackend) -> StallRun {
         })
         .collect();
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs_f64(STALLED_AT)).await;
     let t1 = Instant::now();
     stalled.stop().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs_f64(RESUMED_AT - STALLED_AT)).await;
     stalled.resume().await.unwrap();
     let t2 = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -170,14 +178,19 @@ async fn stall_run(client: &Client, stalled: &ChildBackend) -> StallRun {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
+    let mut timeline = charts::Timeline::new(t0, t3);
+    for (at, server) in &all {
+        timeline.served(server, *at);
+    }
     let rate = |from: Instant, to: Instant| {
-        all.iter().filter(|t| **t >= from && **t < to).count() as f64
+        all.iter().filter(|(t, _)| *t >= from && *t < to).count() as f64
             / to.duration_since(from).as_secs_f64()
     };
     StallRun {
         before: rate(t0, t1),
         during: rate(t1, t2),
         after: rate(t2, t3),
+        timeline,
     }
 }
 
@@ -196,6 +209,7 @@ async fn stall() -> String {
     let mut table = String::from(
         "| client | RPC/s before | RPC/s during the stall | during / before | RPC/s after |\n|---|---:|---:|---:|---:|\n",
     );
+    let mut runs = Vec::new();
     for (name, client) in clients(&addrs) {
         let run = stall_run(&client, &stalled).await;
         let row = format!(
@@ -207,10 +221,21 @@ async fn stall() -> String {
         );
         print!("{row}");
         table.push_str(&row);
+        runs.push((name, run));
         drop(client);
         // Let the stalled backend work off what piled up before the next client.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let timelines: Vec<(&str, &charts::Timeline)> = runs
+        .iter()
+        .map(|(name, run)| (*name, &run.timeline))
+        .collect();
+    charts::timeline_chart(
+        STALL_CHART,
+        "Stall run: `stalled` stopped (SIGSTOP) at 2 s, resumed at 5 s (concurrency 32)",
+        &timelines,
+        &[(STALLED_AT, "stopped"), (RESUMED_AT, "resumed")],
+    );
     table
 }
 
@@ -240,5 +265,9 @@ async fn run() {
     section.push_str(&heterogeneous);
     section.push_str("\nStall run: two backends in this process and one in a child process, stopped with SIGSTOP for 3 s (its connections stay open, nothing answers), then resumed; concurrency 32, no deadlines; RPC/s over the 2 s before, the 3 s stall and the 2 s after.\n\n");
     section.push_str(&stall);
+    let _ = writeln!(
+        section,
+        "\nPer 100 ms of the stall runs, the RPCs each backend answered (none fails: there are no deadlines).\n\n![Stall-run timeline: RPCs answered per backend, per 100 ms, per client](charts/{STALL_CHART})"
+    );
     write_doc_section("load", &section);
 }

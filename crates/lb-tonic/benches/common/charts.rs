@@ -193,8 +193,8 @@ impl Timeline {
 }
 
 /// One panel per client: RPCs served per backend per 100 ms (lines) over RPCs failed
-/// per 100 ms (bars), on shared scales, with `events` (seconds from the start, and a
-/// label) marked by vertical lines.
+/// per 100 ms (bars; left out when no run failed any), on shared scales, with
+/// `events` (seconds from the start, and a label) marked by vertical lines.
 pub fn timeline_chart(name: &str, title: &str, runs: &[(&str, &Timeline)], events: &[(f64, &str)]) {
     let Some(path) = chart_path(name) else {
         return;
@@ -208,7 +208,8 @@ fn draw_timeline(
     runs: &[(&str, &Timeline)],
     events: &[(f64, &str)],
 ) -> Result {
-    let row_height = 330;
+    let with_failures = runs.iter().any(|(_, t)| t.failed_total > 0);
+    let row_height = if with_failures { 330 } else { 230 };
     let root =
         SVGBackend::new(path, (1100, 60 + row_height * runs.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -238,22 +239,34 @@ fn draw_timeline(
     let width = BUCKET.as_secs_f64();
     let rows = root.split_evenly((runs.len(), 1));
     for ((client, timeline), row) in runs.iter().zip(rows) {
-        let (top, bottom) = row.split_vertically(row_height * 62 / 100);
-        let caption = format!("{client}: {} failed RPCs", timeline.failed_total);
+        let (top, bottom) = if with_failures {
+            let (top, bottom) = row.split_vertically(row_height * 62 / 100);
+            (top, Some(bottom))
+        } else {
+            (row, None)
+        };
+        let caption = if with_failures {
+            format!("{client}: {} failed RPCs", timeline.failed_total)
+        } else {
+            (*client).to_owned()
+        };
         let mut served = ChartBuilder::on(&top)
             .caption(caption, (FONT, 17))
             .margin(8)
-            .x_label_area_size(10)
+            .x_label_area_size(if with_failures { 10 } else { 35 })
             .y_label_area_size(70)
             .build_cartesian_2d(0f64..x_max, 0f64..served_max)?;
-        served
-            .configure_mesh()
-            .y_desc("served / 100 ms")
+        let mut mesh = served.configure_mesh();
+        mesh.y_desc("served / 100 ms")
             .y_label_formatter(&|y| format!("{y:.0}"))
-            .x_labels(0)
             .light_line_style(WHITE.mix(0.0))
-            .label_style((FONT, 12))
-            .draw()?;
+            .label_style((FONT, 12));
+        if with_failures {
+            mesh.x_labels(0); // the failures panel below has the time axis
+        } else {
+            mesh.x_desc("seconds since the load started");
+        }
+        mesh.draw()?;
         for (i, (server, counts)) in timeline.served.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let data = counts
@@ -286,6 +299,7 @@ fn draw_timeline(
             .border_style(BLACK.mix(0.4))
             .draw()?;
 
+        let Some(bottom) = bottom else { continue };
         let mut failed = ChartBuilder::on(&bottom)
             .margin(8)
             .x_label_area_size(35)
