@@ -106,15 +106,22 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
             "--zk-acl does not apply to an `etcd` registry".to_owned(),
         ));
     }
+    if args.zk_acl != Acl::Open && !args.access.has_zk_digest() {
+        return Err(Failure(
+            "--zk-acl creator grants the registrar's digest identity: give it with --zk-digest"
+                .to_owned(),
+        ));
+    }
     let registration = match target.scheme() {
         "etcd" => {
             let mut options = EtcdOptions {
                 timeout: args.timeout,
                 ..EtcdOptions::default()
             };
-            if let Some(authority) = &where_ {
-                options.endpoints = args.access.etcd_endpoints(authority);
-            }
+            // Without a host in the target, etcd's default port on this machine.
+            options.endpoints = args
+                .access
+                .etcd_endpoints(where_.as_deref().unwrap_or("127.0.0.1:2379"));
             let options = args.access.etcd_options(options)?;
             let endpoints = options.endpoints.join(",");
             let registrar =

@@ -17,7 +17,7 @@ pub(crate) const ETCD_PASSWORD_ENV: &str = "GRPC_LB_ETCD_PASSWORD";
 pub(crate) const ZK_PASSWORD_ENV: &str = "GRPC_LB_ZK_PASSWORD";
 
 /// Registry access: TLS and a user for etcd, a digest identity for ZooKeeper.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Clone, Default)]
 pub(crate) struct RegistryArgs {
     /// etcd: verify etcd's server certificate with this CA (PEM; etcdctl's
     /// `--cacert`). Targets with a host then use https.
@@ -45,6 +45,24 @@ pub(crate) struct RegistryArgs {
     zk_digest: Option<String>,
 }
 
+/// Shows the flags without their passwords.
+impl std::fmt::Debug for RegistryArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = |v: &Option<String>| {
+            v.as_deref()
+                .map(|v| v.split_once(':').map_or(v, |(user, _)| user).to_owned())
+        };
+        f.debug_struct("RegistryArgs")
+            .field("etcd_cacert", &self.etcd_cacert)
+            .field("etcd_cert", &self.etcd_cert)
+            .field("etcd_key", &self.etcd_key)
+            .field("etcd_server_name", &self.etcd_server_name)
+            .field("etcd_user", &user(&self.etcd_user))
+            .field("zk_digest", &user(&self.zk_digest))
+            .finish()
+    }
+}
+
 /// `USER:PASSWORD`, or `USER` with the password in `env`.
 fn user_password(flag: &str, value: &str, env: &str) -> Result<(String, String), Failure> {
     let (user, password) = match value.split_once(':') {
@@ -65,6 +83,11 @@ fn user_password(flag: &str, value: &str, env: &str) -> Result<(String, String),
 }
 
 impl RegistryArgs {
+    /// Whether --zk-digest was given.
+    pub(crate) fn has_zk_digest(&self) -> bool {
+        self.zk_digest.is_some()
+    }
+
     /// The endpoints of a target's authority (`host:port,host:port`): https with
     /// --etcd-cacert, else http.
     pub(crate) fn etcd_endpoints(&self, authority: &str) -> Vec<String> {
@@ -173,6 +196,21 @@ impl RegistryArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let args = RegistryArgs {
+            etcd_user: Some("app:s3cret".to_owned()),
+            zk_digest: Some("zk-app:0ther".to_owned()),
+            ..RegistryArgs::default()
+        };
+        let shown = format!("{args:?}");
+        assert!(shown.contains("app") && shown.contains("zk-app"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("0ther"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_password_follows_a_colon_and_may_hold_colons() {

@@ -406,7 +406,7 @@ async fn bad_input_is_one_line_and_a_non_zero_exit() {
     let unreachable = format!("127.0.0.1:{}", lb_testkit::free_port().unwrap());
     let etcd_down = format!("etcd://{unreachable}/svc");
     let zk_down = format!("zk://{unreachable}/svc");
-    let cases: [(&[&str], &str); 18] = [
+    let cases: [(&[&str], &str); 19] = [
         (&["resolve", "nope://x/y"], "nope://x/y"),
         (
             &["probe", "static:///127.0.0.1:1", "--policy", "nope"],
@@ -468,12 +468,23 @@ async fn bad_input_is_one_line_and_a_non_zero_exit() {
         ),
         (
             &["register", &zk_down, "127.0.0.1:1", "--zk-acl", "creator"],
-            "`acl`",
+            "give it with --zk-digest",
         ),
         (
             &[
                 "resolve",
                 &etcd_down,
+                "--etcd-cacert",
+                "/nonexistent/ca.pem",
+            ],
+            "/nonexistent/ca.pem",
+        ),
+        // A target without a host uses https://127.0.0.1:2379 with TLS too.
+        (
+            &[
+                "register",
+                "etcd:///svc",
+                "127.0.0.1:1",
                 "--etcd-cacert",
                 "/nonexistent/ca.pem",
             ],

@@ -6,7 +6,9 @@
 //! at its first slow answer), a sample below it is averaged in with a weight that
 //! grows with the time since the last one, `1 - e^(-Δt / decayTime)` (a backend that
 //! recovers is trusted again over about `decayTime`), and is at least 1%, so that a
-//! peak also fades over about a hundred faster answers: a backend answering tens of
+//! peak also fades with answers (its excess shrinks by 1/e every hundred faster
+//! answers; the floor matters above ten answers a second at the default 10 s
+//! `decayTime`): a backend answering tens of
 //! thousands of RPCs a second would otherwise wear its slowest answer of the last
 //! `decayTime` as its estimate, and look no faster than one that is slow every
 //! time. The estimate also decays toward zero while no answer arrives, so a backend
@@ -53,8 +55,8 @@ use crate::config::Fields;
 pub const NAME: &str = "peak_ewma";
 
 /// The least weight of a sample below the estimate, however soon it follows the
-/// last: a peak fades over about a hundred faster answers as well as over
-/// `decayTime`.
+/// last: a peak's excess also shrinks by 1/e every hundred faster answers, not only
+/// over `decayTime`.
 const SAMPLE_WEIGHT: f64 = 0.01;
 
 /// The `peak_ewma` balancer builder, ready to register.

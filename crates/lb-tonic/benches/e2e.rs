@@ -178,11 +178,6 @@ async fn collect(
     }
 }
 
-/// When the fault run killed and restarted its backend, in seconds since its load
-/// started.
-const KILLED_AT: f64 = 1.0;
-const RESTARTED_AT: f64 = 3.0;
-
 /// Concurrency 32: one of three backends is killed (listener and connections dropped
 /// at once) after 1 s of load, and restarted on its port 2 s later; 1 s more of load.
 async fn fault_run(make: impl AsyncFnOnce(&[Backend]) -> Client) -> FaultRun {
@@ -194,13 +189,17 @@ async fn fault_run(make: impl AsyncFnOnce(&[Backend]) -> Client) -> FaultRun {
     let stop = Arc::new(AtomicBool::new(false));
     let load_started = Instant::now();
     let tasks = callers(&client, 32, &stop);
-    tokio::time::sleep(Duration::from_secs_f64(KILLED_AT)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let killed_at = Instant::now();
     backends[0].kill().await;
-    tokio::time::sleep(Duration::from_secs_f64(RESTARTED_AT - KILLED_AT)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     backends[0].restart().await.unwrap();
+    let restarted_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    collect(tasks, &stop, load_started, killed_at).await
+    let mut run = collect(tasks, &stop, load_started, killed_at).await;
+    run.timeline.mark(killed_at, "f1 killed");
+    run.timeline.mark(restarted_at, "f1 restarted");
+    run
 }
 
 /// Concurrency 32 against three tonic servers; 20 times, one of them stops gracefully
@@ -254,7 +253,7 @@ async fn gray_run(gray: Gray, make: impl AsyncFnOnce(&[String]) -> Client) -> Fa
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     let sick = &backends[1];
-    match gray {
+    let (went, came) = match gray {
         Gray::NotServing | Gray::NotServingDraining => {
             sick.set_health("echo", false).await;
             if matches!(gray, Gray::NotServingDraining) {
@@ -264,15 +263,21 @@ async fn gray_run(gray: Gray, make: impl AsyncFnOnce(&[String]) -> Client) -> Fa
             tokio::time::sleep(Duration::from_secs(2)).await;
             sick.service().set_failure(0, tonic::Code::Ok);
             sick.set_health("echo", true).await;
+            ("h2 NOT_SERVING", "h2 serving")
         }
         Gray::HalfFailing => {
             sick.service().set_failure(50, tonic::Code::Unavailable);
             tokio::time::sleep(Duration::from_secs(3)).await;
             sick.service().set_failure(0, tonic::Code::Ok);
+            ("h2 fails 50%", "h2 recovered")
         }
-    }
+    };
+    let recovered = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    collect(tasks, &stop, load_started, started).await
+    let mut run = collect(tasks, &stop, load_started, started).await;
+    run.timeline.mark(started, went);
+    run.timeline.mark(recovered, came);
+    run
 }
 
 const ROUND_ROBIN: &str = r#"{"loadBalancingConfig": [{"round_robin": {}}]}"#;
@@ -405,7 +410,7 @@ async fn main() {
         clients.iter().map(|(name, _)| *name).zip(points).collect();
     charts::concurrency_chart(
         CONCURRENCY_CHART,
-        "Unary echo over three loopback backends (median of 3 rounds per point)",
+        "Unary echo over three loopback backends (per point, the round of median throughput of 3)",
         &named,
     );
 
@@ -465,7 +470,6 @@ async fn main() {
         FAULT_CHART,
         "Fault run: f1 killed at 1 s, restarted at 3 s (concurrency 32)",
         &timelines,
-        &[(KILLED_AT, "f1 killed"), (RESTARTED_AT, "f1 restarted")],
     );
 
     let mut graceful = String::from(
@@ -603,18 +607,16 @@ async fn main() {
         grays.push_str(&row);
     }
     // One chart per kind of gray failure, (a') aside.
-    for (kind, chart, title, events) in [
+    for (kind, chart, title) in [
         (
             "(a)",
             GRAY_A_CHART,
             "Gray failure (a): h2 NOT_SERVING and failing its RPCs from 1 s to 3 s (concurrency 32)",
-            [(1.0, "h2 NOT_SERVING"), (3.0, "h2 serving")],
         ),
         (
             "(b)",
             GRAY_B_CHART,
             "Gray failure (b): h2 fails half its RPCs from 1 s to 4 s (concurrency 32)",
-            [(1.0, "h2 fails 50%"), (4.0, "h2 recovered")],
         ),
     ] {
         let timelines: Vec<(&str, &charts::Timeline)> = runs
@@ -622,7 +624,7 @@ async fn main() {
             .filter(|(gray, _, _)| gray.starts_with(kind))
             .map(|(_, name, run)| (*name, &run.timeline))
             .collect();
-        charts::timeline_chart(chart, title, &timelines, &events);
+        charts::timeline_chart(chart, title, &timelines);
     }
 
     {
@@ -644,7 +646,7 @@ async fn main() {
         section.push_str(&faults);
         let _ = writeln!(
             section,
-            "\nPer 100 ms of the fault runs: RPCs each backend served (lines) and RPCs that failed (bars). A failure names no backend, but f1 is the only one that goes away.\n\n![Fault-run timeline: RPCs served per backend and failed, per 100 ms, balance_list against LbChannel](charts/{FAULT_CHART})"
+            "\nPer 100 ms of the fault runs: RPCs that succeeded, per backend (lines), and RPCs that failed (bars). A failure names no backend, but f1 is the only one that goes away. In the gray-failure charts below, the sick backend's line is its successes only: with plain round robin it still gets its third of the RPCs, and they fail.\n\n![Fault-run timeline: RPCs served per backend and failed, per 100 ms, balance_list against LbChannel](charts/{FAULT_CHART})"
         );
         section.push_str("\nGraceful-stop run: concurrency 32, three tonic servers; 20 times, one stops gracefully (GOAWAY, in-flight RPCs finish) and starts again on its port, 100 ms apart. No retry policy.\n\n");
         section.push_str(&graceful);

@@ -144,6 +144,8 @@ pub struct Timeline {
     served: BTreeMap<String, Vec<u32>>,
     failed: Vec<u32>,
     failed_total: usize,
+    /// What happened when, in seconds since the start (a kill, a restart).
+    marks: Vec<(f64, String)>,
 }
 
 /// A timeline's bucket width.
@@ -160,7 +162,14 @@ impl Timeline {
             served: BTreeMap::new(),
             failed: vec![0; buckets],
             failed_total: 0,
+            marks: Vec::new(),
         }
+    }
+
+    /// Marks `label` at `at`, drawn as a vertical line.
+    pub fn mark(&mut self, at: Instant, label: &str) {
+        let t = at.saturating_duration_since(self.start).as_secs_f64();
+        self.marks.push((t, label.to_owned()));
     }
 
     /// The bucket of `at`, if it is a whole one.
@@ -169,7 +178,7 @@ impl Timeline {
         (i < self.buckets).then_some(i)
     }
 
-    /// `server` answered an RPC at `at`.
+    /// `server` answered an RPC at `at` (successfully: a failure names no server).
     pub fn served(&mut self, server: &str, at: Instant) {
         let Some(i) = self.bucket(at) else { return };
         let buckets = self.buckets;
@@ -192,22 +201,17 @@ impl Timeline {
     }
 }
 
-/// One panel per client: RPCs served per backend per 100 ms (lines) over RPCs failed
-/// per 100 ms (bars; left out when no run failed any), on shared scales, with
-/// `events` (seconds from the start, and a label) marked by vertical lines.
-pub fn timeline_chart(name: &str, title: &str, runs: &[(&str, &Timeline)], events: &[(f64, &str)]) {
+/// One panel per client: RPCs that succeeded per backend per 100 ms (lines) over RPCs
+/// failed per 100 ms (bars; left out when no run failed any), on shared scales, with
+/// each timeline's marks as vertical lines. A backend has one colour throughout.
+pub fn timeline_chart(name: &str, title: &str, runs: &[(&str, &Timeline)]) {
     let Some(path) = chart_path(name) else {
         return;
     };
-    report(&path, draw_timeline(&path, title, runs, events));
+    report(&path, draw_timeline(&path, title, runs));
 }
 
-fn draw_timeline(
-    path: &std::path::Path,
-    title: &str,
-    runs: &[(&str, &Timeline)],
-    events: &[(f64, &str)],
-) -> Result {
+fn draw_timeline(path: &std::path::Path, title: &str, runs: &[(&str, &Timeline)]) -> Result {
     let with_failures = runs.iter().any(|(_, t)| t.failed_total > 0);
     let row_height = if with_failures { 330 } else { 230 };
     let root =
@@ -237,6 +241,14 @@ fn draw_timeline(
         .max(1) as f64
         * 1.15;
     let width = BUCKET.as_secs_f64();
+    let servers: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .flat_map(|(_, t)| t.served.keys().map(String::as_str))
+        .collect();
+    let colour = |server: &str| {
+        let i = servers.iter().position(|s| *s == server).unwrap_or(0);
+        PALETTE[i % PALETTE.len()]
+    };
     let rows = root.split_evenly((runs.len(), 1));
     for ((client, timeline), row) in runs.iter().zip(rows) {
         let (top, bottom) = if with_failures {
@@ -257,7 +269,7 @@ fn draw_timeline(
             .y_label_area_size(70)
             .build_cartesian_2d(0f64..x_max, 0f64..served_max)?;
         let mut mesh = served.configure_mesh();
-        mesh.y_desc("served / 100 ms")
+        mesh.y_desc("succeeded / 100 ms")
             .y_label_formatter(&|y| format!("{y:.0}"))
             .light_line_style(WHITE.mix(0.0))
             .label_style((FONT, 12));
@@ -267,8 +279,8 @@ fn draw_timeline(
             mesh.x_desc("seconds since the load started");
         }
         mesh.draw()?;
-        for (i, (server, counts)) in timeline.served.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
+        for (server, counts) in &timeline.served {
+            let color = colour(server);
             let data = counts
                 .iter()
                 .enumerate()
@@ -280,7 +292,7 @@ fn draw_timeline(
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
         }
-        for (at, label) in events {
+        for (at, label) in &timeline.marks {
             served.draw_series(LineSeries::new(
                 [(*at, 0.0), (*at, served_max)],
                 BLACK.mix(0.5).stroke_width(1),
@@ -325,7 +337,7 @@ fn draw_timeline(
                     Rectangle::new([(x, 0.0), (x + width, f64::from(n))], FAILED.filled())
                 }),
         )?;
-        for (at, _) in events {
+        for (at, _) in &timeline.marks {
             failed.draw_series(LineSeries::new(
                 [(*at, 0.0), (*at, failed_max)],
                 BLACK.mix(0.5).stroke_width(1),
