@@ -600,17 +600,10 @@ impl Follower {
             Ok(c) => c,
             Err(e) => return e,
         };
-        // Watch first, then list: no change can fall between the two.
-        let mut watcher = match client
-            .watch(&self.path, zk::AddWatchMode::PersistentRecursive)
-            .await
-        {
+        let mut watcher = match self.watch_and_list(&client).await {
             Ok(w) => w,
-            Err(e) => return zk_error(format!("watch {}", self.path))(e),
+            Err(e) => return e,
         };
-        if let Err(e) = self.list(&client).await {
-            return e;
-        }
         self.backoff.connected();
         self.log.recovered();
         let mut pending: Option<zk::WatchedEvent> = None;
@@ -636,16 +629,10 @@ impl Follower {
                         // only one-shot watches on reconnect, not persistent ones,
                         // and events during the disconnect may be lost anyway
                         // (ZOOKEEPER-4698): add the watch again, then list.
-                        watcher = match client
-                            .watch(&self.path, zk::AddWatchMode::PersistentRecursive)
-                            .await
-                        {
+                        watcher = match self.watch_and_list(&client).await {
                             Ok(w) => w,
-                            Err(e) => return zk_error(format!("watch {}", self.path))(e),
+                            Err(e) => return e,
                         };
-                        if let Err(e) = self.list(&client).await {
-                            return e;
-                        }
                         self.log.recovered();
                         continue;
                     }
@@ -670,6 +657,20 @@ impl Follower {
             }
             self.publisher.changed(&mut self.entries);
         }
+    }
+
+    /// Sets the persistent recursive watch, then lists: watching first, no change can
+    /// fall between the two.
+    async fn watch_and_list(
+        &mut self,
+        client: &zk::Client,
+    ) -> Result<zk::PersistentWatcher, ZkError> {
+        let watcher = client
+            .watch(&self.path, zk::AddWatchMode::PersistentRecursive)
+            .await
+            .map_err(zk_error(format!("watch {}", self.path)))?;
+        self.list(client).await?;
+        Ok(watcher)
     }
 
     fn on_session(&mut self, event: &zk::WatchedEvent) -> SessionStep {

@@ -9,7 +9,7 @@
 //! * `tonic balance_list (3)`: tonic's `Channel::balance_list` over the three;
 //! * `LbChannel round_robin (3)`: ours.
 //!
-//! Unary echo at concurrency 1, 16 and 64, each for a fixed time (ours also with a
+//! Unary echo at concurrency 1, 4, 16, 32 and 64, each for a fixed time (ours also with a
 //! retry policy configured that never triggers, to price the retry machinery); then a
 //! fault run per balancing channel: one of three backends is killed under load and
 //! restarted 2 s later, and the failed RPCs, p99 and the time from the kill to the
@@ -18,7 +18,10 @@
 //! again under load; then a bad-peer run
 //! per balancing channel: round robin over a good backend and a peer that misbehaves
 //! (accepts and closes, or accepts and never speaks) for 3 s at concurrency 8,
-//! counting RPCs served, RPCs failed and the peer's connection attempts.
+//! counting RPCs served, RPCs failed and the peer's connection attempts. With
+//! `GRPC_LB_BENCH_DOC` it also draws charts into `charts/` beside that file:
+//! throughput and p99 against concurrency, and per-100-ms timelines of the fault and
+//! gray-failure runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark code: a panic is a failure report
 
@@ -112,34 +115,6 @@ struct FaultRun {
     ok: usize,
     /// RPCs served per backend and failed, per 100 ms since the load started.
     timeline: charts::Timeline,
-}
-
-/// One RPC of a caller: when it ended, and its latency and the server that answered
-/// (`None`: it failed).
-type Outcome = (Instant, Option<(Duration, String)>);
-
-/// `concurrency` callers sending unary RPCs until `stop`; returns what each RPC did.
-fn callers(
-    client: &Client,
-    concurrency: usize,
-    stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Vec<Outcome>>> {
-    (0..concurrency)
-        .map(|_| {
-            let mut client = client.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut outcomes = Vec::with_capacity(100_000);
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let result = client.echo().await;
-                    let done = Instant::now();
-                    outcomes.push((done, result.ok().map(|server| (done - t, server))));
-                }
-                outcomes
-            })
-        })
-        .collect()
 }
 
 /// Stops the callers and sums up their RPCs: failures counted from `since`, the

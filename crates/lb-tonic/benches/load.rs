@@ -145,21 +145,7 @@ const STALL_CHART: &str = "load-stall-timeline.svg";
 async fn stall_run(client: &Client, stalled: &ChildBackend) -> StallRun {
     load(client, CONCURRENCY, WARM_UP).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let mut client = client.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut done = Vec::with_capacity(100_000);
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(server) = client.echo().await {
-                        done.push((Instant::now(), server));
-                    }
-                }
-                done
-            })
-        })
-        .collect();
+    let tasks = callers(client, CONCURRENCY, &stop);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t1 = Instant::now();
@@ -170,9 +156,15 @@ async fn stall_run(client: &Client, stalled: &ChildBackend) -> StallRun {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t3 = Instant::now();
     stop.store(true, Ordering::Relaxed);
+    // RPCs that succeeded: when, and where.
     let mut all = Vec::new();
     for t in tasks {
-        all.extend(t.await.unwrap());
+        all.extend(
+            t.await
+                .unwrap()
+                .into_iter()
+                .filter_map(|(at, ok)| Some((at, ok?.1))),
+        );
     }
     let mut timeline = charts::Timeline::new(t0, t3);
     for (at, server) in &all {

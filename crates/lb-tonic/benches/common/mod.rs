@@ -92,6 +92,35 @@ pub async fn load(client: &Client, concurrency: usize, run: Duration) -> Stats {
     }
 }
 
+/// One RPC of a caller: when it ended, and its latency and the server that answered
+/// (`None`: it failed).
+pub type Outcome = (Instant, Option<(Duration, String)>);
+
+/// `concurrency` callers sending unary RPCs until `stop`; each returns what each of
+/// its RPCs did.
+pub fn callers(
+    client: &Client,
+    concurrency: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<Outcome>>> {
+    (0..concurrency)
+        .map(|_| {
+            let mut client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::with_capacity(100_000);
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let result = client.echo().await;
+                    let done = Instant::now();
+                    outcomes.push((done, result.ok().map(|server| (done - t, server))));
+                }
+                outcomes
+            })
+        })
+        .collect()
+}
+
 pub fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
 }
