@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::{
@@ -78,10 +79,103 @@ impl BuildOptions {
 }
 
 /// A balancer's timer, set with [`ClientConn::schedule`] and delivered to
-/// [`Balancer::timer`]. The value is the balancer's own; a parent policy encodes its
-/// child in the upper bits, so keep values below 2^32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TimerId(pub u64);
+/// [`Balancer::timer`].
+///
+/// The balancer chooses the value ([`TimerId::new`]); any `u64` will do. On its way
+/// up a tree of policies each parent's wrapped [`ClientConn`] adds a hop naming the
+/// child it came from ([`TimerId::via`]), and on the way back down each parent takes
+/// its hop off ([`TimerId::into_child`]) to find the child to hand it to, so a timer
+/// reaches the exact balancer that set it at any depth. A timer a balancer receives
+/// is its own when no hop is left ([`TimerId::own_id`]); comparing with the value it
+/// set (`timer == TimerId::new(1)`) says the same.
+///
+/// ```
+/// use lb_core::TimerId;
+///
+/// const SWEEP: TimerId = TimerId::new(1);
+/// // A child's timer, as two levels of parents see it on its way up...
+/// let routed = SWEEP.via(7).via(3);
+/// assert_eq!(routed.own_id(), None);
+/// // ...and as each level routes it back down.
+/// let (child, rest) = routed.into_child().unwrap();
+/// assert_eq!(child, 3);
+/// let (grandchild, own) = rest.into_child().unwrap();
+/// assert_eq!((grandchild, own.own_id()), (7, Some(1)));
+/// assert_eq!(own, SWEEP);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TimerId {
+    id: u64,
+    /// The children it passed through on its way up, innermost first: the last one
+    /// is the receiving parent's child.
+    route: Vec<u64>,
+}
+
+impl TimerId {
+    /// The timer `id`, as the balancer that sets it names it.
+    pub const fn new(id: u64) -> Self {
+        Self {
+            id,
+            route: Vec::new(),
+        }
+    }
+
+    /// The value the receiving balancer set, if the timer is its own; `None` for a
+    /// timer of one of its children (route it with [`TimerId::into_child`], or with
+    /// the helpers of [`crate::child`]).
+    pub fn own_id(&self) -> Option<u64> {
+        self.route.is_empty().then_some(self.id)
+    }
+
+    /// This timer as a parent passes it up: set by (a descendant of) its child
+    /// `child`. Called by a parent's wrapped [`ClientConn::schedule`].
+    #[must_use]
+    pub fn via(mut self, child: u64) -> Self {
+        self.route.push(child);
+        self
+    }
+
+    /// The child of the receiving parent this timer came from, without taking it.
+    pub fn next_hop(&self) -> Option<u64> {
+        self.route.last().copied()
+    }
+
+    /// Splits off the receiving parent's hop: the child the timer goes to, and the
+    /// timer as that child receives it. `None` for the parent's own timer.
+    pub fn into_child(mut self) -> Option<(u64, TimerId)> {
+        let child = self.route.pop()?;
+        Some((child, self))
+    }
+
+    /// How many parents the timer still has to pass on its way down.
+    pub fn depth(&self) -> usize {
+        self.route.len()
+    }
+}
+
+/// A timer that was set ([`ClientConn::schedule`]): cancelling it means it is never
+/// delivered, even if its time has come and its delivery is already queued. Clones
+/// share the timer. Dropping the handle does not cancel it.
+#[derive(Debug, Clone, Default)]
+pub struct TimerHandle(Arc<AtomicBool>);
+
+impl TimerHandle {
+    /// A handle for a new timer, not cancelled. A [`ClientConn`] makes one per
+    /// [`ClientConn::schedule`] and checks it before delivering the timer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels the timer. Idempotent; a timer already delivered is unaffected.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether [`TimerHandle::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// How a subconn is created ([`ClientConn::new_subconn_with`]).
 #[derive(Debug, Clone, Default)]
@@ -173,10 +267,11 @@ pub trait ClientConn {
     ) -> Result<SubConn, Error>;
 
     /// Calls this balancer's [`Balancer::timer`] with `timer` once `after` has passed
-    /// (on the control task, as every other call). Timers cannot be cancelled: a
-    /// balancer ignores those it no longer wants. None fires after
-    /// [`Balancer::close`].
-    fn schedule(&mut self, after: Duration, timer: TimerId);
+    /// (on the control task, as every other call), unless the returned handle is
+    /// cancelled first. None fires after [`Balancer::close`]. A parent's wrapped
+    /// `ClientConn` passes the timer on with its child's hop added
+    /// ([`TimerId::via`]) and returns its parent's handle.
+    fn schedule(&mut self, after: Duration, timer: TimerId) -> TimerHandle;
 
     /// Publishes the channel's aggregate state and the picker for all RPCs from now on.
     fn update_state(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>);

@@ -366,7 +366,7 @@ impl LastErrors {
 }
 
 /// The timer of a picker refresh ([`PickerBuilder::refresh_period`]).
-const REFRESH: TimerId = TimerId(1);
+const REFRESH: TimerId = TimerId::new(1);
 
 /// The balancer behind [`BaseBuilder`].
 struct BaseBalancer<P> {

@@ -16,6 +16,11 @@
 //!   priority), each behind a graceful switch.
 //! * [`aggregate`]: the state of a group of children.
 //!
+//! Timers find their way at any depth: each wrapped [`ClientConn`] adds its child's
+//! hop to a timer going up ([`TimerId::via`]), and [`GracefulSwitch::timer`] and
+//! [`ChildManager::timer`] take it off on the way down. A parent's own timers arrive
+//! with no hop left ([`TimerId::own_id`]).
+//!
 //! A parent that only filters or counts (outlier detection) keeps one
 //! [`GracefulSwitch`] and wraps its picker; see `lb_policies::outlier_detection`.
 
@@ -28,7 +33,7 @@ use serde_json::Value;
 use crate::{
     Address, Balancer, BalancerRegistry, BuildOptions, ClientConn, ClientConnState,
     ConnectivityState, Error, LbConfig, Picker, QueuePicker, SharedError, SubConn, SubConnId,
-    SubConnOptions, SubConnState, Target, TimerId,
+    SubConnOptions, SubConnState, Target, TimerHandle, TimerId,
 };
 
 /// A child's policy: its registered name and its parsed config.
@@ -123,45 +128,6 @@ pub fn aggregate(states: impl IntoIterator<Item = ConnectivityState>) -> Connect
     }
 }
 
-/// Bits of a [`TimerId`] a parent uses to tag its child.
-const TAG_BITS: u32 = 16;
-const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
-/// The tag of a parent's own timers: never a child's index.
-const OWN: u64 = TAG_MASK;
-
-/// A parent policy's own timer `id`, which cannot be taken for one of its children's
-/// (their timers carry the child's index in the same bits). Pair with
-/// [`own_timer_id`].
-pub const fn own_timer(id: u32) -> TimerId {
-    TimerId(((id as u64) << TAG_BITS) | OWN)
-}
-
-/// The id given to [`own_timer`], if `timer` is a parent's own; `None` for a timer of
-/// one of its children (route those to [`GracefulSwitch::timer`] or
-/// [`ChildManager::timer`]).
-pub fn own_timer_id(timer: TimerId) -> Option<u32> {
-    (timer.0 & TAG_MASK == OWN).then(|| u32::try_from(timer.0 >> TAG_BITS).unwrap_or(u32::MAX))
-}
-
-/// The next child index after `i`, skipping the one reserved for a parent's own
-/// timers.
-fn next_index(i: u16) -> u16 {
-    match i.wrapping_add(1) {
-        x if u64::from(x) == OWN => 0,
-        x => x,
-    }
-}
-
-/// A child's timer id as its parent schedules it.
-fn tag(timer: TimerId, index: u16) -> TimerId {
-    TimerId((timer.0 << TAG_BITS) | u64::from(index))
-}
-
-/// The child index and the child's own timer id of a tagged timer.
-fn untag(timer: TimerId) -> (u16, TimerId) {
-    ((timer.0 & TAG_MASK) as u16, TimerId(timer.0 >> TAG_BITS))
-}
-
 /// What a child published and owns.
 struct ChildState {
     state: ConnectivityState,
@@ -174,7 +140,7 @@ struct ChildState {
 struct ChildCc<'a> {
     parent: &'a mut dyn ClientConn,
     child: &'a mut ChildState,
-    index: u16,
+    index: u64,
 }
 
 impl ClientConn for ChildCc<'_> {
@@ -202,15 +168,15 @@ impl ClientConn for ChildCc<'_> {
         self.parent.target()
     }
 
-    fn schedule(&mut self, after: Duration, timer: TimerId) {
-        self.parent.schedule(after, tag(timer, self.index));
+    fn schedule(&mut self, after: Duration, timer: TimerId) -> TimerHandle {
+        self.parent.schedule(after, timer.via(self.index))
     }
 }
 
 /// One child balancer of a parent policy.
 pub struct Child {
     name: String,
-    index: u16,
+    index: u64,
     balancer: Box<dyn Balancer>,
     state: ChildState,
 }
@@ -226,9 +192,11 @@ impl std::fmt::Debug for Child {
 }
 
 impl Child {
-    /// Builds a child of policy `name` from `options.registry`. `index` tags its
-    /// timers; it must be unique among the parent's children.
-    pub fn build(name: &str, options: &BuildOptions, index: u16) -> Result<Self, Error> {
+    /// Builds a child of policy `name` from `options.registry`. `index` is the hop
+    /// its timers carry ([`TimerId::via`]); it must be unique among the parent's
+    /// children, and is best never reused, so that a late timer of a removed child
+    /// cannot reach a new one.
+    pub fn build(name: &str, options: &BuildOptions, index: u64) -> Result<Self, Error> {
         let builder = options.registry.require(name)?;
         Ok(Self {
             name: name.to_owned(),
@@ -319,7 +287,12 @@ impl Child {
         self.with_cc(cc, |b, cc| b.exit_idle(cc));
     }
 
-    /// Forwards a timer of this child's (already untagged).
+    /// The hop its timers carry.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Forwards a timer of this child's (its hop already taken off).
     pub fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
         self.with_cc(cc, |b, cc| b.timer(timer, cc));
     }
@@ -363,7 +336,7 @@ pub struct GracefulSwitch {
     options: BuildOptions,
     current: Option<Child>,
     pending: Option<Child>,
-    next_index: u16,
+    next_index: u64,
     published: bool,
 }
 
@@ -442,7 +415,7 @@ impl GracefulSwitch {
             return Ok(());
         }
         let child = Child::build(name, &self.options, self.next_index)?;
-        self.next_index = next_index(self.next_index);
+        self.next_index += 1;
         if self.current.is_none() {
             self.current = Some(child);
         } else {
@@ -495,24 +468,26 @@ impl GracefulSwitch {
         self.settle(cc);
     }
 
-    /// Forwards an exit-idle request to the current child.
+    /// Forwards an exit-idle request to the newest child: the pending one during a
+    /// switch (as grpc-go's graceful switch), else the current one.
     pub fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
-        if let Some(child) = self.current.as_mut() {
+        if let Some(child) = self.target_child() {
             child.exit_idle(cc);
         }
         self.settle(cc);
     }
 
-    /// Routes a timer to the child that set it (timers of a replaced child are
-    /// dropped).
+    /// Routes a timer to the child that set it (timers of a replaced child, and
+    /// timers that name no child, are dropped).
     pub fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
-        let (index, own) = untag(timer);
-        let owner = [self.current.as_mut(), self.pending.as_mut()]
-            .into_iter()
-            .flatten()
-            .find(|c| c.index == index);
-        if let Some(child) = owner {
-            child.timer(own, cc);
+        if let Some((index, inner)) = timer.into_child() {
+            let owner = [self.current.as_mut(), self.pending.as_mut()]
+                .into_iter()
+                .flatten()
+                .find(|c| c.index == index);
+            if let Some(child) = owner {
+                child.timer(inner, cc);
+            }
         }
         self.settle(cc);
     }
@@ -566,8 +541,9 @@ pub struct ChildUpdate<K> {
 /// to a child of any policy.
 pub struct ChildManager<K> {
     options: BuildOptions,
-    children: Vec<(K, GracefulSwitch, u16)>,
-    next_index: u16,
+    /// Each child with its slot: the hop its timers carry, never reused.
+    children: Vec<(K, GracefulSwitch, u64)>,
+    next_index: u64,
     published: bool,
 }
 
@@ -579,10 +555,10 @@ impl<K: std::fmt::Debug> std::fmt::Debug for ChildManager<K> {
     }
 }
 
-/// A [`ClientConn`] that tags a manager's child's timers with its slot.
+/// A [`ClientConn`] that adds a manager's child's slot to its timers' route.
 struct SlotCc<'a> {
     parent: &'a mut dyn ClientConn,
-    slot: u16,
+    slot: u64,
 }
 
 impl ClientConn for SlotCc<'_> {
@@ -606,8 +582,8 @@ impl ClientConn for SlotCc<'_> {
         self.parent.target()
     }
 
-    fn schedule(&mut self, after: Duration, timer: TimerId) {
-        self.parent.schedule(after, tag(timer, self.slot));
+    fn schedule(&mut self, after: Duration, timer: TimerId) -> TimerHandle {
+        self.parent.schedule(after, timer.via(self.slot))
     }
 }
 
@@ -648,7 +624,7 @@ impl<K: PartialEq + Clone> ChildManager<K> {
                 Some(p) => p,
                 None => {
                     let slot = self.next_index;
-                    self.next_index = next_index(self.next_index);
+                    self.next_index += 1;
                     self.children.push((
                         update.key.clone(),
                         GracefulSwitch::new(self.options.clone()),
@@ -732,12 +708,15 @@ impl<K: PartialEq + Clone> ChildManager<K> {
         self.each(cc, |s, cc| s.exit_idle(cc));
     }
 
-    /// Routes a timer to the child that set it.
+    /// Routes a timer to the child that set it (timers of removed children, and
+    /// timers that name no child, are dropped).
     pub fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
-        let (slot, own) = untag(timer);
+        let Some((slot, inner)) = timer.into_child() else {
+            return;
+        };
         if let Some((_, switch, slot)) = self.children.iter_mut().find(|(_, _, s)| *s == slot) {
             switch.timer(
-                own,
+                inner,
                 &mut SlotCc {
                     parent: cc,
                     slot: *slot,
@@ -778,24 +757,6 @@ impl<K: PartialEq + Clone> ChildManager<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timer_tags_round_trip_through_levels() {
-        let inner = TimerId(7);
-        let once = tag(inner, 3);
-        let twice = tag(once, 9);
-        let (a, rest) = untag(twice);
-        assert_eq!(a, 9);
-        let (b, own) = untag(rest);
-        assert_eq!((b, own), (3, inner));
-    }
-
-    #[test]
-    fn a_parents_own_timers_never_look_like_a_childs() {
-        assert_eq!(own_timer_id(own_timer(42)), Some(42));
-        assert_eq!(own_timer_id(tag(TimerId(42), 3)), None);
-        assert_eq!(next_index(0xfffe), 0, "the own tag is skipped");
-    }
 
     #[test]
     fn aggregation_prefers_ready_then_connecting_then_idle() {

@@ -71,7 +71,7 @@ pub use address::{Address, Authority};
 pub use attributes::{AttributeValue, Attributes, Weight};
 pub use balancer::{
     Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState, LbConfig, SubConnOptions,
-    TimerId,
+    TimerHandle, TimerId,
 };
 pub use error::{Error, SharedError, error_chain};
 pub use load::{LoadReport, LoadReportListener, LoadReportWatch, ReportSource};

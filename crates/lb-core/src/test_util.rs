@@ -33,7 +33,7 @@ use crate::{
     ClientConnState, ConnectivityState, DoneInfo, Error, LoadReport, LoadReportListener,
     LoadReportWatch, PickInfo, PickResult, Picker, QueuePicker, ReportSource, SharedError,
     StateTracker, Status, SubConn, SubConnHandle, SubConnId, SubConnOptions, SubConnState, Target,
-    TimerId,
+    TimerHandle, TimerId,
 };
 
 /// One thing a balancer did, in order.
@@ -114,7 +114,7 @@ pub struct RecordingClientConn {
     options: HashMap<SubConnId, SubConnOptions>,
     handles: HashMap<SubConnId, Arc<RecordingHandle>>,
     current: (ConnectivityState, Arc<dyn Picker>),
-    timers: Vec<(Duration, TimerId)>,
+    timers: Vec<(Duration, TimerId, TimerHandle)>,
 }
 
 impl RecordingClientConn {
@@ -136,14 +136,23 @@ impl RecordingClientConn {
         self.options.get(&subconn.id())
     }
 
-    /// Timers set and not yet taken, in the order they were set.
-    pub fn timers(&self) -> &[(Duration, TimerId)] {
-        &self.timers
+    /// Timers set and not yet taken nor cancelled, in the order they were set.
+    pub fn timers(&self) -> Vec<(Duration, TimerId)> {
+        self.timers
+            .iter()
+            .filter(|(_, _, h)| !h.is_cancelled())
+            .map(|(d, t, _)| (*d, t.clone()))
+            .collect()
     }
 
-    /// Takes the pending timers out (a harness fires them).
+    /// Takes the pending timers out, leaving out cancelled ones (a harness fires
+    /// them).
     pub fn take_timers(&mut self) -> Vec<(Duration, TimerId)> {
         std::mem::take(&mut self.timers)
+            .into_iter()
+            .filter(|(_, _, h)| !h.is_cancelled())
+            .map(|(d, t, _)| (d, t))
+            .collect()
     }
 
     /// The events so far, removing them from the log.
@@ -231,9 +240,11 @@ impl ClientConn for RecordingClientConn {
         Ok(subconn)
     }
 
-    fn schedule(&mut self, after: Duration, timer: TimerId) {
-        push(&self.log, Event::Schedule(after, timer), None);
-        self.timers.push((after, timer));
+    fn schedule(&mut self, after: Duration, timer: TimerId) -> TimerHandle {
+        push(&self.log, Event::Schedule(after, timer.clone()), None);
+        let handle = TimerHandle::new();
+        self.timers.push((after, timer, handle.clone()));
+        handle
     }
 
     fn update_state(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
@@ -420,19 +431,25 @@ impl Harness {
             .map_or(ConnectivityState::Idle, StateTracker::get)
     }
 
-    /// Timers the balancer has set and not yet had fired, in order.
+    /// Timers the balancer has set and not yet had fired nor cancelled, in order.
     pub fn timers(&self) -> Vec<TimerId> {
-        self.cc.timers().iter().map(|(_, t)| *t).collect()
+        self.cc.timers().into_iter().map(|(_, t)| t).collect()
     }
 
-    /// Fires every pending timer (as if their time had come), in the order they were
-    /// set; timers set meanwhile wait for the next call. Returns how many fired.
+    /// Fires every pending timer that was not cancelled (as if their time had come),
+    /// in the order they were set; timers set meanwhile wait for the next call.
+    /// Returns how many fired.
     pub fn fire_timers(&mut self) -> usize {
-        let due = self.cc.take_timers();
-        for (_, timer) in &due {
-            self.balancer.timer(*timer, &mut self.cc);
+        let due = std::mem::take(&mut self.cc.timers);
+        let mut fired = 0;
+        for (_, timer, handle) in due {
+            // One fired earlier in this batch may have cancelled it.
+            if !handle.is_cancelled() {
+                fired += 1;
+                self.balancer.timer(timer, &mut self.cc);
+            }
         }
-        due.len()
+        fired
     }
 
     /// The options the live subconn for `addr` was created with.

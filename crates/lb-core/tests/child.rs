@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_core::base::{BaseBuilder, PickerBuilder, ReadySubConn};
-use lb_core::child::{ChildManager, ChildPolicy, ChildUpdate, own_timer, own_timer_id};
+use lb_core::child::{ChildManager, ChildPolicy, ChildUpdate};
 use lb_core::test_util::{Event, Harness, Outcome};
 use lb_core::{
     Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn, ClientConnState,
@@ -42,6 +42,9 @@ impl PickerBuilder for First {
 /// publishes child one's picker while ready, else two's. It also keeps a timer of
 /// its own.
 struct Split;
+
+/// The parent's own timer.
+const OWN: TimerId = TimerId::new(7);
 
 struct SplitBalancer {
     children: ChildManager<&'static str>,
@@ -113,7 +116,7 @@ impl Balancer for SplitBalancer {
             })
             .collect();
         let result = self.children.update(updates, cc);
-        cc.schedule(Duration::from_secs(5), own_timer(7));
+        cc.schedule(Duration::from_secs(5), OWN);
         self.publish(cc);
         result
     }
@@ -142,7 +145,7 @@ impl Balancer for SplitBalancer {
     }
 
     fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
-        match own_timer_id(timer) {
+        match timer.own_id() {
             Some(7) => self.own_timers += 1,
             Some(other) => panic!("unknown own timer {other}"),
             None => self.children.timer(timer, cc),
@@ -223,7 +226,7 @@ fn timers_reach_the_child_that_set_them_and_the_parent_keeps_its_own() {
     h.set_state("10.0.0.1:1", Connecting);
     h.set_state("10.0.0.1:1", Ready);
     let timers = h.timers();
-    assert!(timers.contains(&own_timer(7)), "{timers:?}");
+    assert!(timers.contains(&OWN), "{timers:?}");
     assert!(
         timers.len() >= 2,
         "the ready child set its refresh timer: {timers:?}"
@@ -235,7 +238,7 @@ fn timers_reach_the_child_that_set_them_and_the_parent_keeps_its_own() {
     // was delivered to it (and nothing panicked on an unknown timer).
     assert!(events.contains(&Event::UpdateState(Ready)), "{events:?}");
     assert!(
-        h.timers().iter().any(|t| own_timer_id(*t).is_none()),
+        h.timers().iter().any(|t| t.own_id().is_none()),
         "the child set its next refresh"
     );
 }

@@ -128,7 +128,7 @@ fn orca_wrr_with(
 
 /// `ring_hash` over `n` ready backends on a 4,096-entry ring, keyed by `x-key`.
 fn ring_hash(n: usize) -> Arc<dyn Picker> {
-    let mut h = Harness::new(RingHash);
+    let mut h = Harness::new(RingHash::new());
     let addrs = ready(n).into_iter().map(|r| r.address).collect();
     h.update_with_config(
         addrs,

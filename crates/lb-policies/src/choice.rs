@@ -17,7 +17,9 @@ pub(crate) struct Choices {
 }
 
 impl Choices {
-    /// `k` distinct random indices below `n` (every index when `n <= k`).
+    /// `k` distinct random indices below `n`, in random order (every index when
+    /// `n <= k`, shuffled: the pickers keep the first of equally loaded choices, so
+    /// a fixed order would send every tie to the same backend).
     #[inline]
     pub(crate) fn draw(n: usize, k: usize) -> Self {
         let mut picked = [0u32; MAX_CHOICES];
@@ -25,6 +27,10 @@ impl Choices {
         if n <= k {
             for (i, slot) in picked.iter_mut().enumerate().take(n) {
                 *slot = i as u32;
+            }
+            // Fisher-Yates over at most ten entries.
+            for i in (1..n).rev() {
+                picked.swap(i, fastrand::usize(..=i));
             }
             return Self { picked, len: n };
         }
@@ -75,6 +81,30 @@ mod tests {
                     assert!((*x as usize) < n);
                     assert!(!s[..i].contains(x), "{s:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn when_every_index_is_drawn_each_comes_first_evenly() {
+        // Ties go to the first choice: with as many backends as choices, each must
+        // come first as often as the others.
+        for n in [2usize, 3, 10] {
+            let mut first = vec![0u32; n];
+            let rounds = 10_000 * n as u32;
+            for _ in 0..rounds {
+                let c = Choices::draw(n, 10.min(n.max(2)));
+                let mut s = c.as_slice().to_vec();
+                first[s[0] as usize] += 1;
+                s.sort_unstable();
+                assert_eq!(s, (0..n as u32).collect::<Vec<_>>(), "all of them");
+            }
+            let even = rounds / n as u32;
+            for f in &first {
+                assert!(
+                    (even * 9 / 10..even * 11 / 10).contains(f),
+                    "n={n}: {first:?}"
+                );
             }
         }
     }

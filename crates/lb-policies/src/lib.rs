@@ -62,7 +62,7 @@ pub fn registry() -> BalancerRegistry {
         .register(least_request::builder())
         .register(least_request::grpc_go_builder())
         .register(peak_ewma::builder())
-        .register(RingHash)
+        .register(RingHash::new())
         .register(OutlierDetection);
     registry
 }

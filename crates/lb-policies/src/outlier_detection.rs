@@ -25,7 +25,9 @@
 //!   addresses (one may always go; grpc-go may end one over the maximum, this
 //!   policy never does).
 //! * An ejected address's subconns look `TRANSIENT_FAILURE` to the child, which then
-//!   routes around them. It returns after `baseEjectionTime × (times ejected)`, at
+//!   routes around them; their state changes are held back until the address
+//!   returns, when the child sees their real state (so a lazy child such as
+//!   `ring_hash` does not connect an ejected idle subconn). It returns after `baseEjectionTime × (times ejected)`, at
 //!   most `max(baseEjectionTime, maxEjectionTime)`; each interval it is not ejected
 //!   takes one off its count.
 //! * With neither algorithm configured, it only forwards to its child.
@@ -38,12 +40,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use lb_core::child::{ChildPolicy, GracefulSwitch, own_timer, own_timer_id, parse_child_policy};
+use lb_core::child::{ChildPolicy, GracefulSwitch, parse_child_policy};
 use lb_core::{
     Address, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn,
     ClientConnState, Code, ConnectivityState, DoneInfo, Error, LbConfig, OnDone, PickInfo,
     PickResult, Picker, SharedError, SubConn, SubConnHandle, SubConnId, SubConnOptions,
-    SubConnState, Target, TimerId,
+    SubConnState, Target, TimerHandle, TimerId,
 };
 use serde_json::Value;
 
@@ -120,7 +122,7 @@ impl BalancerBuilder for OutlierDetection {
             addresses: HashMap::new(),
             wrappers: HashMap::new(),
             timer_started: None,
-            timer_generation: 0,
+            sweep_timer: None,
         })
     }
 
@@ -259,9 +261,12 @@ struct OdBalancer {
     wrappers: HashMap<SubConnId, Wrapper>,
     /// When the sweep timer last started.
     timer_started: Option<Instant>,
-    /// Only the timer of this generation sweeps (timers cannot be cancelled).
-    timer_generation: u32,
+    /// The pending sweep timer, cancelled when it is replaced.
+    sweep_timer: Option<TimerHandle>,
 }
+
+/// The sweep timer's value.
+const SWEEP: TimerId = TimerId::new(1);
 
 /// The [`ClientConn`] the child gets: subconns come back wrapped.
 struct OdCc<'a> {
@@ -311,8 +316,8 @@ impl ClientConn for OdCc<'_> {
         self.inner.target()
     }
 
-    fn schedule(&mut self, after: Duration, timer: TimerId) {
-        self.inner.schedule(after, timer);
+    fn schedule(&mut self, after: Duration, timer: TimerId) -> TimerHandle {
+        self.inner.schedule(after, timer)
     }
 }
 
@@ -339,11 +344,13 @@ impl Picker for OdPicker {
     }
 }
 
-/// What an ejected subconn shows its child.
-fn ejected_view(real: ConnectivityState) -> ConnectivityState {
-    match real {
-        ConnectivityState::Ready => ConnectivityState::TransientFailure,
-        other => other,
+/// What the child is shown of a subconn of an ejected address: `TRANSIENT_FAILURE`,
+/// whatever the real subconn does, until the address returns (gRFC A50); only its
+/// shutdown goes through.
+fn ejected_view(real: &SubConnState, address: &str) -> SubConnState {
+    match real.state {
+        ConnectivityState::Shutdown => real.clone(),
+        _ => SubConnState::failure(Arc::new(Ejected(address.to_owned()))),
     }
 }
 
@@ -417,20 +424,13 @@ impl OdBalancer {
         a.ejected_at = Some(now);
         a.multiplier = a.multiplier.saturating_add(1);
         tracing::info!(%address, times = a.multiplier, "outlier detection ejected an address");
-        let affected: Vec<(SubConnId, ConnectivityState)> = self
+        let affected: Vec<(SubConnId, SubConnState)> = self
             .wrappers
             .iter()
             .filter(|(_, w)| w.wrapper.address().addr() == &**address)
-            .map(|(id, w)| (*id, w.real.state))
+            .map(|(id, w)| (*id, ejected_view(&w.real, address)))
             .collect();
-        for (id, real) in affected {
-            let view = ejected_view(real);
-            let state = match view {
-                ConnectivityState::TransientFailure => {
-                    SubConnState::failure(Arc::new(Ejected(address.to_string())))
-                }
-                other => SubConnState::new(other),
-            };
+        for (id, state) in affected {
             self.show(id, state, cc);
         }
     }
@@ -538,7 +538,9 @@ impl OdBalancer {
                         .base_ejection_time
                         .saturating_mul(a.multiplier)
                         .min(cap);
-                    if now >= at + time {
+                    // Strictly after: one ejected in this sweep stays out until the
+                    // next, even with a `baseEjectionTime` of 0.
+                    if now > at + time {
                         returning.push(address.clone());
                     }
                 }
@@ -551,9 +553,20 @@ impl OdBalancer {
     }
 
     fn start_timer(&mut self, after: Duration, cc: &mut dyn ClientConn) {
-        self.timer_generation = self.timer_generation.wrapping_add(1);
         self.timer_started = Some(Instant::now());
-        cc.schedule(after, own_timer(self.timer_generation));
+        self.set_sweep(after, cc);
+    }
+
+    /// Sets the sweep timer, replacing the pending one.
+    fn set_sweep(&mut self, after: Duration, cc: &mut dyn ClientConn) {
+        self.stop_sweep();
+        self.sweep_timer = Some(cc.schedule(after, SWEEP));
+    }
+
+    fn stop_sweep(&mut self) {
+        if let Some(timer) = self.sweep_timer.take() {
+            timer.cancel();
+        }
     }
 }
 
@@ -613,15 +626,15 @@ impl Balancer for OdBalancer {
                         .as_ref()
                         .is_none_or(|c| c.interval != config.interval)
                     {
-                        self.timer_generation = self.timer_generation.wrapping_add(1);
-                        cc.schedule(left, own_timer(self.timer_generation));
+                        self.set_sweep(left, cc);
                     }
                 }
             }
         } else {
             self.timer_started = None;
-            self.timer_generation = self.timer_generation.wrapping_add(1);
-            // No algorithm: nobody stays ejected.
+            self.stop_sweep();
+            // No algorithm: nobody stays ejected, and past ejections are forgotten
+            // (as grpc-go).
             let ejected: Vec<Arc<str>> = self
                 .addresses
                 .iter()
@@ -630,6 +643,9 @@ impl Balancer for OdBalancer {
                 .collect();
             for address in ejected {
                 self.uneject(&address, cc);
+            }
+            for a in self.addresses.values_mut() {
+                a.multiplier = 0;
             }
         }
         self.config = Some(config.clone());
@@ -665,17 +681,12 @@ impl Balancer for OdBalancer {
             }
             return;
         }
-        let shown = if self.is_ejected(&address) {
-            match ejected_view(state.state) {
-                ConnectivityState::TransientFailure => {
-                    SubConnState::failure(Arc::new(Ejected(address)))
-                }
-                other => SubConnState::new(other),
-            }
-        } else {
-            state.clone()
-        };
-        self.show(subconn.id(), shown, cc);
+        if self.is_ejected(&address) {
+            // The child keeps seeing TRANSIENT_FAILURE; it learns the real state
+            // when the address returns.
+            return;
+        }
+        self.show(subconn.id(), state.clone(), cc);
     }
 
     fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
@@ -683,14 +694,16 @@ impl Balancer for OdBalancer {
     }
 
     fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
-        match own_timer_id(timer) {
-            Some(generation) if generation == self.timer_generation => self.sweep(cc),
-            Some(_) => {} // a timer that was replaced
-            None => self.with_child(cc, |s, cc| s.timer(timer, cc)),
+        if timer == SWEEP {
+            self.sweep_timer = None;
+            self.sweep(cc);
+        } else {
+            self.with_child(cc, |s, cc| s.timer(timer, cc));
         }
     }
 
     fn close(&mut self, cc: &mut dyn ClientConn) {
+        self.stop_sweep();
         let mut od_cc = OdCc {
             inner: cc,
             wrappers: &mut self.wrappers,

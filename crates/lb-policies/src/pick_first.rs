@@ -144,12 +144,15 @@ impl PickFirstBalancer {
         Some(subconn)
     }
 
-    /// Starts a pass over the addresses from the first one.
-    fn start_pass(&mut self, cc: &mut dyn ClientConn) {
+    /// Starts a pass over the addresses from the first one. A `TRANSIENT_FAILURE`
+    /// that connections failed into stays (sticky, gRFC A62); any other state, and
+    /// one that an empty address list or a resolver error caused (`sticky` false),
+    /// becomes `CONNECTING`.
+    fn start_pass(&mut self, sticky: bool, cc: &mut dyn ClientConn) {
         self.selected = None;
         self.first_pass_done = false;
         self.attempt = 0;
-        if self.state != Some(ConnectivityState::TransientFailure) {
+        if !(sticky && self.state == Some(ConnectivityState::TransientFailure)) {
             self.publish(ConnectivityState::Connecting, Arc::new(QueuePicker), cc);
         }
         self.try_from(0, cc);
@@ -248,6 +251,8 @@ impl Balancer for PickFirstBalancer {
             return Err(Error::NoAddresses);
         }
         self.resolver_error = None;
+        // After no addresses, a failure is the resolver's, not the connections'.
+        let had_addresses = !self.addresses.is_empty();
         self.addresses = addresses;
 
         // Drop subconns whose address is gone.
@@ -268,7 +273,7 @@ impl Balancer for PickFirstBalancer {
         match self.state {
             // Idle stays idle until an RPC arrives.
             Some(ConnectivityState::Idle) => {}
-            _ => self.start_pass(cc),
+            _ => self.start_pass(had_addresses, cc),
         }
         Ok(())
     }
@@ -331,7 +336,7 @@ impl Balancer for PickFirstBalancer {
 
     fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
         if self.state == Some(ConnectivityState::Idle) && !self.addresses.is_empty() {
-            self.start_pass(cc);
+            self.start_pass(true, cc);
         }
     }
 

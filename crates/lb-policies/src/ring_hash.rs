@@ -39,7 +39,9 @@
 //! Config: `{"minRingSize": 1024, "maxRingSize": 4096, "requestHashHeader":
 //! "x-user-id"}`, every field optional (those are the defaults, and no header). Sizes
 //! above 8,388,608 or a minimum above the maximum are errors; the header must be a
-//! valid metadata key (lower-cased here), and not a binary (`-bin`) one.
+//! valid metadata key (lower-cased here), and not a binary (`-bin`) one. Valid sizes
+//! are then capped at 4,096, as grpc-go and C-core cap them by default, so that a
+//! config maps keys as theirs does; [`RingHash::with_ring_size_cap`] raises the cap.
 
 use std::sync::Arc;
 
@@ -63,6 +65,11 @@ pub const DEFAULT_MIN_RING_SIZE: u64 = 1024;
 pub const DEFAULT_MAX_RING_SIZE: u64 = 4096;
 /// The largest ring size a config may ask for (8 Mi entries, as grpc-go).
 pub const RING_SIZE_UPPER_BOUND: u64 = 8 * 1024 * 1024;
+/// The default cap on both ring sizes of a config, as grpc-go's (`GRPC_RING_HASH_CAP`)
+/// and C-core's (`grpc.lb.ring_hash.ring_size_cap`): a config may ask for up to
+/// [`RING_SIZE_UPPER_BOUND`], but gets at most this many entries unless the builder
+/// is registered with a higher cap ([`RingHash::with_ring_size_cap`]).
+pub const DEFAULT_RING_SIZE_CAP: u64 = 4096;
 
 /// The parsed config of `ring_hash`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +93,55 @@ impl Default for RingHashConfig {
 }
 
 /// The `ring_hash` balancer builder.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RingHash;
+///
+/// ```
+/// use lb_core::BalancerRegistry;
+/// use lb_policies::RingHash;
+///
+/// // Rings of up to 65,536 entries for this channel's registry (4,096 by default).
+/// let mut registry = lb_policies::registry();
+/// registry.register(RingHash::with_ring_size_cap(65_536));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct RingHash {
+    ring_size_cap: u64,
+}
+
+impl Default for RingHash {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RingHash {
+    /// The builder with the default cap on ring sizes ([`DEFAULT_RING_SIZE_CAP`]).
+    pub const fn new() -> Self {
+        Self {
+            ring_size_cap: DEFAULT_RING_SIZE_CAP,
+        }
+    }
+
+    /// The builder with `cap` as the cap on `minRingSize` and `maxRingSize`
+    /// (between 1 and [`RING_SIZE_UPPER_BOUND`]; values outside are brought inside),
+    /// as C-core's channel argument `grpc.lb.ring_hash.ring_size_cap` sets it.
+    /// Configs are still validated against the upper bound, then capped: a ring
+    /// costs memory and time on the control task at every address change.
+    pub const fn with_ring_size_cap(cap: u64) -> Self {
+        let cap = if cap == 0 {
+            1
+        } else if cap > RING_SIZE_UPPER_BOUND {
+            RING_SIZE_UPPER_BOUND
+        } else {
+            cap
+        };
+        Self { ring_size_cap: cap }
+    }
+
+    /// The cap on ring sizes.
+    pub const fn ring_size_cap(&self) -> u64 {
+        self.ring_size_cap
+    }
+}
 
 impl BalancerBuilder for RingHash {
     fn name(&self) -> &str {
@@ -126,6 +180,9 @@ impl BalancerBuilder for RingHash {
                 format!("is {min_ring_size}, more than maxRingSize {max_ring_size}"),
             ));
         }
+        // Validated against the bound, then capped, as grpc-go and C-core do.
+        let min_ring_size = min_ring_size.min(self.ring_size_cap);
+        let max_ring_size = max_ring_size.min(self.ring_size_cap);
         let request_hash_header = match f.string("requestHashHeader")? {
             None | Some("") => None,
             Some(h) => Some(header_name(h).map_err(|why| f.error("requestHashHeader", why))?),

@@ -151,3 +151,15 @@ fn grpc_go_configs_find_it_under_its_experimental_name() {
         "least_request_experimental"
     );
 }
+
+#[test]
+fn ties_between_two_backends_break_at_random() {
+    // Two backends and two choices: every pick compares both, and one RPC at a time
+    // leaves both at zero in flight. A48 draws at random, so neither may get all.
+    let h = ready(&[A, B], "{}");
+    let counts = quick_rpcs(&h, 1000);
+    for a in [A, B] {
+        let n = counts.get(a).copied().unwrap_or(0);
+        assert!(n > 300, "{counts:?}");
+    }
+}

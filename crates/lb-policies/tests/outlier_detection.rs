@@ -251,3 +251,109 @@ fn bad_configs_name_the_json_path() {
         assert!(why.contains(reason), "{json}: {err}");
     }
 }
+
+#[test]
+fn an_ejected_address_shows_failure_until_it_returns_whatever_its_subconn_does() {
+    let mut h = ready(3, &failure_percentage("10s", "0.05s", 50));
+    let bad = addrs(3)[0].clone();
+    traffic(&h, 300, &[&bad]);
+    h.fire_timers();
+    assert!(!traffic(&h, 60, &[]).contains_key(&bad), "ejected");
+    h.take_events();
+
+    // Its connection drops. The child must not see IDLE (round_robin would
+    // reconnect it, ring_hash would queue keyed picks on it): A50 holds its states
+    // back while it is ejected.
+    h.set_state(&bad, Idle);
+    let events = h.take_events();
+    assert!(
+        !events.contains(&Event::Connect(bad.clone())),
+        "the child saw an ejected subconn go idle: {events:?}"
+    );
+    h.set_state(&bad, Connecting);
+    h.set_state(&bad, Ready);
+    assert!(!traffic(&h, 60, &[]).contains_key(&bad), "still ejected");
+
+    // When it returns, the child learns its real state.
+    std::thread::sleep(Duration::from_millis(60));
+    h.fire_timers();
+    assert!(traffic(&h, 60, &[]).contains_key(&bad), "returned, READY");
+
+    // Ejected while IDLE, and returned: the child then connects it.
+    traffic(&h, 300, &[&bad]);
+    h.fire_timers();
+    h.set_state(&bad, Idle);
+    h.take_events();
+    std::thread::sleep(Duration::from_millis(120));
+    h.fire_timers();
+    let events = h.take_events();
+    assert!(
+        events.contains(&Event::Connect(bad.clone())),
+        "back and idle: the child reconnects it: {events:?}"
+    );
+}
+
+#[test]
+fn with_no_base_ejection_time_an_address_is_out_until_the_next_sweep() {
+    let mut h = ready(3, &failure_percentage("10s", "0s", 50));
+    let bad = addrs(3)[0].clone();
+    traffic(&h, 300, &[&bad]);
+    h.fire_timers();
+    let counts = traffic(&h, 300, &[]);
+    assert!(
+        !counts.contains_key(&bad),
+        "ejected and returned in the same sweep: {counts:?}"
+    );
+    h.fire_timers();
+    assert!(
+        traffic(&h, 300, &[]).contains_key(&bad),
+        "the next sweep returns it"
+    );
+}
+
+#[test]
+fn turning_both_algorithms_off_forgets_past_ejections() {
+    let config = failure_percentage("10s", "0.1s", 50);
+    let mut h = ready(3, &config);
+    let bad = addrs(3)[0].clone();
+    let ejected = |h: &Harness| !traffic(h, 60, &[]).contains_key(&bad);
+    let addresses: Vec<Address> = addrs(3).iter().map(|a| Address::new(a.as_str())).collect();
+    traffic(&h, 300, &[&bad]);
+    h.fire_timers();
+    assert!(ejected(&h));
+
+    // Neither algorithm: every address returns and its ejection count is reset, as
+    // grpc-go does; no sweep is pending.
+    h.update_with_config(
+        addresses.clone(),
+        r#"{"interval": "10s", "childPolicy": [{"round_robin": {}}]}"#,
+    )
+    .unwrap();
+    assert!(!ejected(&h));
+    assert!(h.timers().is_empty(), "{:?}", h.timers());
+
+    // Back on: the next ejection is a first one (1 × base), not a second.
+    h.update_with_config(addresses, &config).unwrap();
+    traffic(&h, 300, &[&bad]);
+    h.fire_timers();
+    assert!(ejected(&h));
+    std::thread::sleep(Duration::from_millis(120));
+    h.fire_timers();
+    assert!(!ejected(&h), "back after 1 × base");
+}
+
+#[test]
+fn a_new_interval_replaces_the_pending_sweep() {
+    let mut h = ready(3, &failure_percentage("10s", "30s", 50));
+    assert_eq!(h.timers().len(), 1);
+    let addresses: Vec<Address> = addrs(3).iter().map(|a| Address::new(a.as_str())).collect();
+    h.update_with_config(addresses, &failure_percentage("20s", "30s", 50))
+        .unwrap();
+    assert_eq!(
+        h.timers().len(),
+        1,
+        "the old sweep is cancelled: {:?}",
+        h.timers()
+    );
+    assert_eq!(h.fire_timers(), 1);
+}

@@ -115,7 +115,7 @@ fn estimates_fade_so_an_avoided_backend_is_tried_again() {
     assert!(
         h.take_events().contains(&Event::Schedule(
             Duration::from_millis(10),
-            lb_core::TimerId(1)
+            lb_core::TimerId::new(1)
         )),
         "a refresh timer"
     );
@@ -160,4 +160,21 @@ fn config_errors_name_the_field() {
         (c.decay_time, c.default_rtt),
         (Duration::from_secs(2), Duration::from_millis(5))
     );
+}
+
+#[test]
+fn ties_between_two_equal_backends_break_at_random() {
+    // One RPC at a time, equal latencies: the two costs tie on every pick, and the
+    // second backend must still be tried.
+    let h = ready(&[A, B], "{}");
+    let mut counts = HashMap::new();
+    for _ in 0..1000 {
+        let rpc = h.start_rpc();
+        *counts.entry(rpc.addr.clone()).or_insert(0usize) += 1;
+        rpc.ok(Duration::from_millis(1));
+    }
+    for a in [A, B] {
+        let n = counts.get(a).copied().unwrap_or(0);
+        assert!(n > 300, "{counts:?}");
+    }
 }

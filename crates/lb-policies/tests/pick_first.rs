@@ -168,6 +168,38 @@ fn an_empty_list_is_transient_failure_that_says_so() {
 }
 
 #[test]
+fn addresses_after_an_empty_list_connect_without_the_failing_picker() {
+    let mut h = harness(&[A]);
+    h.set_state(A, Connecting);
+    h.set_state(A, Ready);
+    assert_eq!(h.update_addresses(&[]), Err(Error::NoAddresses));
+    assert_eq!(h.state(), TransientFailure);
+    h.take_events();
+    // Sticky TRANSIENT_FAILURE (A62) is for failed connections only: the new list
+    // queues RPCs while its first address connects, instead of failing them with
+    // "no addresses" for a whole connection attempt.
+    h.update_addresses(&[B]).unwrap();
+    assert_eq!(h.state(), Connecting);
+    assert_eq!(h.pick(), Outcome::Queued);
+    assert!(h.take_events().contains(&Event::Connect(B.into())));
+
+    // The same after a resolver error with no addresses at all.
+    let mut h = Harness::new(PickFirst);
+    h.resolver_error("dns timeout");
+    assert_eq!(h.state(), TransientFailure);
+    h.update_addresses(&[A]).unwrap();
+    assert_eq!(h.state(), Connecting);
+
+    // Failed connections stay sticky through a new list.
+    let mut h = harness(&[A]);
+    h.set_state(A, Connecting);
+    h.fail(A, "refused");
+    assert_eq!(h.state(), TransientFailure);
+    h.update_addresses(&[A, B]).unwrap();
+    assert_eq!(h.state(), TransientFailure);
+}
+
+#[test]
 fn resolver_errors_fail_rpcs_only_when_nothing_works() {
     let mut h = Harness::new(PickFirst);
     h.resolver_error("dns timeout");

@@ -27,7 +27,7 @@ fn policies() -> Vec<(&'static str, NewHarness)> {
         ("weighted_round_robin", h(weighted_round_robin::builder())),
         ("least_request", h(least_request::builder())),
         ("peak_ewma", h(peak_ewma::builder())),
-        ("ring_hash", h(RingHash)),
+        ("ring_hash", h(RingHash::new())),
     ]
 }
 

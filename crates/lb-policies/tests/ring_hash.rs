@@ -22,7 +22,7 @@ fn addresses(n: usize) -> Vec<Address> {
 }
 
 fn harness(n: usize, config: &str) -> Harness {
-    let mut h = Harness::new(RingHash);
+    let mut h = Harness::new(RingHash::new());
     h.update_with_config(addresses(n), config).unwrap();
     h
 }
@@ -194,7 +194,7 @@ fn without_the_header_picks_are_random_over_ready_backends() {
 
 #[test]
 fn weights_size_each_backends_share_of_the_ring() {
-    let mut h = Harness::new(RingHash);
+    let mut h = Harness::new(RingHash::new());
     let addrs = vec![
         Address::new(addr(0)).with_attribute(Weight::new(3).unwrap()),
         Address::new(addr(1)),
@@ -263,7 +263,7 @@ fn in_failure_with_nothing_connecting_an_idle_backend_is_tried() {
 
 #[test]
 fn config_errors_name_the_field() {
-    let parse = |json: &str| RingHash.parse_config(&serde_json::from_str(json).unwrap());
+    let parse = |json: &str| RingHash::new().parse_config(&serde_json::from_str(json).unwrap());
     for (bad, field) in [
         (r#"{"minRingSize": 100, "maxRingSize": 10}"#, "minRingSize"),
         (r#"{"maxRingSize": 8388609}"#, "maxRingSize"),
@@ -298,4 +298,35 @@ fn an_empty_address_list_is_rejected_and_fails_picks() {
     assert!(matches!(h.update_addresses(&[]), Err(Error::NoAddresses)));
     assert_eq!(h.state(), TransientFailure);
     assert!(matches!(h.pick(), Outcome::Failed(_)));
+}
+
+#[test]
+fn ring_sizes_are_capped_at_4096_unless_the_builder_raises_the_cap() {
+    let sizes = |builder: RingHash, json: &str| {
+        let c = builder
+            .parse_config(&serde_json::from_str(json).unwrap())
+            .unwrap();
+        let c = c.get::<lb_policies::ring_hash::RingHashConfig>().unwrap();
+        (c.min_ring_size, c.max_ring_size)
+    };
+    let huge = r#"{"minRingSize": 8388608, "maxRingSize": 8388608}"#;
+    // Valid (at most the 8 Mi bound), but capped as grpc-go and C-core cap it, so a
+    // key maps as theirs would and the control task builds 4,096 entries, not 8 Mi.
+    assert_eq!(sizes(RingHash::new(), huge), (4096, 4096));
+    assert_eq!(
+        sizes(
+            RingHash::new(),
+            r#"{"minRingSize": 10, "maxRingSize": 100000}"#
+        ),
+        (10, 4096)
+    );
+    assert_eq!(
+        sizes(RingHash::with_ring_size_cap(65_536), huge),
+        (65_536, 65_536)
+    );
+    assert_eq!(
+        RingHash::with_ring_size_cap(u64::MAX).ring_size_cap(),
+        lb_policies::ring_hash::RING_SIZE_UPPER_BOUND
+    );
+    assert_eq!(RingHash::with_ring_size_cap(0).ring_size_cap(), 1);
 }

@@ -259,10 +259,10 @@ fn out_of_band_reports_replace_per_call_ones() {
 fn weights_are_recomputed_every_update_period() {
     let mut h = ready(&[(A, 1)], r#"{"weightUpdatePeriod": "0.01s"}"#);
     // Raised to the 100 ms floor, as in grpc-go.
-    assert!(
-        h.take_events()
-            .contains(&Event::Schedule(Duration::from_millis(100), TimerId(1)))
-    );
+    assert!(h.take_events().contains(&Event::Schedule(
+        Duration::from_millis(100),
+        TimerId::new(1)
+    )));
 }
 
 #[test]

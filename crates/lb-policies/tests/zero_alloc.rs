@@ -56,7 +56,7 @@ fn picks_allocate_nothing() {
         (
             "ring_hash",
             ready_with(
-                lb_policies::RingHash,
+                lb_policies::RingHash::new(),
                 3,
                 Some(r#"{"requestHashHeader": "x-key"}"#),
             ),

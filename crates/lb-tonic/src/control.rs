@@ -6,8 +6,8 @@
 //! lock.
 //!
 //! The policy lives in an `lb_core::child::GracefulSwitch`: a service config that
-//! names another policy starts a graceful switch. Timers a policy sets arrive here as
-//! messages too.
+//! names another policy starts a graceful switch. Timers a policy sets wait in this
+//! task's queue (`timers.rs`) and are delivered here too.
 //!
 //! Policies and resolvers are user code, so this task is also where their panics
 //! stop: a panicking policy is dropped (its subconns shut down), RPCs fail with
@@ -29,7 +29,7 @@ use lb_core::{
     Address, BalancerRegistry, BuildOptions, ClientConn, ClientConnState, Code, ConnectivityState,
     Error, FailPicker, PickInfo, PickResult, Picker, QueuePicker, Resolver, ResolverBuilder,
     ResolverState, ServiceConfig, SharedError, Status, SubConn, SubConnId, SubConnOptions,
-    SubConnState, Target, TimerId,
+    SubConnState, Target, TimerHandle, TimerId,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -39,6 +39,7 @@ use crate::introspect::Stats;
 use crate::replay::{Budget, BufferLimits};
 use crate::retry::Throttle;
 use crate::subconn::{TransportOptions, new_transport};
+use crate::timers::Timers;
 
 /// A message to the control task.
 pub(crate) enum Msg {
@@ -50,8 +51,6 @@ pub(crate) enum Msg {
         id: SubConnId,
         state: SubConnState,
     },
-    /// A policy's timer, for the policy instance of this generation.
-    Timer(u64, TimerId),
     ExitIdle,
     Close,
 }
@@ -195,8 +194,8 @@ pub(crate) struct ChannelCc {
     transport: Arc<TransportOptions>,
     subconns: HashMap<SubConnId, SubConn>,
     resolver: Option<Box<dyn Resolver>>,
-    /// The policy instance's generation: timers of an earlier one are dropped.
-    generation: u64,
+    /// The policy instance's pending timers.
+    timers: Timers,
     closing: bool,
 }
 
@@ -244,13 +243,13 @@ impl ClientConn for ChannelCc {
         &self.target
     }
 
-    fn schedule(&mut self, after: Duration, timer: TimerId) {
-        let tx = self.core.tx.clone();
-        let generation = self.generation;
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = tx.send(Msg::Timer(generation, timer));
-        });
+    fn schedule(&mut self, after: Duration, timer: TimerId) -> TimerHandle {
+        if self.closing {
+            let handle = TimerHandle::new();
+            handle.cancel(); // none fires after close
+            return handle;
+        }
+        self.timers.schedule(after, timer)
     }
 }
 
@@ -320,7 +319,7 @@ impl Control {
                 target: parts.target,
                 subconns: HashMap::new(),
                 resolver: None,
-                generation: 0,
+                timers: Timers::default(),
                 closing: false,
             },
             last_state: None,
@@ -364,7 +363,7 @@ impl Control {
     /// A new policy instance (a graceful switch holding the wanted policy); on a
     /// panicking builder, schedules another try.
     fn build_switch(&mut self) {
-        self.cc.generation += 1;
+        self.cc.timers.clear();
         let mut switch = GracefulSwitch::new(self.options.clone());
         let wanted = self.wanted.clone();
         let cc = &mut self.cc;
@@ -404,6 +403,7 @@ impl Control {
                     self.rebuild_at = None;
                     self.rebuild();
                 }
+                () = sleep_until(self.cc.timers.next_deadline()) => self.fire_timers(),
                 () = sleep_until(idle_check) => {
                     if let Some(timeout) = self.idle_timeout
                         && self.cc.core.activity.idle_check(timeout).is_none()
@@ -432,10 +432,6 @@ impl Control {
             }
             Msg::Resolver(..) | Msg::ResolverError(..) => {} // from a closed resolver
             Msg::SubConnState { id, state } => self.on_subconn_state(id, state),
-            Msg::Timer(generation, timer) if generation == self.cc.generation => {
-                self.call(|s, cc| s.timer(timer, cc));
-            }
-            Msg::Timer(..) => {} // set by a policy instance that is gone
             Msg::ExitIdle => {
                 self.cc
                     .core
@@ -448,6 +444,14 @@ impl Control {
                 }
             }
             Msg::Close => {}
+        }
+    }
+
+    /// Delivers every timer that is due (each call may set or cancel others).
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(timer) = self.cc.timers.pop_due(now) {
+            self.call(|s, cc| s.timer(timer, cc));
         }
     }
 
@@ -487,7 +491,7 @@ impl Control {
             _ => self.wanted.clone(),
         };
         drop_quietly(switch);
-        self.cc.generation += 1; // its timers are void
+        self.cc.timers.clear(); // its timers are void
         for (_, sc) in self.cc.subconns.drain() {
             sc.shutdown();
         }
@@ -647,7 +651,7 @@ impl Control {
             }
             drop_quietly(Some(switch));
         }
-        self.cc.generation += 1;
+        self.cc.timers.clear();
         for (_, sc) in self.cc.subconns.drain() {
             sc.shutdown();
         }

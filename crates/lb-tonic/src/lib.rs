@@ -53,6 +53,7 @@ mod retry;
 mod stream;
 mod subconn;
 mod timeout;
+mod timers;
 #[cfg(feature = "tls")]
 mod tls;
 mod watch_stream;
