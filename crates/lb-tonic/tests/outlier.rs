@@ -12,19 +12,25 @@ use lb_tonic::LbChannel;
 mod common;
 use common::*;
 
-/// `child`: a policy name, or a whole `"name": {config}` entry.
-fn config(child: &str) -> String {
+/// The `"outlier_detection": {config}` entry over `child`: a policy name, or a whole
+/// `"name": {config}` entry.
+fn od_entry(child: &str) -> String {
     let child = if child.contains(':') {
         child.to_owned()
     } else {
         format!(r#""{child}": {{}}"#)
     };
     format!(
-        r#"{{"loadBalancingConfig": [{{"outlier_detection": {{
+        r#""outlier_detection": {{
               "interval": "0.3s", "baseEjectionTime": "0.6s", "maxEjectionPercent": 34,
               "failurePercentageEjection": {{"threshold": 30, "minimumHosts": 3, "requestVolume": 20}},
-              "childPolicy": [{{{child}}}]}}}}]}}"#
+              "childPolicy": [{{{child}}}]}}"#
     )
+}
+
+/// A service config with outlier detection over `child`.
+fn config(child: &str) -> String {
+    format!(r#"{{"loadBalancingConfig": [{{{}}}]}}"#, od_entry(child))
 }
 
 /// Sends RPCs for `length`, ignoring failures.
@@ -36,10 +42,14 @@ async fn traffic(client: &mut EchoClient<LbChannel>, length: Duration) {
 }
 
 async fn ejected_then_returned(child: &str) {
+    ejected_then_returned_with(config(child)).await;
+}
+
+async fn ejected_then_returned_with(service_config: String) {
     let backends = start(&["a", "b", "c"]).await;
     let all: Vec<&Backend> = backends.iter().collect();
     let channel = LbChannel::builder(static_target(&all))
-        .default_service_config(config(child))
+        .default_service_config(service_config)
         .backoff(fast_backoff())
         .build()
         .unwrap();
@@ -136,4 +146,18 @@ async fn a_bad_outlier_detection_config_keeps_the_previous_one() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(channel.policy(), "outlier_detection");
     warm_up(&mut client, &["a", "b"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_deep_in_a_tree_of_policies_still_sweeps() {
+    // Its sweep timer passes three parents on its way up (two forwarding
+    // outlier_detection parents and the channel's graceful switch) and must come
+    // back down to it: with timer ids packed into 64 bits it arrived as another
+    // timer, so nothing was ever ejected.
+    let inner = od_entry("round_robin");
+    let config = format!(
+        r#"{{"loadBalancingConfig": [{{"outlier_detection": {{"childPolicy": [
+              {{"outlier_detection": {{"childPolicy": [{{{inner}}}]}}}}]}}}}]}}"#
+    );
+    ejected_then_returned_with(config).await;
 }
