@@ -563,13 +563,14 @@ fn parse_retry_throttling(root: &Map<String, Value>) -> Result<Option<RetryThrot
     let obj = v
         .as_object()
         .ok_or_else(|| config_error(path, "expected an object"))?;
+    // An integer (gRFC A6: `maxTokens` is an int in (0, 1000]); `10.0` is one too.
     let max_tokens = required(obj, path, "maxTokens")?
         .as_f64()
-        .filter(|t| t.is_finite() && *t > 0.0 && *t <= 1000.0)
+        .filter(|t| t.is_finite() && t.fract() == 0.0 && *t > 0.0 && *t <= 1000.0)
         .ok_or_else(|| {
             config_error(
                 "retryThrottling.maxTokens",
-                "expected a number greater than 0 and at most 1000",
+                "expected an integer greater than 0 and at most 1000",
             )
         })?;
     let token_ratio = required(obj, path, "tokenRatio")?
@@ -969,6 +970,11 @@ mod tests {
                 r#"{"retryThrottling": {"maxTokens": 5000, "tokenRatio": 1}}"#,
                 "retryThrottling.maxTokens",
                 "at most 1000",
+            ),
+            (
+                r#"{"retryThrottling": {"maxTokens": 10.5, "tokenRatio": 1}}"#,
+                "retryThrottling.maxTokens",
+                "integer",
             ),
             (
                 r#"{"retryThrottling": {"maxTokens": 10}}"#,

@@ -39,8 +39,8 @@ const CANCELLED: u64 = 1_000;
 
 enum Children {
     None,
-    One(GracefulSwitch),
-    Keyed(ChildManager<&'static str>),
+    One(Box<GracefulSwitch>),
+    Keyed(Box<ChildManager<&'static str>>),
 }
 
 struct NestBalancer {
@@ -106,7 +106,7 @@ impl Balancer for NestBalancer {
             return Ok(());
         }
         let below = config.level - 1;
-        if config.level % 3 == 0 {
+        if config.level.is_multiple_of(3) {
             let mut manager = ChildManager::new(self.options.clone());
             let updates = ["a", "b"]
                 .into_iter()
@@ -120,13 +120,13 @@ impl Balancer for NestBalancer {
                 })
                 .collect();
             manager.update(updates, cc)?;
-            self.children = Children::Keyed(manager);
+            self.children = Children::Keyed(Box::new(manager));
         } else {
             let mut switch = GracefulSwitch::new(self.options.clone());
             switch.switch_to("nest", cc)?;
             switch
                 .update_client_conn_state(child_state(below, format!("{}/0", config.path)), cc)?;
-            self.children = Children::One(switch);
+            self.children = Children::One(Box::new(switch));
         }
         Ok(())
     }
@@ -156,7 +156,7 @@ fn tree(level: u64, path: String, into: &mut BTreeMap<String, u64>) {
     if level == 0 {
         return;
     }
-    if level % 3 == 0 {
+    if level.is_multiple_of(3) {
         for key in ["a", "b"] {
             tree(level - 1, format!("{path}/{key}"), into);
         }

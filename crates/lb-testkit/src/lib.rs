@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 pub mod child;
 mod dns;
 mod etcd;
+mod health;
 mod manual;
 mod peers;
 mod proxy;
@@ -39,7 +40,7 @@ mod zookeeper;
 pub use dns::DnsServer;
 pub use etcd::{ETCD_ROOT_PASSWORD, EtcdCluster, EtcdSecurity, EtcdServer, EtcdUser};
 pub use manual::ManualResolver;
-pub use peers::{BadPeer, Misbehavior};
+pub use peers::{BadPeer, HttpPeer, Misbehavior};
 pub use proxy::TcpProxy;
 pub use tls::{PkiFiles, TestPki};
 use tokio_rustls::TlsAcceptor;
@@ -64,7 +65,7 @@ use pb::{EchoReply, EchoRequest};
 /// | `fail:<code>` | fails with that gRPC status code |
 /// | `details:<n>` | fails with `ABORTED` carrying `n` bytes of status details (a `grpc-status-details-bin` trailer of about `4n/3` bytes) |
 /// | `fail-until:<k>` | fails with `UNAVAILABLE` while `n < k` (attempt `k + 1` succeeds); also as a client stream's first message, after reading the stream |
-/// | `pushback:<v>` | while `n == 0`, fails with `UNAVAILABLE` and the trailer `grpc-retry-pushback-ms: <v>` |
+/// | `pushback:<v>` | while `n == 0`, fails with `UNAVAILABLE` and the trailer `grpc-retry-pushback-ms: <v>` (`<v>,<w>`: the trailer twice) |
 /// | `slow-first:<ms>` | while `n == 0`, waits `ms` before answering |
 ///
 /// A bidi stream whose first message is `fail-after-first` answers it, then fails
@@ -311,8 +312,11 @@ impl EchoService {
             && previous == 0
         {
             let mut status = unavailable(&self.name, "pushes back");
-            if let Ok(v) = value.parse() {
-                status.metadata_mut().insert("grpc-retry-pushback-ms", v);
+            // `pushback:10,20` sends the trailer twice.
+            for v in value.split(',') {
+                if let Ok(v) = v.parse() {
+                    status.metadata_mut().append("grpc-retry-pushback-ms", v);
+                }
             }
             return Err(status);
         }
@@ -421,6 +425,8 @@ struct Serving {
     service: EchoService,
     served: Served,
     health: Option<tonic_health::server::HealthReporter>,
+    /// `Watch` calls its health service received (when it counts them).
+    health_watches: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     authorities: Authorities,
     tls: Option<TlsAcceptor>,
@@ -434,6 +440,7 @@ impl Serving {
             served: Served::Echo(EchoServer::new(service.clone())),
             service,
             health: None,
+            health_watches: Arc::default(),
             connections: Arc::default(),
             authorities: Authorities::default(),
             tls,
@@ -446,6 +453,20 @@ impl Serving {
         let (reporter, health) = tonic_health::server::health_reporter();
         let routes = tonic::service::Routes::new(EchoServer::new(self.service.clone()))
             .add_service(health)
+            .prepare();
+        self.served = Served::Routes(routes);
+        self.health = Some(reporter);
+        self
+    }
+
+    /// Serves a health service whose `Watch` streams end with `UNAVAILABLE` after
+    /// `ttl`, every service `SERVING` at first.
+    fn with_expiring_health(mut self, ttl: Duration) -> Self {
+        let reporter = tonic_health::server::HealthReporter::new();
+        let inner = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+        let health = health::ExpiringHealth::new(inner, ttl, self.health_watches.clone());
+        let routes = tonic::service::Routes::new(EchoServer::new(self.service.clone()))
+            .add_service(tonic_health::pb::health_server::HealthServer::new(health))
             .prepare();
         self.served = Served::Routes(routes);
         self.health = Some(reporter);
@@ -576,6 +597,14 @@ impl Backend {
         Ok(Self::serve_with(serving, restartable_listener()?))
     }
 
+    /// Starts a restartable backend whose health service ends every `Watch` stream
+    /// with `UNAVAILABLE` after `ttl`, as a proxy's stream idle timeout would (after
+    /// the answers it had to send); statuses as [`Backend::set_health`] sets them.
+    pub async fn start_with_expiring_health(name: &str, ttl: Duration) -> std::io::Result<Self> {
+        let serving = Serving::new(name.into(), None).with_expiring_health(ttl);
+        Ok(Self::serve_with(serving, restartable_listener()?))
+    }
+
     /// Starts a restartable backend that reports its load (ORCA) as `orca` says:
     /// per call and on `OpenRcaService`.
     pub async fn start_with_orca(name: &str, orca: &Orca) -> std::io::Result<Self> {
@@ -627,6 +656,12 @@ impl Backend {
     /// RPCs received so far (over every run of this backend).
     pub fn hits(&self) -> usize {
         self.serving.service.hits()
+    }
+
+    /// Health `Watch` calls received so far (counted only by
+    /// [`Backend::start_with_expiring_health`]'s service).
+    pub fn health_watches(&self) -> usize {
+        self.serving.health_watches.load(Ordering::Relaxed)
     }
 
     /// The echo service it serves, to change its behavior at run time

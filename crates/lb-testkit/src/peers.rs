@@ -32,6 +32,13 @@ pub enum Misbehavior {
         /// An error code and debug data to send in a GOAWAY after the preface.
         goaway: Option<(u32, Vec<u8>)>,
     },
+    /// Speaks HTTP/2 as `RawHttp2` does (answering pings), and answers a request
+    /// with `GOAWAY(last stream 0, code)`: the server processed none of the
+    /// connection's streams (a server shedding load with `ENHANCE_YOUR_CALM`).
+    GoAwayOnRequest {
+        /// The GOAWAY's error code.
+        code: u32,
+    },
 }
 
 /// A misbehaving peer on an ephemeral port of 127.0.0.1.
@@ -105,6 +112,7 @@ async fn serve(
 }
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
@@ -133,10 +141,15 @@ async fn handle(
                 )
                 .await
         }
-        Misbehavior::RawHttp2 {
-            answer_pings,
-            goaway,
-        } => {
+        Misbehavior::RawHttp2 { .. } | Misbehavior::GoAwayOnRequest { .. } => {
+            let (answer_pings, goaway, on_request) = match behavior {
+                Misbehavior::RawHttp2 {
+                    answer_pings,
+                    goaway,
+                } => (answer_pings, goaway, None),
+                Misbehavior::GoAwayOnRequest { code } => (true, None, Some(code)),
+                _ => return Ok(()),
+            };
             let mut preface = [0u8; PREFACE.len()];
             stream.read_exact(&mut preface).await?;
             if preface != PREFACE {
@@ -165,6 +178,13 @@ async fn handle(
                             write_frame(&mut stream, PING, ACK, &payload).await?;
                         }
                     }
+                    (HEADERS, _) => {
+                        if let Some(code) = on_request {
+                            let mut payload = 0u32.to_be_bytes().to_vec();
+                            payload.extend_from_slice(&code.to_be_bytes());
+                            write_frame(&mut stream, GOAWAY, 0, &payload).await?;
+                        }
+                    }
                     _ => {} // requests and the rest go unanswered
                 }
             }
@@ -184,4 +204,77 @@ async fn write_frame(
     frame.extend_from_slice(&0u32.to_be_bytes()); // stream 0: connection frames only
     frame.extend_from_slice(payload);
     stream.write_all(&frame).await
+}
+
+/// A real HTTP/2 server that answers every request with one plain HTTP response, not
+/// gRPC's: what a proxy in front of a down backend sends (`503 Service
+/// Unavailable`, `text/plain`), or a web server reached by mistake.
+pub struct HttpPeer {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl HttpPeer {
+    /// Listens on an ephemeral port of 127.0.0.1; every request gets `status` with
+    /// `content_type` and a short text body.
+    pub async fn start(status: u16, content_type: &'static str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let status = http::StatusCode::from_u16(status)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(serve_http(listener, status, content_type, hits.clone()));
+        Ok(Self { addr, hits, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for HttpPeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    status: http::StatusCode,
+    content_type: &'static str,
+    hits: Arc<AtomicUsize>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let _ = stream.set_nodelay(true);
+                let hits = hits.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |_request| {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                        let response = http::Response::builder()
+                            .status(status)
+                            .header(http::header::CONTENT_TYPE, content_type)
+                            .body(format!("{status}\n"));
+                        async move { response }
+                    });
+                    let http2 =
+                        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    let _ = http2
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
 }

@@ -63,6 +63,8 @@ pub(crate) struct Deadline {
     pub(crate) sleep: Pin<Box<tokio::time::Sleep>>,
     /// The timeout the call was given, for the message.
     pub(crate) timeout: Duration,
+    /// When the call started, for the message.
+    pub(crate) started: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -123,15 +125,16 @@ impl ResponseBody {
         self.fail(&status)
     }
 
-    /// Whether the deadline has passed (registers the timer otherwise).
-    fn expired(&mut self, cx: &mut Context<'_>) -> Option<Duration> {
+    /// Whether the deadline has passed (registers the timer otherwise): the
+    /// timeout, and how long the call ran.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<(Duration, Duration)> {
         let deadline = self.deadline.as_mut()?;
         deadline
             .sleep
             .as_mut()
             .poll(cx)
             .is_ready()
-            .then_some(deadline.timeout)
+            .then(|| (deadline.timeout, deadline.started.elapsed()))
     }
 }
 
@@ -144,6 +147,13 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
+        if this.phase != Phase::Ended
+            && let Poll::Ready(expired) = this.poll_deadline(cx)
+        {
+            // Checked first: a server that keeps the receive buffer full never lets
+            // the stream return `Pending`, and must not outrun the deadline.
+            return Poll::Ready(expired);
+        }
         loop {
             match this.phase {
                 Phase::Ended => return Poll::Ready(None),
@@ -157,7 +167,7 @@ impl Body for ResponseBody {
                         return Poll::Ready(Some(Err(this.stream_error(&e))));
                     }
                     Poll::Ready(None) => this.phase = Phase::Trailers,
-                    Poll::Pending => return this.poll_deadline(cx),
+                    Poll::Pending => return Poll::Pending,
                 },
                 Phase::Trailers => match this.recv.poll_trailers(cx) {
                     Poll::Ready(Ok(Some(trailers))) => {
@@ -187,7 +197,7 @@ impl Body for ResponseBody {
                         return Poll::Ready(None);
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(this.stream_error(&e)))),
-                    Poll::Pending => return this.poll_deadline(cx),
+                    Poll::Pending => return Poll::Pending,
                 },
             }
         }
@@ -203,16 +213,19 @@ impl Body for ResponseBody {
 }
 
 impl ResponseBody {
-    /// The deadline check, called when the stream has nothing ready.
+    /// The deadline check: an error once it has passed (the stream is reset), else
+    /// `Pending` with the timer registered.
     fn poll_deadline(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         match self.expired(cx) {
-            Some(timeout) => {
+            Some((timeout, ran)) => {
                 let status = Status::new(
                     Code::DeadlineExceeded,
-                    format!("deadline of {timeout:?} exceeded (the stream was reset)"),
+                    format!(
+                        "deadline of {timeout:?} exceeded: the call ran {ran:?} (the stream was reset)"
+                    ),
                 );
                 Poll::Ready(Some(Err(self.fail(&status))))
             }

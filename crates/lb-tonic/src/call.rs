@@ -10,7 +10,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::uri::Uri;
@@ -74,9 +74,24 @@ pub struct Attempt {
     pub transparent_retries: u32,
 }
 
-/// Attempts a call may make again because the server never processed them (or they
-/// never left the client), as gRPC's transparent retry, in addition to `maxAttempts`.
-const TRANSPARENT_RETRIES: u32 = 3;
+/// The stream id past which a connection is drained so that a new one takes the
+/// next RPCs, before h2 runs out of stream ids (2^31 - 1): grpc-go's `MaxStreamID`,
+/// three quarters of the space.
+const DRAIN_AFTER_STREAM_ID: u32 = i32::MAX as u32 / 4 * 3;
+
+/// Why an attempt that failed was never processed by a server application, which
+/// lets it go again at once (gRFC A6's transparent retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unprocessed {
+    /// A server may have processed it.
+    No,
+    /// It never left the client (no stream could be opened): it may go again, on
+    /// another pick, as often as the deadline allows.
+    NeverSent,
+    /// It reached a server that did not process it (`REFUSED_STREAM`, or above a
+    /// GOAWAY's last stream id): it may go again once.
+    Refused,
+}
 
 pub(crate) fn to_tonic(status: &lb_core::Status) -> tonic::Status {
     tonic::Status::new(
@@ -120,7 +135,10 @@ pub(crate) async fn call(
         )
     };
     let attempts = AtomicU32::new(0);
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.map(|timeout| CallDeadline {
+        at: Instant::now() + timeout,
+        timeout,
+    });
     let state = timeout.map(|_| core.state.subscribe());
     let run = Run {
         core: core.clone(),
@@ -128,10 +146,11 @@ pub(crate) async fn call(
         deadline,
         attempts: &attempts,
         transparent: AtomicU32::new(0),
+        refused_retried: AtomicBool::new(false),
     };
     let policied = config.is_some();
     let send = run.send(call, request, config);
-    let (Some(timeout), Some(at), Some(state)) = (timeout, deadline, state) else {
+    let (Some(CallDeadline { at, timeout }), Some(state)) = (deadline, state) else {
         return send.await;
     };
     match tokio::time::timeout_at(at, send).await {
@@ -151,15 +170,24 @@ pub(crate) async fn call(
     }
 }
 
+/// A call's deadline: when, and the timeout it came from.
+#[derive(Debug, Clone, Copy)]
+struct CallDeadline {
+    at: Instant,
+    timeout: std::time::Duration,
+}
+
 /// One call's attempts.
 struct Run<'a> {
     core: Arc<Core>,
     wait_for_ready: bool,
-    deadline: Option<Instant>,
+    deadline: Option<CallDeadline>,
     /// Attempts made (transparent retries excluded), for the deadline's message.
     attempts: &'a AtomicU32,
     /// Transparent retries so far.
     transparent: AtomicU32,
+    /// Whether a refused attempt was already sent again (that happens once).
+    refused_retried: AtomicBool,
 }
 
 /// An attempt's response head, before the call decides what to do with it.
@@ -175,12 +203,13 @@ struct Answered {
 enum Outcome {
     /// Response headers: the call commits to this attempt.
     Headers(Answered),
-    /// It failed: a trailers-only response (`answer`), a stream error, or a failed
-    /// pick. `unprocessed`: no server application saw it (it may go again at once).
+    /// It failed: a trailers-only response (`answer`), a non-gRPC response, a stream
+    /// error, or a failed pick. `unprocessed`: whether and how no server application
+    /// saw it (it may go again at once).
     Failed {
         status: tonic::Status,
         pushback: Pushback,
-        unprocessed: bool,
+        unprocessed: Unprocessed,
         /// A pick dropped it (load shedding): no retry.
         dropped: bool,
         answer: Option<Answered>,
@@ -188,7 +217,7 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn failed(status: tonic::Status, unprocessed: bool) -> Self {
+    fn failed(status: tonic::Status, unprocessed: Unprocessed) -> Self {
         Outcome::Failed {
             status,
             pushback: Pushback::None,
@@ -311,8 +340,11 @@ impl Run<'_> {
             {
                 return Ok((answer, number + 1)); // trailers-only success
             }
-            if unprocessed && self.transparent_retry(request) {
-                tracing::debug!(error = %status.message(), "resending an RPC no server processed");
+            if self.transparent_retry(request, unprocessed) {
+                tracing::debug!(error = %status.message(), ?unprocessed, "resending an RPC no server processed");
+                // An attempt that never left fails at once: let the runtime run
+                // between tries (the next pick waits for a new picker if need be).
+                tokio::task::coop::consume_budget().await;
                 continue;
             }
             let retryable = policy.retryable(status.code()) && !dropped;
@@ -382,7 +414,7 @@ impl Run<'_> {
                             }
                             if request.owner_is_other_than(id) {
                                 // Cancelled because the call committed elsewhere.
-                            } else if unprocessed && self.transparent_retry(request) {
+                            } else if self.transparent_retry(request, unprocessed) {
                                 ids += 1;
                                 if let Some(outgoing) = request.outgoing(ids) {
                                     running.push(self.numbered(request, outgoing, ids, number));
@@ -443,20 +475,25 @@ impl Run<'_> {
         }
     }
 
-    /// Whether an attempt no server processed may go again at once (and counts it).
-    fn transparent_retry(&self, request: &Request) -> bool {
+    /// Whether an attempt no server processed may go again at once (and counts it),
+    /// as grpc-go decides: one that never left the client, always (the deadline
+    /// bounds the call); one a server refused, once per call.
+    fn transparent_retry(&self, request: &Request, unprocessed: Unprocessed) -> bool {
         let replayable = match &request.body {
             // Held for the whole call, within the buffer or not.
             Prefetched::Complete { .. } => true,
             Prefetched::Streaming(recorder) => recorder.owner().is_none(),
         };
-        replayable
-            && self
-                .transparent
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                    (t < TRANSPARENT_RETRIES).then_some(t + 1)
-                })
-                .is_ok()
+        let allowed = replayable
+            && match unprocessed {
+                Unprocessed::No => false,
+                Unprocessed::NeverSent => true,
+                Unprocessed::Refused => !self.refused_retried.swap(true, Ordering::Relaxed),
+            };
+        if allowed {
+            self.transparent.fetch_add(1, Ordering::Relaxed);
+        }
+        allowed
     }
 
     /// An attempt that reports its cursor id and number with its outcome.
@@ -480,7 +517,7 @@ impl Run<'_> {
                 return Outcome::Failed {
                     status,
                     pushback: Pushback::None,
-                    unprocessed: false,
+                    unprocessed: Unprocessed::No,
                     dropped,
                     answer: None,
                 };
@@ -491,22 +528,34 @@ impl Run<'_> {
             picked.connected.load_watch.per_call(),
             picked.connected.stats.clone(),
         );
-        let h2_head = match h2_request(head, &picked.connected, previous, self.deadline) {
+        let h2_head = match h2_request(
+            head,
+            &picked.connected,
+            previous,
+            self.deadline.map(|d| d.at),
+        ) {
             Ok(h) => h,
-            Err(status) => return Outcome::failed(status, false),
+            Err(status) => return Outcome::failed(status, Unprocessed::No),
         };
         let opened = match stream::open(&picked.connected.sender, h2_head, outgoing).await {
             Ok(opened) => opened,
             Err(NotOpened { error }) => {
-                // Nothing reached the server.
+                // Nothing reached the server. A connection that cannot open a stream
+                // (closing, gone, or out of stream ids) takes no more RPCs.
                 let status = transport_status(&picked.address, &error);
                 report(&mut done, &status);
-                if error.is_go_away() {
+                if error.is_go_away() || error.is_io() || stream::is_local(&error) {
                     picked.connected.drain();
                 }
-                return Outcome::failed(status, true);
+                return Outcome::failed(status, Unprocessed::NeverSent);
             }
         };
+        if opened.stream_id > DRAIN_AFTER_STREAM_ID - 2 {
+            // The next id would pass grpc-go's limit: new RPCs go to a new connection
+            // while this one finishes what it has.
+            tracing::debug!(addr = %picked.address, stream_id = opened.stream_id, "the connection is running out of stream ids; draining it");
+            picked.connected.drain();
+        }
         let active = ActiveStream::new(
             picked
                 .connected
@@ -516,6 +565,15 @@ impl Run<'_> {
         match opened.response.await {
             Ok(response) => {
                 let (parts, recv) = response.into_parts();
+                if let Some(status) = non_grpc_status(&parts) {
+                    // Not a gRPC answer (a proxy's 503, an HTML page): the stream is
+                    // over and the call not committed, as grpc-go treats it.
+                    let mut handle = opened.handle;
+                    handle.cancel();
+                    drop(recv);
+                    report(&mut done, &status);
+                    return Outcome::failed(status, Unprocessed::No);
+                }
                 let done = done.map(|d| d.with_headers(&parts.headers));
                 let answer = Answered {
                     recv,
@@ -532,7 +590,7 @@ impl Run<'_> {
                     Some(status) => Outcome::Failed {
                         pushback: retry::pushback(Some(&answer.parts.headers)),
                         status,
-                        unprocessed: false,
+                        unprocessed: Unprocessed::No,
                         dropped: false,
                         answer: Some(answer),
                     },
@@ -545,7 +603,11 @@ impl Run<'_> {
                 if error.is_go_away() || signals.last_goaway().is_some() {
                     picked.connected.drain();
                 }
-                let unprocessed = stream::unprocessed(&error, opened.stream_id, signals);
+                let unprocessed = if stream::unprocessed(&error, opened.stream_id, signals) {
+                    Unprocessed::Refused
+                } else {
+                    Unprocessed::No
+                };
                 Outcome::failed(status, unprocessed)
             }
         }
@@ -573,9 +635,10 @@ impl Run<'_> {
             number,
             transparent_retries: self.transparent.load(Ordering::Relaxed),
         });
-        let deadline = self.deadline.map(|at| Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(at)),
-            timeout: at.saturating_duration_since(Instant::now()),
+        let deadline = self.deadline.map(|d| Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(d.at)),
+            timeout: d.timeout,
+            started: d.at.checked_sub(d.timeout).unwrap_or(d.at),
         });
         // The throttle counts the call's end: a trailers-only answer now (its failure,
         // if retryable, was counted when it was judged), else at the trailers.
@@ -608,6 +671,54 @@ fn finish(
         Some(answer) => Ok((answer, number)),
         None => Err(status),
     }
+}
+
+/// The status of a response that is not gRPC's (gRPC over HTTP/2: `:status` 200 and
+/// an `application/grpc` content type), as grpc-go maps it: the HTTP status decides
+/// the code (502, 503, 504 and 429 are `UNAVAILABLE`), and the message says what was
+/// wrong.
+fn non_grpc_status(parts: &http::response::Parts) -> Option<tonic::Status> {
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()));
+    let grpc_content = content_type.as_deref().is_some_and(is_grpc_content_type);
+    if parts.status == http::StatusCode::OK && grpc_content {
+        return None;
+    }
+    let mut errors = Vec::with_capacity(2);
+    if parts.status != http::StatusCode::OK {
+        errors.push(format!(
+            "unexpected HTTP status code received from server: {} ({})",
+            parts.status.as_u16(),
+            parts.status.canonical_reason().unwrap_or("unknown")
+        ));
+    }
+    match &content_type {
+        None => errors.push("malformed header: missing HTTP content-type".to_owned()),
+        Some(t) if !grpc_content => {
+            errors.push(format!("transport: received unexpected content-type {t:?}"));
+        }
+        Some(_) => {}
+    }
+    let code = match parts.status.as_u16() {
+        400 => tonic::Code::Internal,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::Unimplemented,
+        429 | 502 | 503 | 504 => tonic::Code::Unavailable,
+        _ => tonic::Code::Unknown,
+    };
+    Some(tonic::Status::new(code, errors.join("; ")))
+}
+
+/// `application/grpc`, alone or with a `+subtype` or `;parameters`.
+fn is_grpc_content_type(value: &str) -> bool {
+    const GRPC: &str = "application/grpc";
+    value
+        .get(..GRPC.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(GRPC))
+        && matches!(value.as_bytes().get(GRPC.len()), None | Some(b'+' | b';'))
 }
 
 /// The status of a trailers-only response (its headers carry `grpc-status`).

@@ -164,6 +164,8 @@ pub struct Builder {
     metrics: bool,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConfig>,
+    #[cfg(feature = "test-hooks")]
+    initial_stream_id: Option<u32>,
 }
 
 impl Builder {
@@ -186,6 +188,8 @@ impl Builder {
             metrics: true,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "test-hooks")]
+            initial_stream_id: None,
         }
     }
 
@@ -314,6 +318,16 @@ impl Builder {
         self
     }
 
+    /// Test hook (feature `test-hooks`): every connection's first stream gets this
+    /// id (odd, as a client's are) instead of 1, so that tests reach the end of the
+    /// stream-id space without 2^30 RPCs.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn initial_stream_id(mut self, id: u32) -> Self {
+        self.initial_stream_id = Some(id);
+        self
+    }
+
     /// Starts the resolver and the control task. Must be called within a tokio
     /// runtime. Fails on a bad target, an unknown scheme, an invalid default service
     /// config, a setting out of range, or a resolver that refuses the target.
@@ -331,6 +345,15 @@ impl Builder {
         };
         self.backoff.validate()?;
         let keepalive = self.keepalive.map(validate_keepalive).transpose()?;
+        #[cfg(feature = "test-hooks")]
+        if let Some(id) = self.initial_stream_id
+            && (id % 2 == 0 || id > i32::MAX as u32)
+        {
+            return Err(Error::InvalidSetting {
+                setting: "Builder::initial_stream_id",
+                reason: format!("{id} is not an odd number below 2^31"),
+            });
+        }
         if let Some(a) = &self.authority
             && a.parse::<http::uri::Authority>().is_err()
         {
@@ -361,6 +384,8 @@ impl Builder {
             ),
             #[cfg(feature = "tls")]
             tls: self.tls,
+            #[cfg(feature = "test-hooks")]
+            initial_stream_id: self.initial_stream_id,
         });
         let stats = Arc::new(Stats::new(target.to_string(), self.metrics));
         let core = Arc::new(Core::new(

@@ -146,6 +146,10 @@ fn h2_builder(options: &TransportOptions) -> h2::client::Builder {
         .initial_connection_window_size(5 * 1024 * 1024)
         .max_send_buffer_size(1024 * 1024)
         .max_header_list_size(options.max_header_list_size);
+    #[cfg(feature = "test-hooks")]
+    if let Some(id) = options.initial_stream_id {
+        builder.initial_stream_id(id);
+    }
     builder
 }
 

@@ -11,7 +11,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::HealthCheckResponse;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::watch_stream::{StreamEnd, server_stream};
+use std::sync::Arc;
+
+use crate::frames::ConnSignals;
+use crate::watch_stream::{Outbound, StreamEnd, server_stream};
 
 /// What the health service said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,15 +34,24 @@ const PATH: &str = "/grpc.health.v1.Health/Watch";
 /// Watches `service` on the connection of `sender`, sending each answer to `tx`, until
 /// the stream ends (with [`Health::Ended`] or [`Health::Unimplemented`]) or nobody
 /// listens any more.
+/// `signals`: the connection's, when its open streams are counted (keepalive
+/// without `while_idle` pings while this stream is open, as grpc-go does).
 pub(crate) async fn watch(
     sender: SendRequest<Bytes>,
     scheme: Scheme,
     authority: Authority,
+    signals: Option<Arc<ConnSignals>>,
     service: String,
     tx: mpsc::UnboundedSender<Health>,
 ) {
     let request = HealthCheckRequest { service }.encode_to_vec();
-    let end = server_stream(&sender, scheme, authority, PATH, &request, |message| {
+    let stream = Outbound {
+        sender: &sender,
+        scheme,
+        authority,
+        signals: signals.as_ref(),
+    };
+    let end = server_stream(stream, PATH, &request, |message| {
         let health = match HealthCheckResponse::decode(message) {
             Ok(r) => match ServingStatus::try_from(r.status) {
                 Ok(ServingStatus::Serving) => Health::Serving,

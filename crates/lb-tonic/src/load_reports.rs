@@ -53,7 +53,8 @@ impl LoadWatch {
     }
 }
 
-use crate::watch_stream::{StreamEnd, server_stream};
+use crate::frames::ConnSignals;
+use crate::watch_stream::{Outbound, StreamEnd, server_stream};
 
 /// The load report in a response's trailers, if the server sent a valid one. A
 /// malformed one is logged (at most once a minute) and ignored.
@@ -97,33 +98,33 @@ pub(crate) async fn stream(
     sender: SendRequest<Bytes>,
     scheme: Scheme,
     authority: Authority,
+    signals: Option<Arc<ConnSignals>>,
     interval: Duration,
     listener: Arc<dyn LoadReportListener>,
 ) -> OobEnd {
     let request = lb_orca::oob_request(interval);
     let mut received = false;
     let mut warned = false;
-    let end = server_stream(
-        &sender,
+    let to = Outbound {
+        sender: &sender,
         scheme,
         authority,
-        lb_orca::STREAM_CORE_METRICS,
-        &request,
-        |message| {
-            match lb_orca::decode(&message) {
-                Ok(report) => {
-                    received = true;
-                    listener.on_load_report(&report);
-                }
-                Err(error) if !warned => {
-                    warned = true;
-                    tracing::warn!(%error, "ignoring a malformed out-of-band ORCA load report");
-                }
-                Err(_) => {}
+        signals: signals.as_ref(),
+    };
+    let end = server_stream(to, lb_orca::STREAM_CORE_METRICS, &request, |message| {
+        match lb_orca::decode(&message) {
+            Ok(report) => {
+                received = true;
+                listener.on_load_report(&report);
             }
-            Ok(())
-        },
-    )
+            Err(error) if !warned => {
+                warned = true;
+                tracing::warn!(%error, "ignoring a malformed out-of-band ORCA load report");
+            }
+            Err(_) => {}
+        }
+        Ok(())
+    })
     .await;
     let (unimplemented, why) = match end {
         StreamEnd::Status(tonic::Code::Unimplemented, message) => (true, message),

@@ -73,11 +73,18 @@ pub(crate) enum Pushback {
 }
 
 /// Reads `grpc-retry-pushback-ms` from trailers (or a trailers-only response's
-/// headers).
+/// headers). More than one value means "do not retry", as grpc-go reads it.
 pub(crate) fn pushback(trailers: Option<&HeaderMap>) -> Pushback {
-    let Some(value) = trailers.and_then(|t| t.get("grpc-retry-pushback-ms")) else {
+    let Some(trailers) = trailers else {
         return Pushback::None;
     };
+    let mut values = trailers.get_all("grpc-retry-pushback-ms").iter();
+    let Some(value) = values.next() else {
+        return Pushback::None;
+    };
+    if values.next().is_some() {
+        return Pushback::Stop;
+    }
     // An ASCII signed 32-bit integer with no unnecessary leading zeros.
     let parsed = value
         .to_str()
@@ -198,6 +205,10 @@ mod tests {
         for stop in ["-1", "abc", "", "0250", "1.5", "2147483648"] {
             assert_eq!(h(stop), Pushback::Stop, "{stop:?}");
         }
+        let mut two = HeaderMap::new();
+        two.append("grpc-retry-pushback-ms", "10".parse().unwrap());
+        two.append("grpc-retry-pushback-ms", "20".parse().unwrap());
+        assert_eq!(pushback(Some(&two)), Pushback::Stop, "two values: no retry");
     }
 
     #[test]

@@ -213,16 +213,27 @@ async fn send_with_capacity(
 
 /// The gRPC status code for an h2 error (the gRPC HTTP/2 protocol's mapping).
 pub(crate) fn status_code(error: &h2::Error) -> tonic::Code {
+    // A GOAWAY, whatever its reason (`ENHANCE_YOUR_CALM` included), or a connection
+    // that failed: the server is unavailable, as grpc-go ends such streams.
+    if error.is_go_away() || error.is_io() {
+        return tonic::Code::Unavailable;
+    }
     match error.reason() {
         Some(Reason::REFUSED_STREAM) => tonic::Code::Unavailable,
         Some(Reason::CANCEL) => tonic::Code::Cancelled,
         Some(Reason::ENHANCE_YOUR_CALM) => tonic::Code::ResourceExhausted,
         Some(Reason::INADEQUATE_SECURITY) => tonic::Code::PermissionDenied,
-        // A GOAWAY's reason, or a connection that failed: the server is unavailable.
-        _ if error.is_go_away() || error.is_io() => tonic::Code::Unavailable,
         Some(_) => tonic::Code::Internal,
         None => tonic::Code::Unavailable,
     }
+}
+
+/// Whether `error` is h2's own refusal of something this client asked, with nothing
+/// from the peer or the socket: when opening a stream, that is h2 running out of
+/// stream ids (requests are made valid before they reach h2: connection headers
+/// stripped, scheme and authority set).
+pub(crate) fn is_local(error: &h2::Error) -> bool {
+    error.reason().is_none() && !error.is_io() && !error.is_go_away() && !error.is_reset()
 }
 
 /// Whether `error` on stream `id` means the server never processed it: it refused

@@ -69,6 +69,9 @@ pub(crate) struct TransportOptions {
     pub(crate) health_service: ArcSwapOption<String>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::TlsConfig>,
+    /// `Builder::initial_stream_id` (tests only).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) initial_stream_id: Option<u32>,
 }
 
 impl TransportOptions {
@@ -370,9 +373,11 @@ async fn run(
                     sender: sender.clone(),
                     scheme,
                     authority,
+                    signals: conn.count_streams.then(|| signals.clone()),
                     watch: None,
                     reopen_at: Some(Instant::now()),
                     backoff: Backoff::new(options.backoff),
+                    received: false,
                     unimplemented_logged: false,
                 });
                 let ended = serve(Serving {
@@ -391,6 +396,7 @@ async fn run(
                         sender: conn.sender.clone(),
                         scheme: options.scheme(),
                         authority: conn.authority.clone(),
+                        signals: conn.count_streams.then(|| signals.clone()),
                         running: None,
                         reopen_at: None,
                         backoff: Backoff::new(options.backoff),
@@ -453,33 +459,52 @@ struct HealthChecker {
     sender: SendRequest<Bytes>,
     scheme: Scheme,
     authority: Authority,
-    /// The running watch's answers.
-    watch: Option<mpsc::UnboundedReceiver<Health>>,
+    /// The connection's signals, when its open streams are counted (keepalive).
+    signals: Option<Arc<ConnSignals>>,
+    /// The running watch: its task (aborted, and its stream reset, when this is
+    /// dropped with the connection or replaced) and its answers.
+    watch: Option<(AbortOnDrop<()>, mpsc::UnboundedReceiver<Health>)>,
     /// When to (re)open the watch.
     reopen_at: Option<Instant>,
     backoff: Backoff,
+    /// The running watch has answered: when it ends, the next one opens at once.
+    received: bool,
     unimplemented_logged: bool,
 }
 
 impl HealthChecker {
     fn start(&mut self) {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(health::watch(
+        let task = tokio::spawn(health::watch(
             self.sender.clone(),
             self.scheme.clone(),
             self.authority.clone(),
+            self.signals.clone(),
             self.service.to_string(),
             tx,
         ));
-        self.watch = Some(rx);
+        self.watch = Some((AbortOnDrop(task), rx));
         self.reopen_at = None;
+        self.received = false;
     }
 
     /// The next answer, or a never-ready future without a watch.
     async fn next(&mut self) -> Option<Health> {
         match &mut self.watch {
-            Some(rx) => rx.recv().await,
+            Some((_, rx)) => rx.recv().await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// The watch ended: when to open the next one. After an answer, at once, with
+    /// the backoff started over; else after the backoff (gRFC A17).
+    fn ended(&mut self) {
+        self.watch = None;
+        if self.received {
+            self.backoff.reset();
+            self.reopen_at = Some(Instant::now());
+        } else {
+            self.reopen_at = Some(Instant::now() + self.backoff.next_delay());
         }
     }
 }
@@ -508,6 +533,8 @@ struct OobReporter<'a> {
     sender: SendRequest<Bytes>,
     scheme: Scheme,
     authority: Authority,
+    /// The connection's signals, when its open streams are counted (keepalive).
+    signals: Option<Arc<ConnSignals>>,
     /// The stream's task; aborted when dropped (the connection ended) or replaced.
     running: Option<AbortOnDrop<OobEnd>>,
     /// When to (re)open the stream after it ended.
@@ -532,6 +559,7 @@ impl OobReporter<'_> {
             self.sender.clone(),
             self.scheme.clone(),
             self.authority.clone(),
+            self.signals.clone(),
             interval,
             listener,
         ))));
@@ -579,6 +607,18 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 impl Serving<'_> {
+    /// Opens the health watch again; the subconn is `CONNECTING` while it opens,
+    /// until its first answer (gRFC A17).
+    fn reopen_health_watch(&mut self) {
+        let Some(checker) = self.checker.as_mut() else {
+            return;
+        };
+        checker.start();
+        if self.reporter.tracker.get() == ConnectivityState::TransientFailure {
+            self.reporter.report(ConnectivityState::Connecting, None);
+        }
+    }
+
     /// Reports what the health service said.
     fn on_health(&mut self, health: Option<Health>) {
         let Some(checker) = self.checker.as_mut() else {
@@ -596,14 +636,18 @@ impl Serving<'_> {
         };
         match health {
             Some(Health::Serving) => {
-                self.connected.healthy.store(true, Ordering::Release);
+                checker.received = true;
                 checker.backoff.reset();
+                self.connected.healthy.store(true, Ordering::Release);
                 if self.reporter.tracker.get() != ConnectivityState::Ready {
                     self.backoff.reset();
                     self.reporter.report(ConnectivityState::Ready, None);
                 }
             }
             Some(Health::NotServing(status)) => {
+                // An answer all the same: the backoff starts over (gRFC A17).
+                checker.received = true;
+                checker.backoff.reset();
                 self.connected.healthy.store(false, Ordering::Release);
                 report_failure(
                     self.reporter,
@@ -629,15 +673,15 @@ impl Serving<'_> {
         }
     }
 
-    /// The watch ended: the subconn is not healthy until a new one says so; the new
-    /// one opens after the connection backoff.
+    /// The watch ended: the subconn is `TRANSIENT_FAILURE` until a new watch says
+    /// otherwise; the new one opens at once if the last one answered, else after
+    /// the backoff (gRFC A17).
     fn watch_ended(&mut self, why: String) {
         let Some(checker) = self.checker.as_mut() else {
             return;
         };
         self.connected.healthy.store(false, Ordering::Release);
-        checker.watch = None;
-        checker.reopen_at = Some(Instant::now() + checker.backoff.next_delay());
+        checker.ended();
         if self.reporter.tracker.get() != ConnectivityState::TransientFailure {
             let error = TransportError::Unhealthy {
                 addr: self.addr.to_owned(),
@@ -675,11 +719,7 @@ async fn serve(mut this: Serving<'_>) -> Ended {
             },
             () = this.signals.goaway() => return Ended::Draining(this.connection),
             health = next_health(&mut this.checker) => this.on_health(health),
-            () = sleep_until_some(reopen_at) => {
-                if let Some(checker) = this.checker.as_mut() {
-                    checker.start();
-                }
-            }
+            () = sleep_until_some(reopen_at) => this.reopen_health_watch(),
             end = this.oob.next_end() => this.oob.ended(end, &addr),
             () = sleep_until_some(oob_reopen_at) => this.oob.follow(),
             () = tokio::time::sleep_until(next_check), if pinger.is_some() && pong_due.is_none() => {
@@ -771,6 +811,8 @@ mod tests {
             health_service: ArcSwapOption::empty(),
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "test-hooks")]
+            initial_stream_id: None,
         }
     }
 

@@ -6,8 +6,21 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::uri::{Authority, Scheme};
 
+use std::sync::Arc;
+
+use crate::frames::{ActiveStream, ConnSignals};
 use crate::replay::Chunks;
 use crate::stream::{self, Outgoing};
+
+/// Where a subconn's own stream goes: its connection, as RPCs address it.
+pub(crate) struct Outbound<'a> {
+    pub(crate) sender: &'a SendRequest<Bytes>,
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: Authority,
+    /// The connection's signals when its open streams are counted (keepalive
+    /// without `while_idle`): the stream counts as one while it is open.
+    pub(crate) signals: Option<&'a Arc<ConnSignals>>,
+}
 
 /// How a stream ended.
 #[derive(Debug)]
@@ -20,20 +33,18 @@ pub(crate) enum StreamEnd {
     Stopped(String),
 }
 
-/// Opens `path` on `sender`'s connection with `request` (a serialized message) and
+/// Opens `path` on `to`'s connection with `request` (a serialized message) and
 /// hands every answer to `each` until the stream ends, or until `each` returns an
 /// error (the reason to stop). The stream is reset when this returns or is dropped.
 pub(crate) async fn server_stream(
-    sender: &SendRequest<Bytes>,
-    scheme: Scheme,
-    authority: Authority,
+    to: Outbound<'_>,
     path: &str,
     request: &[u8],
     mut each: impl FnMut(Bytes) -> Result<(), String>,
 ) -> StreamEnd {
     let uri = match http::Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
+        .scheme(to.scheme)
+        .authority(to.authority)
         .path_and_query(path)
         .build()
     {
@@ -61,11 +72,12 @@ pub(crate) async fn server_stream(
         data: Chunks::One(frame.freeze()),
         trailers: None,
     };
-    let opened = match stream::open(sender, head, body).await {
+    let opened = match stream::open(to.sender, head, body).await {
         Ok(opened) => opened,
         Err(not) => return StreamEnd::Failed(format!("could not open the stream: {}", not.error)),
     };
     let _handle = opened.handle; // resets the stream when this returns
+    let _active = ActiveStream::new(to.signals);
     let response = match opened.response.await {
         Ok(r) => r,
         Err(e) => return StreamEnd::Failed(format!("the stream failed: {e}")),

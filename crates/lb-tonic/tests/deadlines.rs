@@ -161,3 +161,48 @@ fn parse_grpc_timeout(v: &str) -> Duration {
         _ => panic!("bad unit in {v}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_always_has_data_still_ends_at_its_deadline() {
+    // The server answers in a tight loop and keeps the receive buffer full, so the
+    // stream never has nothing ready; the caller takes 1 ms per message. The
+    // deadline must still end it, saying how long the call ran.
+    let backend = Backend::start("a").await.unwrap();
+    let mut client = EchoClient::new(channel_to(&backend, None));
+    let mut request = tonic::Request::new(EchoRequest {
+        message: "flood".into(),
+        count: u32::MAX,
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(200));
+    let started = tokio::time::Instant::now();
+    let mut replies = client.server_stream(request).await.unwrap().into_inner();
+    let mut got = 0u32;
+    let status = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match replies.message().await {
+                Ok(Some(_)) => {
+                    got += 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Ok(None) => panic!("the stream ended"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a busy stream ran past its 200 ms deadline ({got} messages)"));
+    let ran = started.elapsed();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(got > 10, "the flood flowed: {got} messages");
+    assert!(ran < Duration::from_secs(1), "ended after {ran:?}");
+    // The message gives the call's timeout and how long it ran, not the time that
+    // was left when the response headers came.
+    assert!(
+        status
+            .message()
+            .contains("deadline of 200ms exceeded: the call ran"),
+        "{status:?}"
+    );
+    until_no_open_streams(&backend).await;
+}

@@ -185,3 +185,170 @@ async fn weighted_round_robin_follows_health_too() {
         HashSet::from(["b".to_owned()])
     );
 }
+
+/// Waits until no backend has a connection open.
+async fn every_connection_closed(backends: &[Backend]) {
+    within("every connection to close", async {
+        while backends.iter().any(|b| b.open_connections() > 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_health_checked_channel_closes_its_connections() {
+    // tonic's health service sends only on change: a Watch left open would keep its
+    // connection (and two tasks) alive for ever after the channel went idle.
+    let backends = healthy(&["a", "b"]).await;
+    let all: Vec<&Backend> = backends.iter().collect();
+    let channel = LbChannel::builder(static_target(&all))
+        .default_service_config(config("round_robin"))
+        .backoff(fast_backoff())
+        .idle_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    warm_up(&mut client, &["a", "b"]).await;
+    assert!(
+        channel
+            .wait_for_state(lb_core::ConnectivityState::Idle, Duration::from_secs(5))
+            .await
+    );
+    every_connection_closed(&backends).await;
+    // And back, health-checked again.
+    warm_up(&mut client, &["a", "b"]).await;
+    backends[0].set_health("echo", false).await;
+    within("a to leave", async {
+        while served(&mut client, 20).await.contains("a") {}
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn closing_a_health_checked_channel_closes_its_connections() {
+    let backends = healthy(&["a", "b"]).await;
+    let all: Vec<&Backend> = backends.iter().collect();
+    let channel = channel(&all, "round_robin");
+    let mut client = EchoClient::new(channel.clone());
+    warm_up(&mut client, &["a", "b"]).await;
+    channel.close();
+    every_connection_closed(&backends).await;
+}
+
+#[tokio::test]
+async fn a_policy_that_drops_a_health_checked_subconn_closes_its_connection() {
+    let resolver = lb_testkit::ManualResolver::new();
+    let backends = healthy(&["a", "b"]).await;
+    resolver.update_addrs(&[backends[0].addr(), backends[1].addr()]);
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .default_service_config(config("round_robin"))
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    warm_up(&mut client, &["a", "b"]).await;
+    // b leaves the address list: its subconn is shut down.
+    resolver.update_addrs(&[backends[0].addr()]);
+    within("b's connection to close", async {
+        while backends[1].open_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(backends[0].open_connections(), 1);
+}
+
+#[tokio::test]
+async fn a_health_stream_that_ends_after_an_answer_is_reopened_at_once() {
+    // A proxy's stream idle timeout ends the Watch every 200 ms. After an answer the
+    // next Watch opens at once (gRFC A17), not after the 1 s base backoff: a
+    // wait-for-ready RPC with a 500 ms deadline never meets a backend that is out.
+    let backend = Backend::start_with_expiring_health("a", Duration::from_millis(200))
+        .await
+        .unwrap();
+    backend.set_health("echo", true).await;
+    let channel = LbChannel::builder(static_target(&[&backend]))
+        .default_service_config(config("round_robin"))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    warm_up(&mut client, &["a"]).await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut rpcs = 0;
+    while tokio::time::Instant::now() < until {
+        let mut req = wfr(echo_req("x"));
+        req.set_timeout(Duration::from_millis(500));
+        if let Err(status) = echo(&mut client, req).await {
+            panic!("RPC {rpcs} failed while the health stream reopened: {status:?}");
+        }
+        rpcs += 1;
+    }
+    let watches = backend.health_watches();
+    assert!(
+        watches >= 5,
+        "the Watch was reopened {watches} times in 1.5 s"
+    );
+}
+
+#[tokio::test]
+async fn a_not_serving_answer_resets_the_health_backoff_too() {
+    // Every Watch answers NOT_SERVING and ends after 150 ms: each answer resets the
+    // backoff, so the next Watch opens at once. Were the 1 s backoff to grow
+    // instead, 1.5 s would hold two or three of them.
+    let backend = Backend::start_with_expiring_health("a", Duration::from_millis(150))
+        .await
+        .unwrap();
+    backend.set_health("echo", false).await;
+    let channel = LbChannel::builder(static_target(&[&backend]))
+        .default_service_config(config("round_robin"))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    let status = echo(&mut client, echo_req("x")).await.unwrap_err();
+    assert!(status.message().contains("NOT_SERVING"), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let watches = backend.health_watches();
+    assert!(
+        watches >= 6,
+        "the Watch was reopened {watches} times in 1.5 s"
+    );
+    // Still out of the rotation all along.
+    let status = echo(&mut client, echo_req("x")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test]
+async fn keepalive_without_while_idle_counts_the_health_stream_as_open() {
+    // No RPC is in flight, but the health Watch is open: as in grpc-go, keepalive
+    // pings (its `while_idle` off only skips connections without any stream). A
+    // link that stops answering is then found by the ping.
+    let backends = healthy(&["a"]).await;
+    let proxy = lb_testkit::TcpProxy::start(backends[0].addr())
+        .await
+        .unwrap();
+    let channel = LbChannel::builder(format!("static:///{}", proxy.addr()))
+        .default_service_config(config("round_robin"))
+        .backoff(fast_backoff())
+        .keepalive(lb_tonic::Keepalive {
+            interval: lb_tonic::Keepalive::MIN_INTERVAL,
+            timeout: Duration::from_millis(300),
+            while_idle: false,
+        })
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    warm_up(&mut client, &["a"]).await;
+    assert_eq!(proxy.accepted(), 1);
+    // The server's bytes now take 5 s through the proxy: the ping after 10 quiet
+    // seconds goes unanswered, the connection is closed and a new one is made.
+    proxy.set_response_delay(Duration::from_secs(5));
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while proxy.accepted() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("no keepalive ping found the stalled link while only the health stream was open");
+}

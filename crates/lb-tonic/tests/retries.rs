@@ -526,3 +526,138 @@ async fn disabling_retries_leaves_only_transparent_ones() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_proxys_503_is_not_a_committed_answer_and_the_retry_policy_applies() {
+    // An HTTP/2 proxy answering for a down backend: `:status 503`, text/plain, no
+    // grpc-status. As in grpc-go that is UNAVAILABLE with the call not committed,
+    // so the retry policy sends attempt 2 to the echo server.
+    let proxy = lb_testkit::HttpPeer::start(503, "text/plain")
+        .await
+        .unwrap();
+    let backend = Backend::start("a").await.unwrap();
+    let target = format!("static:///{},{}", proxy.addr(), backend.addr());
+    let channel = LbChannel::builder(target)
+        .default_service_config(retry_config(2, "0.01s", &["UNAVAILABLE"]))
+        .backoff(fast_backoff())
+        .wait_for_ready(true)
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    warm_up(&mut client, &["a"]).await;
+    let proxied_before = proxy.hits();
+    let mut through_proxy = 0;
+    for i in 0..20 {
+        let response = client.unary_echo(echo_req(&format!("{i}"))).await.unwrap();
+        let attempt = response.extensions().get::<Attempt>().unwrap().number;
+        assert_eq!(response.into_inner().server, "a");
+        if attempt == 2 {
+            through_proxy += 1;
+        }
+    }
+    assert!(through_proxy > 0, "round robin reached the proxy");
+    assert_eq!(
+        through_proxy,
+        proxy.hits() - proxied_before,
+        "every 503 was retried once"
+    );
+
+    // Without a retry policy the RPC fails with what the proxy said.
+    let channel = LbChannel::builder(format!("static:///{}", proxy.addr()))
+        .wait_for_ready(true)
+        .build()
+        .unwrap();
+    let status = EchoClient::new(channel)
+        .unary_echo(echo_req("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("503") && status.message().contains("text/plain"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_grpc_maps_its_http_status_as_grpc_go_does() {
+    for (http, content_type, code) in [
+        (404, "text/html", tonic::Code::Unimplemented),
+        (401, "text/plain", tonic::Code::Unauthenticated),
+        (403, "text/plain", tonic::Code::PermissionDenied),
+        (429, "text/plain", tonic::Code::Unavailable),
+        (500, "text/plain", tonic::Code::Unknown),
+        // 200, but not gRPC: no status of its own.
+        (200, "text/html", tonic::Code::Unknown),
+    ] {
+        let peer = lb_testkit::HttpPeer::start(http, content_type)
+            .await
+            .unwrap();
+        let channel = LbChannel::builder(format!("static:///{}", peer.addr()))
+            .wait_for_ready(true)
+            .build()
+            .unwrap();
+        let status = EchoClient::new(channel)
+            .unary_echo(echo_req("x"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{http} {content_type}: {status:?}");
+        assert!(status.message().contains(content_type), "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn two_pushback_values_mean_no_retry_and_count_against_the_throttle() {
+    let backends = backends(2).await;
+    let all: Vec<&Backend> = backends.iter().collect();
+    // Two tokens: one failure leaves one, which stops retries (more than half is
+    // needed).
+    let config = r#"{"loadBalancingConfig": [{"round_robin": {}}],
+        "retryThrottling": {"maxTokens": 2, "tokenRatio": 0.1},
+        "methodConfig": [{"name": [{"service": "echo.Echo"}],
+          "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "1s",
+            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
+    let mut client = EchoClient::new(channel(&all, config));
+    warm_up(&mut client, &["a", "b"]).await;
+    let hits = |b: &[Backend]| b.iter().map(Backend::hits).sum::<usize>();
+
+    let before = hits(&backends);
+    let status = echo(&mut client, echo_req("pushback:10,20"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(hits(&backends) - before, 1, "two pushback values: no retry");
+
+    // The throttle counted that as a failure: the next retryable failure is not
+    // retried either.
+    let before = hits(&backends);
+    let status = echo(&mut client, echo_req("fail-until:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(hits(&backends) - before, 1, "throttled");
+}
+
+#[tokio::test]
+async fn a_goaway_refusing_every_stream_is_retried_once_and_ends_unavailable() {
+    // GOAWAY(ENHANCE_YOUR_CALM, last stream 0) on every request: the server refused
+    // the stream, so it goes again once, transparently; then the call ends
+    // UNAVAILABLE (a refused stream is not RESOURCE_EXHAUSTED).
+    let peer = lb_testkit::BadPeer::start(lb_testkit::Misbehavior::GoAwayOnRequest { code: 0xb })
+        .await
+        .unwrap();
+    let channel = LbChannel::builder(format!("static:///{}", peer.addr()))
+        .backoff(fast_backoff())
+        .wait_for_ready(true)
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    let status = within("the refused call", echo(&mut client, echo_req("x")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        peer.accepted(),
+        2,
+        "one transparent retry, on a new connection"
+    );
+}

@@ -318,3 +318,61 @@ async fn unix_socket_targets_serve_rpcs() {
         .unwrap();
     assert_eq!(server, "abstract");
 }
+
+#[cfg(feature = "test-hooks")]
+mod stream_ids {
+    use super::*;
+
+    /// A pick_first channel whose connections start 16 stream ids before the end of
+    /// the space.
+    fn near_the_end(backend: &Backend) -> LbChannel {
+        LbChannel::builder(format!("passthrough:///{}", backend.addr()))
+            .backoff(fast_backoff())
+            .initial_stream_id(0x7fff_ffe1)
+            .wait_for_ready(true)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connection_near_the_end_of_its_stream_ids_is_replaced_without_failing_an_rpc() {
+        let backend = Backend::start("a").await.unwrap();
+        let mut client = EchoClient::new(near_the_end(&backend));
+        for i in 0..20 {
+            let reply = within("an RPC", echo(&mut client, echo_req(&format!("{i}"))))
+                .await
+                .unwrap_or_else(|s| panic!("RPC {i}: {s:?}"));
+            assert_eq!(reply, "a");
+        }
+        assert_eq!(backend.hits(), 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rpcs_that_find_the_stream_ids_used_up_go_to_the_next_connection() {
+        // 100 RPCs at once on a connection with 16 ids left: those that find the
+        // ids used up never left the client, and go again on the next connection,
+        // as often as it takes.
+        let backend = Backend::start("a").await.unwrap();
+        let client = EchoClient::new(near_the_end(&backend));
+        let calls: Vec<_> = (0..100)
+            .map(|i| {
+                let mut client = client.clone();
+                tokio::spawn(async move { echo(&mut client, echo_req(&format!("{i}"))).await })
+            })
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            let reply = within("an RPC", call).await.unwrap();
+            assert_eq!(reply.unwrap_or_else(|s| panic!("RPC {i}: {s:?}")), "a");
+        }
+        assert_eq!(backend.hits(), 100);
+    }
+
+    #[tokio::test]
+    async fn an_even_initial_stream_id_is_refused() {
+        let err = LbChannel::builder("passthrough:///127.0.0.1:1")
+            .initial_stream_id(2)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("initial_stream_id"), "{err}");
+    }
+}
