@@ -118,6 +118,9 @@ fn print_state(args: &Args, state: &ResolverState) {
             "addresses": state.addresses.iter().map(address_json).collect::<Vec<_>>(),
             "service_config": state.service_config,
         });
+        if let Some(error) = &state.service_config_error {
+            value["service_config_error"] = json!(error.to_string());
+        }
         if args.watch {
             value["time"] = json!(now());
         }
@@ -136,6 +139,9 @@ fn print_state(args: &Args, state: &ResolverState) {
     }
     if let Some(config) = &state.service_config {
         println!("  service config: {config}");
+    }
+    if let Some(error) = &state.service_config_error {
+        println!("  service config: invalid: {error}");
     }
 }
 

@@ -63,7 +63,7 @@ pub trait ClientConn: Send + Sync + 'static {
 }
 
 /// One complete resolution result.
-#[derive(Clone, Default, PartialEq)]
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct ResolverState {
     /// Every address of the target, in the resolver's order.
@@ -71,8 +71,24 @@ pub struct ResolverState {
     /// A service config in gRPC's JSON form, if the naming system carries one. The
     /// channel parses it; if it is invalid the channel keeps the previous config.
     pub service_config: Option<String>,
+    /// The naming system carried a service config the resolver could not read (a
+    /// malformed DNS `grpc_config` record, say): the channel treats it as an invalid
+    /// service config (gRFC A21), keeping the previous one. Wins over
+    /// `service_config`.
+    pub service_config_error: Option<SharedError>,
     /// Attributes for the whole state, passed through to the balancer.
     pub attributes: Attributes,
+}
+
+impl PartialEq for ResolverState {
+    /// Errors compare by their messages.
+    fn eq(&self, other: &Self) -> bool {
+        self.addresses == other.addresses
+            && self.service_config == other.service_config
+            && self.service_config_error.as_ref().map(ToString::to_string)
+                == other.service_config_error.as_ref().map(ToString::to_string)
+            && self.attributes == other.attributes
+    }
 }
 
 impl ResolverState {
@@ -91,6 +107,13 @@ impl ResolverState {
         self
     }
 
+    /// This state with a service config the resolver found but could not read.
+    #[must_use]
+    pub fn with_service_config_error(mut self, error: SharedError) -> Self {
+        self.service_config_error = Some(error);
+        self
+    }
+
     /// This state with attributes.
     #[must_use]
     pub fn with_attributes(mut self, attributes: Attributes) -> Self {
@@ -104,6 +127,10 @@ impl fmt::Debug for ResolverState {
         f.debug_struct("ResolverState")
             .field("addresses", &self.addresses)
             .field("service_config", &self.service_config.is_some())
+            .field(
+                "service_config_error",
+                &self.service_config_error.as_ref().map(ToString::to_string),
+            )
             .field("attributes", &self.attributes)
             .finish()
     }

@@ -17,6 +17,13 @@
 //!   grpc-go), and every [`DnsOptions::refresh_interval`]. After a failed lookup it
 //!   retries every [`DnsOptions::error_retry_interval`] (5 s), however often it is
 //!   asked; the channel keeps the last good addresses meanwhile.
+//! * Service configs in DNS (gRFC A2), as grpc-go: with each lookup, the TXT records
+//!   of `_grpc_config.<host>`; a record `grpc_config=[choices]` gives the service
+//!   config of the first choice that matches this client ([`choose_service_config`]).
+//!   A malformed record is an invalid service config (the channel keeps its previous
+//!   one, gRFC A21); a failed TXT lookup keeps the last config found. Off with
+//!   [`DnsOptions::service_config`] `false` (or the channel's
+//!   `disable_resolver_service_config`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -32,6 +39,12 @@ use tokio::sync::Notify;
 
 use crate::Error;
 
+mod txt;
+pub use txt::{
+    CLIENT_LANGUAGE, Client, GRPC_CONFIG_ATTRIBUTE, GRPC_CONFIG_PREFIX, TxtConfigError,
+    choose_service_config, find_grpc_config,
+};
+
 /// Timing and configuration of the DNS resolver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsOptions {
@@ -46,6 +59,12 @@ pub struct DnsOptions {
     /// The resolver configuration to follow (default `/etc/resolv.conf`): its name
     /// servers (for targets without an authority), `search` list and `ndots`.
     pub resolv_conf: PathBuf,
+    /// Look up service configs in `_grpc_config.<host>` TXT records (gRFC A2;
+    /// default on, as in grpc-go).
+    pub service_config: bool,
+    /// The host name that `clientHostname` choices are matched against (default:
+    /// this machine's, read when the resolver starts).
+    pub client_hostname: Option<String>,
 }
 
 impl Default for DnsOptions {
@@ -56,6 +75,8 @@ impl Default for DnsOptions {
             error_retry_interval: Duration::from_secs(5),
             default_port: 443,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            service_config: true,
+            client_hostname: None,
         }
     }
 }
@@ -259,6 +280,12 @@ async fn run(
     wake: Arc<Notify>,
     cc: Arc<dyn ClientConn>,
 ) {
+    let client = match &options.client_hostname {
+        Some(name) => Client::new(Some(name.clone())),
+        None => Client::this_host(),
+    };
+    // The last service config the TXT records gave: kept when a TXT lookup fails.
+    let mut last_config = ConfigFound::None;
     loop {
         let looked_up = Instant::now();
         // As the system resolver does: a short name goes through the search list.
@@ -276,7 +303,14 @@ async fn run(
                     }));
                     options.error_retry_interval
                 } else {
-                    cc.update_state(ResolverState::new(addresses));
+                    let mut state = ResolverState::new(addresses);
+                    if options.service_config {
+                        if let Some(found) = service_config(&resolver, &host, &client).await {
+                            last_config = found;
+                        }
+                        state = last_config.apply(state);
+                    }
+                    cc.update_state(state);
                     options.refresh_interval
                 }
             }
@@ -301,6 +335,79 @@ async fn run(
             }
         }
     }
+}
+
+/// What the TXT records of `_grpc_config.<host>` said.
+#[derive(Debug, Clone)]
+enum ConfigFound {
+    /// No `grpc_config` record, or no choice for this client.
+    None,
+    /// The chosen service config (JSON).
+    Config(String),
+    /// A malformed record.
+    Invalid(Arc<TxtConfigError>),
+}
+
+impl ConfigFound {
+    fn apply(&self, state: ResolverState) -> ResolverState {
+        match self {
+            ConfigFound::None => state,
+            ConfigFound::Config(json) => state.with_service_config(json.clone()),
+            ConfigFound::Invalid(error) => state.with_service_config_error(error.clone()),
+        }
+    }
+}
+
+/// Whether a lookup error says the records do not exist (`NXDOMAIN`, or `NOERROR`
+/// with no answer), rather than that the lookup failed.
+fn absent(error: &hickory_resolver::net::NetError) -> bool {
+    use hickory_resolver::net::{DnsError, NetError};
+    use hickory_resolver::proto::op::ResponseCode;
+    matches!(
+        error,
+        NetError::Dns(DnsError::NoRecordsFound(no))
+            if matches!(no.response_code, ResponseCode::NXDomain | ResponseCode::NoError)
+    )
+}
+
+/// Looks up the service config of `host` (gRFC A2); `None` when the lookup failed
+/// for a reason other than the name or record not existing (keep the last one).
+async fn service_config(
+    resolver: &TokioResolver,
+    host: &str,
+    client: &Client,
+) -> Option<ConfigFound> {
+    let name = format!("{GRPC_CONFIG_PREFIX}{host}");
+    let records: Vec<Vec<Box<[u8]>>> = match resolver.txt_lookup(name.as_str()).await {
+        Ok(lookup) => lookup
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                hickory_resolver::proto::rr::RData::TXT(txt) => Some(txt.txt_data.to_vec()),
+                _ => None,
+            })
+            .collect(),
+        // The name does not exist, or has no TXT record: no service config. A
+        // failure (SERVFAIL, a timeout) says nothing: the last config stands.
+        Err(e) if absent(&e) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(%name, error = %e, "the TXT lookup for a service config failed; keeping the last one");
+            return None;
+        }
+    };
+    let Some(value) = find_grpc_config(&records) else {
+        return Some(ConfigFound::None);
+    };
+    Some(
+        match choose_service_config(&value, client, || fastrand::u32(1..=100)) {
+            Ok(Some(json)) => ConfigFound::Config(json),
+            Ok(None) => ConfigFound::None,
+            Err(error) => {
+                tracing::warn!(%name, %error, "ignoring a malformed service config in DNS");
+                ConfigFound::Invalid(Arc::new(error))
+            }
+        },
+    )
 }
 
 #[cfg(test)]

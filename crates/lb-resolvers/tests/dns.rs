@@ -297,3 +297,94 @@ async fn after_a_failed_lookup_resolve_now_storms_do_not_push_the_retry_past_the
     };
     assert_eq!(state.addresses[0].addr(), "10.0.0.4:80");
 }
+
+async fn next_state(rx: &mut mpsc::UnboundedReceiver<Event>) -> ResolverState {
+    match next(rx).await {
+        Event::State(s) => s,
+        Event::Error(e) => panic!("expected a state, got error {e}"),
+    }
+}
+
+const RR: &str = r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#;
+
+#[tokio::test]
+async fn a_grpc_config_txt_record_gives_the_service_config_of_the_first_matching_choice() {
+    let dns = DnsServer::start().await.unwrap();
+    dns.set("svc.test", &[ip("10.0.0.1")]);
+    // Split over several strings, beside another TXT record, as DNS may serve it.
+    let record = format!(
+        r#"grpc_config=[{{"clientLanguage":["go"],"serviceConfig":{{}}}},{{"clientHostname":["client-7"],"serviceConfig":{RR}}}]"#
+    );
+    let (first, rest) = record.split_at(40);
+    dns.set_txt("_grpc_config.svc.test", &[&["v=spf1 -all"], &[first, rest]]);
+    let options = DnsOptions {
+        client_hostname: Some("client-7".into()),
+        ..options()
+    };
+    let (resolver, mut rx) = start(&dns, "svc.test:50051", options.clone());
+    let state = next_state(&mut rx).await;
+    assert_eq!(state.service_config.as_deref(), Some(RR));
+    assert!(state.service_config_error.is_none());
+
+    // Another host gets no choice, so no config.
+    drop(resolver);
+    let other = DnsOptions {
+        client_hostname: Some("client-8".into()),
+        ..options.clone()
+    };
+    let (_resolver, mut rx) = start(&dns, "svc.test:50051", other);
+    assert_eq!(next_state(&mut rx).await.service_config, None);
+
+    // Service configs off: not even looked up.
+    let off = DnsOptions {
+        service_config: false,
+        ..options
+    };
+    let (_resolver, mut rx) = start(&dns, "svc.test:50051", off);
+    assert_eq!(next_state(&mut rx).await.service_config, None);
+}
+
+#[tokio::test]
+async fn a_malformed_grpc_config_record_is_an_invalid_config_naming_the_field() {
+    let dns = DnsServer::start().await.unwrap();
+    dns.set("svc.test", &[ip("10.0.0.1")]);
+    dns.set_txt(
+        "_grpc_config.svc.test",
+        &[&[r#"grpc_config=[{"percentage": 150, "serviceConfig": {}}]"#]],
+    );
+    let (resolver, mut rx) = start(&dns, "svc.test:50051", options());
+    let state = next_state(&mut rx).await;
+    assert_eq!(state.addresses.len(), 1, "the addresses still go out");
+    let error = state
+        .service_config_error
+        .expect("an invalid config")
+        .to_string();
+    assert!(error.contains("[0].percentage"), "{error}");
+
+    // Fixed in DNS: the next lookup carries the config.
+    dns.set_txt(
+        "_grpc_config.svc.test",
+        &[&[&format!(r#"grpc_config=[{{"serviceConfig": {RR}}}]"#)]],
+    );
+    resolver.resolve_now();
+    let state = next_state(&mut rx).await;
+    assert_eq!(state.service_config.as_deref(), Some(RR));
+    assert!(state.service_config_error.is_none());
+
+    // The TXT lookup fails (SERVFAIL): that says nothing about the config, which
+    // stays.
+    dns.fail_txt("_grpc_config.svc.test", true);
+    resolver.resolve_now();
+    let state = next_state(&mut rx).await;
+    assert_eq!(
+        state.service_config.as_deref(),
+        Some(RR),
+        "kept through a failed lookup"
+    );
+    dns.fail_txt("_grpc_config.svc.test", false);
+
+    // The record removed: no config (the channel falls back to its default).
+    dns.set_txt("_grpc_config.svc.test", &[]);
+    resolver.resolve_now();
+    assert_eq!(next_state(&mut rx).await.service_config, None);
+}

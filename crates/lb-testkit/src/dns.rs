@@ -6,15 +6,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use hickory_proto::op::{Message, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::rdata::{A, AAAA, TXT};
 use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-type Records = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
+/// A name's records: addresses, and TXT records (each a list of strings).
+#[derive(Default, Clone)]
+struct Entry {
+    ips: Vec<IpAddr>,
+    txt: Vec<Vec<String>>,
+    /// TXT queries get SERVFAIL.
+    txt_fails: bool,
+}
 
-/// Answers A and AAAA queries over UDP from a table the test controls; unknown names
-/// get NXDOMAIN. Answers carry TTL 0 so resolvers do not cache them.
+type Records = Arc<Mutex<HashMap<String, Entry>>>;
+
+/// Answers A, AAAA and TXT queries over UDP from a table the test controls; unknown
+/// names get NXDOMAIN. Answers carry TTL 0 so resolvers do not cache them.
 pub struct DnsServer {
     addr: SocketAddr,
     records: Records,
@@ -43,14 +52,36 @@ impl DnsServer {
         self.addr
     }
 
-    /// Sets the addresses of `name` (no trailing dot needed); an empty list removes it.
+    /// Sets the addresses of `name` (no trailing dot needed); an empty list removes
+    /// them (and the name, if it has no TXT records).
     pub fn set(&self, name: &str, ips: &[IpAddr]) {
+        self.edit(name, |entry| entry.ips = ips.to_vec());
+    }
+
+    /// Sets the TXT records of `name`, each given as its strings (a record's strings
+    /// are joined by whoever reads it); an empty list removes them.
+    pub fn set_txt(&self, name: &str, records: &[&[&str]]) {
+        self.edit(name, |entry| {
+            entry.txt = records
+                .iter()
+                .map(|r| r.iter().map(|s| (*s).to_owned()).collect())
+                .collect();
+        });
+    }
+
+    /// Makes TXT queries for `name` fail with SERVFAIL (a broken server), or answer
+    /// again.
+    pub fn fail_txt(&self, name: &str, fail: bool) {
+        self.edit(name, |entry| entry.txt_fails = fail);
+    }
+
+    fn edit(&self, name: &str, f: impl FnOnce(&mut Entry)) {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
-        if ips.is_empty() {
+        let entry = records.entry(name.clone()).or_default();
+        f(entry);
+        if entry.ips.is_empty() && entry.txt.is_empty() && !entry.txt_fails {
             records.remove(&name);
-        } else {
-            records.insert(name, ips.to_vec());
         }
     }
 
@@ -81,6 +112,7 @@ async fn serve(socket: UdpSocket, records: Records, queries: Arc<AtomicUsize>) {
         response.metadata.recursion_available = true;
         response.metadata.authoritative = true;
         let mut known = false;
+        let mut failed = false;
         for query in &request.queries {
             response.add_query(query.clone());
             let name = query
@@ -88,14 +120,14 @@ async fn serve(socket: UdpSocket, records: Records, queries: Arc<AtomicUsize>) {
                 .to_ascii()
                 .trim_end_matches('.')
                 .to_ascii_lowercase();
-            let ips = records
+            let entry = records
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&name)
                 .cloned();
-            let Some(ips) = ips else { continue };
+            let Some(entry) = entry else { continue };
             known = true;
-            for ip in ips {
+            for ip in entry.ips {
                 let rdata = match (query.query_type(), ip) {
                     (RecordType::A, IpAddr::V4(v4)) => RData::A(A(v4)),
                     (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(v6)),
@@ -103,8 +135,17 @@ async fn serve(socket: UdpSocket, records: Records, queries: Arc<AtomicUsize>) {
                 };
                 response.add_answer(Record::from_rdata(query.name().clone(), 0, rdata));
             }
+            if query.query_type() == RecordType::TXT {
+                failed |= entry.txt_fails;
+                for strings in entry.txt {
+                    let rdata = RData::TXT(TXT::new(strings));
+                    response.add_answer(Record::from_rdata(query.name().clone(), 0, rdata));
+                }
+            }
         }
-        if !known {
+        if failed {
+            response.metadata.response_code = ResponseCode::ServFail;
+        } else if !known {
             response.metadata.response_code = ResponseCode::NXDomain;
         }
         if let Ok(bytes) = response.to_vec() {

@@ -536,23 +536,30 @@ impl Control {
     }
 
     fn on_resolver_state(&mut self, state: ResolverState) {
-        let config = match (&state.service_config, self.use_resolver_config) {
-            (Some(json), true) => match ServiceConfig::parse(json, &self.options.registry) {
-                Ok(config) => Arc::new(config),
-                Err(error) if !self.accepted_resolver_state => {
-                    // gRFC A21: with no good state before it, an invalid config is an
-                    // error the channel reports, not a cue to use the default.
-                    tracing::warn!(target = %self.cc.target, %error, "the resolver's first service config is invalid; failing RPCs until a valid one arrives");
-                    let error: SharedError = Arc::new(error);
-                    self.call(|s, cc| s.resolver_error(error, cc));
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(target = %self.cc.target, %error, "resolver sent an invalid service config; keeping the previous one");
-                    self.cc.core.service_config.load_full()
-                }
-            },
-            _ => self.default_config.clone(),
+        let parsed: Option<Result<ServiceConfig, SharedError>> = if !self.use_resolver_config {
+            None
+        } else if let Some(error) = &state.service_config_error {
+            Some(Err(error.clone()))
+        } else {
+            state.service_config.as_ref().map(|json| {
+                ServiceConfig::parse(json, &self.options.registry)
+                    .map_err(|e| Arc::new(e) as SharedError)
+            })
+        };
+        let config = match parsed {
+            Some(Ok(config)) => Arc::new(config),
+            Some(Err(error)) if !self.accepted_resolver_state => {
+                // gRFC A21: with no good state before it, an invalid config is an
+                // error the channel reports, not a cue to use the default.
+                tracing::warn!(target = %self.cc.target, %error, "the resolver's first service config is invalid; failing RPCs until a valid one arrives");
+                self.call(|s, cc| s.resolver_error(error, cc));
+                return;
+            }
+            Some(Err(error)) => {
+                tracing::warn!(target = %self.cc.target, %error, "resolver sent an invalid service config; keeping the previous one");
+                self.cc.core.service_config.load_full()
+            }
+            None => self.default_config.clone(),
         };
         self.accepted_resolver_state = true;
         self.cc.core.set_throttling(&config);

@@ -216,3 +216,47 @@ async fn follows(client: &mut EchoClient<LbChannel>, names: &[&str]) {
     .await
     .unwrap_or_else(|_| panic!("the channel did not move to {names:?}"));
 }
+
+#[tokio::test]
+async fn the_channel_takes_its_service_config_from_a_dns_txt_record_and_keeps_it_through_a_bad_one()
+{
+    let port = lb_testkit::free_port().unwrap();
+    let a = Backend::start_at("a", SocketAddr::new("127.0.0.2".parse().unwrap(), port))
+        .await
+        .unwrap();
+    let b = Backend::start_at("b", SocketAddr::new("127.0.0.3".parse().unwrap(), port))
+        .await
+        .unwrap();
+    let dns = DnsServer::start().await.unwrap();
+    dns.set("greeter.test", &[a.addr().ip(), b.addr().ip()]);
+    dns.set_txt(
+        "_grpc_config.greeter.test",
+        &[&[r#"grpc_config=[{"clientLanguage":["rust"],"serviceConfig":{"loadBalancingConfig":[{"round_robin":{}}]}}]"#]],
+    );
+    let resolvers = dns_registry(Duration::ZERO, Duration::from_millis(100));
+    let channel = LbChannel::builder(format!("dns://{}/greeter.test:{port}", dns.addr()))
+        .resolvers(resolvers)
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    // pick_first by default; round_robin from DNS reaches both backends.
+    let mut seen = HashSet::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while seen.len() < 2 {
+            seen.extend(served_by(&mut client, 10).await);
+        }
+    })
+    .await
+    .expect("the TXT record's round_robin never spread the RPCs");
+    assert_eq!(channel.policy(), "round_robin");
+
+    // A malformed record (gRFC A2: a whole record is invalid when one choice is):
+    // the channel keeps the config it has (A21), refresh after refresh.
+    dns.set_txt(
+        "_grpc_config.greeter.test",
+        &[&[r#"grpc_config=[{"serviceConfig":{"loadBalancingConfig":[{"pick_first":{}}]},"canary":true}]"#]],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(channel.policy(), "round_robin");
+    assert_eq!(served_by(&mut client, 20).await.len(), 2);
+}

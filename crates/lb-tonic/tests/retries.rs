@@ -609,17 +609,21 @@ async fn an_answer_that_is_not_grpc_maps_its_http_status_as_grpc_go_does() {
 async fn two_pushback_values_mean_no_retry_and_count_against_the_throttle() {
     let backends = backends(2).await;
     let all: Vec<&Backend> = backends.iter().collect();
-    // Two tokens: one failure leaves one, which stops retries (more than half is
-    // needed).
-    let config = r#"{"loadBalancingConfig": [{"round_robin": {}}],
-        "retryThrottling": {"maxTokens": 2, "tokenRatio": 0.1},
-        "methodConfig": [{"name": [{"service": "echo.Echo"}],
-          "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "1s",
-            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
-    let mut client = EchoClient::new(channel(&all, config));
-    warm_up(&mut client, &["a", "b"]).await;
+    // Three tokens: retries go out while more than one and a half are left.
+    let config = |retryable: &str| {
+        format!(
+            r#"{{"loadBalancingConfig": [{{"round_robin": {{}}}}],
+            "retryThrottling": {{"maxTokens": 3, "tokenRatio": 0.1}},
+            "methodConfig": [{{"name": [{{"service": "echo.Echo"}}],
+              "retryPolicy": {{"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "1s",
+                "backoffMultiplier": 2, "retryableStatusCodes": ["{retryable}"]}}}}]}}"#
+        )
+    };
     let hits = |b: &[Backend]| b.iter().map(Backend::hits).sum::<usize>();
 
+    // UNAVAILABLE is retryable, but two pushback values say "do not retry".
+    let mut client = EchoClient::new(channel(&all, &config("UNAVAILABLE")));
+    warm_up(&mut client, &["a", "b"]).await;
     let before = hits(&backends);
     let status = echo(&mut client, echo_req("pushback:10,20"))
         .await
@@ -627,13 +631,17 @@ async fn two_pushback_values_mean_no_retry_and_count_against_the_throttle() {
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(hits(&backends) - before, 1, "two pushback values: no retry");
 
-    // The throttle counted that as a failure: the next retryable failure is not
-    // retried either.
-    let before = hits(&backends);
-    let status = echo(&mut client, echo_req("fail-until:1"))
+    // A non-retryable failure with two pushback values still costs a token: the
+    // next retryable failure finds the bucket at two and may not retry.
+    let mut client = EchoClient::new(channel(&all, &config("RESOURCE_EXHAUSTED")));
+    warm_up(&mut client, &["a", "b"]).await;
+    let status = echo(&mut client, echo_req("pushback:10,20"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
+    let before = hits(&backends);
+    let status = echo(&mut client, echo_req("fail:8")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     assert_eq!(hits(&backends) - before, 1, "throttled");
 }
 
