@@ -107,6 +107,10 @@ pub(crate) async fn call(
 ) -> Result<http::Response<ResponseBody>, tonic::Status> {
     let call = CallGuard::start(core);
     let core = call.core();
+    // A malformed `grpc-timeout` fails the call: it cannot be honoured, and sending
+    // the RPC without its deadline would hide the caller's mistake.
+    let header_timeout =
+        timeout::parse(request.headers()).map_err(|e| tonic::Status::internal(e.to_string()))?;
     let (wait_for_ready, timeout, config) = {
         let config = core.service_config.load();
         let mc = config.method_config(request.uri().path());
@@ -118,10 +122,7 @@ pub(crate) async fn call(
             .unwrap_or(core.wait_for_ready);
         // The call's deadline: the smaller of the caller's `grpc-timeout` and the
         // method config's `timeout`.
-        let timeout = match (
-            timeout::parse(request.headers()),
-            mc.and_then(|m| m.timeout),
-        ) {
+        let timeout = match (header_timeout, mc.and_then(|m| m.timeout)) {
             (Some(h), Some(m)) => Some(h.min(m)),
             (h, m) => h.or(m),
         };

@@ -7,26 +7,51 @@ use http::HeaderValue;
 /// The largest value the header's 8 digits hold.
 const MAX_VALUE: u128 = 99_999_999;
 
-/// Reads a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
-pub(crate) fn parse(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    if value.len() < 2 || value.len() > 9 {
-        return None;
+/// A `grpc-timeout` header that does not follow gRPC over HTTP/2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed grpc-timeout header {value:?}: {reason}")]
+pub(crate) struct BadTimeout {
+    /// The value, as sent (lossily, if not text).
+    pub(crate) value: String,
+    /// What is wrong with it.
+    pub(crate) reason: &'static str,
+}
+
+/// Reads a `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+/// `Ok(None)` without one.
+pub(crate) fn parse(headers: &http::HeaderMap) -> Result<Option<Duration>, BadTimeout> {
+    let Some(raw) = headers.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let bad = |reason| BadTimeout {
+        value: String::from_utf8_lossy(raw.as_bytes()).into_owned(),
+        reason,
+    };
+    let value = raw
+        .to_str()
+        .map_err(|_| bad("expected ASCII digits and a unit"))?;
+    if value.len() < 2 {
+        return Err(bad("expected 1 to 8 digits and a unit (H, M, S, m, u, n)"));
+    }
+    if value.len() > 9 {
+        return Err(bad("more than 8 digits"));
     }
     let (digits, unit) = value.split_at(value.len() - 1);
     if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+        return Err(bad("the value before the unit must be digits only"));
     }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| bad("the value before the unit must be digits only"))?;
+    Ok(Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+        _ => return Err(bad("the unit must be one of H, M, S, m, u, n")),
+    }))
 }
 
 /// Encodes `timeout` as grpc-go does: the finest unit whose value fits in 8 digits,
@@ -66,7 +91,7 @@ mod tests {
     fn parsed(v: &str) -> Option<Duration> {
         let mut h = http::HeaderMap::new();
         h.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
-        parse(&h)
+        parse(&h).ok().flatten()
     }
 
     #[test]
@@ -78,9 +103,23 @@ mod tests {
         assert_eq!(parsed("7u"), Some(Duration::from_micros(7)));
         assert_eq!(parsed("9n"), Some(Duration::from_nanos(9)));
         assert_eq!(parsed("99999999S"), Some(Duration::from_secs(99_999_999)));
-        for bad in ["", "S", "1", "1x", "123456789S", "-1S", "1.5S", "+1S"] {
-            assert_eq!(parsed(bad), None, "{bad}");
+        for (bad, why) in [
+            ("", "1 to 8 digits"),
+            ("S", "1 to 8 digits"),
+            ("1", "1 to 8 digits"),
+            ("1x", "unit"),
+            ("123456789S", "more than 8"),
+            ("-1S", "digits only"),
+            ("1.5S", "digits only"),
+            ("+1S", "digits only"),
+        ] {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(bad).unwrap());
+            let err = parse(&h).unwrap_err();
+            assert!(err.reason.contains(why), "{bad:?}: {err}");
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
+        assert_eq!(parse(&http::HeaderMap::new()), Ok(None));
     }
 
     #[test]

@@ -206,3 +206,20 @@ async fn a_stream_that_always_has_data_still_ends_at_its_deadline() {
     );
     until_no_open_streams(&backend).await;
 }
+
+#[tokio::test]
+async fn a_malformed_grpc_timeout_fails_the_call_naming_the_header() {
+    let backend = Backend::start("a").await.unwrap();
+    let mut client = EchoClient::new(channel_to(&backend, None));
+    let mut request = tonic::Request::new(EchoRequest::default());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "5x".parse().unwrap());
+    let status = client.unary_echo(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(
+        status.message().contains("grpc-timeout") && status.message().contains("\"5x\""),
+        "{status:?}"
+    );
+    assert_eq!(backend.hits(), 0, "not sent without its deadline");
+}
