@@ -20,9 +20,14 @@
 //! assert!(h.take_events().contains(&Event::Connect("10.0.0.1:80".into())));
 //! ```
 //!
+//! [`sweep`] feeds a parser of outside input (a policy's config, a registry entry)
+//! many random and mutated inputs.
+//!
 //! The harness enforces the subconn state machine: moving a subconn through an
 //! illegal transition, or touching one that was shut down, panics with the reason,
 //! so a test cannot feed a policy states a real transport would never produce.
+
+pub mod sweep;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};

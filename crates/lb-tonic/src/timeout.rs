@@ -123,6 +123,49 @@ mod tests {
     }
 
     #[test]
+    fn the_header_parser_survives_100_000_mutated_values() {
+        use lb_core::test_util::sweep::{Mutator, sweep};
+        let mut inputs = Mutator::new(
+            0x6e0,
+            &[
+                "1H",
+                "2M",
+                "3S",
+                "250m",
+                "7u",
+                "9n",
+                "99999999S",
+                "0n",
+                "12345678m",
+            ],
+        );
+        let report = sweep(
+            "grpc-timeout",
+            100_000,
+            || inputs.next_input(),
+            |bytes| {
+                // Only what can be a header value reaches the parser.
+                let Ok(value) = HeaderValue::from_bytes(bytes) else {
+                    return Ok(None);
+                };
+                let mut headers = http::HeaderMap::new();
+                headers.insert("grpc-timeout", value);
+                parse(&headers)
+            },
+            |bytes, e| {
+                // The message quotes the value and says what is wrong.
+                let quoted = format!("{:?}", String::from_utf8_lossy(bytes));
+                if e.to_string().contains(&quoted) && !e.reason.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{e} does not quote {quoted}"))
+                }
+            },
+        );
+        assert!(report.accepted > 1_000, "{report}");
+    }
+
+    #[test]
     fn encoding_picks_the_finest_unit_that_fits_and_rounds_up() {
         let e = |d: Duration| encode(d).to_str().unwrap().to_owned();
         assert_eq!(e(Duration::ZERO), "0n");
