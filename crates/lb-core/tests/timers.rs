@@ -12,7 +12,7 @@ use lb_core::child::{ChildManager, ChildPolicy, ChildUpdate, GracefulSwitch};
 use lb_core::test_util::Harness;
 use lb_core::{
     Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn, ClientConnState, Error,
-    LbConfig, SharedError, SubConn, SubConnState, TimerId,
+    LbConfig, SharedError, SubConn, SubConnState, Target, TimerId,
 };
 
 /// What the tree's balancers saw: the path of the balancer that got a timer, and the
@@ -214,4 +214,145 @@ fn routes_survive_any_depth() {
     assert_eq!(timer.own_id(), Some(42));
     assert_eq!(timer, TimerId::new(42));
     assert!(timer.into_child().is_none());
+}
+
+/// `probe`: records its `exit_idle` calls and timers by its registered name, and
+/// publishes READY on an update when its config says so.
+struct Probe {
+    name: &'static str,
+    log: Log,
+}
+
+struct ProbeBalancer {
+    name: &'static str,
+    log: Log,
+    /// The key its config gave it.
+    key: u64,
+}
+
+impl BalancerBuilder for Probe {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(ProbeBalancer {
+            name: self.name,
+            log: self.log.clone(),
+            key: 0,
+        })
+    }
+}
+
+impl Balancer for ProbeBalancer {
+    fn update_client_conn_state(
+        &mut self,
+        state: ClientConnState,
+        cc: &mut dyn ClientConn,
+    ) -> Result<(), Error> {
+        let key = state
+            .config
+            .as_ref()
+            .and_then(|c| c.get::<u64>())
+            .copied()
+            .unwrap_or(0);
+        self.key = key;
+        cc.schedule(Duration::from_secs(1), TimerId::new(key));
+        if self.name == "ready" {
+            cc.update_state(
+                lb_core::ConnectivityState::Ready,
+                Arc::new(lb_core::QueuePicker),
+            );
+        }
+        Ok(())
+    }
+
+    fn resolver_error(&mut self, _: SharedError, _: &mut dyn ClientConn) {}
+
+    fn update_subconn_state(&mut self, _: &SubConn, _: &SubConnState, _: &mut dyn ClientConn) {}
+
+    fn exit_idle(&mut self, _: &mut dyn ClientConn) {
+        self.log
+            .lock()
+            .unwrap()
+            .push((format!("exit_idle {}", self.name), 0));
+    }
+
+    fn timer(&mut self, timer: TimerId, _: &mut dyn ClientConn) {
+        let id = timer.own_id().expect("a leaf's timers are its own");
+        let me = format!("{}/{}", self.name, self.key);
+        self.log.lock().unwrap().push((me, id));
+    }
+}
+
+fn probes(log: &Log) -> BalancerRegistry {
+    let mut registry = BalancerRegistry::new();
+    registry.register(Probe {
+        name: "ready",
+        log: log.clone(),
+    });
+    registry.register(Probe {
+        name: "quiet",
+        log: log.clone(),
+    });
+    registry
+}
+
+#[test]
+fn exit_idle_goes_to_the_pending_child_during_a_switch() {
+    let log = Log::default();
+    let target = Target::parse("test:///x").unwrap();
+    let mut cc = lb_core::test_util::RecordingClientConn::new(target.clone());
+    let options = BuildOptions::new(target).with_registry(probes(&log));
+    let mut switch = GracefulSwitch::new(options);
+    switch.switch_to("ready", &mut cc).unwrap();
+    switch
+        .update_client_conn_state(ClientConnState::new(Vec::new()), &mut cc)
+        .unwrap();
+    // A switch to a policy that stays CONNECTING: the current one keeps serving.
+    switch.switch_to("quiet", &mut cc).unwrap();
+    switch
+        .update_client_conn_state(ClientConnState::new(Vec::new()), &mut cc)
+        .unwrap();
+    assert_eq!(switch.current_name(), Some("ready"));
+    assert_eq!(switch.pending_name(), Some("quiet"));
+    switch.exit_idle(&mut cc);
+    // As grpc-go's graceful switch: the newest child is the one to wake.
+    assert_eq!(
+        log.lock().unwrap().as_slice(),
+        [("exit_idle quiet".to_owned(), 0)]
+    );
+}
+
+#[test]
+fn a_child_manager_never_gives_a_new_child_the_slot_of_a_live_one() {
+    // One child stays while 70,000 others come and go: with 16-bit slots, the
+    // 65,535th newcomer took the slot of the one that stayed, and its timers went
+    // to the wrong child.
+    let log = Log::default();
+    let target = Target::parse("test:///x").unwrap();
+    let mut cc = lb_core::test_util::RecordingClientConn::new(target.clone());
+    let options = BuildOptions::new(target).with_registry(probes(&log));
+    let mut manager: ChildManager<u64> = ChildManager::new(options);
+    let update = |key: u64| ChildUpdate {
+        key,
+        policy: ChildPolicy {
+            name: "quiet".into(),
+            config: LbConfig::new(key),
+        },
+        state: ClientConnState::new(Vec::new()),
+    };
+    for key in 1..=70_000u64 {
+        manager
+            .update(vec![update(0), update(key)], &mut cc)
+            .unwrap();
+        // Only the last timers of each child matter; fire as a channel would.
+        for (_, timer) in cc.take_timers() {
+            manager.timer(timer, &mut cc);
+        }
+        let fired = std::mem::take(&mut *log.lock().unwrap());
+        // Each child got the timer it set, and no other.
+        let expected = vec![("quiet/0".to_owned(), 0), (format!("quiet/{key}"), key)];
+        assert_eq!(fired, expected, "after {key} children");
+    }
 }
