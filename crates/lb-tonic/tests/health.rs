@@ -186,16 +186,6 @@ async fn weighted_round_robin_follows_health_too() {
     );
 }
 
-/// Waits until no backend has a connection open.
-async fn every_connection_closed(backends: &[Backend]) {
-    within("every connection to close", async {
-        while backends.iter().any(|b| b.open_connections() > 0) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn an_idle_health_checked_channel_closes_its_connections() {
     // tonic's health service sends only on change: a Watch left open would keep its

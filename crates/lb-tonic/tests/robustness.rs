@@ -125,12 +125,7 @@ async fn a_panicking_policy_fails_rpcs_with_internal_and_recovers_and_dropping_c
     })
     .await;
     assert!(!resolver.is_running());
-    within("every connection to close", async {
-        while backends.iter().any(|b| b.open_connections() > 0) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    every_connection_closed(&backends).await;
 }
 
 #[test]
@@ -223,12 +218,7 @@ async fn an_idle_channel_closes_its_connections_and_resolver_and_the_next_rpc_re
         channel.state()
     );
     assert!(!resolver.is_running(), "the resolver is closed while idle");
-    within("every connection to close", async {
-        while backends.iter().any(|b| b.open_connections() > 0) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    every_connection_closed(&backends).await;
 
     // The next RPC brings everything back.
     let server = within("an RPC after idleness", echo(&mut client, echo_req("back")))

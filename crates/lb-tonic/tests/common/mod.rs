@@ -110,3 +110,13 @@ pub fn rr_channel(target: String) -> LbChannel {
         .build()
         .unwrap()
 }
+
+/// Waits until no backend has a connection open.
+pub async fn every_connection_closed(backends: &[Backend]) {
+    within("every connection to close", async {
+        while backends.iter().any(|b| b.open_connections() > 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
