@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::ConnectivityState;
+use crate::{ConnectivityState, IllegalTransition};
 
 /// An error from any reporter outside this crate (a resolver, a transport), shared
 /// cheaply between the channel, the balancer and the pickers it publishes.
@@ -98,6 +98,15 @@ pub enum Error {
     NoAddresses,
 }
 
+impl From<IllegalTransition> for Error {
+    fn from(e: IllegalTransition) -> Self {
+        Error::IllegalTransition {
+            from: e.from,
+            to: e.to,
+        }
+    }
+}
+
 impl Error {
     /// Shorthand for [`Error::LbConfig`], for use in [`crate::BalancerBuilder::parse_config`].
     pub fn lb_config(
@@ -110,5 +119,30 @@ impl Error {
             path: path.into(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_illegal_transition_keeps_its_states_as_an_error() {
+        use ConnectivityState::{Idle, Ready};
+        let e = Error::from(IllegalTransition {
+            from: Idle,
+            to: Ready,
+        });
+        assert_eq!(
+            e,
+            Error::IllegalTransition {
+                from: Idle,
+                to: Ready
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "illegal connectivity state transition IDLE -> READY"
+        );
     }
 }

@@ -53,7 +53,6 @@ mod attributes;
 mod error;
 mod load;
 mod picker;
-mod registry;
 mod state;
 mod status;
 mod subconn;
@@ -69,6 +68,7 @@ pub mod test_util;
 
 pub use address::{Address, Authority};
 pub use attributes::{AttributeValue, Attributes, Weight};
+pub use balancer::BalancerRegistry;
 pub use balancer::{
     Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState, LbConfig, SubConnOptions,
     TimerHandle, TimerId,
@@ -78,10 +78,10 @@ pub use load::{LoadReport, LoadReportListener, LoadReportWatch, ReportSource};
 pub use picker::{
     Callbacks, DoneInfo, FailPicker, OnDone, Pick, PickInfo, PickResult, Picker, QueuePicker,
 };
-pub use registry::{BalancerRegistry, ResolverRegistry};
+pub use resolver::ResolverRegistry;
 pub use resolver::{Resolver, ResolverBuilder, ResolverState};
 pub use service_config::ServiceConfig;
-pub use state::{ConnectivityState, StateTracker};
+pub use state::{ConnectivityState, IllegalTransition, StateTracker};
 pub use status::{Code, Status};
 pub use subconn::{SubConn, SubConnHandle, SubConnId, SubConnState};
 pub use target::Target;

@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use crate::Error;
-
 /// The connectivity state of a subconn, and the aggregate state a balancer reports
 /// for the whole channel.
 ///
@@ -81,10 +79,21 @@ impl fmt::Display for ConnectivityState {
     }
 }
 
+/// A move the state machine does not allow ([`ConnectivityState::can_transition_to`]);
+/// it converts into [`crate::Error::IllegalTransition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("illegal connectivity state transition {from} -> {to}")]
+pub struct IllegalTransition {
+    /// The state the subconn was in.
+    pub from: ConnectivityState,
+    /// The state that was asked for.
+    pub to: ConnectivityState,
+}
+
 /// The state of one subconn, guarded by the transition rules.
 ///
 /// Transports keep one per subconn and move it only through [`StateTracker::transition`],
-/// so an illegal move is reported as [`Error::IllegalTransition`] instead of silently
+/// so an illegal move is reported as an [`IllegalTransition`] instead of silently
 /// overwriting the state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateTracker {
@@ -111,12 +120,15 @@ impl StateTracker {
     }
 
     /// Moves to `next` if the move is legal and returns the previous state; otherwise
-    /// leaves the state unchanged and returns [`Error::IllegalTransition`].
-    pub fn transition(&mut self, next: ConnectivityState) -> Result<ConnectivityState, Error> {
+    /// leaves the state unchanged and returns the [`IllegalTransition`].
+    pub fn transition(
+        &mut self,
+        next: ConnectivityState,
+    ) -> Result<ConnectivityState, IllegalTransition> {
         if self.state.can_transition_to(next) {
             Ok(std::mem::replace(&mut self.state, next))
         } else {
-            Err(Error::IllegalTransition {
+            Err(IllegalTransition {
                 from: self.state,
                 to: next,
             })
@@ -169,7 +181,7 @@ mod tests {
                 );
                 let mut t = StateTracker { state: from };
                 let err = t.transition(to).unwrap_err();
-                assert_eq!(err, Error::IllegalTransition { from, to });
+                assert_eq!(err, IllegalTransition { from, to });
                 assert_eq!(
                     err.to_string(),
                     format!("illegal connectivity state transition {from} -> {to}")

@@ -123,6 +123,7 @@ impl BalancerBuilder for OutlierDetection {
             wrappers: HashMap::new(),
             timer_started: None,
             sweep_timer: None,
+            created: Vec::new(),
         })
     }
 
@@ -263,6 +264,8 @@ struct OdBalancer {
     timer_started: Option<Instant>,
     /// The pending sweep timer, cancelled when it is replaced.
     sweep_timer: Option<TimerHandle>,
+    /// Subconns the child created in the current call (see `eject_new_subconns`).
+    created: Vec<SubConnId>,
 }
 
 /// The sweep timer's value.
@@ -273,6 +276,8 @@ struct OdCc<'a> {
     inner: &'a mut dyn ClientConn,
     wrappers: &'a mut HashMap<SubConnId, Wrapper>,
     addresses: &'a HashMap<Arc<str>, AddressState>,
+    /// Subconns created during this call, to check against ejections after it.
+    created: &'a mut Vec<SubConnId>,
 }
 
 impl ClientConn for OdCc<'_> {
@@ -293,6 +298,7 @@ impl ClientConn for OdCc<'_> {
                 counter,
             }),
         );
+        self.created.push(real.id());
         self.wrappers.insert(
             real.id(),
             Wrapper {
@@ -365,6 +371,7 @@ impl OdBalancer {
             inner: cc,
             wrappers: &mut self.wrappers,
             addresses: &self.addresses,
+            created: &mut self.created,
         };
         f(&mut self.switch, &mut od_cc);
         if self.switch.take_published() {
@@ -377,6 +384,28 @@ impl OdBalancer {
                 self.switch.picker()
             };
             cc.update_state(self.switch.state(), picker);
+        }
+        self.eject_new_subconns(cc);
+    }
+
+    /// Shows `TRANSIENT_FAILURE` for the subconns the child just created for an
+    /// ejected address (grpc-go ejects them in `NewSubConn`): otherwise the child
+    /// would see them `IDLE` until the address returns.
+    fn eject_new_subconns(&mut self, cc: &mut dyn ClientConn) {
+        if self.created.is_empty() {
+            return;
+        }
+        let fresh: Vec<(SubConnId, SubConnState)> = std::mem::take(&mut self.created)
+            .into_iter()
+            .filter_map(|id| {
+                let w = self.wrappers.get(&id)?;
+                let address = w.wrapper.address().addr();
+                self.is_ejected(address)
+                    .then(|| (id, ejected_view(&w.real, address)))
+            })
+            .collect();
+        for (id, state) in fresh {
+            self.show(id, state, cc);
         }
     }
 
@@ -682,8 +711,10 @@ impl Balancer for OdBalancer {
             return;
         }
         if self.is_ejected(&address) {
-            // The child keeps seeing TRANSIENT_FAILURE; it learns the real state
-            // when the address returns.
+            // The child keeps seeing TRANSIENT_FAILURE (shown once); it learns the
+            // real state when the address returns.
+            let shown = ejected_view(state, &address);
+            self.show(subconn.id(), shown, cc);
             return;
         }
         self.show(subconn.id(), state.clone(), cc);
@@ -708,6 +739,7 @@ impl Balancer for OdBalancer {
             inner: cc,
             wrappers: &mut self.wrappers,
             addresses: &self.addresses,
+            created: &mut self.created,
         };
         self.switch.close(&mut od_cc);
         self.wrappers.clear();

@@ -357,3 +357,77 @@ fn a_new_interval_replaces_the_pending_sweep() {
     );
     assert_eq!(h.fire_timers(), 1);
 }
+
+/// A child policy that creates a subconn per address and records the states it is
+/// shown.
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<(String, lb_core::ConnectivityState)>>>);
+
+struct RecorderBalancer(
+    std::sync::Arc<std::sync::Mutex<Vec<(String, lb_core::ConnectivityState)>>>,
+);
+
+impl lb_core::BalancerBuilder for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+    fn build(&self, _: &lb_core::BuildOptions) -> Box<dyn lb_core::Balancer> {
+        Box::new(RecorderBalancer(self.0.clone()))
+    }
+}
+
+impl lb_core::Balancer for RecorderBalancer {
+    fn update_client_conn_state(
+        &mut self,
+        state: lb_core::ClientConnState,
+        cc: &mut dyn lb_core::ClientConn,
+    ) -> Result<(), Error> {
+        for a in state.addresses {
+            cc.new_subconn(a)?;
+        }
+        Ok(())
+    }
+    fn resolver_error(&mut self, _: lb_core::SharedError, _: &mut dyn lb_core::ClientConn) {}
+    fn update_subconn_state(
+        &mut self,
+        sc: &lb_core::SubConn,
+        state: &lb_core::SubConnState,
+        _: &mut dyn lb_core::ClientConn,
+    ) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((sc.address().addr().to_owned(), state.state));
+    }
+    fn exit_idle(&mut self, _: &mut dyn lb_core::ClientConn) {}
+}
+
+#[test]
+fn a_subconn_made_for_an_ejected_address_is_shown_failing_at_once() {
+    let seen = std::sync::Arc::default();
+    let mut registry = lb_policies::registry();
+    registry.register(Recorder(std::sync::Arc::clone(&seen)));
+    let mut h = Harness::with_registry(OutlierDetection, registry);
+    let addresses: Vec<Address> = addrs(3).iter().map(|a| Address::new(a.as_str())).collect();
+    h.update_with_config(addresses.clone(), &failure_percentage("10s", "30s", 50))
+        .unwrap();
+    h.ready_all();
+    let bad = addrs(3)[0].clone();
+    traffic(&h, 300, &[&bad]);
+    h.fire_timers();
+    assert!(!traffic(&h, 60, &[]).contains_key(&bad), "ejected");
+
+    // A new child policy makes new subconns, one of them for the ejected address:
+    // grpc-go ejects a subconn as it is made, so the child sees it failing, not IDLE
+    // (where ring_hash would connect it and queue keyed picks on it).
+    let config = failure_percentage("10s", "30s", 50).replace("round_robin", "recorder");
+    h.update_with_config(addresses, &config).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.contains(&(bad.clone(), TransientFailure)),
+        "the new child never saw the ejected address fail: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(a, _)| *a == bad),
+        "only the ejected address is shown a state: {seen:?}"
+    );
+}

@@ -218,11 +218,14 @@ impl ResolverBuilder for DnsResolverBuilder {
                 .build()
                 .map_err(|e| format!("starting the DNS resolver for `{target}`: {e}"))?;
         let wake = Arc::new(Notify::new());
+        let mut options = self.options.clone();
+        // Not asked for when the channel would not read it (as grpc-go).
+        options.service_config &= cc.wants_service_config();
         let task = runtime.spawn(run(
             resolver,
             host.to_owned(),
             port,
-            self.options.clone(),
+            options,
             wake.clone(),
             cc,
         ));
@@ -289,7 +292,9 @@ async fn run(
     loop {
         let looked_up = Instant::now();
         // As the system resolver does: a short name goes through the search list.
-        let next = match resolver.lookup_ip(host.as_str()).await {
+        // The TXT record is looked up meanwhile.
+        let (ips, found) = lookup(&resolver, &host, &client, options.service_config).await;
+        let next = match ips {
             Ok(ips) => {
                 let addresses: Vec<Address> = ips
                     .iter()
@@ -305,7 +310,7 @@ async fn run(
                 } else {
                     let mut state = ResolverState::new(addresses);
                     if options.service_config {
-                        if let Some(found) = service_config(&resolver, &host, &client).await {
+                        if let Some(found) = found {
                             last_config = found;
                         }
                         state = last_config.apply(state);
@@ -335,6 +340,41 @@ async fn run(
             }
         }
     }
+}
+
+/// How long the addresses wait for a TXT lookup still under way when they are
+/// found: past that, they go out with the last config found.
+const TXT_GRACE: Duration = Duration::from_secs(1);
+
+/// Looks up `host`'s addresses and, when `with_config`, its service config, at the
+/// same time; the config is `None` when its lookup failed or was too slow (keep the
+/// last one).
+async fn lookup(
+    resolver: &TokioResolver,
+    host: &str,
+    client: &Client,
+    with_config: bool,
+) -> (
+    Result<hickory_resolver::lookup_ip::LookupIp, hickory_resolver::net::NetError>,
+    Option<ConfigFound>,
+) {
+    let mut ip = std::pin::pin!(resolver.lookup_ip(host));
+    if !with_config {
+        return (ip.await, None);
+    }
+    let mut txt = std::pin::pin!(service_config(resolver, host, client));
+    let mut found = None;
+    let ips = loop {
+        tokio::select! {
+            ips = &mut ip => break ips,
+            config = &mut txt, if found.is_none() => found = Some(config),
+        }
+    };
+    let config = match found {
+        Some(config) => config,
+        None => tokio::time::timeout(TXT_GRACE, txt).await.ok().flatten(),
+    };
+    (ips, config)
 }
 
 /// What the TXT records of `_grpc_config.<host>` said.

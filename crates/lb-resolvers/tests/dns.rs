@@ -388,3 +388,33 @@ async fn a_malformed_grpc_config_record_is_an_invalid_config_naming_the_field() 
     resolver.resolve_now();
     assert_eq!(next_state(&mut rx).await.service_config, None);
 }
+
+#[tokio::test]
+async fn an_unanswered_txt_query_does_not_hold_the_addresses_back() {
+    // A server (or a firewall) that drops TXT queries: the resolver's own timeout is
+    // 5 s, but the addresses go out a second after they are found, with the last
+    // config (none here).
+    let dns = DnsServer::start().await.unwrap();
+    dns.set("svc.test", &[ip("10.0.0.1")]);
+    dns.drop_txt("_grpc_config.svc.test", true);
+    let (_resolver, mut rx) = start(&dns, "svc.test:50051", options());
+    let state = tokio::time::timeout(Duration::from_secs(3), next_state(&mut rx))
+        .await
+        .expect("the addresses waited for the TXT lookup's own timeout");
+    assert_eq!(state.addresses.len(), 1);
+    assert_eq!(state.service_config, None);
+    assert!(dns.txt_queries() > 0, "it asked");
+}
+
+#[tokio::test]
+async fn no_txt_query_goes_out_when_service_configs_are_off() {
+    let dns = DnsServer::start().await.unwrap();
+    dns.set("svc.test", &[ip("10.0.0.1")]);
+    let off = DnsOptions {
+        service_config: false,
+        ..options()
+    };
+    let (_resolver, mut rx) = start(&dns, "svc.test:50051", off);
+    next_state(&mut rx).await;
+    assert_eq!(dns.txt_queries(), 0);
+}

@@ -18,6 +18,8 @@ struct Entry {
     txt: Vec<Vec<String>>,
     /// TXT queries get SERVFAIL.
     txt_fails: bool,
+    /// TXT queries get no answer at all.
+    txt_silent: bool,
 }
 
 type Records = Arc<Mutex<HashMap<String, Entry>>>;
@@ -28,6 +30,7 @@ pub struct DnsServer {
     addr: SocketAddr,
     records: Records,
     queries: Arc<AtomicUsize>,
+    txt_queries: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -38,11 +41,18 @@ impl DnsServer {
         let addr = socket.local_addr()?;
         let records = Records::default();
         let queries = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(serve(socket, records.clone(), queries.clone()));
+        let txt_queries = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(serve(
+            socket,
+            records.clone(),
+            queries.clone(),
+            txt_queries.clone(),
+        ));
         Ok(Self {
             addr,
             records,
             queries,
+            txt_queries,
             task,
         })
     }
@@ -75,12 +85,23 @@ impl DnsServer {
         self.edit(name, |entry| entry.txt_fails = fail);
     }
 
+    /// Leaves TXT queries for `name` unanswered (a firewall that drops them), or
+    /// answers them again.
+    pub fn drop_txt(&self, name: &str, drop: bool) {
+        self.edit(name, |entry| entry.txt_silent = drop);
+    }
+
+    /// TXT queries received so far (answered or not).
+    pub fn txt_queries(&self) -> usize {
+        self.txt_queries.load(Ordering::Relaxed)
+    }
+
     fn edit(&self, name: &str, f: impl FnOnce(&mut Entry)) {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = records.entry(name.clone()).or_default();
         f(entry);
-        if entry.ips.is_empty() && entry.txt.is_empty() && !entry.txt_fails {
+        if entry.ips.is_empty() && entry.txt.is_empty() && !entry.txt_fails && !entry.txt_silent {
             records.remove(&name);
         }
     }
@@ -97,7 +118,12 @@ impl Drop for DnsServer {
     }
 }
 
-async fn serve(socket: UdpSocket, records: Records, queries: Arc<AtomicUsize>) {
+async fn serve(
+    socket: UdpSocket,
+    records: Records,
+    queries: Arc<AtomicUsize>,
+    txt_queries: Arc<AtomicUsize>,
+) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
@@ -113,8 +139,12 @@ async fn serve(socket: UdpSocket, records: Records, queries: Arc<AtomicUsize>) {
         response.metadata.authoritative = true;
         let mut known = false;
         let mut failed = false;
+        let mut silent = false;
         for query in &request.queries {
             response.add_query(query.clone());
+            if query.query_type() == RecordType::TXT {
+                txt_queries.fetch_add(1, Ordering::Relaxed);
+            }
             let name = query
                 .name()
                 .to_ascii()
@@ -137,11 +167,15 @@ async fn serve(socket: UdpSocket, records: Records, queries: Arc<AtomicUsize>) {
             }
             if query.query_type() == RecordType::TXT {
                 failed |= entry.txt_fails;
+                silent |= entry.txt_silent;
                 for strings in entry.txt {
                     let rdata = RData::TXT(TXT::new(strings));
                     response.add_answer(Record::from_rdata(query.name().clone(), 0, rdata));
                 }
             }
+        }
+        if silent {
+            continue;
         }
         if failed {
             response.metadata.response_code = ResponseCode::ServFail;

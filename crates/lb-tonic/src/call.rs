@@ -10,7 +10,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::uri::Uri;
@@ -73,11 +73,6 @@ pub struct Attempt {
     /// (transparent retries), which are not counted in `number`.
     pub transparent_retries: u32,
 }
-
-/// The stream id past which a connection is drained so that a new one takes the
-/// next RPCs, before h2 runs out of stream ids (2^31 - 1): grpc-go's `MaxStreamID`,
-/// three quarters of the space.
-const DRAIN_AFTER_STREAM_ID: u32 = i32::MAX as u32 / 4 * 3;
 
 /// Why an attempt that failed was never processed by a server application, which
 /// lets it go again at once (gRFC A6's transparent retry).
@@ -147,7 +142,6 @@ pub(crate) async fn call(
         deadline,
         attempts: &attempts,
         transparent: AtomicU32::new(0),
-        refused_retried: AtomicBool::new(false),
     };
     let policied = config.is_some();
     let send = run.send(call, request, config);
@@ -187,8 +181,6 @@ struct Run<'a> {
     attempts: &'a AtomicU32,
     /// Transparent retries so far.
     transparent: AtomicU32,
-    /// Whether a refused attempt was already sent again (that happens once).
-    refused_retried: AtomicBool,
 }
 
 /// An attempt's response head, before the call decides what to do with it.
@@ -341,7 +333,8 @@ impl Run<'_> {
             {
                 return Ok((answer, number + 1)); // trailers-only success
             }
-            if self.transparent_retry(request, unprocessed) {
+            let first = number == 0 && self.transparent.load(Ordering::Relaxed) == 0;
+            if self.transparent_retry(request, unprocessed, first) {
                 tracing::debug!(error = %status.message(), ?unprocessed, "resending an RPC no server processed");
                 // An attempt that never left fails at once: let the runtime run
                 // between tries (the next pick waits for a new picker if need be).
@@ -415,7 +408,11 @@ impl Run<'_> {
                             }
                             if request.owner_is_other_than(id) {
                                 // Cancelled because the call committed elsewhere.
-                            } else if self.transparent_retry(request, unprocessed) {
+                            } else if self.transparent_retry(
+                                request,
+                                unprocessed,
+                                started == 1 && self.transparent.load(Ordering::Relaxed) == 0,
+                            ) {
                                 ids += 1;
                                 if let Some(outgoing) = request.outgoing(ids) {
                                     running.push(self.numbered(request, outgoing, ids, number));
@@ -478,8 +475,9 @@ impl Run<'_> {
 
     /// Whether an attempt no server processed may go again at once (and counts it),
     /// as grpc-go decides: one that never left the client, always (the deadline
-    /// bounds the call); one a server refused, once per call.
-    fn transparent_retry(&self, request: &Request, unprocessed: Unprocessed) -> bool {
+    /// bounds the call); one a server refused, only if it was the call's very first
+    /// (`first`: no retry, hedge or transparent retry before it), so once at most.
+    fn transparent_retry(&self, request: &Request, unprocessed: Unprocessed, first: bool) -> bool {
         let replayable = match &request.body {
             // Held for the whole call, within the buffer or not.
             Prefetched::Complete { .. } => true,
@@ -489,7 +487,7 @@ impl Run<'_> {
             && match unprocessed {
                 Unprocessed::No => false,
                 Unprocessed::NeverSent => true,
-                Unprocessed::Refused => !self.refused_retried.swap(true, Ordering::Relaxed),
+                Unprocessed::Refused => first,
             };
         if allowed {
             self.transparent.fetch_add(1, Ordering::Relaxed);
@@ -551,7 +549,7 @@ impl Run<'_> {
                 return Outcome::failed(status, Unprocessed::NeverSent);
             }
         };
-        if opened.stream_id > DRAIN_AFTER_STREAM_ID - 2 {
+        if opened.stream_id > core.transport.drain_after_stream_id.saturating_sub(2) {
             // The next id would pass grpc-go's limit: new RPCs go to a new connection
             // while this one finishes what it has.
             tracing::debug!(addr = %picked.address, stream_id = opened.stream_id, "the connection is running out of stream ids; draining it");

@@ -166,6 +166,8 @@ pub struct Builder {
     tls: Option<crate::tls::TlsConfig>,
     #[cfg(feature = "test-hooks")]
     initial_stream_id: Option<u32>,
+    #[cfg(feature = "test-hooks")]
+    drain_after_stream_id: Option<u32>,
 }
 
 impl Builder {
@@ -190,6 +192,8 @@ impl Builder {
             tls: None,
             #[cfg(feature = "test-hooks")]
             initial_stream_id: None,
+            #[cfg(feature = "test-hooks")]
+            drain_after_stream_id: None,
         }
     }
 
@@ -328,6 +332,16 @@ impl Builder {
         self
     }
 
+    /// Test hook (feature `test-hooks`): drain connections past this stream id
+    /// instead of grpc-go's three quarters of the space (`u32::MAX`: never, so that
+    /// connections run out of ids).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn drain_after_stream_id(mut self, id: u32) -> Self {
+        self.drain_after_stream_id = Some(id);
+        self
+    }
+
     /// Starts the resolver and the control task. Must be called within a tokio
     /// runtime. Fails on a bad target, an unknown scheme, an invalid default service
     /// config, a setting out of range, or a resolver that refuses the target.
@@ -386,6 +400,12 @@ impl Builder {
             tls: self.tls,
             #[cfg(feature = "test-hooks")]
             initial_stream_id: self.initial_stream_id,
+            #[cfg(feature = "test-hooks")]
+            drain_after_stream_id: self
+                .drain_after_stream_id
+                .unwrap_or(crate::subconn::DRAIN_AFTER_STREAM_ID),
+            #[cfg(not(feature = "test-hooks"))]
+            drain_after_stream_id: crate::subconn::DRAIN_AFTER_STREAM_ID,
         });
         let stats = Arc::new(Stats::new(target.to_string(), self.metrics));
         let core = Arc::new(Core::new(

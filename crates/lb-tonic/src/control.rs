@@ -174,6 +174,8 @@ pub(crate) struct RetrySettings {
 pub(crate) struct ResolverSink {
     tx: mpsc::UnboundedSender<Msg>,
     generation: u64,
+    /// Whether the channel reads the resolver's service configs.
+    use_config: bool,
 }
 
 impl lb_core::resolver::ClientConn for ResolverSink {
@@ -183,6 +185,10 @@ impl lb_core::resolver::ClientConn for ResolverSink {
 
     fn report_error(&self, error: SharedError) {
         let _ = self.tx.send(Msg::ResolverError(self.generation, error));
+    }
+
+    fn wants_service_config(&self) -> bool {
+        self.use_config
     }
 }
 
@@ -346,6 +352,7 @@ impl Control {
         let sink = Arc::new(ResolverSink {
             tx: self.cc.core.tx.clone(),
             generation: self.resolver_generation,
+            use_config: self.use_resolver_config,
         });
         let builder = self.resolver_builder.clone();
         let target = self.cc.target.clone();
@@ -450,7 +457,9 @@ impl Control {
     /// Delivers every timer that is due (each call may set or cancel others).
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        while let Some(timer) = self.cc.timers.pop_due(now) {
+        // Timers set by these deliveries wait for the next turn of the loop.
+        let last_set = self.cc.timers.last_set();
+        while let Some(timer) = self.cc.timers.pop_due(now, last_set) {
             self.call(|s, cc| s.timer(timer, cc));
         }
     }

@@ -72,7 +72,15 @@ pub(crate) struct TransportOptions {
     /// `Builder::initial_stream_id` (tests only).
     #[cfg(feature = "test-hooks")]
     pub(crate) initial_stream_id: Option<u32>,
+    /// The stream id past which a connection is drained, before h2 runs out of ids
+    /// ([`DRAIN_AFTER_STREAM_ID`]; tests may move it).
+    pub(crate) drain_after_stream_id: u32,
 }
+
+/// The stream id past which a connection is drained so that a new one takes the
+/// next RPCs, before h2 runs out of stream ids (2^31 - 1): grpc-go's `MaxStreamID`,
+/// three quarters of the space.
+pub(crate) const DRAIN_AFTER_STREAM_ID: u32 = i32::MAX as u32 / 4 * 3;
 
 impl TransportOptions {
     fn scheme(&self) -> Scheme {
@@ -246,10 +254,17 @@ struct Reporter {
     tracker: StateTracker,
     events: mpsc::UnboundedSender<Msg>,
     stats: Arc<SubConnStats>,
+    /// The current connection has been `READY` (its health check passed once): its
+    /// loss is a lost connection, not a failed attempt, even while a reopened health
+    /// watch has it `CONNECTING`.
+    was_ready: bool,
 }
 
 impl Reporter {
     fn report(&mut self, state: ConnectivityState, error: Option<SharedError>) {
+        if state == ConnectivityState::Ready {
+            self.was_ready = true;
+        }
         if let Err(e) = self.tracker.transition(state) {
             // A bug in this file, not in the caller's input: log it and keep going.
             tracing::error!(subconn = %self.id, addr = %self.addr, error = %e, "subconn state machine violated");
@@ -310,6 +325,7 @@ async fn run(
         tracker: StateTracker::new(),
         events,
         stats: stats.clone(),
+        was_ready: false,
     };
     let mut backoff = Backoff::new(options.backoff);
     let endpoint = Endpoint::parse(&addr);
@@ -324,6 +340,7 @@ async fn run(
             Some(Cmd::Drain | Cmd::LoadReports) => continue 'idle,
             Some(Cmd::Shutdown) | None => break 'idle,
         }
+        reporter.was_ready = false;
         reporter.report(ConnectivityState::Connecting, None);
         let timeout = backoff.connect_timeout();
         let attempt = match &authority {
@@ -429,18 +446,27 @@ async fn run(
                         break 'idle;
                     }
                 };
-                if reporter.tracker.get() == ConnectivityState::Connecting {
+                if !reporter.was_ready {
                     // Lost before its first health answer: a failed attempt.
                     Some(error)
                 } else {
-                    reporter.report(ConnectivityState::Idle, Some(Arc::new(error)));
+                    let error: SharedError = Arc::new(error);
+                    if reporter.tracker.get() == ConnectivityState::Connecting {
+                        // Lost while a health watch reopened: CONNECTING cannot go
+                        // IDLE but through TRANSIENT_FAILURE.
+                        reporter.report(ConnectivityState::TransientFailure, Some(error.clone()));
+                    }
+                    reporter.report(ConnectivityState::Idle, Some(error));
                     None
                 }
             }
             Err(error) => Some(error),
         };
         if let Some(error) = failure {
-            reporter.report(ConnectivityState::TransientFailure, Some(Arc::new(error)));
+            // Already failing (its health check never passed): the backoff follows.
+            if reporter.tracker.get() != ConnectivityState::TransientFailure {
+                reporter.report(ConnectivityState::TransientFailure, Some(Arc::new(error)));
+            }
             let delay = backoff.next_delay();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -813,6 +839,7 @@ mod tests {
             tls: None,
             #[cfg(feature = "test-hooks")]
             initial_stream_id: None,
+            drain_after_stream_id: DRAIN_AFTER_STREAM_ID,
         }
     }
 

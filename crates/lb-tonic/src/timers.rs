@@ -65,10 +65,21 @@ impl Timers {
         self.heap.peek().map(|p| p.at)
     }
 
-    /// The earliest timer due by `now` that was not cancelled, if any; cancelled
-    /// ones on the way are dropped.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimerId> {
-        while self.heap.peek().is_some_and(|p| p.at <= now) {
+    /// The last timer set so far: a batch of deliveries stops there, so that a
+    /// policy that sets a zero-delay timer from its timer cannot hold the control
+    /// task in one batch for ever.
+    pub(crate) fn last_set(&self) -> u64 {
+        self.seq
+    }
+
+    /// The earliest timer due by `now`, set no later than `last_set`, that was not
+    /// cancelled, if any; cancelled ones on the way are dropped.
+    pub(crate) fn pop_due(&mut self, now: Instant, last_set: u64) -> Option<TimerId> {
+        while self
+            .heap
+            .peek()
+            .is_some_and(|p| p.at <= now && p.seq <= last_set)
+        {
             let pending = self.heap.pop()?;
             if !pending.handle.is_cancelled() {
                 return Some(pending.timer);
@@ -102,17 +113,17 @@ mod tests {
         cancelled.cancel();
         let start = Instant::now();
         assert_eq!(t.next_deadline(), Some(start + Duration::from_secs(1)));
-        assert_eq!(t.pop_due(start), None, "nothing due yet");
+        assert_eq!(t.pop_due(start, u64::MAX), None, "nothing due yet");
         let at = |s| start + Duration::from_secs(s);
-        assert_eq!(t.pop_due(at(1)), Some(TimerId::new(1)));
+        assert_eq!(t.pop_due(at(1), u64::MAX), Some(TimerId::new(1)));
         assert_eq!(
-            t.pop_due(at(1)),
+            t.pop_due(at(1), u64::MAX),
             Some(TimerId::new(11)),
             "same deadline: set order"
         );
-        assert_eq!(t.pop_due(at(1)), None);
+        assert_eq!(t.pop_due(at(1), u64::MAX), None);
         assert_eq!(
-            t.pop_due(at(5)),
+            t.pop_due(at(5), u64::MAX),
             Some(TimerId::new(3)),
             "the cancelled one is skipped"
         );
@@ -120,5 +131,13 @@ mod tests {
         t.schedule(Duration::from_secs(1), TimerId::new(4));
         t.clear();
         assert_eq!(t.next_deadline(), None);
+        // A batch stops at the timers set before it began.
+        let last = t.last_set();
+        t.schedule(Duration::ZERO, TimerId::new(5));
+        assert_eq!(t.pop_due(Instant::now(), last), None);
+        assert_eq!(
+            t.pop_due(Instant::now(), t.last_set()),
+            Some(TimerId::new(5))
+        );
     }
 }

@@ -260,3 +260,20 @@ async fn the_channel_takes_its_service_config_from_a_dns_txt_record_and_keeps_it
     assert_eq!(channel.policy(), "round_robin");
     assert_eq!(served_by(&mut client, 20).await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_channel_that_ignores_resolver_configs_does_not_ask_dns_for_one() {
+    let port = lb_testkit::free_port().unwrap();
+    let a = Backend::start_at("a", SocketAddr::new("127.0.0.2".parse().unwrap(), port))
+        .await
+        .unwrap();
+    let dns = DnsServer::start().await.unwrap();
+    dns.set("greeter.test", &[a.addr().ip()]);
+    let channel = LbChannel::builder(format!("dns://{}/greeter.test:{port}", dns.addr()))
+        .resolvers(dns_registry(Duration::ZERO, Duration::from_secs(300)))
+        .disable_resolver_service_config()
+        .build()
+        .unwrap();
+    served_by(&mut EchoClient::new(channel), 1).await;
+    assert_eq!(dns.txt_queries(), 0, "as grpc-go: no TXT lookup");
+}

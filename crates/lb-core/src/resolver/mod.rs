@@ -1,5 +1,8 @@
 //! The resolver side: turning a target into addresses and pushing them to the channel.
 
+mod registry;
+pub use registry::ResolverRegistry;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -60,6 +63,13 @@ pub trait ClientConn: Send + Sync + 'static {
     /// Resolution failed. The channel keeps the last good state and tells the balancer,
     /// which decides whether RPCs fail; the resolver keeps trying by itself.
     fn report_error(&self, error: SharedError);
+
+    /// Whether the channel reads service configs from this resolver (it does not
+    /// when built with `disable_resolver_service_config`). A resolver that must ask
+    /// for a config separately (DNS TXT records) can skip asking. Default: yes.
+    fn wants_service_config(&self) -> bool {
+        true
+    }
 }
 
 /// One complete resolution result.

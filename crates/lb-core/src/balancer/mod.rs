@@ -1,5 +1,8 @@
 //! The balancer side: turning addresses into subconns and subconn states into pickers.
 
+mod registry;
+pub use registry::BalancerRegistry;
+
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
@@ -7,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::{
-    Address, Attributes, BalancerRegistry, ConnectivityState, Error, Picker, SharedError, SubConn,
-    SubConnState, Target,
+    Address, Attributes, ConnectivityState, Error, Picker, SharedError, SubConn, SubConnState,
+    Target,
 };
 
 /// Builds balancers of one policy, and parses that policy's config.
