@@ -2,14 +2,17 @@
 //!
 //! * `test`  installs what the test suite needs (system packages, cargo-nextest), then
 //!   runs every test of the workspace, doc tests included. The README's test command.
-//! * `lint`  `cargo fmt --check`, clippy with warnings denied on all targets and
-//!   features, and `cargo doc` with warnings denied.
+//! * `lint`  `cargo fmt --check`, no circle among any crate's top-level modules
+//!   (`modules` alone), clippy with warnings denied on all targets and features, and
+//!   `cargo doc` with warnings denied.
 //! * `ci`    `lint`, then `test`.
 //! * `bench` every benchmark: criterion pick benches and the end-to-end runs (`e2e`,
 //!   `load`, `discovery`, and `scale`: 10,000 instances in real etcd and ZooKeeper),
 //!   each rewriting its section of `docs/benchmarks.md`, and `e2e` drawing its SVG
 //!   charts into `docs/charts/` (`cargo xtask bench --bench load` for one target).
 //! * `demo`  the main demo (no etcd, no ZooKeeper, no system packages).
+
+mod modules;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -46,10 +49,11 @@ fn main() -> ExitCode {
         "test" => test(),
         "lint" => lint(),
         "ci" => lint().and_then(|()| test()),
+        "modules" => module_circles(),
         "bench" => bench(rest),
         "demo" => cargo(&["run", "--quiet", "-p", "examples", "--example", DEMO]),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <test|lint|ci|bench|demo>");
+            println!("usage: cargo xtask <test|lint|modules|ci|bench|demo>");
             Ok(())
         }
         other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
@@ -146,6 +150,7 @@ fn lint() -> Result {
     // Clippy builds every feature, etcd's protos included.
     install_prerequisites()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
+    module_circles()?;
     cargo(&[
         "clippy",
         "--workspace",
@@ -159,6 +164,37 @@ fn lint() -> Result {
     run(Command::new(cargo_bin)
         .args(["doc", "--workspace", "--all-features", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))
+}
+
+/// Fails when a crate's top-level modules import each other in a circle.
+fn module_circles() -> Result {
+    let crates = root().join("crates");
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&crates)
+        .map_err(|e| format!("reading {}: {e}", crates.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path().join("src")))
+        .filter(|src| src.is_dir())
+        .collect();
+    entries.push(root().join("xtask").join("src"));
+    entries.sort();
+    let mut found = Vec::new();
+    for src in &entries {
+        for circle in modules::circles(src)? {
+            let name = src
+                .parent()
+                .and_then(Path::file_name)
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            found.push(format!("  {name}: {circle}"));
+        }
+    }
+    eprintln!("+ module circles in {} crates", entries.len());
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "top-level modules that import each other in a circle:\n{}",
+            found.join("\n")
+        ))
+    }
 }
 
 fn bench(rest: &[String]) -> Result {

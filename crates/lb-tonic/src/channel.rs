@@ -11,13 +11,12 @@ use tokio::sync::{mpsc, watch};
 use tonic::body::Body;
 
 use crate::backoff::BackoffConfig;
-use crate::body::ResponseBody;
-use crate::call;
+use crate::buffer::BufferLimits;
+use crate::call::{self, ResponseBody};
 use crate::control::{Control, ControlParts, Core, Msg, RetrySettings, policy_name};
 use crate::error::Error;
 use crate::introspect::{ChannelSnapshot, Stats};
-use crate::replay::BufferLimits;
-use crate::subconn::{Keepalive, TransportOptions};
+use crate::transport::{DRAIN_AFTER_STREAM_ID, Keepalive, TransportOptions};
 
 /// The idle timeout by default: 30 minutes, as grpc-go.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -163,7 +162,7 @@ pub struct Builder {
     health_checks: bool,
     metrics: bool,
     #[cfg(feature = "tls")]
-    tls: Option<crate::tls::TlsConfig>,
+    tls: Option<crate::transport::TlsConfig>,
     #[cfg(feature = "test-hooks")]
     initial_stream_id: Option<u32>,
     #[cfg(feature = "test-hooks")]
@@ -304,7 +303,7 @@ impl Builder {
 
     /// Connect with TLS (feature `tls`); requests use the `https` scheme.
     #[cfg(feature = "tls")]
-    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+    pub fn tls(mut self, tls: crate::transport::TlsConfig) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -401,11 +400,9 @@ impl Builder {
             #[cfg(feature = "test-hooks")]
             initial_stream_id: self.initial_stream_id,
             #[cfg(feature = "test-hooks")]
-            drain_after_stream_id: self
-                .drain_after_stream_id
-                .unwrap_or(crate::subconn::DRAIN_AFTER_STREAM_ID),
+            drain_after_stream_id: self.drain_after_stream_id.unwrap_or(DRAIN_AFTER_STREAM_ID),
             #[cfg(not(feature = "test-hooks"))]
-            drain_after_stream_id: crate::subconn::DRAIN_AFTER_STREAM_ID,
+            drain_after_stream_id: DRAIN_AFTER_STREAM_ID,
         });
         let stats = Arc::new(Stats::new(target.to_string(), self.metrics));
         let core = Arc::new(Core::new(

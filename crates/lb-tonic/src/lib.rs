@@ -35,39 +35,33 @@
 //! Policies come from `lb-policies`, resolvers from `lb-resolvers`; both registries can
 //! be replaced on the [`Builder`].
 
-mod backoff;
-mod body;
+// The channel's three parts, one direction between them: the call path uses the
+// control task's published state and the transport; the control task uses the
+// transport; the transport uses neither (docs/architecture.md).
 mod call;
-mod channel;
-mod connect;
 mod control;
+mod transport;
+
+// The public face, over all three.
+mod channel;
+
+// Small things the parts share.
+mod backoff;
+mod buffer;
 mod error;
-mod frames;
-mod health;
-mod idle;
 mod introspect;
-mod load_reports;
 mod metrics;
-mod replay;
-mod retry;
-mod stream;
-mod subconn;
-mod timeout;
-mod timers;
-#[cfg(feature = "tls")]
-mod tls;
-mod watch_stream;
+mod throttle;
 
 pub use backoff::BackoffConfig;
-pub use body::ResponseBody;
-pub use call::{Attempt, ServedBy, WaitForReady};
+pub use buffer::BufferLimits;
+pub use call::{Attempt, ResponseBody, ServedBy, WaitForReady};
 pub use channel::{
     Builder, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_LIST_SIZE, LbChannel, ResponseFuture,
 };
 pub use error::{Error, TransportError};
 pub use introspect::{ChannelSnapshot, ResolverSnapshot, RpcCounts, SubConnSnapshot};
 pub use metrics::names as metric_names;
-pub use replay::BufferLimits;
-pub use subconn::Keepalive;
+pub use transport::Keepalive;
 #[cfg(feature = "tls")]
-pub use tls::TlsConfig;
+pub use transport::TlsConfig;

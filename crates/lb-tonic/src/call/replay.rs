@@ -7,15 +7,15 @@
 //! through a [`Recorder`]: attempts read it through [`Cursor`]s, the one furthest
 //! ahead pulls the next frame from the caller and records it for the others.
 //!
-//! Buffering is bounded, as gRFC A6 asks: per call ([`BufferLimits::per_call`]) and
-//! for the whole channel ([`BufferLimits::per_channel`]). When a stream outgrows
+//! Buffering is bounded, as gRFC A6 asks: per call
+//! ([`crate::BufferLimits::per_call`]) and for the whole channel
+//! ([`crate::BufferLimits::per_channel`]). When a stream outgrows
 //! them, the call *commits* to the attempt that pulled the frame: the others stop,
 //! no further attempt starts, and frames are freed as the survivor sends them. A call
 //! also commits when response headers arrive ([`Recorder::commit`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 
@@ -25,91 +25,8 @@ use http_body::Body as _;
 use tokio::sync::Notify;
 use tonic::body::Body;
 
-/// How much request data the channel keeps for replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BufferLimits {
-    /// The most one call may keep (default 1 MiB, as grpc-java).
-    pub per_call: usize,
-    /// The most all calls of a channel may keep together (default 16 MiB).
-    pub per_channel: usize,
-}
-
-impl Default for BufferLimits {
-    fn default() -> Self {
-        Self {
-            per_call: 1 << 20,
-            per_channel: 16 << 20,
-        }
-    }
-}
-
-/// The channel-wide account of buffered bytes.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    used: AtomicUsize,
-    limits: BufferLimits,
-}
-
-impl Budget {
-    pub(crate) fn new(limits: BufferLimits) -> Self {
-        Self {
-            used: AtomicUsize::new(0),
-            limits,
-        }
-    }
-
-    pub(crate) fn per_call(&self) -> usize {
-        self.limits.per_call
-    }
-
-    /// Takes `n` bytes if the channel has room.
-    fn take(&self, n: usize) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(n)
-                    .filter(|&u| u <= self.limits.per_channel)
-            })
-            .is_ok()
-    }
-
-    fn give(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::AcqRel);
-    }
-
-    #[cfg(test)]
-    pub(crate) fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
-    }
-}
-
-/// Bytes held in the channel's budget, given back on drop.
-pub(crate) struct Reservation {
-    budget: Arc<Budget>,
-    bytes: usize,
-}
-
-impl Reservation {
-    /// Takes `bytes` from `budget`, if both the call's and the channel's limits allow.
-    pub(crate) fn take(budget: &Arc<Budget>, bytes: usize) -> Option<Self> {
-        (bytes <= budget.per_call() && budget.take(bytes)).then(|| Self {
-            budget: budget.clone(),
-            bytes,
-        })
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.budget.give(self.bytes);
-    }
-}
-
-/// One frame of a request body.
-#[derive(Clone, Debug)]
-pub(crate) enum Chunk {
-    Data(Bytes),
-    Trailers(HeaderMap),
-}
+use crate::buffer::{Budget, Reservation};
+use crate::transport::{BodySource, Chunk, Chunks};
 
 /// A request body after [`prefetch`].
 pub(crate) enum Prefetched {
@@ -123,55 +40,6 @@ pub(crate) enum Prefetched {
     },
     /// A body still being produced, read through a recorder.
     Streaming(Arc<Recorder>),
-}
-
-/// A body's data: nearly always one chunk (a unary message), kept without a vector.
-#[derive(Clone, Default)]
-pub(crate) enum Chunks {
-    #[default]
-    Empty,
-    One(Bytes),
-    Many(VecDeque<Bytes>),
-}
-
-impl Chunks {
-    fn push(&mut self, chunk: Bytes) {
-        *self = match std::mem::take(self) {
-            Chunks::Empty => Chunks::One(chunk),
-            Chunks::One(first) => Chunks::Many(VecDeque::from([first, chunk])),
-            Chunks::Many(mut all) => {
-                all.push_back(chunk);
-                Chunks::Many(all)
-            }
-        };
-    }
-
-    pub(crate) fn pop(&mut self) -> Option<Bytes> {
-        match self {
-            Chunks::Empty => None,
-            Chunks::One(_) => match std::mem::take(self) {
-                Chunks::One(chunk) => Some(chunk),
-                _ => None,
-            },
-            Chunks::Many(all) => all.pop_front(),
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        match self {
-            Chunks::Empty => true,
-            Chunks::One(_) => false,
-            Chunks::Many(all) => all.is_empty(),
-        }
-    }
-
-    fn into_frames(mut self) -> VecDeque<Chunk> {
-        let mut out = VecDeque::new();
-        while let Some(c) = self.pop() {
-            out.push_back(Chunk::Data(c));
-        }
-        out
-    }
 }
 
 /// Reads the frames `body` has ready now, up to the per-call limit, without waiting.
@@ -347,6 +215,12 @@ pub(crate) fn superseded() -> tonic::Status {
     tonic::Status::cancelled("the call committed to another attempt")
 }
 
+impl BodySource for Cursor {
+    async fn next_chunk(&mut self) -> Option<Result<Chunk, tonic::Status>> {
+        self.next().await
+    }
+}
+
 impl Cursor {
     /// The next frame: recorded already, or pulled from the caller's body (and
     /// recorded for the other attempts). `None` at the end of the body.
@@ -481,6 +355,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
+    use crate::buffer::BufferLimits;
 
     fn budget(per_call: usize, per_channel: usize) -> Arc<Budget> {
         Arc::new(Budget::new(BufferLimits {

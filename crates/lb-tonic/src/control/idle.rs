@@ -3,11 +3,8 @@
 //! them back. RPCs count themselves in and out here with two relaxed atomics and one
 //! clock read; the control task checks the count on a timer.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-use crate::control::Core;
 
 /// RPC activity of one channel.
 #[derive(Debug)]
@@ -34,6 +31,17 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// A call started (the call path counts each one in and out).
+    pub(crate) fn call_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A call ended: it counts as activity.
+    pub(crate) fn call_ended(&self) {
+        self.touch();
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Calls under way.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -49,28 +57,6 @@ impl Activity {
         let last = self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         let due = last + timeout;
         (due > now).then_some(due)
-    }
-}
-
-/// One RPC in flight: counted from the call until its response ends or is dropped.
-pub(crate) struct CallGuard(Arc<Core>);
-
-impl CallGuard {
-    pub(crate) fn start(core: Arc<Core>) -> Self {
-        core.activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self(core)
-    }
-
-    pub(crate) fn core(&self) -> &Arc<Core> {
-        &self.0
-    }
-}
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        let activity = &self.0.activity;
-        activity.touch();
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

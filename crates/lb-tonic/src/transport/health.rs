@@ -13,8 +13,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use std::sync::Arc;
 
-use crate::frames::ConnSignals;
-use crate::watch_stream::{Outbound, StreamEnd, server_stream};
+use super::frames::ConnSignals;
+use super::watch_stream::{Outbound, StreamEnd, server_stream};
 
 /// What the health service said.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,30 +7,48 @@
 //! backoff) or hedging policy (attempts overlapping, the first answer wins). Each
 //! attempt picks again. The call commits to an attempt when its response headers
 //! arrive; after that nothing is retried.
+//!
+//! * `mod.rs`: the call and its attempts (retries, hedging, transparent retries).
+//! * `pick.rs`: the pick, and waiting for the next picker.
+//! * `retry.rs`: gRFC A6's decisions between attempts (codes, backoff, pushback).
+//! * `replay.rs`: request bodies kept so that another attempt can send them again.
+//! * `body.rs`: the response body, bounded by the deadline, and the pick's
+//!   completion callbacks.
+//! * `timeout.rs`: the `grpc-timeout` header; `guard.rs`: the call's place in the
+//!   channel's activity (idleness).
+//!
+//! The call path reads what the control task publishes (`crate::control::Core`) and
+//! sends on the transport; neither of them uses it.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+mod body;
+mod guard;
+mod pick;
+mod replay;
+mod retry;
+mod timeout;
+
+pub use body::ResponseBody;
+pub(crate) use guard::CallGuard;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::uri::Uri;
+use lb_core::error_chain;
 use lb_core::service_config::HedgingPolicy;
-use lb_core::{Address, Callbacks, ConnectivityState, PickInfo, PickResult, ServiceConfig};
+use lb_core::{Address, ServiceConfig};
 use tokio::time::Instant;
 use tonic::body::Body;
 
-use crate::body::{Deadline, DoneGuard, ResponseBody, ThrottleReport};
-use crate::control::{Core, panic_message};
-use crate::frames::ActiveStream;
-use crate::idle::CallGuard;
-use crate::replay::{self, Prefetched};
-use crate::retry::{self, Policy, Pushback, Throttle};
-use crate::stream::{self, Held, NotOpened, Outgoing};
-use crate::subconn::{Connected, Transport};
+use body::{Deadline, DoneGuard, ThrottleReport};
+use pick::{PickError, pick};
+use replay::{Cursor, Prefetched};
+use retry::{Policy, Pushback};
 
-use crate::timeout;
-/// An error and its sources, for messages.
-pub(crate) use lb_core::error_chain;
+use crate::control::Core;
+use crate::throttle::Throttle;
+use crate::transport::{self, ActiveStream, Connected, Held, NotOpened, Outgoing};
 
 /// Request extension: whether this RPC waits for a ready subconn instead of failing
 /// while the channel is in `TRANSIENT_FAILURE`. Overrides the service config's
@@ -230,13 +248,13 @@ struct Request {
 impl Request {
     /// The body for attempt `id`, if it can still be sent (a streaming body whose call
     /// committed to another attempt cannot).
-    fn outgoing(&self, id: u32) -> Option<Outgoing> {
+    fn outgoing(&self, id: u32) -> Option<Outgoing<Cursor>> {
         match &self.body {
             Prefetched::Complete { data, trailers, .. } => Some(Outgoing::Complete {
                 data: data.clone(),
                 trailers: trailers.clone(),
             }),
-            Prefetched::Streaming(recorder) => recorder.cursor(id).map(Outgoing::Recorded),
+            Prefetched::Streaming(recorder) => recorder.cursor(id).map(Outgoing::Piped),
         }
     }
 
@@ -499,7 +517,7 @@ impl Run<'_> {
     async fn numbered(
         &self,
         request: &Request,
-        outgoing: Outgoing,
+        outgoing: Outgoing<Cursor>,
         id: u32,
         number: u32,
     ) -> (u32, u32, Outcome) {
@@ -507,7 +525,12 @@ impl Run<'_> {
     }
 
     /// One attempt: pick a subconn, open a stream, wait for the response head.
-    async fn attempt(&self, request: &Request, outgoing: Outgoing, previous: u32) -> Outcome {
+    async fn attempt(
+        &self,
+        request: &Request,
+        outgoing: Outgoing<Cursor>,
+        previous: u32,
+    ) -> Outcome {
         let core = &self.core;
         let head = &request.head;
         let picked = match pick(core, head.uri.path(), &head.headers, self.wait_for_ready).await {
@@ -536,14 +559,14 @@ impl Run<'_> {
             Ok(h) => h,
             Err(status) => return Outcome::failed(status, Unprocessed::No),
         };
-        let opened = match stream::open(&picked.connected.sender, h2_head, outgoing).await {
+        let opened = match transport::open(&picked.connected.sender, h2_head, outgoing).await {
             Ok(opened) => opened,
             Err(NotOpened { error }) => {
                 // Nothing reached the server. A connection that cannot open a stream
                 // (closing, gone, or out of stream ids) takes no more RPCs.
                 let status = transport_status(&picked.address, &error);
                 report(&mut done, &status);
-                if error.is_go_away() || error.is_io() || stream::is_local(&error) {
+                if error.is_go_away() || error.is_io() || transport::is_local(&error) {
                     picked.connected.drain();
                 }
                 return Outcome::failed(status, Unprocessed::NeverSent);
@@ -602,7 +625,7 @@ impl Run<'_> {
                 if error.is_go_away() || signals.last_goaway().is_some() {
                     picked.connected.drain();
                 }
-                let unprocessed = if stream::unprocessed(&error, opened.stream_id, signals) {
+                let unprocessed = if transport::unprocessed(&error, opened.stream_id, signals) {
                     Unprocessed::Refused
                 } else {
                     Unprocessed::No
@@ -770,125 +793,7 @@ fn h2_request(
 /// The status an RPC fails with when its stream failed.
 fn transport_status(address: &Address, error: &h2::Error) -> tonic::Status {
     tonic::Status::new(
-        stream::status_code(error),
+        transport::status_code(error),
         format!("{address}: {}", error_chain(error)),
     )
-}
-
-struct Picked {
-    connected: Arc<Connected>,
-    address: Address,
-    on_done: Callbacks,
-}
-
-/// Asks the current picker until it names a connected subconn, waiting for new
-/// pickers when it queues (or fails, for wait-for-ready RPCs).
-/// Why a pick ended an attempt.
-struct PickError {
-    status: tonic::Status,
-    /// The picker dropped the RPC (no retry applies).
-    dropped: bool,
-}
-
-impl From<tonic::Status> for PickError {
-    fn from(status: tonic::Status) -> Self {
-        Self {
-            status,
-            dropped: false,
-        }
-    }
-}
-
-async fn pick(
-    core: &Core,
-    method: &str,
-    headers: &http::HeaderMap,
-    wait_for_ready: bool,
-) -> Result<Picked, PickError> {
-    let info = PickInfo::new(method).with_headers(headers);
-    let mut waiter = None;
-    loop {
-        let failed = {
-            let published = core.published.load();
-            // A policy's picker must not take the caller down with it.
-            let result = catch_unwind(AssertUnwindSafe(|| published.picker.pick(&info)));
-            match result {
-                Err(payload) => Some(PickError::from(tonic::Status::internal(format!(
-                    "the picker of load-balancing policy `{}` panicked: {}",
-                    published.policy,
-                    panic_message(payload.as_ref())
-                )))),
-                Ok(PickResult::Pick(pick)) => {
-                    let connected = pick
-                        .subconn
-                        .handle::<Transport>()
-                        .and_then(Transport::connected);
-                    match connected {
-                        Some(connected) => {
-                            return Ok(Picked {
-                                connected,
-                                address: pick.subconn.address().clone(),
-                                on_done: pick.on_done,
-                            });
-                        }
-                        // The picker is a moment behind a connection that just closed:
-                        // the next picker will not name it.
-                        None => {
-                            if let Some(mut done) = DoneGuard::new(pick.on_done, None, None) {
-                                done.finish(
-                                    &lb_core::Status::unavailable(
-                                        "the picked subconn is not connected",
-                                    ),
-                                    None,
-                                );
-                            }
-                            None
-                        }
-                    }
-                }
-                Ok(PickResult::Queue) => {
-                    if waiter.is_none() {
-                        core.stats.metrics.pick_queued();
-                    }
-                    if published.state == ConnectivityState::Idle {
-                        core.request_exit_idle();
-                    }
-                    None
-                }
-                Ok(PickResult::Fail(status)) => {
-                    if wait_for_ready {
-                        if waiter.is_none() {
-                            core.stats.metrics.pick_queued();
-                        }
-                        None
-                    } else {
-                        core.stats.metrics.pick_failed();
-                        Some(PickError::from(to_tonic(&status)))
-                    }
-                }
-                Ok(PickResult::Drop(status)) => {
-                    core.stats.metrics.pick_dropped();
-                    Some(PickError {
-                        status: to_tonic(&status),
-                        dropped: true,
-                    })
-                }
-            }
-        };
-        if let Some(error) = failed {
-            // An RPC that fails at once must not let a caller's retry loop starve the
-            // runtime: count it against the task's cooperative budget.
-            tokio::task::coop::consume_budget().await;
-            return Err(error);
-        }
-        match &mut waiter {
-            // Subscribe, then pick once more: no publication can slip in between.
-            None => waiter = Some(core.picker_version.subscribe()),
-            Some(rx) => {
-                if rx.changed().await.is_err() {
-                    return Err(tonic::Status::cancelled("the channel is closing").into());
-                }
-            }
-        }
-    }
 }

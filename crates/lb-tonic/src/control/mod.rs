@@ -15,6 +15,19 @@
 //! next resolver update, and given the last resolver state. However the task ends,
 //! even by a panic of its own or the runtime shutting down, RPCs waiting on it fail
 //! at once and every subconn is shut down.
+//!
+//! * `mod.rs`: the task, the `ClientConn` it hands the policy, and [`Core`], the
+//!   state it publishes for the call path.
+//! * `timers.rs`: the policy's timers; `idle.rs`: the channel's RPC activity, for
+//!   idleness.
+//!
+//! The control task uses the transport (it creates subconns, which report their
+//! states through `crate::transport::SubConnEvents`); it never uses the call path.
+
+mod idle;
+mod timers;
+
+pub(crate) use idle::Activity;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -34,12 +47,12 @@ use lb_core::{
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::idle::Activity;
+use timers::Timers;
+
+use crate::buffer::{Budget, BufferLimits};
 use crate::introspect::Stats;
-use crate::replay::{Budget, BufferLimits};
-use crate::retry::Throttle;
-use crate::subconn::{TransportOptions, new_transport};
-use crate::timers::Timers;
+use crate::throttle::Throttle;
+use crate::transport::{SubConnEvents, TransportOptions, new_transport};
 
 /// A message to the control task.
 pub(crate) enum Msg {
@@ -192,12 +205,24 @@ impl lb_core::resolver::ClientConn for ResolverSink {
     }
 }
 
+/// What subconn tasks report with: a message to this task, in the one queue that
+/// keeps resolver updates and subconn states in order.
+struct SubConnSink(mpsc::UnboundedSender<Msg>);
+
+impl SubConnEvents for SubConnSink {
+    fn subconn_state(&self, id: SubConnId, state: SubConnState) {
+        let _ = self.0.send(Msg::SubConnState { id, state });
+    }
+}
+
 /// The balancer handle: `lb_core::ClientConn` for the policy (through its graceful
 /// switch).
 pub(crate) struct ChannelCc {
     core: Arc<Core>,
     target: Target,
     transport: Arc<TransportOptions>,
+    /// Where the subconns' tasks report their states (this task's queue).
+    events: Arc<dyn SubConnEvents>,
     subconns: HashMap<SubConnId, SubConn>,
     resolver: Option<Box<dyn Resolver>>,
     /// The policy instance's pending timers.
@@ -220,7 +245,7 @@ impl ClientConn for ChannelCc {
         unstarted.spawn(
             subconn.id(),
             address,
-            self.core.tx.clone(),
+            self.events.clone(),
             self.transport.clone(),
             stats,
         );
@@ -321,6 +346,7 @@ impl Control {
             wanted: name,
             cc: ChannelCc {
                 transport: parts.core.transport.clone(),
+                events: Arc::new(SubConnSink(parts.core.tx.clone())),
                 core: parts.core,
                 target: parts.target,
                 subconns: HashMap::new(),
@@ -434,7 +460,7 @@ impl Control {
                 self.cc
                     .core
                     .stats
-                    .resolver_error(crate::call::error_chain(error.as_ref()));
+                    .resolver_error(lb_core::error_chain(error.as_ref()));
                 self.call(|s, cc| s.resolver_error(error, cc));
             }
             Msg::Resolver(..) | Msg::ResolverError(..) => {} // from a closed resolver

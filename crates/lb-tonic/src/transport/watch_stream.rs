@@ -8,9 +8,8 @@ use http::uri::{Authority, Scheme};
 
 use std::sync::Arc;
 
-use crate::frames::{ActiveStream, ConnSignals};
-use crate::replay::Chunks;
-use crate::stream::{self, Outgoing};
+use super::frames::{ActiveStream, ConnSignals};
+use super::stream::{self, Chunks, NoBody, Outgoing};
 
 /// Where a subconn's own stream goes: its connection, as RPCs address it.
 pub(crate) struct Outbound<'a> {
@@ -68,7 +67,7 @@ pub(crate) async fn server_stream(
             .to_be_bytes(),
     );
     frame.extend_from_slice(request);
-    let body = Outgoing::Complete {
+    let body = Outgoing::<NoBody>::Complete {
         data: Chunks::One(frame.freeze()),
         trailers: None,
     };

@@ -17,14 +17,13 @@ use lb_core::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::connect::{self, Connection, Endpoint};
+use super::frames::ConnSignals;
+use super::health::{self, Health};
+use super::load_reports::{self, LoadWatch, OobEnd};
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::connect::{self, Connection, Endpoint};
-use crate::control::Msg;
 use crate::error::TransportError;
-use crate::frames::ConnSignals;
-use crate::health::{self, Health};
 use crate::introspect::SubConnStats;
-use crate::load_reports::{self, LoadWatch, OobEnd};
 
 /// HTTP/2 keepalive pings, as grpc-go's `keepalive.ClientParameters`.
 ///
@@ -68,7 +67,7 @@ pub(crate) struct TransportOptions {
     /// The service config's `healthCheckConfig.serviceName`, when it has one.
     pub(crate) health_service: ArcSwapOption<String>,
     #[cfg(feature = "tls")]
-    pub(crate) tls: Option<crate::tls::TlsConfig>,
+    pub(crate) tls: Option<super::tls::TlsConfig>,
     /// `Builder::initial_stream_id` (tests only).
     #[cfg(feature = "test-hooks")]
     pub(crate) initial_stream_id: Option<u32>,
@@ -128,6 +127,13 @@ impl TransportOptions {
             "the server answered keepalive pings with GOAWAY too_many_pings; doubling the keepalive interval"
         );
     }
+}
+
+/// Where subconn tasks report their state changes: the control task, which owns the
+/// subconns' balancer. Called from the subconn's task; must not block (enqueue).
+pub(crate) trait SubConnEvents: Send + Sync + 'static {
+    /// Subconn `id` moved to `state`; calls for one subconn come in order.
+    fn subconn_state(&self, id: SubConnId, state: SubConnState);
 }
 
 /// A ready connection: what an RPC needs to send on it.
@@ -240,7 +246,7 @@ impl Unstarted {
         self,
         id: SubConnId,
         address: Address,
-        events: mpsc::UnboundedSender<Msg>,
+        events: Arc<dyn SubConnEvents>,
         options: Arc<TransportOptions>,
         stats: Arc<SubConnStats>,
     ) {
@@ -252,7 +258,7 @@ struct Reporter {
     id: SubConnId,
     addr: Arc<str>,
     tracker: StateTracker,
-    events: mpsc::UnboundedSender<Msg>,
+    events: Arc<dyn SubConnEvents>,
     stats: Arc<SubConnStats>,
     /// The current connection has been `READY` (its health check passed once): its
     /// loss is a lost connection, not a failed attempt, even while a reopened health
@@ -278,12 +284,10 @@ impl Reporter {
         }
         self.stats.state(
             state,
-            error.as_ref().map(|e| crate::call::error_chain(e.as_ref())),
+            error.as_ref().map(|e| lb_core::error_chain(e.as_ref())),
         );
-        let _ = self.events.send(Msg::SubConnState {
-            id: self.id,
-            state: SubConnState { state, error },
-        });
+        self.events
+            .subconn_state(self.id, SubConnState { state, error });
     }
 }
 
@@ -307,7 +311,7 @@ async fn run(
     id: SubConnId,
     address: Address,
     unstarted: Unstarted,
-    events: mpsc::UnboundedSender<Msg>,
+    events: Arc<dyn SubConnEvents>,
     options: Arc<TransportOptions>,
     stats: Arc<SubConnStats>,
 ) {

@@ -12,9 +12,9 @@ use h2::client::{Connection as H2Connection, SendRequest};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::frames::{ConnSignals, Watched};
+use super::subconn::TransportOptions;
 use crate::error::TransportError;
-use crate::frames::{ConnSignals, Watched};
-use crate::subconn::TransportOptions;
 
 /// The byte stream under HTTP/2: TCP or a Unix socket, plain or TLS.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

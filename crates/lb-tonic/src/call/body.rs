@@ -14,9 +14,9 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use lb_core::{Address, Callbacks, Code, DoneInfo, LoadReportListener, Status};
 
-use crate::idle::CallGuard;
+use super::CallGuard;
 use crate::introspect::SubConnStats;
-use crate::stream::Held;
+use crate::transport::Held;
 
 /// The body of a response from an [`crate::LbChannel`]: the response stream's
 /// messages and trailers. Past the call's deadline it ends with `DEADLINE_EXCEEDED`
@@ -36,7 +36,7 @@ pub struct ResponseBody {
 /// What the channel's retry throttle learns from a call's final status: a success
 /// refills it, a failure with one of the method's retryable codes drains it.
 pub(crate) struct ThrottleReport {
-    pub(crate) throttle: Arc<crate::retry::Throttle>,
+    pub(crate) throttle: Arc<crate::throttle::Throttle>,
     /// Retryable (or non-fatal) codes, bit `c` for code `c`.
     pub(crate) failures: u32,
 }
@@ -113,14 +113,14 @@ impl ResponseBody {
         if let Some(done) = &mut self.done {
             done.finish(status, None);
         }
-        crate::call::to_tonic(status)
+        super::to_tonic(status)
     }
 
     fn stream_error(&mut self, error: &h2::Error) -> tonic::Status {
-        let code = crate::stream::status_code(error);
+        let code = crate::transport::status_code(error);
         let status = Status::new(
             lb_core::Code::from_i32(code as i32).unwrap_or(Code::Unknown),
-            format!("{}: {}", self.addr, crate::call::error_chain(error)),
+            format!("{}: {}", self.addr, lb_core::error_chain(error)),
         );
         self.fail(&status)
     }
@@ -291,7 +291,7 @@ impl DoneGuard {
         if on_done.is_empty() && self.per_call.is_none() {
             return;
         }
-        let report = crate::load_reports::from_trailers(trailers);
+        let report = crate::transport::from_trailers(trailers);
         // A policy's code must not take the RPC down with it.
         let called = catch_unwind(AssertUnwindSafe(|| {
             if let (Some(listener), Some(report)) = (self.per_call.take(), &report) {

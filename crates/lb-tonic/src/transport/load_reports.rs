@@ -53,8 +53,8 @@ impl LoadWatch {
     }
 }
 
-use crate::frames::ConnSignals;
-use crate::watch_stream::{Outbound, StreamEnd, server_stream};
+use super::frames::ConnSignals;
+use super::watch_stream::{Outbound, StreamEnd, server_stream};
 
 /// The load report in a response's trailers, if the server sent a valid one. A
 /// malformed one is logged (at most once a minute) and ignored.

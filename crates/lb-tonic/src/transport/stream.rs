@@ -7,6 +7,7 @@
 //! the stream, when the call is cancelled, ends by its deadline, commits to another
 //! attempt, or is reset by the server.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,18 +16,93 @@ use h2::{Reason, SendStream};
 use http::HeaderMap;
 use tokio::sync::oneshot;
 
-use crate::frames::ActiveStream;
-use crate::replay::{Chunk, Chunks, Cursor};
+use super::frames::ActiveStream;
+
+/// One frame of a request body.
+#[derive(Clone, Debug)]
+pub(crate) enum Chunk {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+/// A body's data: nearly always one chunk (a unary message), kept without a vector.
+#[derive(Clone, Default)]
+pub(crate) enum Chunks {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(VecDeque<Bytes>),
+}
+
+impl Chunks {
+    pub(crate) fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::take(self) {
+            Chunks::Empty => Chunks::One(chunk),
+            Chunks::One(first) => Chunks::Many(VecDeque::from([first, chunk])),
+            Chunks::Many(mut all) => {
+                all.push_back(chunk);
+                Chunks::Many(all)
+            }
+        };
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Bytes> {
+        match self {
+            Chunks::Empty => None,
+            Chunks::One(_) => match std::mem::take(self) {
+                Chunks::One(chunk) => Some(chunk),
+                _ => None,
+            },
+            Chunks::Many(all) => all.pop_front(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            Chunks::Empty => true,
+            Chunks::One(_) => false,
+            Chunks::Many(all) => all.is_empty(),
+        }
+    }
+
+    /// The data as frames, in order.
+    pub(crate) fn into_frames(mut self) -> VecDeque<Chunk> {
+        let mut out = VecDeque::new();
+        while let Some(c) = self.pop() {
+            out.push_back(Chunk::Data(c));
+        }
+        out
+    }
+}
+
+/// A request body still being produced, as one attempt reads it (the call path's
+/// replay cursor): the transport owns this trait so that it never imports its
+/// caller.
+pub(crate) trait BodySource: Send + 'static {
+    /// The next frame; `None` at the end of the body.
+    fn next_chunk(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<Result<Chunk, tonic::Status>>> + Send;
+}
+
+/// No streaming body: for streams whose request is always whole.
+pub(crate) enum NoBody {}
+
+impl BodySource for NoBody {
+    async fn next_chunk(&mut self) -> Option<Result<Chunk, tonic::Status>> {
+        match *self {}
+    }
+}
 
 /// A request body as it is sent.
-pub(crate) enum Outgoing {
+pub(crate) enum Outgoing<B> {
     /// The whole body, in memory.
     Complete {
         data: Chunks,
         trailers: Option<HeaderMap>,
     },
-    /// A body still being produced: sent as it comes, through this attempt's cursor.
-    Recorded(Cursor),
+    /// A body still being produced: sent as it comes.
+    Piped(B),
 }
 
 /// A stream that was opened: the response to wait for, and the handle that resets it.
@@ -82,10 +158,10 @@ const CONNECTION_HEADERS: [&str; 5] = [
 
 /// Opens a stream for `head` (whose URI carries scheme and authority) and starts
 /// sending `body`.
-pub(crate) async fn open(
+pub(crate) async fn open<B: BodySource>(
     sender: &SendRequest<Bytes>,
     mut head: http::Request<()>,
-    body: Outgoing,
+    body: Outgoing<B>,
 ) -> Result<Opened, NotOpened> {
     let sender = match sender.clone().ready().await {
         Ok(sender) => sender,
@@ -125,9 +201,9 @@ pub(crate) async fn open(
             }
             StreamHandle::Inline(send)
         }
-        Outgoing::Recorded(cursor) => {
+        Outgoing::Piped(source) => {
             let (cancel, cancelled) = oneshot::channel();
-            tokio::spawn(pipe(cursor, send, cancelled));
+            tokio::spawn(pipe(source, send, cancelled));
             StreamHandle::Piped(Some(cancel))
         }
     };
@@ -142,7 +218,7 @@ pub(crate) async fn open(
 /// cancelled (dropped, past its deadline, committed to another attempt) or the server
 /// resets the stream.
 async fn pipe(
-    mut cursor: Cursor,
+    mut source: impl BodySource,
     mut send: SendStream<Bytes>,
     mut cancelled: oneshot::Receiver<()>,
 ) {
@@ -151,7 +227,7 @@ async fn pipe(
             biased;
             _ = &mut cancelled => return send.send_reset(Reason::CANCEL),
             _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return, // the server is done
-            chunk = cursor.next() => chunk,
+            chunk = source.next_chunk() => chunk,
         };
         match chunk {
             None => {
@@ -242,7 +318,7 @@ pub(crate) fn is_local(error: &h2::Error) -> bool {
 pub(crate) fn unprocessed(
     error: &h2::Error,
     id: u32,
-    signals: &Arc<crate::frames::ConnSignals>,
+    signals: &Arc<super::frames::ConnSignals>,
 ) -> bool {
     (error.is_reset() && error.reason() == Some(Reason::REFUSED_STREAM)) || signals.unprocessed(id)
 }
