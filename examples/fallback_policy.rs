@@ -20,7 +20,7 @@ use lb_core::{
 #[derive(Debug, PartialEq)]
 struct Fallback;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Group {
     Primary,
     Fallback,

@@ -25,6 +25,7 @@
 //! [`GracefulSwitch`] and wraps its picker; see `lb_policies::outlier_detection`.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -536,29 +537,83 @@ pub struct ChildUpdate<K> {
     pub state: ClientConnState,
 }
 
-/// Children keyed by identity, each behind a [`GracefulSwitch`]: a parent that
-/// splits its addresses (per locality, per endpoint, per priority) hands each share
-/// to a child of any policy.
+/// How long a [`ChildManager`] keeps a removed (or stopped) child, with its
+/// connections, before it closes it: grpc-go's balancer group keeps them 15 minutes,
+/// so that a key that leaves and comes back does not reconnect.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
+
+/// The hop of a [`ChildManager`]'s own timers (its retention timers), which no
+/// child's id reaches.
+const RETENTION_HOP: u64 = u64::MAX;
+
+/// One child of a [`ChildManager`].
+struct Slot {
+    /// The hop its timers carry; never reused.
+    id: u64,
+    policy: ChildPolicy,
+    /// The latest state it was given (what it gets when started).
+    state: ClientConnState,
+    /// Its balancer, once started.
+    switch: Option<GracefulSwitch>,
+    /// Stopped or removed, kept until this timer fires (or it is started again).
+    retained: Option<TimerHandle>,
+    /// Whether the parent still lists it (a removed child lives only until its
+    /// retention ends).
+    wanted: bool,
+    /// It published since the parent last looked.
+    published: bool,
+}
+
+impl Slot {
+    /// Started, and not stopped.
+    fn active(&self) -> bool {
+        self.switch.is_some() && self.retained.is_none()
+    }
+}
+
+/// Children keyed by identity (a priority, a locality, a cluster, an endpoint),
+/// each behind a [`GracefulSwitch`]: what a parent policy is built on, as grpc-go's
+/// balancer group.
+///
+/// * A child is added with its policy and its share of the resolver state
+///   ([`ChildManager::set`]), and built and given that state when started
+///   ([`ChildManager::start`]); [`ChildManager::update`] does both for a whole set.
+/// * A child that is stopped ([`ChildManager::stop`]) or removed
+///   ([`ChildManager::remove`]) keeps its balancer and connections for the
+///   retention period ([`DEFAULT_RETENTION`], 15 minutes, as grpc-go), and comes back
+///   as it was when started (or added) again within it; then it is closed.
+/// * Subconn states, timers, resolver errors and exit-idle requests reach the right
+///   child in O(1); [`ChildManager::take_published_keys`] says which children
+///   published since the last look.
+///
+/// Iteration order over children is unspecified: a parent that ranks its children
+/// (priorities) keeps its own order.
 pub struct ChildManager<K> {
     options: BuildOptions,
-    /// Each child with its slot: the hop its timers carry, never reused.
-    children: Vec<(K, GracefulSwitch, u64)>,
-    next_index: u64,
+    children: HashMap<K, Slot>,
+    /// Child id → key, for timers.
+    keys: HashMap<u64, K>,
+    /// Subconn → the id of the child that created it.
+    owners: HashMap<SubConnId, u64>,
+    next_id: u64,
+    retention: Duration,
     published: bool,
 }
 
 impl<K: std::fmt::Debug> std::fmt::Debug for ChildManager<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.children.iter().map(|(k, c, _)| (k, c)))
+            .entries(self.children.iter().map(|(k, s)| (k, &s.switch)))
             .finish()
     }
 }
 
-/// A [`ClientConn`] that adds a manager's child's slot to its timers' route.
+/// The [`ClientConn`] a manager's child is given: the parent's, recording the
+/// subconns the child creates and adding its hop to its timers.
 struct SlotCc<'a> {
     parent: &'a mut dyn ClientConn,
-    slot: u64,
+    id: u64,
+    owners: &'a mut HashMap<SubConnId, u64>,
 }
 
 impl ClientConn for SlotCc<'_> {
@@ -567,7 +622,9 @@ impl ClientConn for SlotCc<'_> {
         address: Address,
         options: SubConnOptions,
     ) -> Result<SubConn, Error> {
-        self.parent.new_subconn_with(address, options)
+        let subconn = self.parent.new_subconn_with(address, options)?;
+        self.owners.insert(subconn.id(), self.id);
+        Ok(subconn)
     }
 
     fn update_state(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
@@ -583,69 +640,216 @@ impl ClientConn for SlotCc<'_> {
     }
 
     fn schedule(&mut self, after: Duration, timer: TimerId) -> TimerHandle {
-        self.parent.schedule(after, timer.via(self.slot))
+        self.parent.schedule(after, timer.via(self.id))
     }
 }
 
-impl<K: PartialEq + Clone> ChildManager<K> {
-    /// No children yet; they are built from `options.registry`.
+impl<K: Eq + Hash + Clone> ChildManager<K> {
+    /// No children yet; they are built from `options.registry`, and kept
+    /// [`DEFAULT_RETENTION`] after they are removed.
     pub fn new(options: BuildOptions) -> Self {
         Self {
             options,
-            children: Vec::new(),
-            next_index: 0,
+            children: HashMap::new(),
+            keys: HashMap::new(),
+            owners: HashMap::new(),
+            next_id: 0,
+            retention: DEFAULT_RETENTION,
             published: false,
         }
     }
 
-    /// Makes the children exactly `updates`: existing keys get their new state (and
-    /// switch policy gracefully if it changed), new keys are built, missing keys are
-    /// closed. Returns the first error a child returned (every child is updated).
+    /// This manager with removed children kept `retention` (zero: closed at once).
+    #[must_use]
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Calls `f` on child `key`'s balancer (if it has one) with its wrapped
+    /// `ClientConn`, and notes whether it published.
+    fn with_child<R>(
+        &mut self,
+        key: &K,
+        cc: &mut dyn ClientConn,
+        f: impl FnOnce(&mut GracefulSwitch, &mut dyn ClientConn) -> R,
+    ) -> Option<R> {
+        let slot = self.children.get_mut(key)?;
+        let switch = slot.switch.as_mut()?;
+        let mut slot_cc = SlotCc {
+            parent: cc,
+            id: slot.id,
+            owners: &mut self.owners,
+        };
+        let result = f(switch, &mut slot_cc);
+        if switch.take_published() {
+            slot.published = true;
+            self.published = true;
+        }
+        Some(result)
+    }
+
+    /// Adds child `key` with `policy` and `state`, or gives an existing one its new
+    /// policy (a graceful switch) and state. A started child gets them at once; any
+    /// other keeps them for when it starts. Returns the error the child returned.
+    pub fn set(
+        &mut self,
+        key: K,
+        policy: ChildPolicy,
+        state: ClientConnState,
+        cc: &mut dyn ClientConn,
+    ) -> Result<(), Error> {
+        let slot = match self.children.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.keys.insert(id, key.clone());
+                e.insert(Slot {
+                    id,
+                    policy: policy.clone(),
+                    state: state.clone(),
+                    switch: None,
+                    retained: None,
+                    wanted: true,
+                    published: false,
+                })
+            }
+        };
+        slot.wanted = true;
+        slot.policy = policy;
+        slot.state = state;
+        if self.children.get(&key).is_some_and(Slot::active) {
+            self.deliver(&key, cc)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Gives child `key` its policy and latest state.
+    fn deliver(&mut self, key: &K, cc: &mut dyn ClientConn) -> Result<(), Error> {
+        let Some(slot) = self.children.get(key) else {
+            return Ok(());
+        };
+        let (policy, state) = (slot.policy.clone(), slot.state.clone());
+        self.with_child(key, cc, |switch, cc| {
+            switch.switch_to(&policy.name, cc)?;
+            switch.update_client_conn_state(state.with_config(policy.config), cc)
+        })
+        .unwrap_or(Ok(()))
+    }
+
+    /// Starts child `key`: builds its balancer and gives it its latest state, or, if
+    /// it is stopped and still kept, brings it back as it was (its connections with
+    /// it) with its latest state. Does nothing to a started child or an unknown key.
+    pub fn start(&mut self, key: &K, cc: &mut dyn ClientConn) -> Result<(), Error> {
+        let Some(slot) = self.children.get_mut(key) else {
+            return Ok(());
+        };
+        if slot.active() {
+            return Ok(());
+        }
+        if let Some(timer) = slot.retained.take() {
+            timer.cancel();
+        }
+        if slot.switch.is_none() {
+            slot.switch = Some(GracefulSwitch::new(self.options.clone()));
+        }
+        // Back or new, its picker is the parent's to read again.
+        slot.published = true;
+        self.published = true;
+        self.deliver(key, cc)
+    }
+
+    /// Whether child `key` is started (and not stopped).
+    pub fn is_started(&self, key: &K) -> bool {
+        self.children.get(key).is_some_and(Slot::active)
+    }
+
+    /// Stops child `key` but keeps it (its config, balancer and connections) for the
+    /// retention period, so that starting it again within it costs nothing; after
+    /// it, the balancer is closed (the config stays until the key is removed).
+    pub fn stop(&mut self, key: &K, cc: &mut dyn ClientConn) {
+        self.retain(key, true, cc);
+    }
+
+    /// Removes child `key`: it stops, is kept for the retention period (set and
+    /// start it again within it and it comes back as it was), then closed and
+    /// forgotten.
+    pub fn remove(&mut self, key: &K, cc: &mut dyn ClientConn) {
+        self.retain(key, false, cc);
+    }
+
+    fn retain(&mut self, key: &K, wanted: bool, cc: &mut dyn ClientConn) {
+        let Some(slot) = self.children.get_mut(key) else {
+            return;
+        };
+        slot.wanted = wanted;
+        if !slot.active() {
+            if !wanted && slot.switch.is_none() {
+                self.forget(key);
+            }
+            return;
+        }
+        self.published = true;
+        if self.retention.is_zero() {
+            self.close_child(key, cc);
+            return;
+        }
+        let timer = TimerId::new(slot.id).via(RETENTION_HOP);
+        slot.retained = Some(cc.schedule(self.retention, timer));
+    }
+
+    /// Closes child `key` at once (its subconns shut down) and forgets it.
+    pub fn close_child(&mut self, key: &K, cc: &mut dyn ClientConn) {
+        let Some(mut slot) = self.children.remove(key) else {
+            return;
+        };
+        self.keys.remove(&slot.id);
+        if let Some(timer) = slot.retained.take() {
+            timer.cancel();
+        }
+        if let Some(mut switch) = slot.switch.take() {
+            switch.close(&mut SlotCc {
+                parent: cc,
+                id: slot.id,
+                owners: &mut self.owners,
+            });
+        }
+        self.published = true;
+    }
+
+    fn forget(&mut self, key: &K) {
+        if let Some(slot) = self.children.remove(key) {
+            self.keys.remove(&slot.id);
+        }
+    }
+
+    /// Makes the started children exactly `updates`: each is set and started;
+    /// children not named are removed (kept for the retention period). Returns the
+    /// first error a child returned (every child is updated).
     pub fn update(
         &mut self,
         updates: Vec<ChildUpdate<K>>,
         cc: &mut dyn ClientConn,
     ) -> Result<(), Error> {
-        let mut first_error = None;
-        // Close the children no longer wanted.
-        let mut kept = Vec::with_capacity(self.children.len());
-        for (key, mut switch, slot) in self.children.drain(..) {
-            if updates.iter().any(|u| u.key == key) {
-                kept.push((key, switch, slot));
-            } else {
-                switch.close(&mut SlotCc { parent: cc, slot });
-                self.published = true;
-            }
+        let named: std::collections::HashSet<&K> = updates.iter().map(|u| &u.key).collect();
+        let gone: Vec<K> = self
+            .children
+            .iter()
+            .filter(|(k, s)| s.wanted && !named.contains(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            self.remove(&key, cc);
         }
-        self.children = kept;
+        let mut first_error = None;
         for update in updates {
-            let position = self.children.iter().position(|(k, _, _)| *k == update.key);
-            let position = match position {
-                Some(p) => p,
-                None => {
-                    let slot = self.next_index;
-                    self.next_index += 1;
-                    self.children.push((
-                        update.key.clone(),
-                        GracefulSwitch::new(self.options.clone()),
-                        slot,
-                    ));
-                    self.children.len() - 1
-                }
-            };
-            let (_, switch, slot) = &mut self.children[position];
-            let mut slot_cc = SlotCc {
-                parent: cc,
-                slot: *slot,
-            };
-            let result = switch
-                .switch_to(&update.policy.name, &mut slot_cc)
-                .and_then(|()| {
-                    let state = update.state.with_config(update.policy.config);
-                    switch.update_client_conn_state(state, &mut slot_cc)
-                });
-            if switch.take_published() {
-                self.published = true;
+            let key = update.key;
+            let started = self.is_started(&key);
+            let mut result = self.set(key.clone(), update.policy, update.state, cc);
+            if !started {
+                result = self.start(&key, cc);
             }
             if let Err(e) = result {
                 first_error.get_or_insert(e);
@@ -654,103 +858,158 @@ impl<K: PartialEq + Clone> ChildManager<K> {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn each(
-        &mut self,
-        cc: &mut dyn ClientConn,
-        mut f: impl FnMut(&mut GracefulSwitch, &mut dyn ClientConn),
-    ) {
-        for (_, switch, slot) in &mut self.children {
-            f(
-                switch,
-                &mut SlotCc {
-                    parent: cc,
-                    slot: *slot,
-                },
-            );
-            if switch.take_published() {
-                self.published = true;
-            }
-        }
-    }
-
-    /// Routes a subconn's state to the child that owns it. Returns whether one did.
+    /// Routes a subconn's state to the child that created it (stopped children
+    /// included: they keep following their subconns). Returns whether one did.
     pub fn update_subconn_state(
         &mut self,
         subconn: &SubConn,
         state: &SubConnState,
         cc: &mut dyn ClientConn,
     ) -> bool {
-        let Some((_, switch, slot)) = self.children.iter_mut().find(|(_, s, _)| s.owns(subconn))
-        else {
+        let Some(&id) = self.owners.get(&subconn.id()) else {
             return false;
         };
-        switch.update_subconn_state(
-            subconn,
-            state,
-            &mut SlotCc {
-                parent: cc,
-                slot: *slot,
-            },
-        );
-        if switch.take_published() {
-            self.published = true;
+        if state.state == ConnectivityState::Shutdown {
+            self.owners.remove(&subconn.id());
         }
-        true
-    }
-
-    /// Tells every child about a resolver error.
-    pub fn resolver_error(&mut self, error: &SharedError, cc: &mut dyn ClientConn) {
-        self.each(cc, |s, cc| s.resolver_error(error.clone(), cc));
-    }
-
-    /// Asks every child to leave idle.
-    pub fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
-        self.each(cc, |s, cc| s.exit_idle(cc));
-    }
-
-    /// Routes a timer to the child that set it (timers of removed children, and
-    /// timers that name no child, are dropped).
-    pub fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
-        let Some((slot, inner)) = timer.into_child() else {
-            return;
+        let Some(key) = self.keys.get(&id).cloned() else {
+            return false;
         };
-        if let Some((_, switch, slot)) = self.children.iter_mut().find(|(_, _, s)| *s == slot) {
-            switch.timer(
-                inner,
-                &mut SlotCc {
-                    parent: cc,
-                    slot: *slot,
-                },
-            );
-            if switch.take_published() {
-                self.published = true;
-            }
-        }
+        self.with_child(&key, cc, |s, cc| s.update_subconn_state(subconn, state, cc))
+            .is_some()
     }
 
-    /// Closes every child.
-    pub fn close(&mut self, cc: &mut dyn ClientConn) {
-        for (_, mut switch, slot) in self.children.drain(..) {
-            switch.close(&mut SlotCc { parent: cc, slot });
-        }
-    }
-
-    /// The children: key, state, picker.
-    pub fn children(&self) -> impl Iterator<Item = (&K, ConnectivityState, Arc<dyn Picker>)> {
+    /// The started children's keys.
+    fn active_keys(&self) -> Vec<K> {
         self.children
             .iter()
-            .map(|(k, s, _)| (k, s.state(), s.picker()))
+            .filter(|(_, s)| s.active())
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
-    /// The group's state ([`aggregate`]).
+    /// Tells every started child about a resolver error.
+    pub fn resolver_error(&mut self, error: &SharedError, cc: &mut dyn ClientConn) {
+        for key in self.active_keys() {
+            self.resolver_error_child(&key, error, cc);
+        }
+    }
+
+    /// Tells child `key` (if started) about a resolver error.
+    pub fn resolver_error_child(&mut self, key: &K, error: &SharedError, cc: &mut dyn ClientConn) {
+        if self.is_started(key) {
+            self.with_child(key, cc, |s, cc| s.resolver_error(error.clone(), cc));
+        }
+    }
+
+    /// Asks every started child to leave idle.
+    pub fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
+        for key in self.active_keys() {
+            self.exit_idle_child(&key, cc);
+        }
+    }
+
+    /// Asks child `key` (if started) to leave idle.
+    pub fn exit_idle_child(&mut self, key: &K, cc: &mut dyn ClientConn) {
+        if self.is_started(key) {
+            self.with_child(key, cc, |s, cc| s.exit_idle(cc));
+        }
+    }
+
+    /// Routes a timer to the child that set it, or ends a retention. Timers of
+    /// closed children, and timers that name no child, are dropped.
+    pub fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
+        let Some((hop, inner)) = timer.into_child() else {
+            return;
+        };
+        if hop == RETENTION_HOP {
+            if let Some(id) = inner.own_id() {
+                self.retention_ended(id, cc);
+            }
+            return;
+        }
+        if let Some(key) = self.keys.get(&hop).cloned() {
+            self.with_child(&key, cc, |s, cc| s.timer(inner, cc));
+        }
+    }
+
+    fn retention_ended(&mut self, id: u64, cc: &mut dyn ClientConn) {
+        let Some(key) = self.keys.get(&id).cloned() else {
+            return;
+        };
+        let Some(slot) = self.children.get_mut(&key) else {
+            return;
+        };
+        if slot.retained.is_none() {
+            return; // started again meanwhile
+        }
+        slot.retained = None;
+        let wanted = slot.wanted;
+        if let Some(mut switch) = slot.switch.take() {
+            switch.close(&mut SlotCc {
+                parent: cc,
+                id,
+                owners: &mut self.owners,
+            });
+        }
+        if !wanted {
+            self.forget(&key);
+        }
+    }
+
+    /// Closes every child, kept ones included.
+    pub fn close(&mut self, cc: &mut dyn ClientConn) {
+        let keys: Vec<K> = self.children.keys().cloned().collect();
+        for key in keys {
+            self.close_child(&key, cc);
+        }
+    }
+
+    /// The started children: key, state, picker.
+    pub fn children(&self) -> impl Iterator<Item = (&K, ConnectivityState, Arc<dyn Picker>)> {
+        self.children.iter().filter(|(_, s)| s.active()).filter_map(|(k, s)| {
+            s.switch.as_ref().map(|sw| (k, sw.state(), sw.picker()))
+        })
+    }
+
+    /// Child `key`'s state and picker, if it is started.
+    pub fn child(&self, key: &K) -> Option<(ConnectivityState, Arc<dyn Picker>)> {
+        let slot = self.children.get(key).filter(|s| s.active())?;
+        slot.switch.as_ref().map(|sw| (sw.state(), sw.picker()))
+    }
+
+    /// How many children are started (and not stopped).
+    pub fn len(&self) -> usize {
+        self.children.values().filter(|s| s.active()).count()
+    }
+
+    /// Whether no child is started.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The group's state ([`aggregate`]) over the started children.
     pub fn aggregate(&self) -> ConnectivityState {
-        aggregate(self.children.iter().map(|(_, s, _)| s.state()))
+        aggregate(self.children().map(|(_, s, _)| s))
     }
 
-    /// Whether any child published since the last call: the parent should build
-    /// and publish its picker.
+    /// Whether any child published (or was started, stopped or removed) since the
+    /// last call: the parent should build and publish its picker.
     pub fn take_published(&mut self) -> bool {
+        for slot in self.children.values_mut() {
+            slot.published = false;
+        }
         std::mem::take(&mut self.published)
+    }
+
+    /// The children that published since the last look (this call or
+    /// [`ChildManager::take_published`]), and clears the marks.
+    pub fn take_published_keys(&mut self) -> Vec<K> {
+        self.published = false;
+        self.children
+            .iter_mut()
+            .filter_map(|(k, s)| std::mem::take(&mut s.published).then(|| k.clone()))
+            .collect()
     }
 }
 

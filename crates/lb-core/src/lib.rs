@@ -61,7 +61,9 @@ mod target;
 pub mod balancer;
 pub mod base;
 pub mod child;
+pub mod hierarchy;
 pub mod resolver;
+pub mod routing;
 pub mod service_config;
 #[cfg(feature = "test-util")]
 pub mod test_util;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{LoadReport, Status, SubConn};
+use crate::{AttributeValue, Attributes, LoadReport, Status, SubConn};
 
 /// Chooses a subconn for each RPC. Published by a balancer with
 /// [`crate::ClientConn::update_state`] and used by the channel until the next one.
@@ -28,6 +28,9 @@ pub struct PickInfo<'a> {
     pub method: &'a str,
     /// The request headers (gRPC metadata), when the channel has them.
     pub headers: Option<&'a http::HeaderMap>,
+    /// The attributes the resolver's config selector gave the RPC
+    /// ([`crate::routing::ConfigSelector`]), if any.
+    pub attributes: Option<&'a Attributes>,
 }
 
 impl<'a> PickInfo<'a> {
@@ -36,6 +39,7 @@ impl<'a> PickInfo<'a> {
         Self {
             method,
             headers: None,
+            attributes: None,
         }
     }
 
@@ -43,6 +47,18 @@ impl<'a> PickInfo<'a> {
     pub fn with_headers(mut self, headers: &'a http::HeaderMap) -> Self {
         self.headers = Some(headers);
         self
+    }
+
+    /// This info with the RPC's attributes (from a config selector).
+    pub fn with_attributes(mut self, attributes: &'a Attributes) -> Self {
+        self.attributes = Some(attributes);
+        self
+    }
+
+    /// The RPC's attribute of type `T`, if its config selector set one (the
+    /// cluster an xDS route chose, a [`crate::routing::RequestHash`]).
+    pub fn attribute<T: AttributeValue>(&self) -> Option<&'a T> {
+        self.attributes.and_then(Attributes::get::<T>)
     }
 }
 

@@ -79,13 +79,15 @@ impl SplitBalancer {
         if !self.children.take_published() {
             return;
         }
-        let children: Vec<_> = self.children.children().collect();
-        let chosen = children
-            .iter()
-            .find(|(_, s, _)| *s == Ready)
-            .or(children.first());
-        if let Some((_, _, picker)) = chosen {
-            cc.update_state(self.children.aggregate(), picker.clone());
+        let one = self.children.child(&"one");
+        let two = self.children.child(&"two");
+        let chosen = match (one, two) {
+            (Some(one), _) if one.0 == Ready => Some(one),
+            (one, Some(two)) if two.0 == Ready => Some(two),
+            (one, two) => one.or(two),
+        };
+        if let Some((_, picker)) = chosen {
+            cc.update_state(self.children.aggregate(), picker);
         }
     }
 }
@@ -202,12 +204,37 @@ fn children_get_their_share_of_addresses_and_their_subconns_states() {
         "child one is back"
     );
 
-    // A child that disappears takes its subconns with it.
-    h.update_with_config(
-        vec![lb_core::Address::new("10.0.0.1:1")],
-        r#"{"child": [{"first": {}}]}"#,
-    )
-    .unwrap();
+    // A child that disappears is kept, with its connections, for the retention
+    // period (grpc-go's balancer group keeps removed children 15 minutes)...
+    let one = || vec![lb_core::Address::new("10.0.0.1:1")];
+    let all = || {
+        ["10.0.0.1:1", "10.0.0.2:2", "10.0.0.3:2"]
+            .map(lb_core::Address::new)
+            .to_vec()
+    };
+    let config = r#"{"child": [{"first": {}}]}"#;
+    h.update_with_config(one(), config).unwrap();
+    let events = h.take_events();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Shutdown(_))),
+        "{events:?}"
+    );
+    assert_eq!(h.pick(), Outcome::Picked("10.0.0.1:1".into()));
+    // ...and a key that comes back within it makes no new connection.
+    h.update_with_config(all(), config).unwrap();
+    let events = h.take_events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::NewSubConn(_) | Event::Shutdown(_))),
+        "{events:?}"
+    );
+    assert_eq!(h.live_subconns().len(), 3);
+
+    // When the retention ends, a child still gone takes its subconns with it.
+    h.update_with_config(one(), config).unwrap();
+    h.take_events();
+    h.fire_timers();
     let events = h.take_events();
     assert!(
         events.contains(&Event::Shutdown("10.0.0.2:2".into())),
@@ -218,6 +245,13 @@ fn children_get_their_share_of_addresses_and_their_subconns_states() {
         "{events:?}"
     );
     assert_eq!(h.live_subconns().len(), 1);
+    // Back after that: a new child, new connections.
+    h.update_with_config(all(), config).unwrap();
+    let events = h.take_events();
+    assert!(
+        events.contains(&Event::NewSubConn("10.0.0.2:2".into())),
+        "{events:?}"
+    );
 }
 
 #[test]

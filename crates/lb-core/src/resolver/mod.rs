@@ -6,6 +6,7 @@ pub use registry::ResolverRegistry;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::routing::ConfigSelector;
 use crate::{Address, Attributes, SharedError, Target};
 
 /// The error type a [`ResolverBuilder`] returns when it cannot build a resolver.
@@ -86,6 +87,9 @@ pub struct ResolverState {
     /// service config (gRFC A21), keeping the previous one. Wins over
     /// `service_config`.
     pub service_config_error: Option<SharedError>,
+    /// A per-RPC config selector (gRFC A31): which method config applies to each
+    /// RPC and what its picks see. Used with the state's service config.
+    pub config_selector: Option<Arc<dyn ConfigSelector>>,
     /// Attributes for the whole state, passed through to the balancer.
     pub attributes: Attributes,
 }
@@ -97,6 +101,11 @@ impl PartialEq for ResolverState {
             && self.service_config == other.service_config
             && self.service_config_error.as_ref().map(ToString::to_string)
                 == other.service_config_error.as_ref().map(ToString::to_string)
+            && match (&self.config_selector, &other.config_selector) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
             && self.attributes == other.attributes
     }
 }
@@ -124,6 +133,13 @@ impl ResolverState {
         self
     }
 
+    /// This state with a per-RPC config selector.
+    #[must_use]
+    pub fn with_config_selector(mut self, selector: Arc<dyn ConfigSelector>) -> Self {
+        self.config_selector = Some(selector);
+        self
+    }
+
     /// This state with attributes.
     #[must_use]
     pub fn with_attributes(mut self, attributes: Attributes) -> Self {
@@ -141,6 +157,7 @@ impl fmt::Debug for ResolverState {
                 "service_config_error",
                 &self.service_config_error.as_ref().map(ToString::to_string),
             )
+            .field("config_selector", &self.config_selector.is_some())
             .field("attributes", &self.attributes)
             .finish()
     }
