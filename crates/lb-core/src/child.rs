@@ -129,6 +129,19 @@ pub fn aggregate(states: impl IntoIterator<Item = ConnectivityState>) -> Connect
     }
 }
 
+/// The state a group member counts as in [`aggregate`], given what it counted as
+/// before and what it reports now, as grpc-go's aggregators count it: a member that
+/// goes from `TRANSIENT_FAILURE` to `CONNECTING` (retrying) still counts as failing,
+/// so that a group whose members all keep retrying does not look `CONNECTING` for
+/// ever.
+pub fn counted_state(before: ConnectivityState, now: ConnectivityState) -> ConnectivityState {
+    if before == ConnectivityState::TransientFailure && now == ConnectivityState::Connecting {
+        before
+    } else {
+        now
+    }
+}
+
 /// What a child published and owns.
 struct ChildState {
     state: ConnectivityState,
@@ -562,6 +575,8 @@ struct Slot {
     wanted: bool,
     /// It published since the parent last looked.
     published: bool,
+    /// Its `resolve_now` calls are dropped.
+    ignore_resolve_now: bool,
 }
 
 impl Slot {
@@ -614,6 +629,7 @@ struct SlotCc<'a> {
     parent: &'a mut dyn ClientConn,
     id: u64,
     owners: &'a mut HashMap<SubConnId, u64>,
+    ignore_resolve_now: bool,
 }
 
 impl ClientConn for SlotCc<'_> {
@@ -632,7 +648,9 @@ impl ClientConn for SlotCc<'_> {
     }
 
     fn resolve_now(&mut self) {
-        self.parent.resolve_now();
+        if !self.ignore_resolve_now {
+            self.parent.resolve_now();
+        }
     }
 
     fn target(&self) -> &Target {
@@ -680,6 +698,7 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
             parent: cc,
             id: slot.id,
             owners: &mut self.owners,
+            ignore_resolve_now: slot.ignore_resolve_now,
         };
         let result = f(switch, &mut slot_cc);
         if switch.take_published() {
@@ -713,6 +732,7 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
                     retained: None,
                     wanted: true,
                     published: false,
+                    ignore_resolve_now: false,
                 })
             }
         };
@@ -759,6 +779,14 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
         slot.published = true;
         self.published = true;
         self.deliver(key, cc)
+    }
+
+    /// Drops (or, `false`, passes on again) child `key`'s requests to re-resolve
+    /// (`priority`'s `ignoreReresolutionRequests`).
+    pub fn set_ignore_resolve_now(&mut self, key: &K, ignore: bool) {
+        if let Some(slot) = self.children.get_mut(key) {
+            slot.ignore_resolve_now = ignore;
+        }
     }
 
     /// Whether child `key` is started (and not stopped).
@@ -814,6 +842,7 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
                 parent: cc,
                 id: slot.id,
                 owners: &mut self.owners,
+                ignore_resolve_now: slot.ignore_resolve_now,
             });
         }
         self.published = true;
@@ -950,6 +979,7 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
                 parent: cc,
                 id,
                 owners: &mut self.owners,
+                ignore_resolve_now: true,
             });
         }
         if !wanted {
@@ -967,9 +997,10 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
 
     /// The started children: key, state, picker.
     pub fn children(&self) -> impl Iterator<Item = (&K, ConnectivityState, Arc<dyn Picker>)> {
-        self.children.iter().filter(|(_, s)| s.active()).filter_map(|(k, s)| {
-            s.switch.as_ref().map(|sw| (k, sw.state(), sw.picker()))
-        })
+        self.children
+            .iter()
+            .filter(|(_, s)| s.active())
+            .filter_map(|(k, s)| s.switch.as_ref().map(|sw| (k, sw.state(), sw.picker())))
     }
 
     /// Child `key`'s state and picker, if it is started.
@@ -993,19 +1024,15 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
         aggregate(self.children().map(|(_, s, _)| s))
     }
 
-    /// Whether any child published (or was started, stopped or removed) since the
+    /// Whether any child published, or was started, stopped or removed, since the
     /// last call: the parent should build and publish its picker.
     pub fn take_published(&mut self) -> bool {
-        for slot in self.children.values_mut() {
-            slot.published = false;
-        }
         std::mem::take(&mut self.published)
     }
 
-    /// The children that published since the last look (this call or
-    /// [`ChildManager::take_published`]), and clears the marks.
+    /// The children that published (or were started) since the last call, and
+    /// clears their marks; [`ChildManager::take_published`] keeps its own.
     pub fn take_published_keys(&mut self) -> Vec<K> {
-        self.published = false;
         self.children
             .iter_mut()
             .filter_map(|(k, s)| std::mem::take(&mut s.published).then(|| k.clone()))

@@ -83,7 +83,7 @@ impl SplitBalancer {
         let two = self.children.child(&"two");
         let chosen = match (one, two) {
             (Some(one), _) if one.0 == Ready => Some(one),
-            (one, Some(two)) if two.0 == Ready => Some(two),
+            (_, Some(two)) if two.0 == Ready => Some(two),
             (one, two) => one.or(two),
         };
         if let Some((_, picker)) = chosen {

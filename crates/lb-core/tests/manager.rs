@@ -12,8 +12,8 @@ use lb_core::base::{BaseBuilder, PickerBuilder, ReadySubConn};
 use lb_core::child::{ChildManager, ChildPolicy, ChildUpdate};
 use lb_core::test_util::{Event, RecordingClientConn};
 use lb_core::{
-    Address, BalancerRegistry, BuildOptions, ClientConnState, ConnectivityState::*, LbConfig,
-    Pick, PickInfo, PickResult, Picker, SubConnState, Target,
+    Address, BalancerRegistry, BuildOptions, ClientConnState, ConnectivityState::*, LbConfig, Pick,
+    PickInfo, PickResult, Picker, SubConnState, Target,
 };
 
 #[derive(Clone)]
@@ -81,7 +81,10 @@ fn a_child_set_but_not_started_makes_no_connection_until_started() {
     m.start(&"p1".into(), &mut cc).unwrap();
     let events = cc.take_events();
     assert_eq!(
-        events.iter().filter(|e| matches!(e, Event::NewSubConn(_))).collect::<Vec<_>>(),
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::NewSubConn(_)))
+            .collect::<Vec<_>>(),
         [&Event::NewSubConn("10.0.0.2:1".into())]
     );
     assert!(m.is_started(&"p1".into()));
@@ -102,15 +105,23 @@ fn a_stopped_child_comes_back_as_it_was_without_reconnecting() {
     assert!(!m.is_started(&"p0".into()));
     assert_eq!(m.len(), 0);
     let events = cc.take_events();
-    assert!(!events.iter().any(|e| matches!(e, Event::Shutdown(_))), "{events:?}");
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Shutdown(_))),
+        "{events:?}"
+    );
 
     m.start(&"p0".into(), &mut cc).unwrap();
     let (state, picker) = m.child(&"p0".into()).unwrap();
     assert_eq!(state, Ready, "back READY at once");
-    assert!(matches!(picker.pick(&PickInfo::new("/a.B/C")), PickResult::Pick(_)));
+    assert!(matches!(
+        picker.pick(&PickInfo::new("/a.B/C")),
+        PickResult::Pick(_)
+    ));
     let events = cc.take_events();
     assert!(
-        !events.iter().any(|e| matches!(e, Event::NewSubConn(_) | Event::Shutdown(_))),
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::NewSubConn(_) | Event::Shutdown(_))),
         "{events:?}"
     );
     // The retention timer set at the stop was cancelled: firing what is pending
@@ -119,7 +130,11 @@ fn a_stopped_child_comes_back_as_it_was_without_reconnecting() {
         m.timer(timer, &mut cc);
     }
     assert!(m.is_started(&"p0".into()));
-    assert!(!cc.take_events().iter().any(|e| matches!(e, Event::Shutdown(_))));
+    assert!(
+        !cc.take_events()
+            .iter()
+            .any(|e| matches!(e, Event::Shutdown(_)))
+    );
 }
 
 #[test]
@@ -133,10 +148,16 @@ fn a_stopped_child_is_closed_when_its_retention_ends_and_rebuilt_when_started() 
     assert_eq!(timers.len(), 1);
     assert_eq!(timers[0].0, lb_core::child::DEFAULT_RETENTION);
     m.timer(timers[0].1.clone(), &mut cc);
-    assert!(cc.take_events().contains(&Event::Shutdown("10.0.0.1:1".into())));
+    assert!(
+        cc.take_events()
+            .contains(&Event::Shutdown("10.0.0.1:1".into()))
+    );
     // Its config stays: started again, it is built anew.
     m.start(&"p0".into(), &mut cc).unwrap();
-    assert!(cc.take_events().contains(&Event::NewSubConn("10.0.0.1:1".into())));
+    assert!(
+        cc.take_events()
+            .contains(&Event::NewSubConn("10.0.0.1:1".into()))
+    );
 }
 
 #[test]
@@ -148,11 +169,17 @@ fn with_no_retention_a_removed_child_closes_at_once() {
         policy: policy(),
         state: state(&[addr]),
     };
-    m.update(vec![update("a", "10.0.0.1:1"), update("b", "10.0.0.2:1")], &mut cc)
-        .unwrap();
+    m.update(
+        vec![update("a", "10.0.0.1:1"), update("b", "10.0.0.2:1")],
+        &mut cc,
+    )
+    .unwrap();
     cc.take_events();
     m.update(vec![update("a", "10.0.0.1:1")], &mut cc).unwrap();
-    assert!(cc.take_events().contains(&Event::Shutdown("10.0.0.2:1".into())));
+    assert!(
+        cc.take_events()
+            .contains(&Event::Shutdown("10.0.0.2:1".into()))
+    );
     assert!(cc.take_timers().is_empty());
 }
 
@@ -160,7 +187,8 @@ fn with_no_retention_a_removed_child_closes_at_once() {
 fn exit_idle_and_resolver_errors_reach_one_child_at_a_time() {
     let (mut m, mut cc) = setup();
     for (key, addr) in [("a", "10.0.0.1:1"), ("b", "10.0.0.2:1")] {
-        m.set(key.into(), policy(), state(&[addr]), &mut cc).unwrap();
+        m.set(key.into(), policy(), state(&[addr]), &mut cc)
+            .unwrap();
         m.start(&key.into(), &mut cc).unwrap();
     }
     // Both connect, then lose their connections (IDLE).
@@ -174,12 +202,22 @@ fn exit_idle_and_resolver_errors_reach_one_child_at_a_time() {
     cc.take_events();
     m.exit_idle_child(&"a".into(), &mut cc);
     let events = cc.take_events();
-    assert!(events.contains(&Event::Connect("10.0.0.1:1".into())), "{events:?}");
-    assert!(!events.contains(&Event::Connect("10.0.0.2:1".into())), "{events:?}");
+    assert!(
+        events.contains(&Event::Connect("10.0.0.1:1".into())),
+        "{events:?}"
+    );
+    assert!(
+        !events.contains(&Event::Connect("10.0.0.2:1".into())),
+        "{events:?}"
+    );
 
     m.take_published_keys();
     m.resolver_error_child(&"b".into(), &lb_core::test_util::error("dns down"), &mut cc);
-    m.resolver_error_child(&"nobody".into(), &lb_core::test_util::error("dns down"), &mut cc);
+    m.resolver_error_child(
+        &"nobody".into(),
+        &lb_core::test_util::error("dns down"),
+        &mut cc,
+    );
     let published = m.take_published_keys();
     assert!(published.iter().all(|k| k == "b"), "{published:?}");
 }
@@ -193,7 +231,12 @@ fn ten_thousand_children_each_get_their_subconns_states() {
         .map(|i| ChildUpdate {
             key: format!("endpoint-{i}"),
             policy: policy(),
-            state: state(&[&format!("10.{}.{}.{}:1", i / 65536, (i / 256) % 256, i % 256)]),
+            state: state(&[&format!(
+                "10.{}.{}.{}:1",
+                i / 65536,
+                (i / 256) % 256,
+                i % 256
+            )]),
         })
         .collect();
     m.update(updates, &mut cc).unwrap();

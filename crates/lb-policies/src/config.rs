@@ -109,6 +109,33 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An object whose every value is an object (children by name), as
+    /// `(name, fields)` in name order; empty when absent or `null`.
+    pub(crate) fn named_objects(&self, key: &str) -> Result<Vec<(&'a str, Fields<'a>)>, Error> {
+        let map = match self.obj.get(key) {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Object(map)) => map,
+            Some(_) => return Err(self.error(key, "expected an object of named entries")),
+        };
+        let mut entries: Vec<(&str, Fields<'a>)> = Vec::with_capacity(map.len());
+        for (name, value) in map {
+            let path = format!("{}.{name}", self.path(key));
+            match value {
+                Value::Object(obj) => entries.push((
+                    name.as_str(),
+                    Fields {
+                        policy: self.policy,
+                        obj,
+                        prefix: path,
+                    },
+                )),
+                _ => return Err(Error::lb_config(self.policy, path, "expected an object")),
+            }
+        }
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        Ok(entries)
+    }
+
     /// A nested object, if present (and not `null`).
     pub(crate) fn object(&self, key: &str) -> Result<Option<Fields<'a>>, Error> {
         match self.obj.get(key) {

@@ -9,6 +9,9 @@
 //! | `peak_ewma` | [`peak_ewma`] | the lower latency × load of two random backends (linkerd, Finagle) |
 //! | `ring_hash` | [`ring_hash`] | a consistent-hash ring keyed by a request header: affinity (gRFC A42, A76) |
 //! | `outlier_detection` | [`outlier_detection`] | a parent of any policy: ejects backends whose RPCs fail (gRFC A50) |
+//! | `priority_experimental` | [`priority`] | a parent: children in priority order, failing over and back (gRFC A56) |
+//! | `weighted_target_experimental` | [`weighted_target`] | a parent: targets picked in proportion to their weights |
+//! | `xds_cluster_manager_experimental` | [`cluster_manager`] | a parent: each RPC to the cluster its route chose |
 //!
 //! Every pick is lock-free and allocation-free. [`registry`] returns a registry with
 //! all of them, for a channel (`lb-tonic`) or a service config to choose from:
@@ -29,25 +32,31 @@
 //! implement `lb_core::Balancer` directly, as [`pick_first`] does.
 
 mod choice;
+pub mod cluster_manager;
 mod config;
 mod cursor;
 pub mod least_request;
 pub mod outlier_detection;
 pub mod peak_ewma;
 pub mod pick_first;
+pub mod priority;
 pub mod ring_hash;
 pub mod round_robin;
 pub mod weighted_round_robin;
+pub mod weighted_target;
 
 use lb_core::BalancerRegistry;
 
+pub use cluster_manager::ClusterManager;
 pub use least_request::LeastRequest;
 pub use outlier_detection::OutlierDetection;
 pub use peak_ewma::PeakEwma;
 pub use pick_first::PickFirst;
+pub use priority::Priority;
 pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
+pub use weighted_target::WeightedTarget;
 
 /// The policy a channel uses when its service config names none, as in gRPC.
 pub const DEFAULT_POLICY: &str = pick_first::NAME;
@@ -63,6 +72,9 @@ pub fn registry() -> BalancerRegistry {
         .register(least_request::grpc_go_builder())
         .register(peak_ewma::builder())
         .register(RingHash::new())
-        .register(OutlierDetection);
+        .register(OutlierDetection)
+        .register(Priority)
+        .register(WeightedTarget)
+        .register(ClusterManager);
     registry
 }

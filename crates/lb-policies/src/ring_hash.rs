@@ -15,9 +15,9 @@
 //!
 //! With `requestHashHeader`, the hash of an RPC is the xxHash64 of that request
 //! header's values (joined with `,` when repeated), so RPCs carrying the same value
-//! stick to one backend. An RPC without the header, or any RPC without
-//! `requestHashHeader` (there is no xDS here to supply a hash), gets a random hash
-//! (A76).
+//! stick to one backend. Without `requestHashHeader`, the hash the RPC's config
+//! selector computed ([`lb_core::routing::RequestHash`], as an xDS route's hash
+//! policy does, A42) is used. An RPC with neither gets a random hash (A76).
 //!
 //! # Picks and connections
 //!
@@ -47,6 +47,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 use lb_core::base::{LastErrors, SubConnList};
+use lb_core::routing::RequestHash;
 use lb_core::{
     Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState, ConnectivityState, Error,
     FailPicker, LbConfig, Pick, PickInfo, PickResult, Picker, SharedError, Status, SubConn,
@@ -490,9 +491,12 @@ pub fn request_hash(headers: &http::HeaderMap, name: &HeaderName) -> Option<u64>
 
 impl Picker for RingHashPicker {
     fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_> {
+        // A76: the configured header if any; else the hash the RPC's config
+        // selector computed (an xDS route's hash policy, A42); else random.
         let keyed = match (&self.header, info.headers) {
             (Some(name), Some(headers)) => request_hash(headers, name),
-            _ => None,
+            (Some(_), None) => None,
+            (None, _) => info.attribute::<RequestHash>().map(|h| h.0),
         };
         let n = self.ring.len();
         let start = self.ring.find(keyed.unwrap_or_else(|| fastrand::u64(..)));

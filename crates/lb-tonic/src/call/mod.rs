@@ -36,8 +36,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::uri::Uri;
 use lb_core::error_chain;
-use lb_core::service_config::HedgingPolicy;
-use lb_core::{Address, ServiceConfig};
+use lb_core::routing::RpcInfo;
+use lb_core::service_config::{HedgingPolicy, MethodConfig};
+use lb_core::{Address, Attributes, ServiceConfig};
 use tokio::time::Instant;
 use tonic::body::Body;
 
@@ -124,9 +125,21 @@ pub(crate) async fn call(
     // the RPC without its deadline would hide the caller's mistake.
     let header_timeout =
         timeout::parse(request.headers()).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let (wait_for_ready, timeout, config) = {
-        let config = core.service_config.load();
-        let mc = config.method_config(request.uri().path());
+    let (wait_for_ready, timeout, config, attributes) = {
+        let config = core.config.load();
+        // With a config selector (gRFC A31), it decides the method config and the
+        // attributes the picks see; else the service config's method config applies.
+        let selected = match &config.selector {
+            None => None,
+            Some(selector) => {
+                let rpc = RpcInfo::new(request.uri().path(), request.headers());
+                Some(selector.select(&rpc).map_err(|s| to_tonic(&s))?)
+            }
+        };
+        let mc = match &selected {
+            Some(rpc) => rpc.method_config.as_deref(),
+            None => config.service.method_config(request.uri().path()),
+        };
         let wait_for_ready = request
             .extensions()
             .get::<WaitForReady>()
@@ -139,13 +152,18 @@ pub(crate) async fn call(
             (Some(h), Some(m)) => Some(h.min(m)),
             (h, m) => h.or(m),
         };
-        // Only a method with a policy keeps the config (one reference count).
+        // Only a method with a policy keeps its config (one reference count).
         let policied = core.retries
             && mc.is_some_and(|m| m.retry_policy.is_some() || m.hedging_policy.is_some());
+        let kept = policied.then(|| match &selected {
+            Some(rpc) => KeptConfig::Selected(rpc.method_config.clone()),
+            None => KeptConfig::Service(config.service.clone()),
+        });
         (
             wait_for_ready,
             timeout,
-            policied.then(|| core.service_config.load_full()),
+            kept,
+            selected.map(|rpc| rpc.attributes),
         )
     };
     let attempts = AtomicU32::new(0);
@@ -160,6 +178,7 @@ pub(crate) async fn call(
         deadline,
         attempts: &attempts,
         transparent: AtomicU32::new(0),
+        attributes,
     };
     let policied = config.is_some();
     let send = run.send(call, request, config);
@@ -199,6 +218,25 @@ struct Run<'a> {
     attempts: &'a AtomicU32,
     /// Transparent retries so far.
     transparent: AtomicU32,
+    /// What the config selector gave this RPC's picks, if there is a selector.
+    attributes: Option<Attributes>,
+}
+
+/// The method config a call with a retry or hedging policy keeps for its attempts.
+enum KeptConfig {
+    /// The service config's, found again by the method's path.
+    Service(Arc<ServiceConfig>),
+    /// The one the config selector chose.
+    Selected(Option<Arc<MethodConfig>>),
+}
+
+impl KeptConfig {
+    fn method_config(&self, path: &str) -> Option<&MethodConfig> {
+        match self {
+            KeptConfig::Service(config) => config.method_config(path),
+            KeptConfig::Selected(config) => config.as_deref(),
+        }
+    }
 }
 
 /// An attempt's response head, before the call decides what to do with it.
@@ -289,11 +327,11 @@ impl Run<'_> {
         self,
         call: CallGuard,
         request: http::Request<Body>,
-        config: Option<Arc<ServiceConfig>>,
+        config: Option<KeptConfig>,
     ) -> Result<http::Response<ResponseBody>, tonic::Status> {
         let (head, body) = request.into_parts();
         let method_config = config
-            .as_deref()
+            .as_ref()
             .and_then(|c| c.method_config(head.uri.path()));
         let policy = match method_config {
             Some(mc) => match (&mc.retry_policy, &mc.hedging_policy) {
@@ -533,7 +571,15 @@ impl Run<'_> {
     ) -> Outcome {
         let core = &self.core;
         let head = &request.head;
-        let picked = match pick(core, head.uri.path(), &head.headers, self.wait_for_ready).await {
+        let picked = match pick(
+            core,
+            head.uri.path(),
+            &head.headers,
+            self.attributes.as_ref(),
+            self.wait_for_ready,
+        )
+        .await
+        {
             Ok(picked) => picked,
             Err(PickError { status, dropped }) => {
                 return Outcome::Failed {

@@ -5,7 +5,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use lb_core::{Address, Callbacks, ConnectivityState, PickInfo, PickResult};
+use lb_core::{Address, Attributes, Callbacks, ConnectivityState, PickInfo, PickResult};
 
 use super::body::DoneGuard;
 use super::to_tonic;
@@ -41,9 +41,13 @@ pub(super) async fn pick(
     core: &Core,
     method: &str,
     headers: &http::HeaderMap,
+    attributes: Option<&Attributes>,
     wait_for_ready: bool,
 ) -> Result<Picked, PickError> {
-    let info = PickInfo::new(method).with_headers(headers);
+    let mut info = PickInfo::new(method).with_headers(headers);
+    if let Some(attributes) = attributes {
+        info = info.with_attributes(attributes);
+    }
     let mut waiter = None;
     loop {
         let failed = {

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use lb_core::child::GracefulSwitch;
+use lb_core::routing::ConfigSelector;
 use lb_core::{
     Address, BalancerRegistry, BuildOptions, ClientConn, ClientConnState, Code, ConnectivityState,
     Error, FailPicker, PickInfo, PickResult, Picker, QueuePicker, Resolver, ResolverBuilder,
@@ -76,13 +77,21 @@ pub(crate) struct Published {
     pub(crate) policy: Arc<str>,
 }
 
+/// The configuration RPCs follow: the service config in force, and the resolver's
+/// per-RPC config selector with it (gRFC A31), swapped together in one load.
+pub(crate) struct ChannelConfig {
+    pub(crate) service: Arc<ServiceConfig>,
+    pub(crate) selector: Option<Arc<dyn ConfigSelector>>,
+}
+
 /// What RPCs share with the control task.
 pub(crate) struct Core {
     pub(crate) published: ArcSwap<Published>,
     /// Bumped on every publication: queued RPCs wait on it.
     pub(crate) picker_version: watch::Sender<u64>,
     pub(crate) state: watch::Sender<ConnectivityState>,
-    pub(crate) service_config: ArcSwap<ServiceConfig>,
+    /// The service config in force, with the resolver's config selector if any.
+    pub(crate) config: ArcSwap<ChannelConfig>,
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
     exit_idle_requested: AtomicBool,
     pub(crate) wait_for_ready: bool,
@@ -119,7 +128,10 @@ impl Core {
             }),
             picker_version: watch::Sender::new(0),
             state: watch::Sender::new(ConnectivityState::Connecting),
-            service_config: ArcSwap::new(config),
+            config: ArcSwap::from_pointee(ChannelConfig {
+                service: config,
+                selector: None,
+            }),
             tx,
             exit_idle_requested: AtomicBool::new(false),
             wait_for_ready,
@@ -581,6 +593,7 @@ impl Control {
                     .map_err(|e| Arc::new(e) as SharedError)
             })
         };
+        let parsed_ok = !matches!(parsed, Some(Err(_)));
         let config = match parsed {
             Some(Ok(config)) => Arc::new(config),
             Some(Err(error)) if !self.accepted_resolver_state => {
@@ -592,14 +605,27 @@ impl Control {
             }
             Some(Err(error)) => {
                 tracing::warn!(target = %self.cc.target, %error, "resolver sent an invalid service config; keeping the previous one");
-                self.cc.core.service_config.load_full()
+                // The previous config's selector stays with it.
+                self.cc.core.config.load().service.clone()
             }
             None => self.default_config.clone(),
+        };
+        // The resolver's per-RPC selector goes with its config (none when the channel
+        // ignores resolver configs); an invalid config keeps the previous pair.
+        let selector = if !self.use_resolver_config {
+            None
+        } else if parsed_ok {
+            state.config_selector.clone()
+        } else {
+            self.cc.core.config.load().selector.clone()
         };
         self.accepted_resolver_state = true;
         self.cc.core.set_throttling(&config);
         self.cc.core.set_health(&config);
-        self.cc.core.service_config.store(config.clone());
+        self.cc.core.config.store(Arc::new(ChannelConfig {
+            service: config.clone(),
+            selector,
+        }));
         self.wanted = policy_name(&config);
         self.last_state = Some(state.clone());
         if self.switch.is_none() {
@@ -616,7 +642,7 @@ impl Control {
     /// first if the config names another); a state it rejects asks the resolver to
     /// re-resolve.
     fn feed(&mut self, state: ResolverState) {
-        let config = self.cc.core.service_config.load_full();
+        let config = self.cc.core.config.load().service.clone();
         let mut ccs = ClientConnState::new(state.addresses).with_attributes(state.attributes);
         if let Some(lb) = config.lb_policy() {
             ccs = ccs.with_config(lb.config.clone());

@@ -1,0 +1,280 @@
+//! `weighted_target_experimental`: targets (localities, in xDS) each balanced by a
+//! child policy of their own, picked in proportion to their weights, as grpc-go's
+//! `weightedtarget`.
+//!
+//! ```json
+//! {"weighted_target_experimental": {"targets": {
+//!    "zone-a": {"weight": 3, "childPolicy": [{"round_robin": {}}]},
+//!    "zone-b": {"weight": 1, "childPolicy": [{"least_request": {}}]}}}}
+//! ```
+//!
+//! * Each target's child gets the addresses whose hierarchy path
+//!   ([`lb_core::hierarchy`]) starts with the target's name, the rest of the path
+//!   with them; other addresses go nowhere.
+//! * A pick draws a `READY` target at random in proportion to the weights, then asks
+//!   its picker (no lock, no allocation). Targets that are not `READY` get no picks.
+//! * The state aggregates as grpc-go's: `READY` if any target is, else
+//!   `CONNECTING`, else `IDLE`, else `TRANSIENT_FAILURE`; a target retrying after a
+//!   failure still counts as failing. While `CONNECTING` RPCs queue; in
+//!   `TRANSIENT_FAILURE` they fail as the targets' pickers say.
+//! * A removed target is kept 15 minutes (its connections with it) in case it comes
+//!   back ([`lb_core::child::ChildManager`]).
+//!
+//! Config errors name the JSON path: `targets.<name>.weight` must be an integer
+//! (0 to 2^32 - 1; a target of weight 0 gets no picks), `childPolicy` is required.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use lb_core::child::{ChildManager, ChildPolicy, counted_state, parse_child_policy};
+use lb_core::hierarchy;
+use lb_core::{
+    Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn, ClientConnState,
+    ConnectivityState, Error, FailPicker, LbConfig, PickInfo, PickResult, Picker, QueuePicker,
+    SharedError, Status, SubConn, SubConnState, TimerId,
+};
+use serde_json::Value;
+
+use crate::config::Fields;
+
+/// The policy's name in service configs (grpc-go's).
+pub const NAME: &str = "weighted_target_experimental";
+
+/// The `weighted_target_experimental` builder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WeightedTarget;
+
+/// One target of the config.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its weight among the targets.
+    pub weight: u32,
+    /// Its child policy.
+    pub child: ChildPolicy,
+}
+
+/// `weighted_target_experimental`'s parsed config: targets by name.
+#[derive(Debug, Clone, Default)]
+pub struct WeightedTargetConfig {
+    /// The targets.
+    pub targets: HashMap<String, Target>,
+}
+
+impl BalancerBuilder for WeightedTarget {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(WeightedTargetBalancer {
+            children: ChildManager::new(options.clone()),
+            weights: HashMap::new(),
+            counted: HashMap::new(),
+        })
+    }
+
+    fn parse_config(&self, config: &Value) -> Result<LbConfig, Error> {
+        self.parse_config_in(config, &BalancerRegistry::new())
+    }
+
+    fn parse_config_in(
+        &self,
+        config: &Value,
+        registry: &BalancerRegistry,
+    ) -> Result<LbConfig, Error> {
+        let f = Fields::of(NAME, config)?;
+        let mut targets = HashMap::new();
+        for (name, target) in f.named_objects("targets")? {
+            let weight = target.number("weight", 0, None)?;
+            let child = target
+                .get("childPolicy")
+                .ok_or_else(|| target.error("childPolicy", "is required"))
+                .and_then(|c| parse_child_policy(c, &target.path("childPolicy"), NAME, registry))?;
+            targets.insert(name.to_owned(), Target { weight, child });
+        }
+        Ok(LbConfig::new(WeightedTargetConfig { targets }))
+    }
+}
+
+struct WeightedTargetBalancer {
+    children: ChildManager<String>,
+    weights: HashMap<String, u32>,
+    /// Each target's state as the aggregate counts it ([`counted_state`]).
+    counted: HashMap<String, ConnectivityState>,
+}
+
+impl WeightedTargetBalancer {
+    /// Follows the children's publications and publishes the aggregate.
+    fn publish(&mut self, cc: &mut dyn ClientConn) {
+        self.publish_if(false, cc);
+    }
+
+    /// Publishes if a child published, or if `forced`.
+    fn publish_if(&mut self, forced: bool, cc: &mut dyn ClientConn) {
+        if !self.children.take_published() && !forced {
+            return;
+        }
+        let published = self.children.take_published_keys();
+        // A new target counts as CONNECTING until it says otherwise.
+        for key in self.weights.keys() {
+            if !self.counted.contains_key(key) {
+                self.counted
+                    .insert(key.clone(), ConnectivityState::Connecting);
+            }
+        }
+        for key in &published {
+            if let Some((state, _)) = self.children.child(key) {
+                let before = self
+                    .counted
+                    .get(key)
+                    .copied()
+                    .unwrap_or(ConnectivityState::Connecting);
+                self.counted
+                    .insert(key.clone(), counted_state(before, state));
+            }
+        }
+        self.counted.retain(|k, _| self.weights.contains_key(k));
+        if self.weights.is_empty() {
+            cc.update_state(
+                ConnectivityState::TransientFailure,
+                Arc::new(FailPicker(Status::unavailable(
+                    "weighted_target: no targets to pick from",
+                ))),
+            );
+            return;
+        }
+        let state = lb_core::child::aggregate(self.counted.values().copied());
+        let picker: Arc<dyn Picker> = match state {
+            ConnectivityState::Connecting => Arc::new(QueuePicker),
+            ConnectivityState::TransientFailure => {
+                // Every target failing: their pickers say why, in proportion.
+                self.weighted(|_| true)
+            }
+            _ => self.weighted(|s| s == ConnectivityState::Ready),
+        };
+        cc.update_state(state, picker);
+    }
+
+    /// A picker over the targets whose counted state passes `keep`.
+    fn weighted(&self, keep: impl Fn(ConnectivityState) -> bool) -> Arc<dyn Picker> {
+        let mut entries: Vec<(u64, Arc<dyn Picker>)> = Vec::new();
+        let mut total = 0u64;
+        let mut names: Vec<&String> = self.counted.keys().collect();
+        names.sort(); // the same order every time, for the same draws
+        for name in names {
+            let counted = self.counted[name];
+            let weight = u64::from(self.weights.get(name).copied().unwrap_or(0));
+            if !keep(counted) || weight == 0 {
+                continue;
+            }
+            if let Some((_, picker)) = self.children.child(name) {
+                total += weight;
+                entries.push((total, picker));
+            }
+        }
+        if entries.is_empty() {
+            return Arc::new(QueuePicker);
+        }
+        Arc::new(WeightedPicker {
+            entries: entries.into_boxed_slice(),
+            total,
+        })
+    }
+}
+
+/// Picks a target at random in proportion to its weight, then asks its picker.
+pub struct WeightedPicker {
+    /// Cumulative weights, each with its target's picker.
+    entries: Box<[(u64, Arc<dyn Picker>)]>,
+    total: u64,
+}
+
+impl Picker for WeightedPicker {
+    #[inline]
+    fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_> {
+        let picker = if let [(_, only)] = &self.entries[..] {
+            only
+        } else {
+            let r = fastrand::u64(..self.total);
+            // Few targets: a scan beats a binary search.
+            match self.entries.iter().find(|(upto, _)| r < *upto) {
+                Some((_, picker)) => picker,
+                None => return PickResult::Queue,
+            }
+        };
+        picker.pick(info)
+    }
+}
+
+impl Balancer for WeightedTargetBalancer {
+    fn update_client_conn_state(
+        &mut self,
+        state: ClientConnState,
+        cc: &mut dyn ClientConn,
+    ) -> Result<(), Error> {
+        let config = state
+            .config
+            .as_ref()
+            .and_then(|c| c.get::<WeightedTargetConfig>())
+            .cloned()
+            .ok_or_else(|| Error::lb_config(NAME, "$", "a config with targets is required"))?;
+        let mut split = hierarchy::group(state.addresses);
+        let gone: Vec<String> = self
+            .weights
+            .keys()
+            .filter(|k| !config.targets.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.children.remove(&key, cc);
+            self.weights.remove(&key);
+        }
+        let mut first_error = None;
+        for (name, target) in config.targets {
+            let addresses = split.remove(&name).unwrap_or_default();
+            let child_state =
+                ClientConnState::new(addresses).with_attributes(state.attributes.clone());
+            self.weights.insert(name.clone(), target.weight);
+            let result = self
+                .children
+                .set(name.clone(), target.child, child_state, cc)
+                .and_then(|()| self.children.start(&name, cc));
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        // With no targets left, nothing publishes: say so at once.
+        let forced = self.weights.is_empty();
+        self.publish_if(forced, cc);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {
+        self.children.resolver_error(&error, cc);
+        self.publish(cc);
+    }
+
+    fn update_subconn_state(
+        &mut self,
+        subconn: &SubConn,
+        state: &SubConnState,
+        cc: &mut dyn ClientConn,
+    ) {
+        self.children.update_subconn_state(subconn, state, cc);
+        self.publish(cc);
+    }
+
+    fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
+        self.children.exit_idle(cc);
+        self.publish(cc);
+    }
+
+    fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
+        self.children.timer(timer, cc);
+        self.publish(cc);
+    }
+
+    fn close(&mut self, cc: &mut dyn ClientConn) {
+        self.children.close(cc);
+    }
+}
