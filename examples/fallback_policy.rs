@@ -1,15 +1,18 @@
-//! A parent policy in one page: `primary_fallback` sends every RPC to the primary
-//! backends while any of them is ready, and to the fallback backends otherwise. Each
-//! group is balanced by a child policy of any registered kind, built by name from the
-//! service config, with `lb_core::child::ChildManager` doing the bookkeeping.
+//! A parent policy in one page, written only against the public API:
+//! `primary_fallback` sends every RPC to the primary backends, starts the fallback
+//! backends' child only when the primaries fail, and stops it (keeping its
+//! connections for a while) as soon as a primary is ready again: a small `priority`.
+//! Each group is balanced by a child policy of any registered kind, built by name
+//! from the service config, with `lb_core::child::ChildManager` doing the
+//! bookkeeping.
 //!
 //! Run: `cargo run -p examples --example fallback_policy`
 //!
 //! The program drives the policy with `lb-core`'s test harness (the same calls a
 //! channel makes): the primaries fail, traffic moves to the fallbacks, and back.
 
-use lb_core::child::{ChildManager, ChildPolicy, ChildUpdate, parse_child_policy};
-use lb_core::test_util::Harness;
+use lb_core::child::{ChildManager, ChildPolicy, parse_child_policy};
+use lb_core::test_util::{Event, Harness};
 use lb_core::{
     Address, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn,
     ClientConnState, ConnectivityState, Error, LbConfig, SharedError, SubConn, SubConnState,
@@ -64,26 +67,30 @@ struct Balancing {
 }
 
 impl Balancing {
-    /// Publishes the primary group's picker while it is ready, else the fallback's.
-    fn publish(&mut self, cc: &mut dyn ClientConn) {
+    /// After any call into the children: start the fallback while the primaries
+    /// fail, stop it once they are ready, and publish the group in use.
+    fn sync(&mut self, cc: &mut dyn ClientConn) {
         if !self.children.take_published() {
             return;
         }
-        let children: Vec<_> = self.children.children().collect();
-        let pick = |group| children.iter().find(|(g, _, _)| **g == group);
-        let chosen = match (pick(Group::Primary), pick(Group::Fallback)) {
-            (Some(p), _) if p.1 == ConnectivityState::Ready => p,
-            (_, Some(f)) if f.1 == ConnectivityState::Ready => f,
-            (Some(p), _) => p,
-            (None, Some(f)) => f,
-            (None, None) => return,
-        };
-        let state = if chosen.1 == ConnectivityState::Ready {
-            ConnectivityState::Ready
+        let primary = self.children.child(&Group::Primary);
+        let failing = primary
+            .as_ref()
+            .is_none_or(|(s, _)| *s == ConnectivityState::TransientFailure);
+        if failing && !self.children.is_started(&Group::Fallback) {
+            let _ = self.children.start(&Group::Fallback, cc); // kept connections come back
+        } else if !failing && self.children.is_started(&Group::Fallback) {
+            self.children.stop(&Group::Fallback, cc); // kept 15 minutes
+        }
+        let group = if failing {
+            Group::Fallback
         } else {
-            self.children.aggregate()
+            Group::Primary
         };
-        cc.update_state(state, chosen.2.clone());
+        if let Some((state, picker)) = self.children.child(&group).or(primary) {
+            cc.update_state(state, picker);
+        }
+        self.children.take_published(); // what starting and stopping just published
     }
 }
 
@@ -93,7 +100,7 @@ impl Balancer for Balancing {
         state: ClientConnState,
         cc: &mut dyn ClientConn,
     ) -> Result<(), Error> {
-        let child = state
+        let policy = state
             .config
             .as_ref()
             .and_then(|c| c.get::<ChildPolicy>())
@@ -103,43 +110,41 @@ impl Balancer for Balancing {
             .addresses
             .into_iter()
             .partition(|a| a.attributes().get::<Fallback>().is_some());
-        let updates = [(Group::Primary, primary), (Group::Fallback, fallback)]
-            .into_iter()
-            .filter(|(_, addrs)| !addrs.is_empty())
-            .map(|(key, addrs)| ChildUpdate {
-                key,
-                policy: child.clone(),
-                state: ClientConnState::new(addrs),
-            })
-            .collect();
-        let result = self.children.update(updates, cc);
-        self.publish(cc);
-        result
+        // Both children get their addresses; only the primary starts now.
+        let fallback_state = ClientConnState::new(fallback);
+        self.children
+            .set(Group::Fallback, policy.clone(), fallback_state, cc)?;
+        let primary_state = ClientConnState::new(primary);
+        self.children
+            .set(Group::Primary, policy, primary_state, cc)?;
+        self.children.start(&Group::Primary, cc)?;
+        self.sync(cc);
+        Ok(())
     }
 
     fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {
         self.children.resolver_error(&error, cc);
-        self.publish(cc);
+        self.sync(cc);
     }
 
     fn update_subconn_state(
         &mut self,
-        subconn: &SubConn,
+        sc: &SubConn,
         state: &SubConnState,
         cc: &mut dyn ClientConn,
     ) {
-        self.children.update_subconn_state(subconn, state, cc);
-        self.publish(cc);
+        self.children.update_subconn_state(sc, state, cc);
+        self.sync(cc);
     }
 
     fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
         self.children.exit_idle(cc);
-        self.publish(cc);
+        self.sync(cc);
     }
 
     fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
-        self.children.timer(timer, cc);
-        self.publish(cc);
+        self.children.timer(timer, cc); // the children's timers, and retention ends
+        self.sync(cc);
     }
 
     fn close(&mut self, cc: &mut dyn ClientConn) {
@@ -157,22 +162,35 @@ fn main() -> Result<(), Error> {
         Address::new("10.9.0.1:50051").with_attribute(Fallback),
     ];
     h.update_with_config(addresses, r#"{"childPolicy": [{"round_robin": {}}]}"#)?;
-    for a in ["10.0.0.1:50051", "10.0.0.2:50051", "10.9.0.1:50051"] {
+    let connecting = |h: &mut Harness| {
+        h.take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::NewSubConn(a) => Some(a),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    println!("connecting:      {:?}", connecting(&mut h));
+    for a in ["10.0.0.1:50051", "10.0.0.2:50051"] {
         h.set_state(a, ConnectivityState::Connecting);
         h.set_state(a, ConnectivityState::Ready);
     }
-    println!("primaries up:   {:?}", h.pick_addrs(4));
+    println!("primaries up:    {:?}", h.pick_addrs(4));
 
     for a in ["10.0.0.1:50051", "10.0.0.2:50051"] {
         h.set_state(a, ConnectivityState::Idle); // their connections closed
         h.set_state(a, ConnectivityState::Connecting);
         h.fail(a, "connection refused");
     }
-    println!("primaries down: {:?} ({})", h.pick_addrs(4), h.state());
+    println!("fallback starts: {:?}", connecting(&mut h));
+    h.set_state("10.9.0.1:50051", ConnectivityState::Connecting);
+    h.set_state("10.9.0.1:50051", ConnectivityState::Ready);
+    println!("primaries down:  {:?} ({})", h.pick_addrs(4), h.state());
 
     h.set_state("10.0.0.1:50051", ConnectivityState::Idle);
     h.set_state("10.0.0.1:50051", ConnectivityState::Connecting);
     h.set_state("10.0.0.1:50051", ConnectivityState::Ready);
-    println!("one is back:    {:?}", h.pick_addrs(4));
+    println!("one is back:     {:?}", h.pick_addrs(4));
     Ok(())
 }

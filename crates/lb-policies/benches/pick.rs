@@ -18,7 +18,9 @@
 //!
 //! `weighted_round_robin_orca` is the picker after load reports set the weights
 //! (reports reach the policy through its subconns' watch, not through picks);
-//! `ring_hash` picks by the hash of a request header on a 4,096-entry ring.
+//! `ring_hash` picks by the hash of a request header on a 4,096-entry ring;
+//! `priority_weighted_target_round_robin` is the tree xDS builds: `priority` over
+//! `weighted_target` (two targets) over `round_robin`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
@@ -169,8 +171,30 @@ fn pickers(n: usize) -> Vec<(&'static str, Arc<dyn Picker>)> {
     // Harness-built: 10,000 subconns would republish 10,000 pickers of 10,000.
     if n <= 100 {
         pickers.push(("ring_hash", ring_hash(n)));
+        pickers.push(("priority_weighted_target_round_robin", tree(n)));
     }
     pickers
+}
+
+/// `priority_experimental` over `weighted_target_experimental` (two targets,
+/// weights 2 and 1) over `round_robin`, `n` ready backends: the tree xDS builds.
+fn tree(n: usize) -> Arc<dyn Picker> {
+    let mut h = Harness::with_registry(lb_policies::Priority, lb_policies::registry());
+    let addrs = ready(n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let zone = if i % 2 == 0 { "zone-a" } else { "zone-b" };
+            lb_core::hierarchy::with_path(r.address, ["p0", zone])
+        })
+        .collect();
+    let config = r#"{"children": {"p0": {"config": [{"weighted_target_experimental": {"targets": {
+        "zone-a": {"weight": 2, "childPolicy": [{"round_robin": {}}]},
+        "zone-b": {"weight": 1, "childPolicy": [{"round_robin": {}}]}}}}]}},
+        "priorities": ["p0"]}"#;
+    h.update_with_config(addrs, config).unwrap();
+    h.ready_all();
+    h.picker()
 }
 
 /// The request headers every pick sees (`ring_hash` hashes `x-key`).

@@ -11,8 +11,10 @@
 //! * Each target's child gets the addresses whose hierarchy path
 //!   ([`lb_core::hierarchy`]) starts with the target's name, the rest of the path
 //!   with them; other addresses go nowhere.
-//! * A pick draws a `READY` target at random in proportion to the weights, then asks
-//!   its picker (no lock, no allocation). Targets that are not `READY` get no picks.
+//! * Picks go to the `READY` targets in proportion to their weights (a smooth
+//!   weighted schedule, as `weighted_round_robin`'s; grpc-go draws at random), then
+//!   to the target's picker: no lock, no allocation. Targets that are not `READY` get
+//!   no picks.
 //! * The state aggregates as grpc-go's: `READY` if any target is, else
 //!   `CONNECTING`, else `IDLE`, else `TRANSIENT_FAILURE`; a target retrying after a
 //!   failure still counts as failing. While `CONNECTING` RPCs queue; in
@@ -36,6 +38,7 @@ use lb_core::{
 use serde_json::Value;
 
 use crate::config::Fields;
+use crate::cursor::Cursor;
 
 /// The policy's name in service configs (grpc-go's).
 pub const NAME: &str = "weighted_target_experimental";
@@ -157,52 +160,61 @@ impl WeightedTargetBalancer {
 
     /// A picker over the targets whose counted state passes `keep`.
     fn weighted(&self, keep: impl Fn(ConnectivityState) -> bool) -> Arc<dyn Picker> {
-        let mut entries: Vec<(u64, Arc<dyn Picker>)> = Vec::new();
-        let mut total = 0u64;
+        let mut pickers: Vec<Arc<dyn Picker>> = Vec::new();
+        let mut weights: Vec<u32> = Vec::new();
         let mut names: Vec<&String> = self.counted.keys().collect();
-        names.sort(); // the same order every time, for the same draws
+        names.sort(); // the same order every time
         for name in names {
             let counted = self.counted[name];
-            let weight = u64::from(self.weights.get(name).copied().unwrap_or(0));
+            let weight = self.weights.get(name).copied().unwrap_or(0);
             if !keep(counted) || weight == 0 {
                 continue;
             }
             if let Some((_, picker)) = self.children.child(name) {
-                total += weight;
-                entries.push((total, picker));
+                pickers.push(picker);
+                weights.push(weight);
             }
         }
-        if entries.is_empty() {
-            return Arc::new(QueuePicker);
+        match pickers.len() {
+            0 => Arc::new(QueuePicker),
+            // One target: its picker as is.
+            1 => pickers.swap_remove(0),
+            _ => Arc::new(WeightedPicker::new(pickers, &weights)),
         }
-        Arc::new(WeightedPicker {
-            entries: entries.into_boxed_slice(),
-            total,
-        })
     }
 }
 
-/// Picks a target at random in proportion to its weight, then asks its picker.
+/// Picks targets in proportion to their weights, then asks the target's picker: a
+/// smooth weighted schedule (weighted_round_robin's, each target's turns spread
+/// over the period) walked by per-thread cursors, so picks on different cores write
+/// different memory and each core's picks follow the weights.
 pub struct WeightedPicker {
-    /// Cumulative weights, each with its target's picker.
-    entries: Box<[(u64, Arc<dyn Picker>)]>,
-    total: u64,
+    pickers: Box<[Arc<dyn Picker>]>,
+    /// One period of target indices.
+    schedule: Box<[u32]>,
+    cursor: Cursor,
+}
+
+impl WeightedPicker {
+    /// A picker over `pickers` with these `weights` (same length, none zero).
+    pub fn new(pickers: Vec<Arc<dyn Picker>>, weights: &[u32]) -> Self {
+        let schedule = crate::weighted_round_robin::schedule(weights);
+        Self {
+            cursor: Cursor::new(schedule.len()),
+            pickers: pickers.into_boxed_slice(),
+            schedule,
+        }
+    }
 }
 
 impl Picker for WeightedPicker {
     #[inline]
     fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_> {
-        let picker = if let [(_, only)] = &self.entries[..] {
-            only
-        } else {
-            let r = fastrand::u64(..self.total);
-            // Few targets: a scan beats a binary search.
-            match self.entries.iter().find(|(upto, _)| r < *upto) {
-                Some((_, picker)) => picker,
-                None => return PickResult::Queue,
-            }
-        };
-        picker.pick(info)
+        let target = self.schedule.get(self.cursor.next()).copied().unwrap_or(0);
+        match self.pickers.get(target as usize) {
+            Some(picker) => picker.pick(info),
+            None => PickResult::Queue,
+        }
     }
 }
 
