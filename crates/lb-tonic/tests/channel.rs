@@ -665,3 +665,40 @@ async fn a_policy_switch_completes_as_soon_as_the_new_policy_leaves_connecting()
     );
     assert_eq!(channel.policy(), "round_robin");
 }
+
+#[tokio::test]
+async fn rpcs_wait_for_the_first_resolution_and_use_its_service_config() {
+    let backend = Backend::start("a").await.unwrap();
+    backend.service().set_delay(Duration::from_millis(300));
+    let resolver = ManualResolver::new();
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    // Nothing resolved yet: the caller's deadline bounds the wait, and says why.
+    let mut req = echo_req("early");
+    req.set_timeout(Duration::from_millis(100));
+    let status = echo(&mut client, req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("name resolution"), "{status:?}");
+
+    // An RPC sent before the resolver reports follows the config it brings: its
+    // 100 ms method timeout cuts the 300 ms answer short.
+    let waiting = tokio::spawn({
+        let mut client = client.clone();
+        async move { echo(&mut client, echo_req("waits")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    resolver.update(
+        lb_core::ResolverState::new(vec![lb_core::Address::from(backend.addr())])
+            .with_service_config(
+                r#"{"methodConfig": [{"name": [{"service": "echo.Echo"}], "timeout": "0.1s"}]}"#,
+            ),
+    );
+    let status = within("the waiting RPC", waiting)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+}

@@ -125,6 +125,19 @@ pub(crate) async fn call(
     // the RPC without its deadline would hide the caller's mistake.
     let header_timeout =
         timeout::parse(request.headers()).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    // Before the resolver first reports, its config (and config selector) is not
+    // known yet: wait for it, within the caller's deadline.
+    if !core.is_resolved() {
+        let resolved = core.resolved();
+        match header_timeout {
+            Some(timeout) => tokio::time::timeout(timeout, resolved).await.map_err(|_| {
+                tonic::Status::deadline_exceeded(format!(
+                    "deadline of {timeout:?} exceeded while waiting for name resolution"
+                ))
+            })?,
+            None => resolved.await,
+        }
+    }
     let (wait_for_ready, timeout, config, attributes) = {
         let config = core.config.load();
         // With a config selector (gRFC A31), it decides the method config and the

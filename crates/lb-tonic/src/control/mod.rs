@@ -90,6 +90,11 @@ pub(crate) struct Core {
     /// Bumped on every publication: queued RPCs wait on it.
     pub(crate) picker_version: watch::Sender<u64>,
     pub(crate) state: watch::Sender<ConnectivityState>,
+    /// The resolver has reported once (a state or an error): RPCs wait for it before
+    /// choosing their config, as grpc-go's do, so that the resolver's service config
+    /// and config selector apply from the first RPC.
+    resolved: AtomicBool,
+    resolved_watch: watch::Sender<bool>,
     /// The service config in force, with the resolver's config selector if any.
     pub(crate) config: ArcSwap<ChannelConfig>,
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
@@ -128,6 +133,8 @@ impl Core {
             }),
             picker_version: watch::Sender::new(0),
             state: watch::Sender::new(ConnectivityState::Connecting),
+            resolved: AtomicBool::new(false),
+            resolved_watch: watch::Sender::new(false),
             config: ArcSwap::from_pointee(ChannelConfig {
                 service: config,
                 selector: None,
@@ -162,6 +169,29 @@ impl Core {
         if wanted != current {
             self.throttle
                 .store(wanted.map(|t| Arc::new(Throttle::new(t))));
+        }
+    }
+
+    /// Whether the resolver has reported once.
+    #[inline]
+    pub(crate) fn is_resolved(&self) -> bool {
+        self.resolved.load(Ordering::Acquire)
+    }
+
+    /// Waits until the resolver has reported once.
+    pub(crate) async fn resolved(&self) {
+        if self.is_resolved() {
+            return;
+        }
+        let mut rx = self.resolved_watch.subscribe();
+        // The sender lives as long as `self`.
+        let _ = rx.wait_for(|resolved| *resolved).await;
+    }
+
+    /// The resolver reported (a state or an error): RPCs go on.
+    fn mark_resolved(&self) {
+        if !self.resolved.swap(true, Ordering::AcqRel) {
+            self.resolved_watch.send_replace(true);
         }
     }
 
@@ -468,6 +498,7 @@ impl Control {
                 self.on_resolver_state(state);
             }
             Msg::ResolverError(generation, error) if generation == self.resolver_generation => {
+                self.cc.core.mark_resolved();
                 tracing::warn!(target = %self.cc.target, %error, "resolver error");
                 self.cc
                     .core
@@ -601,6 +632,7 @@ impl Control {
                 // error the channel reports, not a cue to use the default.
                 tracing::warn!(target = %self.cc.target, %error, "the resolver's first service config is invalid; failing RPCs until a valid one arrives");
                 self.call(|s, cc| s.resolver_error(error, cc));
+                self.cc.core.mark_resolved();
                 return;
             }
             Some(Err(error)) => {
@@ -626,6 +658,8 @@ impl Control {
             service: config.clone(),
             selector,
         }));
+        // Only now: an RPC that waited must find this config.
+        self.cc.core.mark_resolved();
         self.wanted = policy_name(&config);
         self.last_state = Some(state.clone());
         if self.switch.is_none() {
