@@ -37,6 +37,14 @@ const CORPUS: &[&str] = &[
         "retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "10s",
           "backoffMultiplier": 1.5, "retryableStatusCodes": [14]}}],
         "loadBalancingConfig": [{"pick_first": {}}]}"#,
+    r#"{"loadBalancingConfig": [{"xds_cluster_manager_experimental": {"children": {
+        "orders": {"childPolicy": [{"priority_experimental": {
+            "children": {"p0": {"config": [{"weighted_target_experimental": {"targets": {
+                "zone-a": {"weight": 3, "childPolicy": [{"round_robin": {}}]},
+                "zone-b": {"weight": 1, "childPolicy": [{"least_request": {"choiceCount": 2}}]}}}}]},
+                         "p1": {"config": [{"ring_hash": {}}], "ignoreReresolutionRequests": true}},
+            "priorities": ["p0", "p1"]}}]},
+        "users": {"childPolicy": [{"pick_first": {}}]}}}}]}"#,
     "{}",
 ];
 
@@ -49,6 +57,8 @@ fn the_service_config_parser_survives_100_000_mutated_configs() {
         "retryPolicy",
         "hedgingPolicy",
         "childPolicy",
+        "priorities",
+        "targets",
         "\"s\"",
     ]);
     let report = sweep(

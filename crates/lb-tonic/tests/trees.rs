@@ -357,3 +357,46 @@ async fn a_child_that_panics_deep_in_a_tree_fails_rpcs_naming_the_tree_and_recov
     resolver.update(ResolverState::new(good));
     warm_up(&mut client, &["a"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_leaves_and_comes_back_makes_no_new_connection() {
+    let backends = start(&["a", "b"]).await;
+    // Connections to b go through a proxy that counts them.
+    let proxy = lb_testkit::TcpProxy::start(backends[1].addr())
+        .await
+        .unwrap();
+    let a = pathed(&backends[0], &["zone-a"]);
+    let b = with_path(Address::from(proxy.addr()), ["zone-b"]);
+    let both = r#"{"loadBalancingConfig": [{"weighted_target_experimental": {"targets": {
+        "zone-a": {"weight": 1, "childPolicy": [{"round_robin": {}}]},
+        "zone-b": {"weight": 1, "childPolicy": [{"round_robin": {}}]}}}}]}"#;
+    let only_a = r#"{"loadBalancingConfig": [{"weighted_target_experimental": {"targets": {
+        "zone-a": {"weight": 1, "childPolicy": [{"round_robin": {}}]}}}}]}"#;
+    let resolver = ManualResolver::new();
+    let state =
+        |config: &str| ResolverState::new(vec![a.clone(), b.clone()]).with_service_config(config);
+    resolver.update(state(both));
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    warm_up(&mut client, &["a", "b"]).await;
+    assert_eq!(proxy.accepted(), 1);
+
+    // zone-b leaves: no more RPCs for it, but its connection stays...
+    resolver.update(state(only_a));
+    within("zone-b to leave", async {
+        while served(&mut client, Duration::from_millis(100))
+            .await
+            .contains_key("b")
+        {}
+    })
+    .await;
+    assert_eq!(proxy.open(), 1, "kept for its return");
+    // ...and serves again at once when zone-b is back, on the same connection.
+    resolver.update(state(both));
+    warm_up(&mut client, &["b"]).await;
+    assert_eq!(proxy.accepted(), 1, "no new connection");
+}
