@@ -176,6 +176,26 @@ fn pickers(n: usize) -> Vec<(&'static str, Arc<dyn Picker>)> {
     pickers
 }
 
+/// `xds_cluster_manager_experimental` with two clusters ("orders", "users"), each
+/// `round_robin` over `n` ready backends.
+fn cluster_manager(n: usize) -> Arc<dyn Picker> {
+    let mut h = Harness::with_registry(lb_policies::ClusterManager, lb_policies::registry());
+    let addrs = ready(2 * n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let cluster = if i < n { "orders" } else { "users" };
+            lb_core::hierarchy::with_path(r.address, [cluster])
+        })
+        .collect();
+    let config = r#"{"children": {
+        "orders": {"childPolicy": [{"round_robin": {}}]},
+        "users": {"childPolicy": [{"round_robin": {}}]}}}"#;
+    h.update_with_config(addrs, config).unwrap();
+    h.ready_all();
+    h.picker()
+}
+
 /// `priority_experimental` over `weighted_target_experimental` (two targets,
 /// weights 2 and 1) over `round_robin`, `n` ready backends: the tree xDS builds.
 fn tree(n: usize) -> Arc<dyn Picker> {
@@ -229,6 +249,19 @@ fn bench_pick(c: &mut Criterion) {
             });
         }
     }
+    // The cluster manager reads the RPC's cluster from its pick attributes.
+    let attributes = lb_core::Attributes::new().with(lb_policies::cluster_manager::PickedCluster(
+        std::sync::Arc::from("orders"),
+    ));
+    let routed = PickInfo::new("/bench.Service/Method")
+        .with_headers(&headers)
+        .with_attributes(&attributes);
+    let manager = cluster_manager(3);
+    one.bench_with_input(
+        BenchmarkId::new("cluster_manager_round_robin", 3),
+        &manager,
+        |b, picker| b.iter(|| pick_once(picker.as_ref(), &routed)),
+    );
     one.finish();
 
     let status = ok();

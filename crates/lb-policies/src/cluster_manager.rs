@@ -114,25 +114,61 @@ impl ClusterManagerBalancer {
         }
         let children = &self.children;
         self.counted.retain(|k, _| children.is_started(k));
-        let pickers: HashMap<Arc<str>, Arc<dyn Picker>> = self
+        let pickers: Vec<(Arc<str>, Arc<dyn Picker>)> = self
             .children
             .children()
             .map(|(k, _, picker)| (Arc::from(k.as_str()), picker))
             .collect();
         let state = lb_core::child::aggregate(self.counted.values().copied());
-        cc.update_state(state, Arc::new(ClusterPicker { pickers }));
+        cc.update_state(state, Arc::new(ClusterPicker::new(pickers)));
     }
 }
 
+/// Clusters up to which a pick scans a list rather than hashing the name.
+const SCAN: usize = 16;
+
 /// Sends each RPC to the picker of the cluster its route chose.
 pub struct ClusterPicker {
-    pickers: HashMap<Arc<str>, Arc<dyn Picker>>,
+    /// Few clusters: scanned (a name that is the same `Arc` as the key matches
+    /// without comparing bytes).
+    few: Box<[(Arc<str>, Arc<dyn Picker>)]>,
+    /// Many: by name.
+    many: HashMap<Arc<str>, Arc<dyn Picker>>,
+}
+
+impl ClusterPicker {
+    fn new(pickers: Vec<(Arc<str>, Arc<dyn Picker>)>) -> Self {
+        if pickers.len() <= SCAN {
+            Self {
+                few: pickers.into_boxed_slice(),
+                many: HashMap::new(),
+            }
+        } else {
+            Self {
+                few: Box::new([]),
+                many: pickers.into_iter().collect(),
+            }
+        }
+    }
+
+    #[inline]
+    fn find(&self, cluster: &Arc<str>) -> Option<&Arc<dyn Picker>> {
+        if self.many.is_empty() {
+            self.few
+                .iter()
+                .find(|(name, _)| Arc::ptr_eq(name, cluster) || **name == **cluster)
+                .map(|(_, picker)| picker)
+        } else {
+            self.many.get(cluster)
+        }
+    }
 }
 
 impl Picker for ClusterPicker {
+    #[inline]
     fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_> {
         let cluster = info.attribute::<PickedCluster>();
-        match cluster.and_then(|c| self.pickers.get(&c.0)) {
+        match cluster.and_then(|c| self.find(&c.0)) {
             Some(picker) => picker.pick(info),
             // A status error: the RPC ends, wait-for-ready or not (as grpc-go).
             None => PickResult::Drop(Status::unavailable(format!(

@@ -79,3 +79,24 @@ fn no_clusters_fail_every_rpc() {
     assert_eq!(h.state(), TransientFailure);
     assert!(matches!(to(&h, "cluster_a"), Outcome::Dropped(_)));
 }
+
+#[test]
+fn many_clusters_are_found_by_name_too() {
+    let mut h = Harness::with_registry(ClusterManager, lb_policies::registry());
+    let children: Vec<String> = (0..20)
+        .map(|i| format!(r#""c{i}": {{"childPolicy": [{{"round_robin": {{}}}}]}}"#))
+        .collect();
+    let config = format!(r#"{{"children": {{{}}}}}"#, children.join(","));
+    let addresses = (0..20)
+        .map(|i| with_path(Address::new(format!("10.0.{i}.1:1")), [format!("c{i}")]))
+        .collect();
+    h.update_with_config(addresses, &config).unwrap();
+    h.ready_all();
+    for i in [0, 7, 19] {
+        assert_eq!(
+            to(&h, &format!("c{i}")),
+            Outcome::Picked(format!("10.0.{i}.1:1"))
+        );
+    }
+    assert!(matches!(to(&h, "c20"), Outcome::Dropped(_)));
+}
