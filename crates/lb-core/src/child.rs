@@ -551,8 +551,11 @@ pub struct ChildUpdate<K> {
 }
 
 /// How long a [`ChildManager`] keeps a removed (or stopped) child, with its
-/// connections, before it closes it: grpc-go's balancer group keeps them 15 minutes,
-/// so that a key that leaves and comes back does not reconnect.
+/// connections, before it closes it: 15 minutes, as gRPC C-core's `priority`,
+/// `weighted_target` and `xds_cluster_manager` keep theirs, so that a key that
+/// leaves and comes back does not reconnect. (grpc-go keeps only the priorities it
+/// fails back from; it closes removed children at once, as
+/// `with_retention(Duration::ZERO)` does.)
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
 
 /// The hop of a [`ChildManager`]'s own timers (its retention timers), which no
@@ -595,8 +598,10 @@ impl Slot {
 ///   ([`ChildManager::start`]); [`ChildManager::update`] does both for a whole set.
 /// * A child that is stopped ([`ChildManager::stop`]) or removed
 ///   ([`ChildManager::remove`]) keeps its balancer and connections for the
-///   retention period ([`DEFAULT_RETENTION`], 15 minutes, as grpc-go), and comes back
-///   as it was when started (or added) again within it; then it is closed.
+///   retention period ([`DEFAULT_RETENTION`], 15 minutes, as C-core), and comes back
+///   as it was when started (or added) again within it; then it is closed. A kept
+///   child still follows its connections, but its requests to re-resolve are
+///   dropped.
 /// * Subconn states, timers, resolver errors and exit-idle requests reach the right
 ///   child in O(1); [`ChildManager::take_published_keys`] says which children
 ///   published since the last look.
@@ -613,6 +618,8 @@ pub struct ChildManager<K> {
     next_id: u64,
     retention: Duration,
     published: bool,
+    /// Children whose `published` mark was set, in order.
+    marked: Vec<K>,
 }
 
 impl<K: std::fmt::Debug> std::fmt::Debug for ChildManager<K> {
@@ -674,6 +681,7 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
             next_id: 0,
             retention: DEFAULT_RETENTION,
             published: false,
+            marked: Vec::new(),
         }
     }
 
@@ -698,11 +706,14 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
             parent: cc,
             id: slot.id,
             owners: &mut self.owners,
-            ignore_resolve_now: slot.ignore_resolve_now,
+            // A kept child is not serving: its re-resolution requests are noise.
+            ignore_resolve_now: slot.ignore_resolve_now || slot.retained.is_some(),
         };
         let result = f(switch, &mut slot_cc);
         if switch.take_published() {
-            slot.published = true;
+            if !std::mem::replace(&mut slot.published, true) {
+                self.marked.push(key.clone());
+            }
             self.published = true;
         }
         Some(result)
@@ -776,7 +787,9 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
             slot.switch = Some(GracefulSwitch::new(self.options.clone()));
         }
         // Back or new, its picker is the parent's to read again.
-        slot.published = true;
+        if !std::mem::replace(&mut slot.published, true) {
+            self.marked.push(key.clone());
+        }
         self.published = true;
         self.deliver(key, cc)
     }
@@ -821,11 +834,33 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
         }
         self.published = true;
         if self.retention.is_zero() {
-            self.close_child(key, cc);
+            self.close_kept(key, cc);
             return;
         }
         let timer = TimerId::new(slot.id).via(RETENTION_HOP);
         slot.retained = Some(cc.schedule(self.retention, timer));
+    }
+
+    /// Closes stopped child `key`'s balancer (its subconns shut down); forgets the
+    /// child if it was removed, else keeps its config for a later start.
+    fn close_kept(&mut self, key: &K, cc: &mut dyn ClientConn) {
+        let Some(slot) = self.children.get_mut(key) else {
+            return;
+        };
+        if let Some(timer) = slot.retained.take() {
+            timer.cancel();
+        }
+        if let Some(mut switch) = slot.switch.take() {
+            switch.close(&mut SlotCc {
+                parent: cc,
+                id: slot.id,
+                owners: &mut self.owners,
+                ignore_resolve_now: true,
+            });
+        }
+        if !slot.wanted {
+            self.forget(key);
+        }
     }
 
     /// Closes child `key` at once (its subconns shut down) and forgets it.
@@ -966,25 +1001,13 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
         let Some(key) = self.keys.get(&id).cloned() else {
             return;
         };
-        let Some(slot) = self.children.get_mut(&key) else {
-            return;
-        };
-        if slot.retained.is_none() {
-            return; // started again meanwhile
-        }
-        slot.retained = None;
-        let wanted = slot.wanted;
-        if let Some(mut switch) = slot.switch.take() {
-            switch.close(&mut SlotCc {
-                parent: cc,
-                id,
-                owners: &mut self.owners,
-                ignore_resolve_now: true,
-            });
-        }
-        if !wanted {
-            self.forget(&key);
-        }
+        if self
+            .children
+            .get(&key)
+            .is_some_and(|s| s.retained.is_some())
+        {
+            self.close_kept(&key, cc);
+        } // else started again meanwhile
     }
 
     /// Closes every child, kept ones included.
@@ -1032,11 +1055,16 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
 
     /// The children that published (or were started) since the last call, and
     /// clears their marks; [`ChildManager::take_published`] keeps its own.
+    /// Costs the number of children that published, not the number of children.
     pub fn take_published_keys(&mut self) -> Vec<K> {
-        self.children
-            .iter_mut()
-            .filter_map(|(k, s)| std::mem::take(&mut s.published).then(|| k.clone()))
-            .collect()
+        let mut marked = std::mem::take(&mut self.marked);
+        // A key is listed once per mark; a child forgotten since is dropped.
+        marked.retain(|k| {
+            self.children
+                .get_mut(k)
+                .is_some_and(|s| std::mem::take(&mut s.published))
+        });
+        marked
     }
 }
 

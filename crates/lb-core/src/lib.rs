@@ -78,7 +78,8 @@ pub use balancer::{
 pub use error::{Error, SharedError, error_chain};
 pub use load::{LoadReport, LoadReportListener, LoadReportWatch, ReportSource};
 pub use picker::{
-    Callbacks, DoneInfo, FailPicker, OnDone, Pick, PickInfo, PickResult, Picker, QueuePicker,
+    Callbacks, DoneInfo, FailPicker, IdlePicker, OnDone, Pick, PickInfo, PickResult, Picker,
+    QueuePicker,
 };
 pub use resolver::ResolverRegistry;
 pub use resolver::{Resolver, ResolverBuilder, ResolverState};

@@ -70,6 +70,12 @@ pub enum PickResult<'a> {
     /// No decision yet (no subconn is ready, the balancer is still connecting): the
     /// RPC waits for the next picker, bounded by its deadline.
     Queue,
+    /// The picking policy is idle: the RPC waits like [`PickResult::Queue`], and
+    /// the channel calls [`crate::Balancer::exit_idle`] on its root policy, which
+    /// parents pass down to their children. How an idle policy deep in a tree
+    /// (a cluster's pick_first whose connection closed) learns that an RPC wants
+    /// it, as grpc-go's idle picker calls `ExitIdle` itself.
+    Idle,
     /// Fail the RPC with this status unless it is wait-for-ready, in which case it
     /// waits for the next picker like [`PickResult::Queue`].
     Fail(Status),
@@ -268,6 +274,17 @@ pub struct QueuePicker;
 impl Picker for QueuePicker {
     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
         PickResult::Queue
+    }
+}
+
+/// A picker that asks to leave idle: what a balancer publishes in `Idle`, so that
+/// the first RPC starts it connecting ([`PickResult::Idle`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdlePicker;
+
+impl Picker for IdlePicker {
+    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
+        PickResult::Idle
     }
 }
 

@@ -273,6 +273,8 @@ pub enum Outcome {
     Picked(String),
     /// [`PickResult::Queue`].
     Queued,
+    /// [`PickResult::Idle`].
+    Idle,
     /// [`PickResult::Fail`].
     Failed(Status),
     /// [`PickResult::Drop`].
@@ -284,6 +286,7 @@ impl From<PickResult<'_>> for Outcome {
         match result {
             PickResult::Pick(p) => Outcome::Picked(p.subconn.address().addr().to_owned()),
             PickResult::Queue => Outcome::Queued,
+            PickResult::Idle => Outcome::Idle,
             PickResult::Fail(s) => Outcome::Failed(s),
             PickResult::Drop(s) => Outcome::Dropped(s),
         }

@@ -184,6 +184,53 @@ fn with_no_retention_a_removed_child_closes_at_once() {
 }
 
 #[test]
+fn with_no_retention_a_stopped_child_closes_and_is_rebuilt_when_started() {
+    let (m, mut cc) = setup();
+    let mut m = m.with_retention(Duration::ZERO);
+    m.set("p1".into(), policy(), state(&["10.0.0.1:1"]), &mut cc)
+        .unwrap();
+    m.start(&"p1".into(), &mut cc).unwrap();
+    ready(&mut m, &mut cc, "10.0.0.1:1");
+    cc.take_events();
+    m.stop(&"p1".into(), &mut cc);
+    assert!(
+        cc.take_events()
+            .contains(&Event::Shutdown("10.0.0.1:1".into()))
+    );
+    assert!(cc.take_timers().is_empty());
+    // Stopped is not removed: its config stays, and starting builds it anew.
+    m.start(&"p1".into(), &mut cc).unwrap();
+    assert!(m.is_started(&"p1".into()));
+    assert!(
+        cc.take_events()
+            .contains(&Event::NewSubConn("10.0.0.1:1".into()))
+    );
+    assert_eq!(m.take_published_keys(), ["p1".to_owned()]);
+}
+
+#[test]
+fn a_kept_child_asks_for_no_reresolution() {
+    let (mut m, mut cc) = setup();
+    m.set("p1".into(), policy(), state(&["10.0.0.1:1"]), &mut cc)
+        .unwrap();
+    m.start(&"p1".into(), &mut cc).unwrap();
+    ready(&mut m, &mut cc, "10.0.0.1:1");
+    let subconn = cc.created()[0].clone();
+    m.stop(&"p1".into(), &mut cc);
+    cc.take_events();
+    // Its connection fails while it is kept: the resolver is not bothered.
+    m.update_subconn_state(&subconn, &SubConnState::new(TransientFailure), &mut cc);
+    let events = cc.take_events();
+    assert!(!events.contains(&Event::ResolveNow), "{events:?}");
+    // Started again, it asks as usual.
+    m.start(&"p1".into(), &mut cc).unwrap();
+    m.update_subconn_state(&subconn, &SubConnState::new(Idle), &mut cc);
+    m.update_subconn_state(&subconn, &SubConnState::new(TransientFailure), &mut cc);
+    let events = cc.take_events();
+    assert!(events.contains(&Event::ResolveNow), "{events:?}");
+}
+
+#[test]
 fn exit_idle_and_resolver_errors_reach_one_child_at_a_time() {
     let (mut m, mut cc) = setup();
     for (key, addr) in [("a", "10.0.0.1:1"), ("b", "10.0.0.2:1")] {

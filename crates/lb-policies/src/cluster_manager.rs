@@ -17,7 +17,8 @@
 //!   `CONNECTING`, else `IDLE`, else `TRANSIENT_FAILURE`, a retrying cluster still
 //!   counting as failing); the picker always holds every child's picker, so an RPC
 //!   to a cluster that is failing fails while others succeed.
-//! * A removed cluster is kept 15 minutes in case it comes back.
+//! * A removed cluster is kept 15 minutes in case it comes back (as gRPC C-core;
+//!   grpc-go closes it at once).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -114,7 +115,7 @@ impl ClusterManagerBalancer {
         }
         let children = &self.children;
         self.counted.retain(|k, _| children.is_started(k));
-        let pickers: Vec<(Arc<str>, Arc<dyn Picker>)> = self
+        let pickers: Vec<Named> = self
             .children
             .children()
             .map(|(k, _, picker)| (Arc::from(k.as_str()), picker))
@@ -127,17 +128,20 @@ impl ClusterManagerBalancer {
 /// Clusters up to which a pick scans a list rather than hashing the name.
 const SCAN: usize = 16;
 
+/// A cluster's name and picker.
+type Named = (Arc<str>, Arc<dyn Picker>);
+
 /// Sends each RPC to the picker of the cluster its route chose.
 pub struct ClusterPicker {
     /// Few clusters: scanned (a name that is the same `Arc` as the key matches
     /// without comparing bytes).
-    few: Box<[(Arc<str>, Arc<dyn Picker>)]>,
+    few: Box<[Named]>,
     /// Many: by name.
     many: HashMap<Arc<str>, Arc<dyn Picker>>,
 }
 
 impl ClusterPicker {
-    fn new(pickers: Vec<(Arc<str>, Arc<dyn Picker>)>) -> Self {
+    fn new(pickers: Vec<Named>) -> Self {
         if pickers.len() <= SCAN {
             Self {
                 few: pickers.into_boxed_slice(),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use lb_core::{
     Address, Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState,
-    ConnectivityState, Error, FailPicker, LbConfig, Pick, PickInfo, PickResult, Picker,
+    ConnectivityState, Error, FailPicker, IdlePicker, LbConfig, Pick, PickInfo, PickResult, Picker,
     QueuePicker, SharedError, Status, SubConn, SubConnState,
 };
 
@@ -310,7 +310,7 @@ impl Balancer for PickFirstBalancer {
                 if let Some(e) = &state.error {
                     self.last_error = Some(e.clone());
                 }
-                self.publish(ConnectivityState::Idle, Arc::new(QueuePicker), cc);
+                self.publish(ConnectivityState::Idle, Arc::new(IdlePicker), cc);
             }
             return;
         }

@@ -336,7 +336,6 @@ impl Balancer for PriorityBalancer {
                 stop_timer(&mut info);
             }
         }
-        let mut first_error = None;
         for (name, child) in config.children {
             let addresses = split.remove(&name).unwrap_or_default();
             let child_state =
@@ -353,15 +352,21 @@ impl Balancer for PriorityBalancer {
                     },
                 );
             }
-            // A started child gets its new state at once; the others keep it.
-            if let Err(e) = self
+            // A started child gets its new state at once; the others keep it. Its
+            // `ignoreReresolutionRequests` applies from that update on (and, for a
+            // new child, from its start).
+            let ignore = child.ignore_reresolution_requests;
+            self.children.set_ignore_resolve_now(&name, ignore);
+            let result = self
                 .children
-                .set(name.clone(), child.policy, child_state, cc)
-            {
-                first_error.get_or_insert(e);
+                .set(name.clone(), child.policy, child_state, cc);
+            self.children.set_ignore_resolve_now(&name, ignore);
+            // A child's error is its own: it publishes its failure, which fails
+            // over as any other (grpc-go turns it into TRANSIENT_FAILURE for that
+            // child); the update stands.
+            if let Err(error) = result {
+                tracing::debug!(child = %name, %error, "priority: a child rejected its state");
             }
-            self.children
-                .set_ignore_resolve_now(&name, child.ignore_reresolution_requests);
         }
         self.priorities = config.priorities;
         // Publications of the update are followed, then the priority in use is
@@ -369,7 +374,7 @@ impl Balancer for PriorityBalancer {
         self.sync(cc);
         self.choose(true, cc);
         self.sync(cc);
-        first_error.map_or(Ok(()), Err)
+        Ok(())
     }
 
     fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {

@@ -20,12 +20,15 @@
 //!   failure still counts as failing. While `CONNECTING` RPCs queue; in
 //!   `TRANSIENT_FAILURE` they fail as the targets' pickers say.
 //! * A removed target is kept 15 minutes (its connections with it) in case it comes
-//!   back ([`lb_core::child::ChildManager`]).
+//!   back ([`lb_core::child::ChildManager`]), as gRPC C-core; grpc-go closes it at
+//!   once.
+//! * A target's error (a child that rejects its addresses) is its own: it publishes
+//!   its failure, and the update stands for the others (as grpc-go).
 //!
 //! Config errors name the JSON path: `targets.<name>.weight` must be an integer
 //! (0 to 2^32 - 1; a target of weight 0 gets no picks), `childPolicy` is required.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use lb_core::child::{ChildManager, ChildPolicy, counted_state, parse_child_policy};
@@ -72,7 +75,7 @@ impl BalancerBuilder for WeightedTarget {
         Box::new(WeightedTargetBalancer {
             children: ChildManager::new(options.clone()),
             weights: HashMap::new(),
-            counted: HashMap::new(),
+            counted: BTreeMap::new(),
         })
     }
 
@@ -102,8 +105,9 @@ impl BalancerBuilder for WeightedTarget {
 struct WeightedTargetBalancer {
     children: ChildManager<String>,
     weights: HashMap<String, u32>,
-    /// Each target's state as the aggregate counts it ([`counted_state`]).
-    counted: HashMap<String, ConnectivityState>,
+    /// Each target's state as the aggregate counts it ([`counted_state`]), in name
+    /// order (the picker's order, the same every time).
+    counted: BTreeMap<String, ConnectivityState>,
 }
 
 impl WeightedTargetBalancer {
@@ -162,10 +166,7 @@ impl WeightedTargetBalancer {
     fn weighted(&self, keep: impl Fn(ConnectivityState) -> bool) -> Arc<dyn Picker> {
         let mut pickers: Vec<Arc<dyn Picker>> = Vec::new();
         let mut weights: Vec<u32> = Vec::new();
-        let mut names: Vec<&String> = self.counted.keys().collect();
-        names.sort(); // the same order every time
-        for name in names {
-            let counted = self.counted[name];
+        for (name, &counted) in &self.counted {
             let weight = self.weights.get(name).copied().unwrap_or(0);
             if !keep(counted) || weight == 0 {
                 continue;
@@ -241,24 +242,27 @@ impl Balancer for WeightedTargetBalancer {
             self.children.remove(&key, cc);
             self.weights.remove(&key);
         }
-        let mut first_error = None;
+        let mut reweighted = false;
         for (name, target) in config.targets {
             let addresses = split.remove(&name).unwrap_or_default();
             let child_state =
                 ClientConnState::new(addresses).with_attributes(state.attributes.clone());
-            self.weights.insert(name.clone(), target.weight);
+            reweighted |= self.weights.insert(name.clone(), target.weight) != Some(target.weight);
             let result = self
                 .children
                 .set(name.clone(), target.child, child_state, cc)
                 .and_then(|()| self.children.start(&name, cc));
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
+            // A target's error is its own (it publishes its failure); as grpc-go,
+            // the others carry on and the update stands.
+            if let Err(error) = result {
+                tracing::debug!(target = %name, %error, "weighted_target: a target rejected its state");
             }
         }
-        // With no targets left, nothing publishes: say so at once.
-        let forced = self.weights.is_empty();
+        // New weights need a new picker even if no child published; with no targets
+        // left, nothing publishes: say so at once.
+        let forced = reweighted || self.weights.is_empty();
         self.publish_if(forced, cc);
-        first_error.map_or(Ok(()), Err)
+        Ok(())
     }
 
     fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {

@@ -109,8 +109,8 @@ fn a_dropped_connection_goes_idle_and_exit_idle_starts_over_from_the_first_addre
     assert_eq!(h.state(), Idle);
     assert_eq!(
         h.pick(),
-        Outcome::Queued,
-        "an idle channel queues and asks to exit idle"
+        Outcome::Idle,
+        "an idle pick_first queues the RPC and asks to exit idle, at any depth"
     );
     assert!(
         !h.take_events()

@@ -163,3 +163,30 @@ fn config_errors_name_the_target() {
         }
     }
 }
+
+#[test]
+fn new_weights_alone_take_effect_at_once() {
+    // pick_first children keep their connections without publishing again: only
+    // the weights change.
+    let config = |a: u32, b: u32| {
+        format!(
+            r#"{{"targets": {{
+                "zone-a": {{"weight": {a}, "childPolicy": [{{"pick_first": {{}}}}]}},
+                "zone-b": {{"weight": {b}, "childPolicy": [{{"pick_first": {{}}}}]}}}}}}"#
+        )
+    };
+    let addrs = || {
+        vec![
+            with_path(Address::new(A), ["zone-a"]),
+            with_path(Address::new(B), ["zone-b"]),
+        ]
+    };
+    let mut h = Harness::with_registry(WeightedTarget, lb_policies::registry());
+    h.update_with_config(addrs(), &config(1, 3)).unwrap();
+    h.ready_all();
+    let a = shares(&h, 10_000).get(A).copied().unwrap_or(0.0);
+    assert!((a - 25.0).abs() <= 2.0, "{a}");
+    h.update_with_config(addrs(), &config(3, 1)).unwrap();
+    let a = shares(&h, 10_000).get(A).copied().unwrap_or(0.0);
+    assert!((a - 75.0).abs() <= 2.0, "{a}");
+}

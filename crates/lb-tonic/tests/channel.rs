@@ -702,3 +702,174 @@ async fn rpcs_wait_for_the_first_resolution_and_use_its_service_config() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_name_resolution_comes_out_of_the_callers_deadline() {
+    let backend = Backend::start("a").await.unwrap();
+    backend.service().set_delay(Duration::from_millis(600));
+    let resolver = ManualResolver::new();
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    // A 1 s deadline, 700 ms of it spent waiting for the resolver, then a 600 ms
+    // answer: past the deadline (counted from after the wait, it would succeed).
+    let waiting = tokio::spawn(async move {
+        let mut req = echo_req("waits");
+        req.set_timeout(Duration::from_secs(1));
+        echo(&mut client, req).await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    resolver.update_addrs(&[backend.addr()]);
+    let status = within("the waiting RPC", waiting)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_channel_ends_rpcs_waiting_for_name_resolution() {
+    let resolver = ManualResolver::new();
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    // No deadline, and the resolver never reports.
+    let waiting = tokio::spawn(async move { echo(&mut client, echo_req("waits")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+    channel.close();
+    let status = within("the waiting RPC", waiting)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+    assert!(status.message().contains("closing"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_that_wakes_an_idle_channel_follows_the_new_resolvers_config() {
+    let backend = Backend::start("a").await.unwrap();
+    backend.service().set_delay(Duration::from_millis(300));
+    let resolver = ManualResolver::new();
+    resolver.update_addrs(&[backend.addr()]);
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .idle_timeout(Some(Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    within("the first RPC", echo(&mut client, echo_req("first")))
+        .await
+        .unwrap();
+    assert!(
+        channel
+            .wait_for_state(ConnectivityState::Idle, Duration::from_secs(5))
+            .await
+    );
+    // While the channel is idle the resolver's config changes: the RPC that wakes
+    // the channel waits for the new resolver's report and gets its 100 ms timeout.
+    resolver.update(
+        lb_core::ResolverState::new(vec![lb_core::Address::from(backend.addr())])
+            .with_service_config(
+                r#"{"methodConfig": [{"name": [{"service": "echo.Echo"}], "timeout": "0.1s"}]}"#,
+            ),
+    );
+    let status = within(
+        "the RPC after idleness",
+        echo(&mut client, echo_req("back")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_selector_without_a_service_config_is_not_used() {
+    struct Refuse;
+    impl lb_core::routing::ConfigSelector for Refuse {
+        fn select(
+            &self,
+            _: &lb_core::routing::RpcInfo<'_>,
+        ) -> Result<lb_core::routing::RpcConfig, lb_core::Status> {
+            Err(lb_core::Status::unavailable("refused by the selector"))
+        }
+    }
+    let backend = Backend::start("a").await.unwrap();
+    let resolver = ManualResolver::new();
+    let state = || lb_core::ResolverState::new(vec![lb_core::Address::from(backend.addr())]);
+    resolver.update(state().with_config_selector(Arc::new(Refuse)));
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    // No service config came with it: the default config applies, no selector.
+    assert_eq!(
+        within("an RPC", echo(&mut client, echo_req("x")))
+            .await
+            .unwrap(),
+        "a"
+    );
+    // With a service config, it applies.
+    resolver.update(
+        state()
+            .with_service_config("{}")
+            .with_config_selector(Arc::new(Refuse)),
+    );
+    let mut refused = None;
+    for _ in 0..100 {
+        match echo(&mut client, echo_req("x")).await {
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let status = refused.expect("the selector never applied");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("refused by the selector"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_selector_that_panics_fails_the_rpc_with_internal() {
+    struct Panics;
+    impl lb_core::routing::ConfigSelector for Panics {
+        fn select(
+            &self,
+            _: &lb_core::routing::RpcInfo<'_>,
+        ) -> Result<lb_core::routing::RpcConfig, lb_core::Status> {
+            panic!("selector bug")
+        }
+    }
+    let backend = Backend::start("a").await.unwrap();
+    let resolver = ManualResolver::new();
+    resolver.update(
+        lb_core::ResolverState::new(vec![lb_core::Address::from(backend.addr())])
+            .with_service_config("{}")
+            .with_config_selector(Arc::new(Panics)),
+    );
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    for _ in 0..3 {
+        let status = within("an RPC", echo(&mut client, echo_req("x")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        assert!(
+            status.message().contains("config selector panicked"),
+            "{status:?}"
+        );
+    }
+    assert_ne!(channel.state(), ConnectivityState::Shutdown);
+}

@@ -400,3 +400,64 @@ async fn a_target_that_leaves_and_comes_back_makes_no_new_connection() {
     warm_up(&mut client, &["b"]).await;
     assert_eq!(proxy.accepted(), 1, "no new connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cluster_connects_for_the_rpc_routed_to_it_while_the_others_are_ready() {
+    let backends = start(&["a", "b"]).await;
+    // b behind a proxy that can cut its connection.
+    let proxy = lb_testkit::TcpProxy::start(backends[1].addr())
+        .await
+        .unwrap();
+    let resolver = ManualResolver::new();
+    let config = r#"{"loadBalancingConfig": [{"xds_cluster_manager_experimental": {"children": {
+        "a": {"childPolicy": [{"pick_first": {}}]},
+        "b": {"childPolicy": [{"pick_first": {}}]}}}}]}"#;
+    resolver.update(
+        ResolverState::new(vec![
+            pathed(&backends[0], &["a"]),
+            with_path(Address::from(proxy.addr()), ["b"]),
+        ])
+        .with_service_config(config)
+        .with_config_selector(Arc::new(Routes)),
+    );
+    let channel = LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    let to_b = || {
+        let mut req = echo_req("x");
+        req.metadata_mut().insert("x-cluster", "b".parse().unwrap());
+        req.set_timeout(Duration::from_secs(5));
+        req
+    };
+    let mut ready = false;
+    for _ in 0..100 {
+        if echo(&mut client, echo_req("x")).await.is_ok() && echo(&mut client, to_b()).await.is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "both clusters serve");
+
+    // b's connection drops: its pick_first goes IDLE; a keeps the channel READY.
+    proxy.sever();
+    let until = Instant::now() + Duration::from_secs(5);
+    while proxy.open() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(channel.state(), lb_core::ConnectivityState::Ready);
+    let accepted = proxy.accepted();
+
+    // The next RPC for b wakes its child (not only the channel's root), reconnects
+    // and is served.
+    let served = within("an RPC to the idle cluster", echo(&mut client, to_b()))
+        .await
+        .unwrap();
+    assert_eq!(served, "b");
+    assert_eq!(proxy.accepted(), accepted + 1, "one new connection");
+}

@@ -30,6 +30,7 @@ mod timeout;
 pub use body::ResponseBody;
 pub(crate) use guard::CallGuard;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -125,20 +126,30 @@ pub(crate) async fn call(
     // the RPC without its deadline would hide the caller's mistake.
     let header_timeout =
         timeout::parse(request.headers()).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    // The caller's deadline runs from here, through any wait below (as a Go
+    // context's deadline is absolute).
+    let caller = header_timeout.map(|timeout| CallDeadline {
+        at: Instant::now() + timeout,
+        timeout,
+    });
     // Before the resolver first reports, its config (and config selector) is not
     // known yet: wait for it, within the caller's deadline.
     if !core.is_resolved() {
+        // An idle channel has no resolver: this RPC brings it back.
+        core.request_exit_idle();
         let resolved = core.resolved();
-        match header_timeout {
-            Some(timeout) => tokio::time::timeout(timeout, resolved).await.map_err(|_| {
-                tonic::Status::deadline_exceeded(format!(
-                    "deadline of {timeout:?} exceeded while waiting for name resolution"
-                ))
-            })?,
+        match caller {
+            Some(CallDeadline { at, timeout }) => {
+                tokio::time::timeout_at(at, resolved).await.map_err(|_| {
+                    tonic::Status::deadline_exceeded(format!(
+                        "deadline of {timeout:?} exceeded while waiting for name resolution"
+                    ))
+                })?
+            }
             None => resolved.await,
         }
     }
-    let (wait_for_ready, timeout, config, attributes) = {
+    let (wait_for_ready, method_timeout, config, attributes) = {
         let config = core.config.load();
         // With a config selector (gRFC A31), it decides the method config and the
         // attributes the picks see; else the service config's method config applies.
@@ -146,7 +157,10 @@ pub(crate) async fn call(
             None => None,
             Some(selector) => {
                 let rpc = RpcInfo::new(request.uri().path(), request.headers());
-                Some(selector.select(&rpc).map_err(|s| to_tonic(&s))?)
+                // A panicking selector fails this RPC, not the caller's task.
+                let selected = catch_unwind(AssertUnwindSafe(|| selector.select(&rpc)))
+                    .map_err(|_| tonic::Status::internal("the config selector panicked"))?;
+                Some(selected.map_err(|s| to_tonic(&s))?)
             }
         };
         let mc = match &selected {
@@ -159,12 +173,7 @@ pub(crate) async fn call(
             .map(|w| w.0)
             .or(mc.and_then(|m| m.wait_for_ready))
             .unwrap_or(core.wait_for_ready);
-        // The call's deadline: the smaller of the caller's `grpc-timeout` and the
-        // method config's `timeout`.
-        let timeout = match (header_timeout, mc.and_then(|m| m.timeout)) {
-            (Some(h), Some(m)) => Some(h.min(m)),
-            (h, m) => h.or(m),
-        };
+        let method_timeout = mc.and_then(|m| m.timeout);
         // Only a method with a policy keeps its config (one reference count).
         let policied = core.retries
             && mc.is_some_and(|m| m.retry_policy.is_some() || m.hedging_policy.is_some());
@@ -174,17 +183,25 @@ pub(crate) async fn call(
         });
         (
             wait_for_ready,
-            timeout,
+            method_timeout,
             kept,
             selected.map(|rpc| rpc.attributes),
         )
     };
     let attempts = AtomicU32::new(0);
-    let deadline = timeout.map(|timeout| CallDeadline {
-        at: Instant::now() + timeout,
-        timeout,
-    });
-    let state = timeout.map(|_| core.state.subscribe());
+    // The call's deadline: the sooner of the caller's and the method config's
+    // `timeout` (which, as in grpc-go, runs from when the config is known).
+    let deadline = match (caller, method_timeout) {
+        (caller, None) => caller,
+        (caller, Some(timeout)) => {
+            let method = CallDeadline {
+                at: Instant::now() + timeout,
+                timeout,
+            };
+            Some(caller.filter(|c| c.at <= method.at).unwrap_or(method))
+        }
+    };
+    let state = deadline.map(|_| core.state.subscribe());
     let run = Run {
         core: core.clone(),
         wait_for_ready,

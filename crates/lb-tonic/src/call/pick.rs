@@ -88,11 +88,16 @@ pub(super) async fn pick(
                         }
                     }
                 }
-                Ok(PickResult::Queue) => {
+                Ok(result @ (PickResult::Queue | PickResult::Idle)) => {
                     if waiter.is_none() {
                         core.stats.metrics.pick_queued();
                     }
-                    if published.state == ConnectivityState::Idle {
+                    // An idle policy anywhere in the tree asks (`Idle`); an idle
+                    // channel, or a policy that queues while it reports `Idle`,
+                    // is asked all the same.
+                    if matches!(result, PickResult::Idle)
+                        || published.state == ConnectivityState::Idle
+                    {
                         core.request_exit_idle();
                     }
                     None

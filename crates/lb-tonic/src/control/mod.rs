@@ -41,9 +41,9 @@ use lb_core::child::GracefulSwitch;
 use lb_core::routing::ConfigSelector;
 use lb_core::{
     Address, BalancerRegistry, BuildOptions, ClientConn, ClientConnState, Code, ConnectivityState,
-    Error, FailPicker, PickInfo, PickResult, Picker, QueuePicker, Resolver, ResolverBuilder,
-    ResolverState, ServiceConfig, SharedError, Status, SubConn, SubConnId, SubConnOptions,
-    SubConnState, Target, TimerHandle, TimerId,
+    Error, FailPicker, IdlePicker, PickInfo, PickResult, Picker, QueuePicker, Resolver,
+    ResolverBuilder, ResolverState, ServiceConfig, SharedError, Status, SubConn, SubConnId,
+    SubConnOptions, SubConnState, Target, TimerHandle, TimerId,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -192,6 +192,13 @@ impl Core {
     fn mark_resolved(&self) {
         if !self.resolved.swap(true, Ordering::AcqRel) {
             self.resolved_watch.send_replace(true);
+        }
+    }
+
+    /// The channel went idle: RPCs wait for the next resolver's first report.
+    fn unmark_resolved(&self) {
+        if self.resolved.swap(false, Ordering::AcqRel) {
+            self.resolved_watch.send_replace(false);
         }
     }
 
@@ -476,7 +483,8 @@ impl Control {
                 },
                 () = sleep_until(self.rebuild_at) => {
                     self.rebuild_at = None;
-                    self.rebuild();
+                    let config = self.cc.core.config.load().service.clone();
+                    self.rebuild(&config);
                 }
                 () = sleep_until(self.cc.timers.next_deadline()) => self.fire_timers(),
                 () = sleep_until(idle_check) => {
@@ -598,8 +606,9 @@ impl Control {
         self.rebuild_at = Some(Instant::now() + delay);
     }
 
-    /// Builds the policy again after a panic and gives it the last state.
-    fn rebuild(&mut self) {
+    /// Builds the policy again after a panic and gives it the last state with
+    /// `config`.
+    fn rebuild(&mut self, config: &ServiceConfig) {
         if self.switch.is_some() || self.cc.closing || self.idle {
             return;
         }
@@ -609,7 +618,7 @@ impl Control {
         }
         tracing::info!(target = %self.cc.target, policy = %self.wanted, "rebuilt the load-balancing policy");
         if let Some(state) = self.last_state.clone() {
-            self.feed(state);
+            self.feed(state, config);
         }
     }
 
@@ -624,9 +633,11 @@ impl Control {
                     .map_err(|e| Arc::new(e) as SharedError)
             })
         };
-        let parsed_ok = !matches!(parsed, Some(Err(_)));
-        let config = match parsed {
-            Some(Ok(config)) => Arc::new(config),
+        // The resolver's per-RPC selector goes with its service config: none when
+        // the channel ignores resolver configs or the resolver sent no config (as
+        // grpc-go); an invalid config keeps the previous pair.
+        let (config, selector) = match parsed {
+            Some(Ok(config)) => (Arc::new(config), state.config_selector.clone()),
             Some(Err(error)) if !self.accepted_resolver_state => {
                 // gRFC A21: with no good state before it, an invalid config is an
                 // error the channel reports, not a cue to use the default.
@@ -637,46 +648,38 @@ impl Control {
             }
             Some(Err(error)) => {
                 tracing::warn!(target = %self.cc.target, %error, "resolver sent an invalid service config; keeping the previous one");
-                // The previous config's selector stays with it.
-                self.cc.core.config.load().service.clone()
+                let kept = self.cc.core.config.load();
+                (kept.service.clone(), kept.selector.clone())
             }
-            None => self.default_config.clone(),
-        };
-        // The resolver's per-RPC selector goes with its config (none when the channel
-        // ignores resolver configs); an invalid config keeps the previous pair.
-        let selector = if !self.use_resolver_config {
-            None
-        } else if parsed_ok {
-            state.config_selector.clone()
-        } else {
-            self.cc.core.config.load().selector.clone()
+            None => (self.default_config.clone(), None),
         };
         self.accepted_resolver_state = true;
         self.cc.core.set_throttling(&config);
         self.cc.core.set_health(&config);
-        self.cc.core.config.store(Arc::new(ChannelConfig {
-            service: config.clone(),
-            selector,
-        }));
-        // Only now: an RPC that waited must find this config.
-        self.cc.core.mark_resolved();
         self.wanted = policy_name(&config);
         self.last_state = Some(state.clone());
         if self.switch.is_none() {
             // Broken by a panic: rebuild now rather than at the timer.
             self.rebuild_at = None;
-            self.rebuild();
-            return;
+            self.rebuild(&config);
+        } else {
+            tracing::debug!(target = %self.cc.target, addresses = state.addresses.len(), "resolver update");
+            self.feed(state, &config);
         }
-        tracing::debug!(target = %self.cc.target, addresses = state.addresses.len(), "resolver update");
-        self.feed(state);
+        // The policy has its new state (and a cluster a new route names, its
+        // picker) before RPCs see the config and selector that go with it.
+        self.cc.core.config.store(Arc::new(ChannelConfig {
+            service: config,
+            selector,
+        }));
+        // Only now: an RPC that waited must find this config.
+        self.cc.core.mark_resolved();
     }
 
     /// Gives the policy a resolver state with the current config (switching policy
     /// first if the config names another); a state it rejects asks the resolver to
     /// re-resolve.
-    fn feed(&mut self, state: ResolverState) {
-        let config = self.cc.core.config.load().service.clone();
+    fn feed(&mut self, state: ResolverState, config: &ServiceConfig) {
         let mut ccs = ClientConnState::new(state.addresses).with_attributes(state.attributes);
         if let Some(lb) = config.lb_policy() {
             ccs = ccs.with_config(lb.config.clone());
@@ -717,9 +720,12 @@ impl Control {
         self.accepted_resolver_state = false;
         self.rebuild_at = None;
         self.idle = true;
+        // As grpc-go: RPCs that bring the channel back wait for the new resolver's
+        // first report, so that its config (and selector) applies to them.
+        self.cc.core.unmark_resolved();
         self.cc.core.publish(
             ConnectivityState::Idle,
-            Arc::new(QueuePicker),
+            Arc::new(IdlePicker),
             self.wanted.as_str().into(),
         );
     }
@@ -776,6 +782,8 @@ impl Control {
             ))),
             self.wanted.as_str().into(),
         );
+        // RPCs waiting for a first resolution go on, to the closing picker.
+        self.cc.core.mark_resolved();
         tracing::debug!(target = %self.cc.target, "channel closed");
     }
 }
