@@ -76,6 +76,16 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
             ))
         })?;
     match first {
+        // Nothing to dial is a failure of a one-shot resolve, saying where the
+        // resolver looked.
+        Some(Event::Update(state)) if state.addresses.is_empty() && !args.watch => {
+            print_state(&args, &state);
+            return Err(Failure(format!(
+                "`{}` resolved to no addresses{}",
+                args.target,
+                note(&state).map(|n| format!(": {n}")).unwrap_or_default()
+            )));
+        }
         Some(Event::Update(state)) => print_state(&args, &state),
         Some(Event::Error(error)) if !args.watch => {
             return Err(Failure(format!("resolving `{}`: {error}", args.target)));
@@ -121,6 +131,9 @@ fn print_state(args: &Args, state: &ResolverState) {
         if let Some(error) = &state.service_config_error {
             value["service_config_error"] = json!(error.to_string());
         }
+        if let Some(note) = note(state) {
+            value["note"] = json!(note);
+        }
         if args.watch {
             value["time"] = json!(now());
         }
@@ -128,7 +141,10 @@ fn print_state(args: &Args, state: &ResolverState) {
         return;
     }
     let n = state.addresses.len();
-    let header = format!("{n} address{}", if n == 1 { "" } else { "es" });
+    let mut header = format!("{n} address{}", if n == 1 { "" } else { "es" });
+    if let Some(note) = note(state).filter(|_| n == 0) {
+        header = format!("{header} ({note})");
+    }
     if args.watch {
         println!("{}  {header}", now());
     } else {
@@ -143,6 +159,14 @@ fn print_state(args: &Args, state: &ResolverState) {
     if let Some(error) = &state.service_config_error {
         println!("  service config: invalid: {error}");
     }
+}
+
+/// What the resolver said about how it resolved (where it looked).
+fn note(state: &ResolverState) -> Option<&str> {
+    state
+        .attributes
+        .get::<lb_core::ResolutionNote>()
+        .map(|n| n.0.as_str())
 }
 
 fn print_error(args: &Args, error: &str) {

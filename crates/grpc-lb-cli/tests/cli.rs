@@ -47,6 +47,11 @@ fn assert_one_line_error(output: &Output, contains: &str) {
         !err.contains("panicked") && !err.contains("backtrace"),
         "{err}"
     );
+    // Causes are in words, not debug dumps of other crates' errors.
+    assert!(
+        !err.contains("::") && !err.contains("Os {") && !err.contains("source:"),
+        "{err}"
+    );
 }
 
 /// A long-running subcommand whose stdout is read line by line.
@@ -160,6 +165,25 @@ async fn resolve_prints_an_etcd_service_with_metadata() {
     assert_eq!(addresses(&value), ["127.0.0.1:50051"]);
     assert_eq!(value["addresses"][0]["metadata"]["zone"], "a");
     assert_eq!(value["addresses"][0]["weight"], 1);
+
+    // A service name with a typo: nothing to dial is a failure, saying where the
+    // resolver looked.
+    let typo = format!("etcd://{}/greetr", etcd.addr());
+    let empty = run(&["resolve", &typo]).await;
+    assert_one_line_error(&empty, "resolved to no addresses");
+    assert!(
+        stderr(&empty).contains(&format!(
+            "no keys under `greetr/` in etcd at http://{}",
+            etcd.addr()
+        )),
+        "{}",
+        stderr(&empty)
+    );
+    assert!(
+        stdout(&empty).starts_with("0 addresses (no keys under"),
+        "{}",
+        stdout(&empty)
+    );
     registered.deregister().await;
 }
 
@@ -406,8 +430,13 @@ async fn bad_input_is_one_line_and_a_non_zero_exit() {
     let unreachable = format!("127.0.0.1:{}", lb_testkit::free_port().unwrap());
     let etcd_down = format!("etcd://{unreachable}/svc");
     let zk_down = format!("zk://{unreachable}/svc");
-    let cases: [(&[&str], &str); 19] = [
+    let cases: [(&[&str], &str); 21] = [
         (&["resolve", "nope://x/y"], "nope://x/y"),
+        (
+            &["resolve", "stattic:///127.0.0.1:1"],
+            "did you mean `static`?",
+        ),
+        (&["probe", "http://127.0.0.1:1"], "`dns:///host:port`"),
         (
             &["probe", "static:///127.0.0.1:1", "--policy", "nope"],
             "unknown policy `nope`",

@@ -32,6 +32,7 @@
 //! # let _ = builder;
 //! ```
 
+use crate::failure_message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -355,9 +356,9 @@ impl LastErrors {
     pub fn status(&self, when_none: &str) -> Status {
         let message = match (&self.connection, &self.resolver) {
             (Some(conn), Some(res)) => {
-                format!("last connection error: {conn}; last resolver error: {res}")
+                format!("{}; last resolver error: {res}", failure_message(&**conn))
             }
-            (Some(conn), None) => format!("last connection error: {conn}"),
+            (Some(conn), None) => failure_message(&**conn),
             (None, Some(res)) => format!("last resolver error: {res}"),
             (None, None) => when_none.to_owned(),
         };
@@ -424,9 +425,9 @@ impl<P: PickerBuilder> Balancer for BaseBalancer<P> {
         if state.addresses.is_empty() {
             let removed = self.subconns.shutdown_all();
             self.removed(&removed);
-            self.errors.resolver = Some(Arc::new(Error::NoAddresses));
+            self.errors.resolver = Some(Arc::new(Error::no_addresses(&state.attributes)));
             self.publish(cc);
-            return Err(Error::NoAddresses);
+            return Err(Error::no_addresses(&state.attributes));
         }
         self.errors.resolver = None;
         let changes = self.subconns.update(state.addresses, cc)?;

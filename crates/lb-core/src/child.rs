@@ -100,11 +100,11 @@ pub fn parse_child_policy(
         }
         names.push(name.clone());
     }
-    Err(Error::lb_config(
-        parent,
-        path,
-        format!("no registered load-balancing policy among {names:?}"),
-    ))
+    let none = Error::NoSupportedPolicy {
+        names,
+        registered: registry.names().into_iter().map(str::to_owned).collect(),
+    };
+    Err(Error::lb_config(parent, path, none.to_string()))
 }
 
 /// The state of a group: `READY` if any member is, else `CONNECTING` if any is, else

@@ -25,8 +25,10 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Everything that can go wrong in `lb-core`. Each message names the input that was
-/// wrong: the target, the JSON path in a service config, the policy, the transition.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// wrong: the target, the JSON path in a service config, the policy, the transition,
+/// and lists what would have been valid. `Debug` prints the same one line as
+/// `Display`, so that `main` returning one says what to fix.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A subconn was moved between two states that the connectivity state machine
@@ -48,13 +50,23 @@ pub enum Error {
         reason: String,
     },
 
-    /// No resolver is registered for the target's scheme, nor for the default scheme.
-    #[error("no resolver is registered for scheme `{scheme}` (target `{target}`)")]
+    /// No resolver is registered for the target's scheme (`stattic:///…`), or, for
+    /// a target without one, for the default scheme.
+    #[error(
+        "no resolver is registered for scheme `{scheme}` (target `{target}`); registered: {}{}",
+        list(registered),
+        hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default()
+    )]
     UnknownScheme {
         /// The scheme that was looked up.
         scheme: String,
         /// The target it came from.
         target: String,
+        /// The schemes that are registered, sorted.
+        registered: Vec<String>,
+        /// What would make the scheme work: the feature that adds its resolver, a
+        /// close registered scheme, or how gRPC targets are written.
+        hint: Option<String>,
     },
 
     /// A service config is not valid JSON or does not follow gRPC's service config schema.
@@ -79,23 +91,113 @@ pub enum Error {
     },
 
     /// None of the policies listed in a `loadBalancingConfig` is registered.
-    #[error("no registered load-balancing policy among {names:?}")]
+    #[error(
+        "no registered load-balancing policy among {}; registered: {}{}",
+        quoted(names),
+        list(registered),
+        did_you_mean(names, registered)
+    )]
     NoSupportedPolicy {
         /// The names that were listed, in order.
         names: Vec<String>,
+        /// The registered policies, sorted.
+        registered: Vec<String>,
     },
 
     /// A policy was asked for by a name no builder is registered under.
-    #[error("no load-balancing policy is registered as `{0}`")]
-    UnknownPolicy(String),
+    #[error(
+        "no load-balancing policy is registered as `{name}`; registered: {}{}",
+        list(registered),
+        did_you_mean(std::slice::from_ref(name), registered)
+    )]
+    UnknownPolicy {
+        /// The name asked for.
+        name: String,
+        /// The registered policies, sorted.
+        registered: Vec<String>,
+    },
 
     /// The channel is shutting down; no new subconns can be created.
     #[error("the channel is shut down")]
     Shutdown,
 
-    /// The resolver produced an empty address list.
-    #[error("the resolver produced no addresses")]
-    NoAddresses,
+    /// The resolver produced an empty address list; `note` is what the resolver
+    /// said about it ([`crate::ResolutionNote`]: the etcd prefix or the ZooKeeper
+    /// path it watched, the DNS name it looked up).
+    #[error(
+        "the resolver produced no addresses{}",
+        note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+    )]
+    NoAddresses {
+        /// What the resolver said about the empty list.
+        note: Option<String>,
+    },
+}
+
+/// `a, b, c`, or `none` for an empty list.
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// `` `a`, `b` ``.
+fn quoted(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    quoted.join(", ")
+}
+
+/// `; did you mean `x`?` for the first of `names` close to one of `known`.
+fn did_you_mean(names: &[String], known: &[String]) -> String {
+    names
+        .iter()
+        .find_map(|n| closest(n, known.iter().map(String::as_str)))
+        .map(|k| format!("; did you mean `{k}`?"))
+        .unwrap_or_default()
+}
+
+/// The candidate closest to `name` by edit distance, if it is a likely typo of it:
+/// one edit for names of 3 to 5 characters, two for longer ones, none for shorter;
+/// ASCII case is ignored.
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let name = name.to_ascii_lowercase();
+    let limit = match name.chars().count() {
+        0..=2 => return None,
+        3..=5 => 1,
+        _ => 2,
+    };
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&name, &c.to_ascii_lowercase()), c))
+        .filter(|&(d, _)| d > 0 && d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl From<IllegalTransition> for Error {
@@ -108,6 +210,16 @@ impl From<IllegalTransition> for Error {
 }
 
 impl Error {
+    /// [`Error::NoAddresses`] with the resolver's note from a state's attributes
+    /// ([`crate::ResolutionNote`]), if it left one.
+    pub fn no_addresses(attributes: &crate::Attributes) -> Self {
+        Error::NoAddresses {
+            note: attributes
+                .get::<crate::ResolutionNote>()
+                .map(|n| n.0.clone()),
+        }
+    }
+
     /// Shorthand for [`Error::LbConfig`], for use in [`crate::BalancerBuilder::parse_config`].
     pub fn lb_config(
         policy: impl Into<String>,

@@ -146,6 +146,14 @@ impl ServiceConfig {
         }
     }
 
+    /// This config with its `loadBalancingConfig` replaced by `policy` (everything
+    /// else kept).
+    #[must_use]
+    pub fn replace_policy(mut self, policy: LbPolicy) -> Self {
+        self.lb_policy = Some(policy);
+        self
+    }
+
     /// The chosen policy, if the config names a registered one.
     pub fn lb_policy(&self) -> Option<&LbPolicy> {
         self.lb_policy.as_ref()
@@ -236,7 +244,10 @@ fn parse_lb_policy(
             }
             names.push(name.clone());
         }
-        return Err(Error::NoSupportedPolicy { names });
+        return Err(Error::NoSupportedPolicy {
+            names,
+            registered: registry.names().into_iter().map(str::to_owned).collect(),
+        });
     }
     if let Some(policy) = root.get("loadBalancingPolicy") {
         // The deprecated form: `"loadBalancingPolicy": "round_robin"`, no config. The
@@ -660,12 +671,21 @@ mod tests {
 
     #[test]
     fn no_registered_policy_is_an_error_listing_them() {
-        let err = parse(r#"{"loadBalancingConfig": [{"x": {}}, {"y": {}}]}"#).unwrap_err();
+        let err = parse(r#"{"loadBalancingConfig": [{"x": {}}, {"bb": {}}]}"#).unwrap_err();
+        let registered: Vec<String> = registry().names().into_iter().map(Into::into).collect();
         assert_eq!(
             err,
             Error::NoSupportedPolicy {
-                names: vec!["x".into(), "y".into()]
+                names: vec!["x".into(), "bb".into()],
+                registered: registered.clone(),
             }
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no registered load-balancing policy among `x`, `bb`; registered: {}",
+                registered.join(", ")
+            )
         );
     }
 

@@ -165,6 +165,30 @@ impl fmt::Debug for SubConn {
     }
 }
 
+/// A subconn failure that is not its connection's: the connection is up, but its
+/// health check (gRFC A17) says the server is not serving, or the health stream
+/// broke. A transport reports it as the `TransientFailure` error, so that
+/// policies' messages call it what it is ([`failure_message`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{address} is connected but its health check failed: {reason}")]
+pub struct HealthCheckFailed {
+    /// The subconn's address.
+    pub address: String,
+    /// What the health service said, or how its stream ended.
+    pub reason: String,
+}
+
+/// How a policy names a subconn's last error in the status of the RPCs it fails:
+/// "last health check failure: …" for a [`HealthCheckFailed`], else "last
+/// connection error: …" (grpc-go's wording).
+pub fn failure_message(error: &(dyn std::error::Error + Send + Sync + 'static)) -> String {
+    if error.downcast_ref::<HealthCheckFailed>().is_some() {
+        format!("last health check failure: {error}")
+    } else {
+        format!("last connection error: {error}")
+    }
+}
+
 /// A subconn's new state, as delivered to [`crate::Balancer::update_subconn_state`].
 #[derive(Clone, Debug)]
 pub struct SubConnState {

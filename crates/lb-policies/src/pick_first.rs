@@ -115,7 +115,7 @@ impl PickFirstBalancer {
     fn publish_failure(&mut self, cc: &mut dyn ClientConn) {
         let message = match (&self.last_error, &self.resolver_error) {
             (_, Some(res)) if self.addresses.is_empty() => format!("last resolver error: {res}"),
-            (Some(conn), _) => format!("last connection error: {conn}"),
+            (Some(conn), _) => lb_core::failure_message(&**conn),
             (None, Some(res)) => format!("last resolver error: {res}"),
             (None, None) => "every address failed".to_owned(),
         };
@@ -246,9 +246,9 @@ impl Balancer for PickFirstBalancer {
         if addresses.is_empty() {
             self.addresses.clear();
             self.shutdown_all();
-            self.resolver_error = Some(Arc::new(Error::NoAddresses));
+            self.resolver_error = Some(Arc::new(Error::no_addresses(&state.attributes)));
             self.publish_failure(cc);
-            return Err(Error::NoAddresses);
+            return Err(Error::no_addresses(&state.attributes));
         }
         self.resolver_error = None;
         // After no addresses, a failure is the resolver's, not the connections'.

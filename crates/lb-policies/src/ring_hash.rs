@@ -403,9 +403,9 @@ impl Balancer for RingHashBalancer {
             self.subconns.shutdown_all();
             self.ring = None;
             self.ring_of.clear();
-            self.errors.resolver = Some(Arc::new(Error::NoAddresses));
+            self.errors.resolver = Some(Arc::new(Error::no_addresses(&state.attributes)));
             self.publish(cc);
-            return Err(Error::NoAddresses);
+            return Err(Error::no_addresses(&state.attributes));
         }
         self.errors.resolver = None;
         // Subconns connect when a pick needs them.

@@ -157,7 +157,10 @@ fn an_empty_list_is_transient_failure_that_says_so() {
     let mut h = harness(&[A]);
     h.set_state(A, Connecting);
     h.set_state(A, Ready);
-    assert_eq!(h.update_addresses(&[]), Err(Error::NoAddresses));
+    assert_eq!(
+        h.update_addresses(&[]),
+        Err(Error::NoAddresses { note: None })
+    );
     assert_eq!(h.state(), TransientFailure);
     assert!(
         failed_message(&h).contains("no addresses"),
@@ -172,7 +175,10 @@ fn addresses_after_an_empty_list_connect_without_the_failing_picker() {
     let mut h = harness(&[A]);
     h.set_state(A, Connecting);
     h.set_state(A, Ready);
-    assert_eq!(h.update_addresses(&[]), Err(Error::NoAddresses));
+    assert_eq!(
+        h.update_addresses(&[]),
+        Err(Error::NoAddresses { note: None })
+    );
     assert_eq!(h.state(), TransientFailure);
     h.take_events();
     // Sticky TRANSIENT_FAILURE (A62) is for failed connections only: the new list

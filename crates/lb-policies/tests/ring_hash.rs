@@ -295,7 +295,10 @@ fn config_errors_name_the_field() {
 #[test]
 fn an_empty_address_list_is_rejected_and_fails_picks() {
     let mut h = harness(2, HEADER);
-    assert!(matches!(h.update_addresses(&[]), Err(Error::NoAddresses)));
+    assert!(matches!(
+        h.update_addresses(&[]),
+        Err(Error::NoAddresses { .. })
+    ));
     assert_eq!(h.state(), TransientFailure);
     assert!(matches!(h.pick(), Outcome::Failed(_)));
 }

@@ -158,7 +158,10 @@ fn address_updates_keep_unchanged_subconns() {
 #[test]
 fn an_empty_address_list_is_transient_failure_that_says_so() {
     let mut h = ready(&[A, B]);
-    assert_eq!(h.update_addresses(&[]), Err(Error::NoAddresses));
+    assert_eq!(
+        h.update_addresses(&[]),
+        Err(Error::NoAddresses { note: None })
+    );
     assert_eq!(h.state(), TransientFailure);
     match h.pick() {
         Outcome::Failed(s) => assert!(s.message().contains("no addresses"), "{s}"),

@@ -91,8 +91,12 @@ fn named(e: &Error) -> Result<(), String> {
             path,
             reason,
         } => fine(&[policy, path, reason]),
-        Error::NoSupportedPolicy { names } if !names.is_empty() => Ok(()),
-        Error::UnknownPolicy(name) => fine(&[name]),
+        Error::NoSupportedPolicy { names, registered }
+            if !names.is_empty() && !registered.is_empty() =>
+        {
+            Ok(())
+        }
+        Error::UnknownPolicy { name, registered } if !registered.is_empty() => fine(&[name]),
         other => Err(format!(
             "an error that does not name what is wrong: {other:?}"
         )),

@@ -371,12 +371,13 @@ impl EtcdOptions {
 #[non_exhaustive]
 pub enum EtcdError {
     /// A request failed.
-    #[error("etcd ({what}): {source}")]
+    #[error("etcd ({what}): {}", describe(error))]
     Request {
         /// What was asked (`list greeter/`, `watch greeter/`, `lease grant`).
         what: String,
-        /// The client's error.
-        source: etcd_client::Error,
+        /// The client's error (in the message as one line: its gRPC code, message
+        /// and causes).
+        error: etcd_client::Error,
     },
     /// etcd canceled the watch for a reason other than compaction (a compacted
     /// revision makes the resolver list again and is not an error).
@@ -420,18 +421,18 @@ pub enum EtcdError {
         /// etcd's answer.
         reason: String,
         /// The client's error, if there was one (a canceled watch has none).
-        source: Option<Box<etcd_client::Error>>,
+        error: Option<Box<etcd_client::Error>>,
     },
     /// etcd could not be reached: no connection, a connection closed (with mutual
     /// TLS, possibly etcd refusing the client certificate), or no answer in time.
-    #[error("etcd at {endpoints} unreachable ({what}): {source}")]
+    #[error("etcd at {endpoints} unreachable ({what}): {}", describe(error))]
     Unreachable {
         /// The endpoints asked.
         endpoints: String,
         /// What was asked.
         what: String,
-        /// The client's error.
-        source: etcd_client::Error,
+        /// The client's error (in the message as one line).
+        error: etcd_client::Error,
     },
     /// A TLS handshake with etcd failed: its certificate cannot be verified with the
     /// configured CA, or it refused our client certificate.
@@ -474,7 +475,7 @@ pub enum EtcdError {
 
 fn request_error(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> EtcdError {
     let what = what.into();
-    move |source| EtcdError::Request { what, source }
+    move |error| EtcdError::Request { what, error }
 }
 
 /// Whether `e` is etcd's "required revision has been compacted".
@@ -649,7 +650,10 @@ impl EtcdConnection {
             }
         }
         match e {
-            EtcdError::Request { what, source } => {
+            EtcdError::Request {
+                what,
+                error: source,
+            } => {
                 if let Some(reason) = auth_failure(&source) {
                     return self.auth_error(what, reason, Some(source));
                 }
@@ -665,10 +669,13 @@ impl EtcdConnection {
                     return EtcdError::Unreachable {
                         endpoints: self.options.endpoint_list(),
                         what,
-                        source,
+                        error: source,
                     };
                 }
-                EtcdError::Request { what, source }
+                EtcdError::Request {
+                    what,
+                    error: source,
+                }
             }
             EtcdError::WatchCanceled { prefix, reason } => match auth_reason(&reason) {
                 Some(why) => self.auth_error(format!("watch {prefix}"), why, None),
@@ -692,7 +699,7 @@ impl EtcdConnection {
             },
             what,
             reason,
-            source: source.map(Box::new),
+            error: source.map(Box::new),
         }
     }
 
@@ -733,6 +740,31 @@ fn auth_reason(message: &str) -> Option<String> {
         let message = message.rsplit("desc = ").next().unwrap_or(message);
         message.trim_start_matches("etcdserver: ").to_owned()
     })
+}
+
+/// `e` in one line: for a gRPC status, its code's name, its message and the causes
+/// under it ("UNAVAILABLE: tcp connect error: Connection refused (os error 111)"),
+/// not the status's debug dump.
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let code = lb_core::Code::from_i32(status.code() as i32)
+                .map_or("UNKNOWN", lb_core::Code::name);
+            let mut out = format!("{code}: {}", status.message());
+            let mut next = std::error::Error::source(status);
+            while let Some(cause) = next {
+                let text = cause.to_string();
+                if !out.ends_with(&text) {
+                    out.push_str(": ");
+                    out.push_str(&text);
+                }
+                next = cause.source();
+            }
+            out
+        }
+        etcd_client::Error::TransportError(error) => lb_core::error_chain(error),
+        other => other.to_string(),
+    }
 }
 
 /// etcd's message when `e` is a refusal of the client's credentials or permissions.
@@ -888,7 +920,10 @@ impl ResolverBuilder for EtcdResolverBuilder {
             resume: None,
             cluster_id: None,
             progressed: false,
-            publisher: Publisher::new(cc, self.update_delay),
+            publisher: Publisher::new(cc, self.update_delay).with_note(format!(
+                "no keys under `{prefix}` in etcd at {}",
+                options.endpoints.join(",")
+            )),
             backoff: Backoff::new(options.retry_interval, self.max_retry_interval),
             log: ErrorLog::new(format!("etcd resolver for {prefix}")),
             prefix,
@@ -1045,7 +1080,7 @@ impl Follower {
                     self.log.recovered();
                     return Ok(revision);
                 }
-                Err(EtcdError::Request { source, .. }) if is_compacted(&source) => {
+                Err(EtcdError::Request { error, .. }) if is_compacted(&error) => {
                     compacted += 1;
                     tracing::info!(prefix = %self.prefix, "a compaction interrupted the list; listing again");
                     if compacted >= MAX_COMPACTED_LISTS {

@@ -74,5 +74,44 @@ pub fn registry() -> ResolverRegistry {
     registry.register(etcd::EtcdResolverBuilder::default());
     #[cfg(feature = "zookeeper")]
     registry.register(zookeeper::ZkResolverBuilder::default());
+    // Schemes left out of this build say what would add them.
+    for (scheme, feature) in FEATURES {
+        if registry.get(scheme).is_none() {
+            registry.note_missing(
+                *scheme,
+                format!("the `{feature}` feature of grpc-lb (or lb-resolvers)"),
+            );
+        }
+    }
+    registry.note_missing("xds", "an xDS client, which grpc-lb does not have yet");
     registry
+}
+
+/// The schemes behind cargo features, and their features.
+const FEATURES: &[(&str, &str)] = &[("dns", "dns"), ("etcd", "etcd"), ("zk", "zookeeper")];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scheme_left_out_by_its_feature_names_the_feature() {
+        let registry = registry();
+        for (scheme, feature) in FEATURES {
+            let target = format!("{scheme}:///svc");
+            match registry.resolve(&target) {
+                // Built in: the scheme is registered.
+                Ok((t, _)) => assert_eq!(t.scheme(), *scheme),
+                Err(error) => {
+                    let message = error.to_string();
+                    assert!(
+                        message.contains(&format!("the `{feature}` feature")),
+                        "{message}"
+                    );
+                }
+            }
+        }
+        let message = registry.resolve("xds:///svc").err().unwrap().to_string();
+        assert!(message.contains("does not have yet"), "{message}");
+    }
 }

@@ -173,6 +173,7 @@ impl Entries {
 
     /// Keeps `key` out of the set because it cannot be read (`reason`), with a warning
     /// once per distinct reason.
+    #[cfg(feature = "zookeeper")]
     pub(crate) fn unreadable(&mut self, key: &str, reason: &str) {
         let print = fingerprint(format!("\0unreadable\0{reason}").as_bytes());
         if self.map.get(key).is_some_and(|e| e.fingerprint == print) {
@@ -206,6 +207,7 @@ impl Entries {
                     };
                     self.map.insert(key, entry);
                 }
+                #[cfg(feature = "zookeeper")]
                 Listed::Unreadable(key, reason) => {
                     let print = fingerprint(format!("\0unreadable\0{reason}").as_bytes());
                     let entry = match old.remove(&key) {
@@ -282,7 +284,8 @@ impl Entries {
 pub(crate) enum Listed {
     /// A key and its data.
     Data(String, Vec<u8>),
-    /// A key whose data could not be read, and why.
+    /// A key whose data could not be read, and why (ZooKeeper reads each node apart).
+    #[cfg(feature = "zookeeper")]
     Unreadable(String, String),
 }
 
@@ -299,6 +302,8 @@ pub(crate) struct Publisher {
     /// the next state, which must therefore go out once the registry is back even if
     /// nothing changed meanwhile.
     errored: bool,
+    /// Published with an empty list.
+    note: Option<String>,
 }
 
 impl Publisher {
@@ -310,7 +315,15 @@ impl Publisher {
             last: None,
             published: false,
             errored: false,
+            note: None,
         }
+    }
+
+    /// What an empty list is published with ([`lb_core::ResolutionNote`]): where
+    /// the resolver looked, for the error RPCs then fail with.
+    pub(crate) fn with_note(mut self, note: String) -> Self {
+        self.note = Some(note);
+        self
     }
 
     /// After a full list: publishes at once when anything changed, nothing was ever
@@ -325,6 +338,7 @@ impl Publisher {
     /// The registry answers again without a full list (a watch resumed where it left
     /// off): when an error was reported since the last publication, publishes the set
     /// again, unchanged or not, so that the channel stops showing the error.
+    #[cfg(feature = "etcd")]
     pub(crate) fn recovered(&mut self, entries: &mut Entries) {
         if self.errored && self.published {
             self.publish(entries);
@@ -365,7 +379,13 @@ impl Publisher {
         self.last = Some(Instant::now());
         self.published = true;
         self.errored = false;
-        self.cc.update_state(entries.take_state());
+        let mut state = entries.take_state();
+        if state.addresses.is_empty()
+            && let Some(note) = &self.note
+        {
+            state = state.with_note(note.clone());
+        }
+        self.cc.update_state(state);
     }
 
     /// Reports `error` to the channel.
@@ -535,6 +555,7 @@ mod tests {
         fn report_error(&self, _: SharedError) {}
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn after_an_error_the_unchanged_set_goes_out_again_once() {
         let cc = Arc::new(Recorder::default());

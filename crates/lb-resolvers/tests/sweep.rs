@@ -94,7 +94,7 @@ fn target_strings_survive_100_000_mutations_through_parsing_and_the_fixed_list_r
         },
     );
     assert!(report.accepted > 1_000, "{report}");
-    let _ = Error::NoAddresses; // the crate's errors are lb_core's
+    let _ = Error::NoAddresses { note: None }; // the crate's errors are lb_core's
 }
 
 #[cfg(feature = "etcd")]

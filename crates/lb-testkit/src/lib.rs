@@ -40,7 +40,7 @@ mod zookeeper;
 pub use dns::DnsServer;
 pub use etcd::{ETCD_ROOT_PASSWORD, EtcdCluster, EtcdSecurity, EtcdServer, EtcdUser};
 pub use manual::ManualResolver;
-pub use peers::{BadPeer, HttpPeer, Misbehavior};
+pub use peers::{BadPeer, ClientPreface, HttpPeer, Misbehavior};
 pub use proxy::TcpProxy;
 pub use tls::{PkiFiles, TestPki};
 use tokio_rustls::TlsAcceptor;
@@ -107,6 +107,14 @@ impl Drop for Unfinished<'_> {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The echo service as every test backend serves it: gzip accepted, and used for
+/// answers to clients that accept it (tonic's defaults otherwise).
+fn echo_server(service: EchoService) -> EchoServer<EchoService> {
+    EchoServer::new(service)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
 }
 
 /// The request's `grpc-previous-rpc-attempts`, 0 when absent.
@@ -437,7 +445,7 @@ impl Serving {
     fn new(name: Arc<str>, tls: Option<TlsAcceptor>) -> Self {
         let service = EchoService::new(name);
         Self {
-            served: Served::Echo(EchoServer::new(service.clone())),
+            served: Served::Echo(echo_server(service.clone())),
             service,
             health: None,
             health_watches: Arc::default(),
@@ -451,7 +459,7 @@ impl Serving {
     /// Serves `grpc.health.v1.Health` too, every service `SERVING` at first.
     fn with_health(mut self) -> Self {
         let (reporter, health) = tonic_health::server::health_reporter();
-        let routes = tonic::service::Routes::new(EchoServer::new(self.service.clone()))
+        let routes = tonic::service::Routes::new(echo_server(self.service.clone()))
             .add_service(health)
             .prepare();
         self.served = Served::Routes(routes);
@@ -465,7 +473,7 @@ impl Serving {
         let reporter = tonic_health::server::HealthReporter::new();
         let inner = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
         let health = health::ExpiringHealth::new(inner, ttl, self.health_watches.clone());
-        let routes = tonic::service::Routes::new(EchoServer::new(self.service.clone()))
+        let routes = tonic::service::Routes::new(echo_server(self.service.clone()))
             .add_service(tonic_health::pb::health_server::HealthServer::new(health))
             .prepare();
         self.served = Served::Routes(routes);
@@ -475,7 +483,7 @@ impl Serving {
 
     /// Reports `orca.recorder`'s load: per call (the trailer) and out of band.
     fn with_orca(mut self, orca: &Orca) -> Self {
-        let routes = tonic::service::Routes::new(EchoServer::new(self.service.clone()))
+        let routes = tonic::service::Routes::new(echo_server(self.service.clone()))
             .add_service(
                 lb_orca::server::OrcaService::new(orca.recorder.clone())
                     .min_interval(orca.min_interval)
@@ -526,10 +534,18 @@ struct Authorities(Arc<std::sync::Mutex<Seen>>);
 struct Seen {
     authorities: Vec<String>,
     grpc_timeout: Option<String>,
+    user_agent: Option<String>,
+    grpc_encoding: Option<String>,
 }
 
 impl Authorities {
-    fn record(&self, authority: Option<&str>, grpc_timeout: Option<&str>) {
+    fn record(&self, request: &http::HeaderMap, authority: Option<&str>) {
+        let header = |name: &str| {
+            request
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let authority = authority.unwrap_or("");
         let mut seen = self
             .0
@@ -539,7 +555,25 @@ impl Authorities {
             seen.authorities.retain(|a| a != authority);
             seen.authorities.push(authority.to_owned());
         }
-        seen.grpc_timeout = grpc_timeout.map(str::to_owned);
+        seen.grpc_timeout = header("grpc-timeout");
+        seen.user_agent = header("user-agent");
+        seen.grpc_encoding = header("grpc-encoding");
+    }
+
+    fn grpc_encoding(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .grpc_encoding
+            .clone()
+    }
+
+    fn user_agent(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .user_agent
+            .clone()
     }
 
     fn get(&self) -> Vec<String> {
@@ -690,6 +724,17 @@ impl Backend {
     /// The `grpc-timeout` header of the last request, if it had one.
     pub fn last_grpc_timeout(&self) -> Option<String> {
         self.serving.authorities.grpc_timeout()
+    }
+
+    /// The `grpc-encoding` header of the last request (`gzip` for a compressed
+    /// one), if it had one.
+    pub fn last_grpc_encoding(&self) -> Option<String> {
+        self.serving.authorities.grpc_encoding()
+    }
+
+    /// The `user-agent` header of the last request, if it had one.
+    pub fn last_user_agent(&self) -> Option<String> {
+        self.serving.authorities.user_agent()
     }
 
     /// Whether it is serving.
@@ -880,7 +925,7 @@ impl GracefulServer {
         listener: TcpListener,
     ) -> (tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = EchoServer::new(service.clone());
+        let server = echo_server(service.clone());
         let task = tokio::spawn(async move {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -1134,11 +1179,8 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         self.authorities.record(
+            request.headers(),
             request.uri().authority().map(|a| a.as_str()),
-            request
-                .headers()
-                .get("grpc-timeout")
-                .and_then(|v| v.to_str().ok()),
         );
         self.inner.call(request)
     }

@@ -5,8 +5,8 @@
 //! receives or make it send a GOAWAY.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,7 +46,20 @@ pub struct BadPeer {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     pings: Arc<AtomicUsize>,
+    client: Arc<Mutex<ClientPreface>>,
     task: JoinHandle<()>,
+}
+
+/// What a client said first on a [`Misbehavior::RawHttp2`] connection: its HTTP/2
+/// settings and the connection window it opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientPreface {
+    /// Its SETTINGS, `(identifier, value)`, in order (`0x4`:
+    /// `SETTINGS_INITIAL_WINDOW_SIZE`, the window of each stream).
+    pub settings: Vec<(u16, u32)>,
+    /// The sum of its WINDOW_UPDATE increments on the connection (stream 0): its
+    /// connection window is 65,535 plus this.
+    pub connection_window_increments: u64,
 }
 
 impl BadPeer {
@@ -56,11 +69,19 @@ impl BadPeer {
         let addr = listener.local_addr()?;
         let accepted = Arc::new(AtomicUsize::new(0));
         let pings = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(serve(listener, behavior, accepted.clone(), pings.clone()));
+        let client = Arc::new(Mutex::new(ClientPreface::default()));
+        let task = tokio::spawn(serve(
+            listener,
+            behavior,
+            accepted.clone(),
+            pings.clone(),
+            client.clone(),
+        ));
         Ok(Self {
             addr,
             accepted,
             pings,
+            client,
             task,
         })
     }
@@ -79,6 +100,14 @@ impl BadPeer {
     pub fn pings(&self) -> usize {
         self.pings.load(Ordering::Relaxed)
     }
+
+    /// What the last client said first ([`Misbehavior::RawHttp2`] only).
+    pub fn client_preface(&self) -> ClientPreface {
+        self.client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Drop for BadPeer {
@@ -92,6 +121,7 @@ async fn serve(
     behavior: Misbehavior,
     accepted: Arc<AtomicUsize>,
     pings: Arc<AtomicUsize>,
+    client: Arc<Mutex<ClientPreface>>,
 ) {
     // Owned here: aborting this task drops every connection with it.
     let mut connections = JoinSet::new();
@@ -102,8 +132,9 @@ async fn serve(
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let behavior = behavior.clone();
                 let pings = pings.clone();
+                let client = client.clone();
                 connections.spawn(async move {
-                    let _ = handle(stream, behavior, &pings).await;
+                    let _ = handle(stream, behavior, &pings, &client).await;
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -116,12 +147,14 @@ const HEADERS: u8 = 0x1;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
 const ACK: u8 = 0x1;
 
 async fn handle(
     mut stream: TcpStream,
     behavior: Misbehavior,
     pings: &AtomicUsize,
+    client: &Mutex<ClientPreface>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     match behavior {
@@ -155,6 +188,9 @@ async fn handle(
             if preface != PREFACE {
                 return Ok(());
             }
+            *client
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = ClientPreface::default();
             write_frame(&mut stream, SETTINGS, 0, &[]).await?;
             if let Some((code, debug)) = goaway {
                 let mut payload = 0u32.to_be_bytes().to_vec();
@@ -170,8 +206,30 @@ async fn handle(
                     | usize::from(header[2]);
                 let mut payload = vec![0u8; len];
                 stream.read_exact(&mut payload).await?;
+                let stream_id =
+                    u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
                 match (header[3], header[4] & ACK) {
-                    (SETTINGS, 0) => write_frame(&mut stream, SETTINGS, ACK, &[]).await?,
+                    (SETTINGS, 0) => {
+                        let settings = payload.chunks_exact(6).map(|p| {
+                            let id = u16::from_be_bytes([p[0], p[1]]);
+                            (id, u32::from_be_bytes([p[2], p[3], p[4], p[5]]))
+                        });
+                        client
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .settings
+                            .extend(settings);
+                        write_frame(&mut stream, SETTINGS, ACK, &[]).await?;
+                    }
+                    (WINDOW_UPDATE, _) if stream_id == 0 && payload.len() == 4 => {
+                        let increment =
+                            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                                & 0x7fff_ffff;
+                        client
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .connection_window_increments += u64::from(increment);
+                    }
                     (PING, 0) => {
                         pings.fetch_add(1, Ordering::Relaxed);
                         if answer_pings {

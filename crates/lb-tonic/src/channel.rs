@@ -150,6 +150,7 @@ pub struct Builder {
     resolvers: ResolverRegistry,
     balancers: BalancerRegistry,
     default_service_config: Option<String>,
+    policy: Option<String>,
     use_resolver_config: bool,
     wait_for_ready: bool,
     backoff: BackoffConfig,
@@ -161,6 +162,12 @@ pub struct Builder {
     retry_buffer: BufferLimits,
     health_checks: bool,
     metrics: bool,
+    user_agent: Option<String>,
+    stream_window: u32,
+    connection_window: u32,
+    tcp_keepalive: Option<Duration>,
+    tcp_nodelay: bool,
+    connect_timeout: Option<Duration>,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::TlsConfig>,
     #[cfg(feature = "test-hooks")]
@@ -176,6 +183,7 @@ impl Builder {
             resolvers: lb_resolvers::registry(),
             balancers: lb_policies::registry(),
             default_service_config: None,
+            policy: None,
             use_resolver_config: true,
             wait_for_ready: false,
             backoff: BackoffConfig::default(),
@@ -187,6 +195,12 @@ impl Builder {
             retry_buffer: BufferLimits::default(),
             health_checks: true,
             metrics: true,
+            user_agent: None,
+            stream_window: DEFAULT_STREAM_WINDOW,
+            connection_window: DEFAULT_CONNECTION_WINDOW,
+            tcp_keepalive: None,
+            tcp_nodelay: true,
+            connect_timeout: None,
             #[cfg(feature = "tls")]
             tls: None,
             #[cfg(feature = "test-hooks")]
@@ -210,18 +224,23 @@ impl Builder {
     }
 
     /// The service config (JSON) used until, and unless, the resolver sends one.
+    /// With [`Builder::policy`] too, the policy replaces its `loadBalancingConfig`
+    /// (and only that), whichever is called first.
     pub fn default_service_config(mut self, json: impl Into<String>) -> Self {
         self.default_service_config = Some(json.into());
         self
     }
 
-    /// Shorthand for a default service config that names only `policy`.
-    pub fn policy(self, policy: &str) -> Self {
-        let json = format!(
-            r#"{{"loadBalancingConfig": [{{{}: {{}}}}]}}"#,
-            serde_json_string(policy)
-        );
-        self.default_service_config(json)
+    /// The load-balancing policy of the default service config, by its registered
+    /// name, with its default config: `.policy("round_robin")`. It replaces the
+    /// `loadBalancingConfig` of [`Builder::default_service_config`] and keeps the
+    /// rest (method configs, retry policies, health checking), whichever of the two
+    /// is called first. As with any default config, a service config from the
+    /// resolver takes over (see [`Builder::disable_resolver_service_config`]). An
+    /// unregistered name is a build error that lists the registered ones.
+    pub fn policy(mut self, policy: &str) -> Self {
+        self.policy = Some(policy.to_owned());
+        self
     }
 
     /// Ignore service configs from the resolver; use the default one only.
@@ -301,6 +320,54 @@ impl Builder {
         self
     }
 
+    /// The `user-agent` of every request: `"{user_agent} grpc-lb-rust/<version>"`
+    /// (default: the library's part alone), unless the request carries its own. As
+    /// tonic's `Endpoint::user_agent` and grpc-go's `WithUserAgent`.
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = Some(user_agent.into());
+        self
+    }
+
+    /// HTTP/2's initial flow-control window of each stream, in bytes (default
+    /// [`DEFAULT_STREAM_WINDOW`], 2 MiB, as hyper's client). As tonic's
+    /// `Endpoint::initial_stream_window_size`; at most 2^31 - 1.
+    pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
+        self.stream_window = bytes;
+        self
+    }
+
+    /// HTTP/2's flow-control window of each connection, in bytes (default
+    /// [`DEFAULT_CONNECTION_WINDOW`], 5 MiB, as hyper's client). As tonic's
+    /// `Endpoint::initial_connection_window_size`; at most 2^31 - 1.
+    pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
+        self.connection_window = bytes;
+        self
+    }
+
+    /// TCP keepalive probes on every connection after this long idle (default:
+    /// none, the OS default). As tonic's `Endpoint::tcp_keepalive`. HTTP/2 pings,
+    /// which also see a stalled server process, are [`Builder::keepalive`].
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.tcp_keepalive = idle;
+        self
+    }
+
+    /// `TCP_NODELAY` on every connection (default `true`: small messages are not
+    /// held back by Nagle's algorithm). As tonic's `Endpoint::tcp_nodelay`.
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
+        self.tcp_nodelay = nodelay;
+        self
+    }
+
+    /// How long each connection attempt (TCP, TLS, and the server's HTTP/2
+    /// preface) may take. As tonic's `Endpoint::connect_timeout`. By default,
+    /// grpc-go's rule: the larger of [`BackoffConfig::min_connect_timeout`] (20 s)
+    /// and the current backoff.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
     /// Connect with TLS (feature `tls`); requests use the `https` scheme.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: crate::transport::TlsConfig) -> Self {
@@ -350,14 +417,65 @@ impl Builder {
             .resolvers
             .resolve(&self.target)
             .map_err(Error::Target)?;
-        let default_config = match &self.default_service_config {
+        let mut default_config = match &self.default_service_config {
             Some(json) => {
                 ServiceConfig::parse(json, &self.balancers).map_err(Error::ServiceConfig)?
             }
             None => ServiceConfig::default(),
         };
+        if let Some(policy) = &self.policy {
+            let chosen = self
+                .balancers
+                .require(policy)
+                .and_then(|_| {
+                    let json = format!(
+                        r#"{{"loadBalancingConfig": [{{{}: {{}}}}]}}"#,
+                        serde_json_string(policy)
+                    );
+                    ServiceConfig::parse(&json, &self.balancers)
+                })
+                .map_err(Error::Policy)?;
+            if let Some(lb) = chosen.lb_policy() {
+                default_config = default_config.replace_policy(lb.clone());
+            }
+        }
         self.backoff.validate()?;
         let keepalive = self.keepalive.map(validate_keepalive).transpose()?;
+        for (setting, bytes) in [
+            ("Builder::initial_stream_window_size", self.stream_window),
+            (
+                "Builder::initial_connection_window_size",
+                self.connection_window,
+            ),
+        ] {
+            if bytes > MAX_WINDOW {
+                return Err(Error::InvalidSetting {
+                    setting,
+                    reason: format!("{bytes} is above HTTP/2's largest window, 2^31 - 1"),
+                });
+            }
+        }
+        if self.tcp_keepalive.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidSetting {
+                setting: "Builder::tcp_keepalive",
+                reason: "must be greater than zero (None turns it off)".to_owned(),
+            });
+        }
+        if self.connect_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidSetting {
+                setting: "Builder::connect_timeout",
+                reason: "must be greater than zero".to_owned(),
+            });
+        }
+        let user_agent = match &self.user_agent {
+            Some(ua) => format!("{ua} {LIBRARY_AGENT}"),
+            None => LIBRARY_AGENT.to_owned(),
+        };
+        let user_agent =
+            http::HeaderValue::from_str(&user_agent).map_err(|_| Error::InvalidSetting {
+                setting: "Builder::user_agent",
+                reason: format!("{user_agent:?} is not a valid header value"),
+            })?;
         #[cfg(feature = "test-hooks")]
         if let Some(id) = self.initial_stream_id
             && (id % 2 == 0 || id > i32::MAX as u32)
@@ -389,6 +507,12 @@ impl Builder {
             authority: self.authority,
             target_authority,
             max_header_list_size: self.max_header_list_size,
+            user_agent,
+            stream_window: self.stream_window,
+            connection_window: self.connection_window,
+            tcp_keepalive: self.tcp_keepalive,
+            tcp_nodelay: self.tcp_nodelay,
+            connect_timeout: self.connect_timeout,
             health_checks: self.health_checks,
             health_service: arc_swap::ArcSwapOption::new(
                 default_config
@@ -439,6 +563,19 @@ impl Builder {
         })
     }
 }
+
+/// The library's part of every `user-agent`.
+const LIBRARY_AGENT: &str = concat!("grpc-lb-rust/", env!("CARGO_PKG_VERSION"));
+
+/// The default [`Builder::initial_stream_window_size`]: 2 MiB, as hyper's client.
+pub const DEFAULT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// The default [`Builder::initial_connection_window_size`]: 5 MiB, as hyper's
+/// client.
+pub const DEFAULT_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+
+/// HTTP/2's largest flow-control window.
+const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 /// Applies grpc-go's floor to the keepalive interval and checks the timeout.
 fn validate_keepalive(mut k: Keepalive) -> Result<Keepalive, Error> {

@@ -2,17 +2,23 @@
 
 use std::time::Duration;
 
-/// Why a channel could not be built. Messages name the input that was wrong.
-#[derive(Debug, thiserror::Error)]
+/// Why a channel could not be built. Messages name the input that was wrong and,
+/// where there is a list, what would have been valid. `Debug` prints the same one
+/// line with its causes, so that `main` returning it says what to fix.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The target could not be parsed, or no resolver serves its scheme.
     #[error(transparent)]
     Target(lb_core::Error),
 
-    /// The default service config (or the policy named with `policy`) is invalid.
+    /// The default service config is invalid.
     #[error("invalid default service config: {0}")]
     ServiceConfig(lb_core::Error),
+
+    /// The policy named with `Builder::policy` is not registered.
+    #[error("`Builder::policy`: {0}")]
+    Policy(lb_core::Error),
 
     /// The resolver refused the target.
     #[error("resolver for `{target}` failed to start: {source}")]
@@ -44,6 +50,12 @@ pub enum Error {
         /// What is wrong with its value.
         reason: String,
     },
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&lb_core::error_chain(self))
+    }
 }
 
 /// Why a connection attempt failed or a connection ended: what the balancer sees as
@@ -131,15 +143,6 @@ pub enum TransportError {
         /// The address.
         addr: String,
         /// The GOAWAY it sent.
-        reason: String,
-    },
-    /// The connection is up but the server's health service says it is not serving,
-    /// or the health stream broke (gRFC A17).
-    #[error("{addr} is unhealthy: {reason}")]
-    Unhealthy {
-        /// The address.
-        addr: String,
-        /// What the health check said.
         reason: String,
     },
     /// A keepalive ping went unanswered.

@@ -49,6 +49,7 @@ mod channel;
 mod backoff;
 mod buffer;
 mod error;
+mod grpc_message;
 mod introspect;
 mod metrics;
 mod throttle;

@@ -488,7 +488,7 @@ async fn bad_targets_and_configs_are_typed_errors() {
         .policy("no_such_policy")
         .build()
         .unwrap_err();
-    assert!(matches!(err, lb_tonic::Error::ServiceConfig(_)), "{err:?}");
+    assert!(matches!(err, lb_tonic::Error::Policy(_)), "{err:?}");
     assert!(err.to_string().contains("no_such_policy"), "{err}");
 
     let err = LbChannel::builder("passthrough:///127.0.0.1:1")

@@ -111,6 +111,45 @@ async fn when_every_backend_is_not_serving_rpcs_fail_with_what_the_health_check_
     .await;
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(status.message().contains("NOT_SERVING"), "{status:?}");
+    assert!(
+        status.message().contains("last health check failure"),
+        "a health failure is not a connection error: {status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_health_check_of_an_unregistered_service_fails_saying_so_in_plain_words() {
+    // tonic-health answers a Watch of a service it does not know with NOT_FOUND
+    // "service not registered" (percent-encoded on the wire).
+    let backend = Backend::start_with_health("a").await.unwrap();
+    let channel = LbChannel::builder(static_target(&[&backend]))
+        .default_service_config(
+            r#"{"loadBalancingConfig": [{"round_robin": {}}],
+                "healthCheckConfig": {"serviceName": "greeter"}}"#,
+        )
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    let status = within("the RPC to fail", async {
+        loop {
+            match echo(&mut client, echo_req("x")).await {
+                Err(s) if s.message().contains("health") => return s,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let message = status.message();
+    assert!(message.contains("last health check failure"), "{message}");
+    assert!(message.contains(r#"service "greeter""#), "{message}");
+    assert!(
+        message.contains("NOT_FOUND: service not registered"),
+        "{message}"
+    );
+    assert!(!message.contains("%20"), "{message}");
+    assert!(!message.contains("connection error"), "{message}");
 }
 
 #[tokio::test]

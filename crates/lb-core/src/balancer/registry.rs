@@ -47,8 +47,10 @@ impl BalancerRegistry {
 
     /// The builder registered as `name`, or [`Error::UnknownPolicy`].
     pub fn require(&self, name: &str) -> Result<&Arc<dyn BalancerBuilder>, Error> {
-        self.get(name)
-            .ok_or_else(|| Error::UnknownPolicy(name.to_owned()))
+        self.get(name).ok_or_else(|| Error::UnknownPolicy {
+            name: name.to_owned(),
+            registered: self.names().into_iter().map(str::to_owned).collect(),
+        })
     }
 
     /// The registered names, sorted.
@@ -88,7 +90,7 @@ mod tests {
         assert!(r.require("a").is_ok());
         assert_eq!(
             r.require("nope").err().unwrap().to_string(),
-            "no load-balancing policy is registered as `nope`"
+            "no load-balancing policy is registered as `nope`; registered: a, b"
         );
     }
 }

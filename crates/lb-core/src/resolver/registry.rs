@@ -12,6 +12,8 @@ use crate::{Error, Target};
 pub struct ResolverRegistry {
     builders: HashMap<String, Arc<dyn ResolverBuilder>>,
     default_scheme: String,
+    /// Schemes known to exist but not registered, and what would add them.
+    missing: HashMap<String, String>,
 }
 
 impl Default for ResolverRegistry {
@@ -26,6 +28,7 @@ impl ResolverRegistry {
         Self {
             builders: HashMap::new(),
             default_scheme: "dns".to_owned(),
+            missing: HashMap::new(),
         }
     }
 
@@ -41,7 +44,17 @@ impl ResolverRegistry {
         self
     }
 
-    /// Sets the scheme used for targets that have none (or an unregistered one).
+    /// Notes that `scheme` exists but is not registered here, and what would add
+    /// it ("the `zookeeper` feature of grpc-lb"): an [`Error::UnknownScheme`] for it
+    /// says so. A registry built with some resolvers left out (by cargo features)
+    /// notes them.
+    pub fn note_missing(&mut self, scheme: impl Into<String>, how: impl Into<String>) -> &mut Self {
+        self.missing
+            .insert(scheme.into().to_ascii_lowercase(), how.into());
+        self
+    }
+
+    /// Sets the scheme used for targets that have none.
     pub fn set_default_scheme(&mut self, scheme: impl Into<String>) -> &mut Self {
         self.default_scheme = scheme.into().to_ascii_lowercase();
         self
@@ -57,15 +70,19 @@ impl ResolverRegistry {
         self.builders.get(&scheme.to_ascii_lowercase())
     }
 
-    /// Parses `target` and finds its resolver, as grpc-go does: a target whose scheme
-    /// is registered uses it; any other string (no scheme, `host:port`, an unknown
-    /// scheme) is read as `<default-scheme>:///<target>`.
+    /// Parses `target` and finds its resolver. A target whose scheme is registered
+    /// uses it; a string with no scheme (`localhost:50051`, `10.0.0.1:80`,
+    /// `example.com`) is read as `<default-scheme>:///<target>`, as grpc-go does.
+    /// Unlike grpc-go, a target that is written with a scheme (`name:/…` or
+    /// `name://…`) whose resolver is not registered is an
+    /// [`Error::UnknownScheme`] that lists the registered schemes and says what
+    /// would add this one, rather than a lookup of the whole string in DNS.
     ///
     /// ```
     /// # use lb_core::ResolverRegistry;
     /// let registry = ResolverRegistry::new(); // nothing registered
     /// let err = registry.resolve("localhost:50051").err().unwrap();
-    /// assert_eq!(err.to_string(), "no resolver is registered for scheme `dns` (target `localhost:50051`)");
+    /// assert_eq!(err.to_string(), "no resolver is registered for scheme `dns` (target `localhost:50051`); registered: none");
     /// ```
     pub fn resolve(&self, target: &str) -> Result<(Target, Arc<dyn ResolverBuilder>), Error> {
         let parsed = Target::parse(target);
@@ -74,12 +91,18 @@ impl ResolverRegistry {
         {
             return Ok((t.clone(), builder.clone()));
         }
-        // A registered scheme with a malformed rest (`static:///`) is the user's
-        // mistake to hear about, not an endpoint of the default scheme.
-        if let (Err(e), Some((scheme, _))) = (&parsed, target.split_once(':'))
-            && self.get(scheme).is_some()
-        {
-            return Err(e.clone());
+        if let Some((scheme, rest)) = target.split_once(':') {
+            // A registered scheme with a malformed rest (`static:///`) is the user's
+            // mistake to hear about, not an endpoint of the default scheme.
+            if let Err(e) = &parsed
+                && self.get(scheme).is_some()
+            {
+                return Err(e.clone());
+            }
+            // `stattic:///a:1`, `zk://host/svc`, `http://host:80`: a scheme.
+            if rest.starts_with('/') && is_scheme(scheme) {
+                return Err(self.unknown_scheme(scheme, target));
+            }
         }
         // Strings like `localhost:50051` parse with the scheme `localhost`, and
         // `10.0.0.1:80` not at all: both are endpoints for the default scheme.
@@ -87,17 +110,33 @@ impl ResolverRegistry {
         match (parsed, fallback) {
             (_, Ok(t)) => match self.get(t.scheme()) {
                 Some(builder) => Ok((t, builder.clone())),
-                None => Err(Error::UnknownScheme {
-                    scheme: self.default_scheme.clone(),
-                    target: target.to_owned(),
-                }),
+                None => Err(self.unknown_scheme(&self.default_scheme, target)),
             },
             // Report the problem with what the user wrote, not with our rewrite.
             (Err(e), Err(_)) => Err(e),
-            (Ok(t), Err(_)) => Err(Error::UnknownScheme {
-                scheme: t.scheme().to_owned(),
-                target: target.to_owned(),
-            }),
+            (Ok(t), Err(_)) => Err(self.unknown_scheme(t.scheme(), target)),
+        }
+    }
+
+    fn unknown_scheme(&self, scheme: &str, target: &str) -> Error {
+        let lower = scheme.to_ascii_lowercase();
+        let registered: Vec<String> = self.schemes().into_iter().map(str::to_owned).collect();
+        let hint = if let Some(how) = self.missing.get(&lower) {
+            Some(format!("`{lower}` needs {how}"))
+        } else if matches!(lower.as_str(), "http" | "https" | "grpc" | "grpcs") {
+            Some(format!(
+                "a gRPC target names a resolver, not a URL scheme: `dns:///host:port` (or \
+                 `host:port`), or `static:///host1:port,host2:port`; `{lower}` is not one"
+            ))
+        } else {
+            crate::closest(&lower, registered.iter().map(String::as_str))
+                .map(|c| format!("did you mean `{c}`?"))
+        };
+        Error::UnknownScheme {
+            scheme: scheme.to_owned(),
+            target: target.to_owned(),
+            registered,
+            hint,
         }
     }
 
@@ -109,11 +148,19 @@ impl ResolverRegistry {
     }
 }
 
+/// RFC 3986's scheme: a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
 impl fmt::Debug for ResolverRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResolverRegistry")
             .field("schemes", &self.schemes())
             .field("default_scheme", &self.default_scheme)
+            .field("missing", &self.missing)
             .finish()
     }
 }
@@ -169,10 +216,34 @@ mod tests {
             ("dns".into(), "example.com".into())
         );
         assert_eq!(
-            resolved("zk:///svc"),
-            ("dns".into(), "zk:///svc".into()),
-            "an unregistered scheme is an endpoint of the default scheme, as in grpc-go"
+            resolved("myhost:443"),
+            ("dns".into(), "myhost:443".into()),
+            "no slash after the colon: a host and port"
         );
+    }
+
+    #[test]
+    fn an_unregistered_scheme_is_an_error_that_says_what_would_work() {
+        let mut r = registry();
+        r.note_missing("zk", "the `zookeeper` feature");
+        let message = |target: &str| r.resolve(target).err().unwrap().to_string();
+        assert_eq!(
+            r.resolve("stattic:///a:1").err().unwrap(),
+            Error::UnknownScheme {
+                scheme: "stattic".into(),
+                target: "stattic:///a:1".into(),
+                registered: vec!["dns".into(), "etcd".into()],
+                hint: None,
+            }
+        );
+        assert_eq!(
+            message("zk://127.0.0.1:2181/svc"),
+            "no resolver is registered for scheme `zk` (target `zk://127.0.0.1:2181/svc`); \
+             registered: dns, etcd; `zk` needs the `zookeeper` feature"
+        );
+        assert!(message("http://127.0.0.1:50051").contains("`dns:///host:port`"));
+        assert!(message("HTTPS://a:443").contains("not a URL scheme"));
+        assert!(message("etc:///svc").ends_with("did you mean `etcd`?"));
     }
 
     #[test]
@@ -192,8 +263,10 @@ mod tests {
         assert_eq!(
             err,
             Error::UnknownScheme {
-                scheme: "dns".into(),
-                target: "etcd:///svc".into()
+                scheme: "etcd".into(),
+                target: "etcd:///svc".into(),
+                registered: vec![],
+                hint: None,
             }
         );
         let err = registry().resolve("").err().unwrap();

@@ -328,9 +328,5 @@ pub(crate) fn status_from(headers: &HeaderMap) -> Option<Status> {
         .parse::<i32>()
         .ok()?;
     let code = Code::from_i32(code).unwrap_or(Code::Unknown);
-    let message = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .unwrap_or("");
-    Some(Status::new(code, message))
+    Some(Status::new(code, crate::grpc_message::of(headers)))
 }

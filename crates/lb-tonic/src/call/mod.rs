@@ -631,6 +631,7 @@ impl Run<'_> {
             &picked.connected,
             previous,
             self.deadline.map(|d| d.at),
+            &self.core.transport.user_agent,
         ) {
             Ok(h) => h,
             Err(status) => return Outcome::failed(status, Unprocessed::No),
@@ -840,6 +841,7 @@ fn h2_request(
     connected: &Connected,
     previous: u32,
     deadline: Option<Instant>,
+    user_agent: &http::HeaderValue,
 ) -> Result<http::Request<()>, tonic::Status> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(connected.scheme.clone());
@@ -852,6 +854,9 @@ fn h2_request(
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
     *headers = head.headers.clone();
+    if !headers.contains_key(http::header::USER_AGENT) {
+        headers.insert(http::header::USER_AGENT, user_agent.clone());
+    }
     if let Some(at) = deadline {
         // The server learns the time left: what the header said, less the wait.
         let left = at.saturating_duration_since(Instant::now());

@@ -67,7 +67,7 @@ pub(crate) async fn connect(
     timeout: Duration,
 ) -> Result<(SendRequest<Bytes>, Connection, Arc<ConnSignals>), TransportError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let io = tokio::time::timeout_at(deadline, dial(addr, endpoint))
+    let io = tokio::time::timeout_at(deadline, dial(addr, endpoint, options))
         .await
         .map_err(|_| TransportError::Timeout {
             addr: addr.to_owned(),
@@ -141,9 +141,10 @@ fn h2_builder(options: &TransportOptions) -> h2::client::Builder {
     let mut builder = h2::client::Builder::new();
     builder
         .enable_push(false)
-        // hyper's client defaults: large windows so one stream can fill a fast link.
-        .initial_window_size(2 * 1024 * 1024)
-        .initial_connection_window_size(5 * 1024 * 1024)
+        // Large windows by default (hyper's client's) so one stream can fill a fast
+        // link.
+        .initial_window_size(options.stream_window)
+        .initial_connection_window_size(options.connection_window)
         .max_send_buffer_size(1024 * 1024)
         .max_header_list_size(options.max_header_list_size);
     #[cfg(feature = "test-hooks")]
@@ -153,7 +154,11 @@ fn h2_builder(options: &TransportOptions) -> h2::client::Builder {
     builder
 }
 
-async fn dial(addr: &str, endpoint: &Endpoint) -> Result<Box<dyn Io>, TransportError> {
+async fn dial(
+    addr: &str,
+    endpoint: &Endpoint,
+    options: &TransportOptions,
+) -> Result<Box<dyn Io>, TransportError> {
     let io_err = |source| TransportError::Connect {
         addr: addr.to_owned(),
         source,
@@ -170,7 +175,13 @@ async fn dial(addr: &str, endpoint: &Endpoint) -> Result<Box<dyn Io>, TransportE
                     addr: addr.to_owned(),
                 });
             }
-            stream.set_nodelay(true).map_err(io_err)?;
+            stream.set_nodelay(options.tcp_nodelay).map_err(io_err)?;
+            if let Some(idle) = options.tcp_keepalive {
+                let keepalive = socket2::TcpKeepalive::new().with_time(idle);
+                socket2::SockRef::from(&stream)
+                    .set_tcp_keepalive(&keepalive)
+                    .map_err(io_err)?;
+            }
             Ok(Box::new(stream))
         }
         Endpoint::Unix(path) => Ok(Box::new(

@@ -65,9 +65,10 @@ pub(crate) async fn watch(
     .await;
     let last = match end {
         StreamEnd::Status(tonic::Code::Unimplemented, _) => Health::Unimplemented,
-        StreamEnd::Status(code, message) => {
-            Health::Ended(format!("the health stream ended with {code:?}: {message}"))
-        }
+        StreamEnd::Status(code, message) => Health::Ended(format!(
+            "the health stream ended with {}: {message}",
+            crate::grpc_message::code_name(code)
+        )),
         StreamEnd::Failed(why) => Health::Ended(format!("the health stream: {why}")),
         StreamEnd::Stopped(why) => Health::Ended(why),
     };

@@ -128,7 +128,13 @@ pub(crate) async fn stream(
     .await;
     let (unimplemented, why) = match end {
         StreamEnd::Status(tonic::Code::Unimplemented, message) => (true, message),
-        StreamEnd::Status(code, message) => (false, format!("ended with {code:?}: {message}")),
+        StreamEnd::Status(code, message) => (
+            false,
+            format!(
+                "ended with {}: {message}",
+                crate::grpc_message::code_name(code)
+            ),
+        ),
         StreamEnd::Failed(why) | StreamEnd::Stopped(why) => (false, why),
     };
     OobEnd {

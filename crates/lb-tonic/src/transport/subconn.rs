@@ -62,6 +62,16 @@ pub(crate) struct TransportOptions {
     /// The resolver's default authority for the target (`svc:443` of `dns:///svc:443`).
     pub(crate) target_authority: Option<String>,
     pub(crate) max_header_list_size: u32,
+    /// Every request's `user-agent`, unless it has its own.
+    pub(crate) user_agent: http::HeaderValue,
+    /// HTTP/2 flow-control windows: each stream's, the connection's.
+    pub(crate) stream_window: u32,
+    pub(crate) connection_window: u32,
+    /// TCP keepalive idle time, when set.
+    pub(crate) tcp_keepalive: Option<Duration>,
+    pub(crate) tcp_nodelay: bool,
+    /// Each attempt's timeout, when set; else the backoff's rule.
+    pub(crate) connect_timeout: Option<Duration>,
     /// Whether subconns that ask for health checking get it (`Builder::disable_health_check`).
     pub(crate) health_checks: bool,
     /// The service config's `healthCheckConfig.serviceName`, when it has one.
@@ -346,7 +356,9 @@ async fn run(
         }
         reporter.was_ready = false;
         reporter.report(ConnectivityState::Connecting, None);
-        let timeout = backoff.connect_timeout();
+        let timeout = options
+            .connect_timeout
+            .unwrap_or_else(|| backoff.connect_timeout());
         let attempt = match &authority {
             Some(authority) => {
                 tokio::select! {
@@ -657,8 +669,8 @@ impl Serving<'_> {
         let addr = self.addr;
         let report_failure = |reporter: &mut Reporter, why: String| {
             if reporter.tracker.get() != ConnectivityState::TransientFailure {
-                let error = TransportError::Unhealthy {
-                    addr: addr.to_owned(),
+                let error = lb_core::HealthCheckFailed {
+                    address: addr.to_owned(),
                     reason: why,
                 };
                 reporter.report(ConnectivityState::TransientFailure, Some(Arc::new(error)));
@@ -681,7 +693,7 @@ impl Serving<'_> {
                 self.connected.healthy.store(false, Ordering::Release);
                 report_failure(
                     self.reporter,
-                    format!("health check of service {:?}: {status}", checker.service),
+                    format!("service {:?} is {status}", checker.service),
                 );
             }
             Some(Health::Unimplemented) => {
@@ -713,9 +725,9 @@ impl Serving<'_> {
         self.connected.healthy.store(false, Ordering::Release);
         checker.ended();
         if self.reporter.tracker.get() != ConnectivityState::TransientFailure {
-            let error = TransportError::Unhealthy {
-                addr: self.addr.to_owned(),
-                reason: format!("health check of service {:?}: {why}", checker.service),
+            let error = lb_core::HealthCheckFailed {
+                address: self.addr.to_owned(),
+                reason: format!("service {:?}: {why}", checker.service),
             };
             self.reporter
                 .report(ConnectivityState::TransientFailure, Some(Arc::new(error)));
@@ -837,6 +849,12 @@ mod tests {
             authority: None,
             target_authority: None,
             max_header_list_size: 16 << 20,
+            user_agent: http::HeaderValue::from_static("test"),
+            stream_window: 65_535,
+            connection_window: 65_535,
+            tcp_keepalive: None,
+            tcp_nodelay: true,
+            connect_timeout: None,
             health_checks: true,
             health_service: ArcSwapOption::empty(),
             #[cfg(feature = "tls")]

@@ -123,11 +123,7 @@ fn next_message(buffer: &mut BytesMut) -> Option<Bytes> {
 
 fn status_of(headers: &http::HeaderMap) -> Option<StreamEnd> {
     let code: i32 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
-    let message = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let message = crate::grpc_message::of(headers);
     Some(StreamEnd::Status(tonic::Code::from_i32(code), message))
 }
 
