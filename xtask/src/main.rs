@@ -3,8 +3,11 @@
 //! * `test`  installs what the test suite needs (system packages, cargo-nextest), then
 //!   runs every test of the workspace, doc tests included. The README's test command.
 //! * `lint`  `cargo fmt --check`, no circle among any crate's top-level modules
-//!   (`modules` alone), clippy with warnings denied on all targets and features, and
-//!   `cargo doc` with warnings denied.
+//!   (`modules` alone), clippy with warnings denied on all targets and features,
+//!   `cargo doc` with warnings denied, then what users of the published crates get
+//!   (`publish` alone): the facade built with each feature alone and all together
+//!   with no warning, the README's `[dependencies]`, client and server built as a new
+//!   crate, and `cargo package` of every published crate.
 //! * `ci`    `lint`, then `test`.
 //! * `bench` every benchmark: criterion pick benches and the end-to-end runs (`e2e`,
 //!   `load`, `discovery`, and `scale`: 10,000 instances in real etcd and ZooKeeper),
@@ -13,6 +16,7 @@
 //! * `demo`  the main demo (no etcd, no ZooKeeper, no system packages).
 
 mod modules;
+mod publish;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -50,10 +54,13 @@ fn main() -> ExitCode {
         "lint" => lint(),
         "ci" => lint().and_then(|()| test()),
         "modules" => module_circles(),
+        "publish" => publish::features()
+            .and_then(|()| publish::readme_crate())
+            .and_then(|()| publish::package()),
         "bench" => bench(rest),
         "demo" => cargo(&["run", "--quiet", "-p", "examples", "--example", DEMO]),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <test|lint|modules|ci|bench|demo>");
+            println!("usage: cargo xtask <test|lint|modules|publish|ci|bench|demo>");
             Ok(())
         }
         other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
@@ -87,9 +94,12 @@ fn run(cmd: &mut Command) -> Result {
     }
 }
 
+fn cargo_bin() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
 fn cargo(args: &[&str]) -> Result {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(Command::new(cargo).args(args))
+    run(Command::new(cargo_bin()).args(args))
 }
 
 fn have(probe: &str) -> bool {
@@ -160,10 +170,13 @@ fn lint() -> Result {
         "-D",
         "warnings",
     ])?;
-    let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(Command::new(cargo_bin)
+    run(Command::new(cargo_bin())
         .args(["doc", "--workspace", "--all-features", "--no-deps"])
-        .env("RUSTDOCFLAGS", "-D warnings"))
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    // What users of the published crates get.
+    publish::features()?;
+    publish::readme_crate()?;
+    publish::package()
 }
 
 /// Fails when a crate's top-level modules import each other in a circle.

@@ -1,28 +1,85 @@
-//! Client-side load balancing and service discovery for gRPC in Rust: the facade that
-//! re-exports the `grpc-lb` crates, so an application depends on one crate and picks
-//! backends with features.
+//! Client-side load balancing and service discovery for gRPC in Rust, built on
+//! tonic: the crate an application depends on. It re-exports the `grpc-lb` crates,
+//! and features choose the resolvers and the server side.
 //!
-//! | path | crate | feature |
+//! | path | what | feature |
 //! |---|---|---|
-//! | `grpc_lb::*` | `lb-core`: the model (resolvers, balancers, subconns, pickers, service config) | always |
-//! | [`grpc_lb::policies`](policies) | `lb-policies`: `pick_first`, `round_robin`, `weighted_round_robin` (ORCA), `least_request`, `peak_ewma`, `ring_hash`, `outlier_detection` | always |
-//! | [`grpc_lb::resolvers`](resolvers) | `lb-resolvers`: DNS, etcd, ZooKeeper | `dns`, `etcd`, `zookeeper` |
-//! | `grpc_lb::tonic` | `lb-tonic`: the load-balancing channel | `tonic` (default); `tls` adds rustls |
-//! | `grpc_lb::orca` | `lb-orca` with its server side: load reports for `weighted_round_robin` | `orca-server` |
+//! | `grpc_lb::*` | the model (`lb-core`): resolvers, balancers, subconns, pickers, service config, errors | always |
+//! | [`grpc_lb::channel`](channel), [`grpc_lb::LbChannel`](LbChannel) | the load-balancing channel (`lb-tonic`), a `tower::Service` that any tonic-generated client takes | `channel` (default); `tls` adds rustls |
+//! | [`grpc_lb::policies`](policies) | `pick_first`, `round_robin`, `weighted_round_robin` (ORCA), `least_request`, `peak_ewma`, `ring_hash`, `outlier_detection`, and the tree policies `priority`, `weighted_target`, `xds_cluster_manager` | always |
+//! | [`grpc_lb::resolvers`](resolvers) | `static`, `passthrough`, `unix` always; DNS, etcd, ZooKeeper resolvers and registrars | `dns`, `etcd`, `zookeeper` |
+//! | `grpc_lb::server` | the zero-downtime stop of a self-registering tonic server (`lb-server`), with the registrars of the registry features | `server` |
+//! | `grpc_lb::orca` | ORCA load reports on the server side, for `weighted_round_robin` clients (`lb-orca`) | `orca-server` |
 //!
-//! ```
-//! use grpc_lb::{ServiceConfig, policies};
+//! The names of the channel's module do not shadow the `tonic` crate: after
+//! `use grpc_lb::*;`, `tonic::transport::Server` is still tonic's.
 //!
-//! let registry = policies::registry();
-//! let config = ServiceConfig::parse(r#"{"loadBalancingConfig": [{"round_robin": {}}]}"#, &registry)?;
-//! assert_eq!(config.lb_policy().map(|p| p.name.as_str()), Some("round_robin"));
-//! # Ok::<(), grpc_lb::Error>(())
+//! ```no_run
+//! use grpc_lb::LbChannel;
+//! use tonic_health::pb::HealthCheckRequest;
+//! use tonic_health::pb::health_client::HealthClient;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Round robin over a fixed list; any tonic-generated client takes the channel.
+//! let channel = LbChannel::builder("static:///127.0.0.1:50051,127.0.0.1:50052")
+//!     .policy("round_robin")
+//!     .build()?;
+//! let mut client = HealthClient::new(channel);
+//! let reply = client.check(HealthCheckRequest::default()).await?;
+//! println!("{:?}", reply.into_inner().status());
+//! # Ok(()) }
 //! ```
+//!
+//! The README (a `[dependencies]` block, a client and a server) and the guides under
+//! `docs/` are written against these paths, and their Rust snippets are compiled as
+//! this crate's doc tests.
 
 pub use lb_core::*;
-#[cfg(feature = "orca-server")]
-pub use lb_orca as orca;
 pub use lb_policies as policies;
 pub use lb_resolvers as resolvers;
-#[cfg(feature = "tonic")]
-pub use lb_tonic as tonic;
+
+/// The load-balancing channel (`lb-tonic`): [`LbChannel`](channel::LbChannel) and its
+/// [`Builder`](channel::Builder), per-call extensions, TLS, snapshots.
+#[cfg(feature = "channel")]
+pub mod channel {
+    pub use lb_tonic::*;
+}
+
+#[cfg(feature = "channel")]
+pub use lb_tonic::LbChannel;
+
+/// The server side (`lb-server`): [`Shutdown`](server::Shutdown), the zero-downtime
+/// stop of a self-registering tonic server, and the registrars of the registry
+/// features it deregisters.
+#[cfg(feature = "server")]
+pub mod server {
+    pub use lb_server::*;
+
+    #[cfg(feature = "etcd")]
+    pub use lb_resolvers::etcd::{EtcdOptions, EtcdRegistrar};
+    #[cfg(feature = "zookeeper")]
+    pub use lb_resolvers::zookeeper::{ZkOptions, ZkRegistrar};
+}
+
+/// ORCA load reports (`lb-orca`) with their server side: a recorder, a tower layer
+/// for per-call reports, and the out-of-band service.
+#[cfg(feature = "orca-server")]
+pub use lb_orca as orca;
+
+// The README and the guides: their Rust snippets compile (and run, where they do
+// not need a network) as doc tests of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct Readme;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/channel.md")]
+struct ChannelGuide;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/policies.md")]
+struct PoliciesGuide;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/resolvers.md")]
+struct ResolversGuide;

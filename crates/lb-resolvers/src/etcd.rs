@@ -754,7 +754,8 @@ fn describe(e: &etcd_client::Error) -> String {
             let mut next = std::error::Error::source(status);
             while let Some(cause) = next {
                 let text = cause.to_string();
-                if !out.ends_with(&text) {
+                // tonic repeats a message at several levels: say each once.
+                if !out.contains(&text) {
                     out.push_str(": ");
                     out.push_str(&text);
                 }

@@ -129,3 +129,40 @@ async fn servers_registered_in_zookeeper() {
     })
     .await;
 }
+
+/// RPCs to a service nobody registered fail saying where the resolver looked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_service_fails_rpcs_naming_the_prefix_or_path_watched() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let zk = ZooKeeperServer::start().await.unwrap();
+    for (target, expected) in [
+        (
+            format!("etcd://{}/greetr", etcd.addr()),
+            format!("no keys under `greetr/` in etcd at http://{}", etcd.addr()),
+        ),
+        (
+            format!("zk://{}/greetr", zk.connect_string()),
+            "in ZooKeeper at".to_owned(),
+        ),
+    ] {
+        for policy in ["pick_first", "round_robin"] {
+            let channel = LbChannel::builder(&target).policy(policy).build().unwrap();
+            let mut client = EchoClient::new(channel);
+            let status = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match client.unary_echo(EchoRequest::default()).await {
+                        Err(s) if s.message().contains("no addresses") => return s,
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            })
+            .await
+            .expect("RPCs fail once the resolver reports");
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert!(
+                status.message().contains(&expected),
+                "{policy} {target}: {status:?}"
+            );
+        }
+    }
+}
