@@ -847,17 +847,7 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
         let Some(slot) = self.children.get_mut(key) else {
             return;
         };
-        if let Some(timer) = slot.retained.take() {
-            timer.cancel();
-        }
-        if let Some(mut switch) = slot.switch.take() {
-            switch.close(&mut SlotCc {
-                parent: cc,
-                id: slot.id,
-                owners: &mut self.owners,
-                ignore_resolve_now: true,
-            });
-        }
+        Self::close_balancer(slot, &mut self.owners, cc);
         if !slot.wanted {
             self.forget(key);
         }
@@ -869,6 +859,17 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
             return;
         };
         self.keys.remove(&slot.id);
+        Self::close_balancer(&mut slot, &mut self.owners, cc);
+        self.published = true;
+    }
+
+    /// Ends `slot`'s retention and closes its balancer, if it has them; its
+    /// requests to re-resolve while closing are dropped.
+    fn close_balancer(
+        slot: &mut Slot,
+        owners: &mut HashMap<SubConnId, u64>,
+        cc: &mut dyn ClientConn,
+    ) {
         if let Some(timer) = slot.retained.take() {
             timer.cancel();
         }
@@ -876,11 +877,10 @@ impl<K: Eq + Hash + Clone> ChildManager<K> {
             switch.close(&mut SlotCc {
                 parent: cc,
                 id: slot.id,
-                owners: &mut self.owners,
-                ignore_resolve_now: slot.ignore_resolve_now,
+                owners,
+                ignore_resolve_now: true,
             });
         }
-        self.published = true;
     }
 
     fn forget(&mut self, key: &K) {

@@ -134,6 +134,15 @@ pub enum Error {
     },
 }
 
+/// What a resolver says about its result, for the errors it leads to: "no keys
+/// under `greeter/` in etcd at http://127.0.0.1:2379", "no children of
+/// `/services/greeter` in ZooKeeper", "no A or AAAA records for `svc.local`" (gRPC
+/// C-core's resolution note). A state attribute ([`crate::ResolverState::with_note`]), so
+/// that it reaches every policy of a tree; [`Error::no_addresses`] puts it in
+/// the error a policy returns for an empty list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolutionNote(pub String);
+
 /// `a, b, c`, or `none` for an empty list.
 fn list(names: &[String]) -> String {
     if names.is_empty() {
@@ -211,12 +220,10 @@ impl From<IllegalTransition> for Error {
 
 impl Error {
     /// [`Error::NoAddresses`] with the resolver's note from a state's attributes
-    /// ([`crate::ResolutionNote`]), if it left one.
+    /// ([`ResolutionNote`]), if it left one.
     pub fn no_addresses(attributes: &crate::Attributes) -> Self {
         Error::NoAddresses {
-            note: attributes
-                .get::<crate::ResolutionNote>()
-                .map(|n| n.0.clone()),
+            note: attributes.get::<ResolutionNote>().map(|n| n.0.clone()),
         }
     }
 

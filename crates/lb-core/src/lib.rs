@@ -75,14 +75,14 @@ pub use balancer::{
     Balancer, BalancerBuilder, BuildOptions, ClientConn, ClientConnState, LbConfig, SubConnOptions,
     TimerHandle, TimerId,
 };
-pub use error::{Error, SharedError, closest, error_chain};
+pub use error::{Error, ResolutionNote, SharedError, closest, error_chain};
 pub use load::{LoadReport, LoadReportListener, LoadReportWatch, ReportSource};
 pub use picker::{
     Callbacks, DoneInfo, FailPicker, IdlePicker, OnDone, Pick, PickInfo, PickResult, Picker,
     QueuePicker,
 };
 pub use resolver::ResolverRegistry;
-pub use resolver::{ResolutionNote, Resolver, ResolverBuilder, ResolverState};
+pub use resolver::{Resolver, ResolverBuilder, ResolverState};
 pub use service_config::ServiceConfig;
 pub use state::{ConnectivityState, IllegalTransition, StateTracker};
 pub use status::{Code, Status};

@@ -27,12 +27,12 @@ use lb_core::child::{ChildManager, ChildPolicy, counted_state, parse_child_polic
 use lb_core::hierarchy;
 use lb_core::{
     Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn, ClientConnState,
-    ConnectivityState, Error, LbConfig, PickInfo, PickResult, Picker, SharedError, Status, SubConn,
-    SubConnState, TimerId,
+    ConnectivityState, Error, LbConfig, PickInfo, PickResult, Picker, Status,
 };
 use serde_json::Value;
 
 use crate::config::Fields;
+use crate::parent::{Parent, ParentBalancer};
 
 /// The policy's name in service configs (grpc-go's).
 pub const NAME: &str = "xds_cluster_manager_experimental";
@@ -59,10 +59,10 @@ impl BalancerBuilder for ClusterManager {
     }
 
     fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
-        Box::new(ClusterManagerBalancer {
+        Box::new(ParentBalancer(ClusterManagerBalancer {
             children: ChildManager::new(options.clone()),
             counted: HashMap::new(),
-        })
+        }))
     }
 
     fn parse_config(&self, config: &Value) -> Result<LbConfig, Error> {
@@ -183,12 +183,12 @@ impl Picker for ClusterPicker {
     }
 }
 
-impl Balancer for ClusterManagerBalancer {
-    fn update_client_conn_state(
-        &mut self,
-        state: ClientConnState,
-        cc: &mut dyn ClientConn,
-    ) -> Result<(), Error> {
+impl Parent for ClusterManagerBalancer {
+    fn children(&mut self) -> &mut ChildManager<String> {
+        &mut self.children
+    }
+
+    fn update(&mut self, state: ClientConnState, cc: &mut dyn ClientConn) -> Result<(), Error> {
         let config = state
             .config
             .as_ref()
@@ -227,32 +227,7 @@ impl Balancer for ClusterManagerBalancer {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {
-        self.children.resolver_error(&error, cc);
+    fn settle(&mut self, cc: &mut dyn ClientConn) {
         self.publish(cc);
-    }
-
-    fn update_subconn_state(
-        &mut self,
-        subconn: &SubConn,
-        state: &SubConnState,
-        cc: &mut dyn ClientConn,
-    ) {
-        self.children.update_subconn_state(subconn, state, cc);
-        self.publish(cc);
-    }
-
-    fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
-        self.children.exit_idle(cc);
-        self.publish(cc);
-    }
-
-    fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
-        self.children.timer(timer, cc);
-        self.publish(cc);
-    }
-
-    fn close(&mut self, cc: &mut dyn ClientConn) {
-        self.children.close(cc);
     }
 }

@@ -37,6 +37,7 @@ mod config;
 mod cursor;
 pub mod least_request;
 pub mod outlier_detection;
+mod parent;
 pub mod peak_ewma;
 pub mod pick_first;
 pub mod priority;

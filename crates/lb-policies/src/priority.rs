@@ -35,12 +35,13 @@ use lb_core::child::{ChildManager, ChildPolicy, parse_child_policy};
 use lb_core::hierarchy;
 use lb_core::{
     Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn, ClientConnState,
-    ConnectivityState, Error, FailPicker, LbConfig, Picker, QueuePicker, SharedError, Status,
-    SubConn, SubConnState, TimerHandle, TimerId,
+    ConnectivityState, Error, FailPicker, LbConfig, Picker, QueuePicker, Status, TimerHandle,
+    TimerId,
 };
 use serde_json::Value;
 
 use crate::config::Fields;
+use crate::parent::{Parent, ParentBalancer};
 
 /// The policy's name in service configs (grpc-go's).
 pub const NAME: &str = "priority_experimental";
@@ -77,14 +78,14 @@ impl BalancerBuilder for Priority {
     }
 
     fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
-        Box::new(PriorityBalancer {
+        Box::new(ParentBalancer(PriorityBalancer {
             children: ChildManager::new(options.clone()),
             priorities: Vec::new(),
             info: HashMap::new(),
             in_use: None,
             next_timer: 0,
             failover: FAILOVER_TIMEOUT,
-        })
+        }))
     }
 
     fn parse_config(&self, config: &Value) -> Result<LbConfig, Error> {
@@ -311,12 +312,12 @@ fn stop_timer(info: &mut ChildInfo) {
     }
 }
 
-impl Balancer for PriorityBalancer {
-    fn update_client_conn_state(
-        &mut self,
-        state: ClientConnState,
-        cc: &mut dyn ClientConn,
-    ) -> Result<(), Error> {
+impl Parent for PriorityBalancer {
+    fn children(&mut self) -> &mut ChildManager<String> {
+        &mut self.children
+    }
+
+    fn update(&mut self, state: ClientConnState, cc: &mut dyn ClientConn) -> Result<(), Error> {
         let config = state
             .config
             .as_ref()
@@ -377,44 +378,21 @@ impl Balancer for PriorityBalancer {
         Ok(())
     }
 
-    fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {
-        self.children.resolver_error(&error, cc);
+    fn settle(&mut self, cc: &mut dyn ClientConn) {
         self.sync(cc);
     }
 
-    fn update_subconn_state(
-        &mut self,
-        subconn: &SubConn,
-        state: &SubConnState,
-        cc: &mut dyn ClientConn,
-    ) {
-        self.children.update_subconn_state(subconn, state, cc);
-        self.sync(cc);
-    }
-
-    fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
-        self.children.exit_idle(cc);
-        self.sync(cc);
-    }
-
-    fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
-        if let Some(id) = timer.own_id() {
-            // A failover timer went off: its child gets no more time.
-            if let Some(info) = self.info.values_mut().find(|i| i.timer_id == id) {
-                info.failover = None;
-            }
-            self.choose(false, cc);
-            self.sync(cc);
-            return;
+    fn own_timer(&mut self, id: u64, cc: &mut dyn ClientConn) {
+        // A failover timer went off: its child gets no more time.
+        if let Some(info) = self.info.values_mut().find(|i| i.timer_id == id) {
+            info.failover = None;
         }
-        self.children.timer(timer, cc);
-        self.sync(cc);
+        self.choose(false, cc);
     }
 
-    fn close(&mut self, cc: &mut dyn ClientConn) {
+    fn closing(&mut self) {
         for info in self.info.values_mut() {
             stop_timer(info);
         }
-        self.children.close(cc);
     }
 }

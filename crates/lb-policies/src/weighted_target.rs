@@ -36,12 +36,13 @@ use lb_core::hierarchy;
 use lb_core::{
     Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn, ClientConnState,
     ConnectivityState, Error, FailPicker, LbConfig, PickInfo, PickResult, Picker, QueuePicker,
-    SharedError, Status, SubConn, SubConnState, TimerId,
+    Status,
 };
 use serde_json::Value;
 
 use crate::config::Fields;
 use crate::cursor::Cursor;
+use crate::parent::{Parent, ParentBalancer};
 
 /// The policy's name in service configs (grpc-go's).
 pub const NAME: &str = "weighted_target_experimental";
@@ -72,11 +73,11 @@ impl BalancerBuilder for WeightedTarget {
     }
 
     fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
-        Box::new(WeightedTargetBalancer {
+        Box::new(ParentBalancer(WeightedTargetBalancer {
             children: ChildManager::new(options.clone()),
             weights: HashMap::new(),
             counted: BTreeMap::new(),
-        })
+        }))
     }
 
     fn parse_config(&self, config: &Value) -> Result<LbConfig, Error> {
@@ -219,12 +220,12 @@ impl Picker for WeightedPicker {
     }
 }
 
-impl Balancer for WeightedTargetBalancer {
-    fn update_client_conn_state(
-        &mut self,
-        state: ClientConnState,
-        cc: &mut dyn ClientConn,
-    ) -> Result<(), Error> {
+impl Parent for WeightedTargetBalancer {
+    fn children(&mut self) -> &mut ChildManager<String> {
+        &mut self.children
+    }
+
+    fn update(&mut self, state: ClientConnState, cc: &mut dyn ClientConn) -> Result<(), Error> {
         let config = state
             .config
             .as_ref()
@@ -265,32 +266,7 @@ impl Balancer for WeightedTargetBalancer {
         Ok(())
     }
 
-    fn resolver_error(&mut self, error: SharedError, cc: &mut dyn ClientConn) {
-        self.children.resolver_error(&error, cc);
+    fn settle(&mut self, cc: &mut dyn ClientConn) {
         self.publish(cc);
-    }
-
-    fn update_subconn_state(
-        &mut self,
-        subconn: &SubConn,
-        state: &SubConnState,
-        cc: &mut dyn ClientConn,
-    ) {
-        self.children.update_subconn_state(subconn, state, cc);
-        self.publish(cc);
-    }
-
-    fn exit_idle(&mut self, cc: &mut dyn ClientConn) {
-        self.children.exit_idle(cc);
-        self.publish(cc);
-    }
-
-    fn timer(&mut self, timer: TimerId, cc: &mut dyn ClientConn) {
-        self.children.timer(timer, cc);
-        self.publish(cc);
-    }
-
-    fn close(&mut self, cc: &mut dyn ClientConn) {
-        self.children.close(cc);
     }
 }

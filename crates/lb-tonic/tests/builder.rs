@@ -187,13 +187,8 @@ async fn the_connect_timeout_bounds_each_attempt() {
         .build()
         .unwrap();
     let mut client = EchoClient::new(channel);
-    let status = within("the RPC to fail", async {
-        loop {
-            match echo(&mut client, echo_req("x")).await {
-                Err(s) if s.message().contains("preface") => return s,
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+    let status = first_failure(&mut client, "the RPC to fail", |s| {
+        s.message().contains("preface")
     })
     .await;
     assert_eq!(status.code(), tonic::Code::Unavailable);

@@ -100,15 +100,7 @@ async fn when_every_backend_is_not_serving_rpcs_fail_with_what_the_health_check_
     let mut client = EchoClient::new(channel.clone());
     warm_up(&mut client, &["a"]).await;
     backends[0].set_health("echo", false).await;
-    let status = within("the channel to fail", async {
-        loop {
-            match echo(&mut client, echo_req("x")).await {
-                Err(s) => return s,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-    })
-    .await;
+    let status = first_failure(&mut client, "the channel to fail", |_| true).await;
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(status.message().contains("NOT_SERVING"), "{status:?}");
     assert!(
@@ -131,13 +123,8 @@ async fn a_health_check_of_an_unregistered_service_fails_saying_so_in_plain_word
         .build()
         .unwrap();
     let mut client = EchoClient::new(channel);
-    let status = within("the RPC to fail", async {
-        loop {
-            match echo(&mut client, echo_req("x")).await {
-                Err(s) if s.message().contains("health") => return s,
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
+    let status = first_failure(&mut client, "the RPC to fail", |s| {
+        s.message().contains("health")
     })
     .await;
     assert_eq!(status.code(), tonic::Code::Unavailable);

@@ -338,15 +338,7 @@ async fn a_child_that_panics_deep_in_a_tree_fails_rpcs_naming_the_tree_and_recov
     let mut poisoned = good.clone();
     poisoned.push(with_path(Address::new("10.255.255.255:1"), ["p0", "zone"]));
     resolver.update(ResolverState::new(poisoned));
-    let status = within("the panic to surface", async {
-        loop {
-            match echo(&mut client, echo_req("x")).await {
-                Err(status) => return status,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-    })
-    .await;
+    let status = first_failure(&mut client, "the panic to surface", |_| true).await;
     assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
     assert!(
         status.message().contains("priority_experimental")

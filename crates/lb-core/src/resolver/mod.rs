@@ -147,23 +147,14 @@ impl ResolverState {
         self
     }
 
-    /// This state with a note on how it was resolved ([`ResolutionNote`]): what a
+    /// This state with a note on how it was resolved ([`crate::ResolutionNote`]): what a
     /// policy's error says when the list is empty. Kept among the attributes.
     #[must_use]
     pub fn with_note(mut self, note: impl Into<String>) -> Self {
-        self.attributes = self.attributes.with(ResolutionNote(note.into()));
+        self.attributes = self.attributes.with(crate::ResolutionNote(note.into()));
         self
     }
 }
-
-/// What a resolver says about its result, for the errors it leads to: "no keys
-/// under `greeter/` in etcd at http://127.0.0.1:2379", "no children of
-/// `/services/greeter` in ZooKeeper", "no A or AAAA records for `svc.local`" (gRPC
-/// C-core's resolution note). A state attribute ([`ResolverState::with_note`]), so
-/// that it reaches every policy of a tree; [`crate::Error::no_addresses`] puts it in
-/// the error a policy returns for an empty list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolutionNote(pub String);
 
 impl fmt::Debug for ResolverState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

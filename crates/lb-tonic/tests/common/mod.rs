@@ -52,6 +52,24 @@ pub async fn echo(
     client.unary_echo(req).await.map(|r| r.into_inner().server)
 }
 
+/// Sends unary echoes until one fails with a status `wanted` accepts (within
+/// [`within`]'s bound); returns it.
+pub async fn first_failure(
+    client: &mut EchoClient<LbChannel>,
+    what: &str,
+    wanted: impl Fn(&tonic::Status) -> bool,
+) -> tonic::Status {
+    within(what, async {
+        loop {
+            match echo(client, echo_req("x")).await {
+                Err(s) if wanted(&s) => return s,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await
+}
+
 /// A server-streaming RPC of `count` replies; returns their messages.
 pub async fn server_stream(
     client: &mut EchoClient<LbChannel>,
