@@ -22,17 +22,23 @@ pub(crate) const PUBLISHED: &[&str] = &[
     "grpc-lb-cli",
 ];
 
-/// The facade's features, each checked alone.
-const FEATURES: &[&str] = &[
-    "channel",
-    "tls",
-    "dns",
-    "etcd",
-    "zookeeper",
-    "server",
-    "orca-server",
-    "test-util",
-];
+/// The facade's features, from its manifest's `[features]` table (but `default`).
+fn facade_features() -> Result<Vec<String>> {
+    let path = root().join("crates").join("grpc-lb").join("Cargo.toml");
+    let manifest =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let table = manifest
+        .split("\n[features]\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .ok_or_else(|| format!("{} has no [features] table", path.display()))?;
+    Ok(table
+        .lines()
+        .filter_map(|line| line.split_once(" = ").map(|(name, _)| name.trim()))
+        .filter(|name| !name.starts_with('#') && *name != "default")
+        .map(str::to_owned)
+        .collect())
+}
 
 /// `cargo package` for every published crate (manifests, file lists, versions of
 /// path dependencies). Not verified by a rebuild: the README crate below builds the
@@ -48,8 +54,9 @@ pub(crate) fn package() -> Result {
 /// `cargo check -p grpc-lb` with no default features, then each feature alone, then
 /// all of them: no warning from any crate of the workspace.
 pub(crate) fn features() -> Result {
+    let features = facade_features()?;
     let mut sets: Vec<Vec<&str>> = vec![vec!["--no-default-features"]];
-    for feature in FEATURES {
+    for feature in &features {
         sets.push(vec!["--no-default-features", "--features", feature]);
     }
     sets.push(vec!["--all-features"]);
@@ -90,7 +97,8 @@ fn warnings_of(cmd: &mut Command) -> Result<Vec<String>> {
 
 /// Builds the README's first `[dependencies]` block and its first two Rust blocks
 /// (the client and the server) as a new crate, with the facade by path and the
-/// workspace's lock file: no error and no warning.
+/// workspace's lock file (so that it needs no other versions than the workspace's):
+/// no error and no warning.
 pub(crate) fn readme_crate() -> Result {
     let root = root();
     let readme = std::fs::read_to_string(root.join("README.md"))
@@ -137,7 +145,6 @@ pub(crate) fn readme_crate() -> Result {
         Command::new(cargo_bin())
             .args([
                 "check",
-                "--offline",
                 "--message-format=short",
                 "--manifest-path",
                 &manifest,

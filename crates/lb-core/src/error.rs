@@ -171,16 +171,17 @@ fn did_you_mean(names: &[String], known: &[String]) -> String {
 /// one edit for names of 3 to 5 characters, two for longer ones, none for shorter;
 /// ASCII case is ignored.
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let name = name.to_ascii_lowercase();
-    let limit = match name.chars().count() {
+    let lower = name.to_ascii_lowercase();
+    let limit = match lower.chars().count() {
         0..=2 => return None,
         3..=5 => 1,
         _ => 2,
     };
     candidates
         .into_iter()
-        .map(|c| (edit_distance(&name, &c.to_ascii_lowercase()), c))
-        .filter(|&(d, _)| d > 0 && d <= limit)
+        .filter(|&c| c != name)
+        .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
+        .filter(|&(d, _)| d <= limit)
         .min_by_key(|&(d, _)| d)
         .map(|(_, c)| c)
 }
@@ -263,5 +264,22 @@ mod tests {
             e.to_string(),
             "illegal connectivity state transition IDLE -> READY"
         );
+    }
+
+    #[test]
+    fn close_names_are_suggested_and_far_ones_are_not() {
+        let known = ["round_robin", "pick_first", "static", "dns", "etcd"];
+        let closest = |name| closest(name, known);
+        assert_eq!(closest("round_robbin"), Some("round_robin"));
+        assert_eq!(closest("ROUND_ROBIN"), Some("round_robin"), "case only");
+        assert_eq!(closest("stattic"), Some("static"));
+        assert_eq!(closest("etc"), Some("etcd"));
+        assert_eq!(closest("round_robin"), None, "the name itself");
+        assert_eq!(closest("zk"), None, "too short to guess");
+        assert_eq!(closest("least_request"), None);
+        assert_eq!(closest(""), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("é", "e"), 1);
     }
 }

@@ -921,10 +921,14 @@ impl ResolverBuilder for EtcdResolverBuilder {
             resume: None,
             cluster_id: None,
             progressed: false,
-            publisher: Publisher::new(cc, self.update_delay).with_note(format!(
-                "no keys under `{prefix}` in etcd at {}",
-                options.endpoints.join(",")
-            )),
+            publisher: Publisher::new(cc, self.update_delay).with_note(
+                "key",
+                "keys",
+                format!(
+                    "under `{prefix}` in etcd at {}",
+                    options.endpoints.join(",")
+                ),
+            ),
             backoff: Backoff::new(options.retry_interval, self.max_retry_interval),
             log: ErrorLog::new(format!("etcd resolver for {prefix}")),
             prefix,

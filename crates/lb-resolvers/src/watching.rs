@@ -230,6 +230,11 @@ impl Entries {
     }
 
     /// The complete state, and the entries are clean again.
+    /// How many entries the registry holds, usable or not.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
     pub(crate) fn take_state(&mut self) -> ResolverState {
         self.dirty = false;
         ResolverState::new(
@@ -303,7 +308,7 @@ pub(crate) struct Publisher {
     /// nothing changed meanwhile.
     errored: bool,
     /// Published with an empty list.
-    note: Option<String>,
+    note: Option<Note>,
 }
 
 impl Publisher {
@@ -319,10 +324,21 @@ impl Publisher {
         }
     }
 
-    /// What an empty list is published with ([`lb_core::ResolutionNote`]): where
-    /// the resolver looked, for the error RPCs then fail with.
-    pub(crate) fn with_note(mut self, note: String) -> Self {
-        self.note = Some(note);
+    /// What an empty list is published with ([`lb_core::ResolutionNote`]), for
+    /// the error RPCs then fail with: where the resolver looked (`place`, "under
+    /// `greeter/` in etcd at ..."), and whether it found nothing there or only
+    /// entries it could not use (`entry` and `entries` name them).
+    pub(crate) fn with_note(
+        mut self,
+        entry: &'static str,
+        entries: &'static str,
+        place: String,
+    ) -> Self {
+        self.note = Some(Note {
+            entry,
+            entries,
+            place,
+        });
         self
     }
 
@@ -379,11 +395,12 @@ impl Publisher {
         self.last = Some(Instant::now());
         self.published = true;
         self.errored = false;
+        let found = entries.len();
         let mut state = entries.take_state();
         if state.addresses.is_empty()
             && let Some(note) = &self.note
         {
-            state = state.with_note(note.clone());
+            state = state.with_note(note.describe(found));
         }
         self.cc.update_state(state);
     }
@@ -392,6 +409,30 @@ impl Publisher {
     pub(crate) fn report(&mut self, error: SharedError) {
         self.errored = true;
         self.cc.report_error(error);
+    }
+}
+
+/// Where a resolver looks, for the note of an empty list.
+struct Note {
+    entry: &'static str,
+    entries: &'static str,
+    place: String,
+}
+
+impl Note {
+    /// "no keys under ...", or, when there are entries but none is usable, "2 keys
+    /// under ..., none usable (see the resolver's warnings)".
+    fn describe(&self, found: usize) -> String {
+        let Note {
+            entry,
+            entries,
+            place,
+        } = self;
+        match found {
+            0 => format!("no {entries} {place}"),
+            1 => format!("1 {entry} {place}, not usable (see the resolver's warnings)"),
+            n => format!("{n} {entries} {place}, none usable (see the resolver's warnings)"),
+        }
     }
 }
 
@@ -553,6 +594,57 @@ mod tests {
             self.0.lock().unwrap().push(state.addresses.len());
         }
         fn report_error(&self, _: SharedError) {}
+    }
+
+    /// Records each state's resolution note.
+    #[derive(Default)]
+    struct Notes(Mutex<Vec<Option<String>>>);
+
+    impl ClientConn for Notes {
+        fn update_state(&self, state: ResolverState) {
+            let note = state
+                .attributes
+                .get::<lb_core::ResolutionNote>()
+                .map(|n| n.0.clone());
+            self.0.lock().unwrap().push(note);
+        }
+        fn report_error(&self, _: SharedError) {}
+    }
+
+    #[test]
+    fn an_empty_list_says_whether_nothing_was_there_or_nothing_usable() {
+        let cc = Arc::new(Notes::default());
+        let mut p = Publisher::new(cc.clone(), Duration::ZERO).with_note(
+            "key",
+            "keys",
+            "under `svc/` in etcd at http://e:2379".to_owned(),
+        );
+        // Values the resolver cannot read (plain `host:port` where JSON is wanted).
+        let mut e = Entries::new("test");
+        e.put("a", b"bad", parse_addr);
+        e.put("b", b"bad", parse_addr);
+        p.listed(&mut e);
+        e.put("b", b"h:1", parse_addr);
+        p.listed(&mut e);
+        let mut empty = Entries::new("test");
+        let mut q = Publisher::new(cc.clone(), Duration::ZERO).with_note(
+            "key",
+            "keys",
+            "under `svc/` in etcd at http://e:2379".to_owned(),
+        );
+        q.listed(&mut empty);
+        assert_eq!(
+            *cc.0.lock().unwrap(),
+            [
+                Some(
+                    "2 keys under `svc/` in etcd at http://e:2379, none usable (see the \
+                     resolver's warnings)"
+                        .to_owned()
+                ),
+                None,
+                Some("no keys under `svc/` in etcd at http://e:2379".to_owned()),
+            ]
+        );
     }
 
     #[cfg(feature = "etcd")]

@@ -551,10 +551,11 @@ impl ResolverBuilder for ZkResolverBuilder {
         let follower = Follower {
             session: ZkSession::shared(&runtime, &options),
             entries: Entries::new("ZooKeeper node"),
-            publisher: Publisher::new(cc, self.update_delay).with_note(format!(
-                "no children of `{path}` in ZooKeeper at {}",
-                options.cluster
-            )),
+            publisher: Publisher::new(cc, self.update_delay).with_note(
+                "child",
+                "children",
+                format!("of `{path}` in ZooKeeper at {}", options.cluster),
+            ),
             backoff: Backoff::new(options.retry_interval, self.max_retry_interval),
             log: ErrorLog::new(format!("ZooKeeper resolver for {path}")),
             path,

@@ -320,9 +320,10 @@ impl Builder {
         self
     }
 
-    /// The `user-agent` of every request: `"{user_agent} grpc-lb-rust/<version>"`
-    /// (default: the library's part alone), unless the request carries its own. As
-    /// tonic's `Endpoint::user_agent` and grpc-go's `WithUserAgent`.
+    /// The `user-agent` of every request the channel sends (RPCs, health and load
+    /// report streams): `"{user_agent} grpc-lb-rust/<version>"` (default: the
+    /// library's part alone), after the request's own if it carries one. As tonic's
+    /// `Endpoint::user_agent` and grpc-go's `WithUserAgent`.
     pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
         self.user_agent = Some(user_agent.into());
         self
@@ -345,7 +346,8 @@ impl Builder {
     }
 
     /// TCP keepalive probes on every connection after this long idle (default:
-    /// none, the OS default). As tonic's `Endpoint::tcp_keepalive`. HTTP/2 pings,
+    /// none, the OS default), in whole seconds (rounded up) from 1 s to 32,767 s,
+    /// the kernel's range. As tonic's `Endpoint::tcp_keepalive`. HTTP/2 pings,
     /// which also see a stalled server process, are [`Builder::keepalive`].
     pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
         self.tcp_keepalive = idle;
@@ -360,7 +362,7 @@ impl Builder {
     }
 
     /// How long each connection attempt (TCP, TLS, and the server's HTTP/2
-    /// preface) may take. As tonic's `Endpoint::connect_timeout`. By default,
+    /// preface) may take, at most a day. As tonic's `Endpoint::connect_timeout`. By default,
     /// grpc-go's rule: the larger of [`BackoffConfig::min_connect_timeout`] (20 s)
     /// and the current backoff.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -448,23 +450,33 @@ impl Builder {
                 self.connection_window,
             ),
         ] {
-            if bytes > MAX_WINDOW {
+            if bytes == 0 || bytes > MAX_WINDOW {
                 return Err(Error::InvalidSetting {
                     setting,
-                    reason: format!("{bytes} is above HTTP/2's largest window, 2^31 - 1"),
+                    reason: format!("{bytes} is not from 1 to 2^31 - 1 (HTTP/2's largest window)"),
                 });
             }
         }
-        if self.tcp_keepalive.is_some_and(|d| d.is_zero()) {
+        let tcp_keepalive = self
+            .tcp_keepalive
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+        if let Some(secs) = tcp_keepalive
+            && !(1..=MAX_TCP_KEEPALIVE_SECS).contains(&secs)
+        {
             return Err(Error::InvalidSetting {
                 setting: "Builder::tcp_keepalive",
-                reason: "must be greater than zero (None turns it off)".to_owned(),
+                reason: format!(
+                    "must be from 1 s to {MAX_TCP_KEEPALIVE_SECS} s (None turns it off)"
+                ),
             });
         }
-        if self.connect_timeout.is_some_and(|d| d.is_zero()) {
+        if self
+            .connect_timeout
+            .is_some_and(|d| d.is_zero() || d > MAX_CONNECT_TIMEOUT)
+        {
             return Err(Error::InvalidSetting {
                 setting: "Builder::connect_timeout",
-                reason: "must be greater than zero".to_owned(),
+                reason: "must be greater than zero and at most a day".to_owned(),
             });
         }
         let user_agent = match &self.user_agent {
@@ -510,7 +522,7 @@ impl Builder {
             user_agent,
             stream_window: self.stream_window,
             connection_window: self.connection_window,
-            tcp_keepalive: self.tcp_keepalive,
+            tcp_keepalive: tcp_keepalive.map(Duration::from_secs),
             tcp_nodelay: self.tcp_nodelay,
             connect_timeout: self.connect_timeout,
             health_checks: self.health_checks,
@@ -576,6 +588,12 @@ pub const DEFAULT_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// HTTP/2's largest flow-control window.
 const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+/// The longest TCP keepalive idle time Linux takes (`TCP_KEEPIDLE`).
+const MAX_TCP_KEEPALIVE_SECS: u64 = 32_767;
+
+/// The longest connect timeout (as the backoff's delays).
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Applies grpc-go's floor to the keepalive interval and checks the timeout.
 fn validate_keepalive(mut k: Keepalive) -> Result<Keepalive, Error> {

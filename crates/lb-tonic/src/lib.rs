@@ -58,7 +58,8 @@ pub use backoff::BackoffConfig;
 pub use buffer::BufferLimits;
 pub use call::{Attempt, ResponseBody, ServedBy, WaitForReady};
 pub use channel::{
-    Builder, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_LIST_SIZE, LbChannel, ResponseFuture,
+    Builder, DEFAULT_CONNECTION_WINDOW, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_LIST_SIZE,
+    DEFAULT_STREAM_WINDOW, LbChannel, ResponseFuture,
 };
 pub use error::{Error, TransportError};
 pub use introspect::{ChannelSnapshot, ResolverSnapshot, RpcCounts, SubConnSnapshot};

@@ -162,11 +162,24 @@ async fn flow_control_windows_are_what_the_client_announces() {
             "Builder::initial_connection_window_size",
         ),
         (
+            LbChannel::builder("static:///127.0.0.1:1").initial_stream_window_size(0),
+            "Builder::initial_stream_window_size",
+        ),
+        (
             LbChannel::builder("static:///127.0.0.1:1").connect_timeout(Duration::ZERO),
             "Builder::connect_timeout",
         ),
         (
+            LbChannel::builder("static:///127.0.0.1:1").connect_timeout(Duration::MAX),
+            "Builder::connect_timeout",
+        ),
+        (
             LbChannel::builder("static:///127.0.0.1:1").tcp_keepalive(Some(Duration::ZERO)),
+            "Builder::tcp_keepalive",
+        ),
+        (
+            LbChannel::builder("static:///127.0.0.1:1")
+                .tcp_keepalive(Some(Duration::from_secs(40_000))),
             "Builder::tcp_keepalive",
         ),
     ] {
@@ -246,6 +259,19 @@ async fn tcp_keepalive_is_set_on_the_connection() {
     })
     .await;
     assert!(timer <= 42 * 100, "{timer}");
+
+    // Less than a second is one second (the kernel counts whole seconds), not an
+    // error at every connect.
+    let third = Backend::start("c").await.unwrap();
+    let mut client = EchoClient::new(
+        LbChannel::builder(static_target(&[&third]))
+            .tcp_keepalive(Some(Duration::from_millis(500)))
+            .build()
+            .unwrap(),
+    );
+    within("an RPC", echo(&mut client, echo_req("x")))
+        .await
+        .unwrap();
 
     // Without it, no keepalive timer.
     let other = Backend::start("b").await.unwrap();

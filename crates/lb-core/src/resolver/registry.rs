@@ -99,8 +99,12 @@ impl ResolverRegistry {
             {
                 return Err(e.clone());
             }
-            // `stattic:///a:1`, `zk://host/svc`, `http://host:80`: a scheme.
-            if rest.starts_with('/') && is_scheme(scheme) {
+            // `stattic:///a:1`, `zk://host/svc`, `http://host:80`: a scheme. So is a
+            // known scheme left out of this build, slashes or not (`dns:host:443`),
+            // unless what follows is a port (`zk:2181`: a host named `zk`).
+            let missing = self.missing.contains_key(&scheme.to_ascii_lowercase())
+                && !rest.bytes().all(|b| b.is_ascii_digit());
+            if (rest.starts_with('/') && is_scheme(scheme)) || missing {
                 return Err(self.unknown_scheme(scheme, target));
             }
         }
@@ -195,7 +199,11 @@ mod tests {
     }
 
     fn resolved(target: &str) -> (String, String) {
-        let (t, b) = registry().resolve(target).unwrap();
+        resolved_in(&registry(), target)
+    }
+
+    fn resolved_in(registry: &ResolverRegistry, target: &str) -> (String, String) {
+        let (t, b) = registry.resolve(target).unwrap();
         (b.scheme().to_owned(), t.endpoint().to_owned())
     }
 
@@ -244,6 +252,9 @@ mod tests {
         assert!(message("http://127.0.0.1:50051").contains("`dns:///host:port`"));
         assert!(message("HTTPS://a:443").contains("not a URL scheme"));
         assert!(message("etc:///svc").ends_with("did you mean `etcd`?"));
+        // A known scheme left out of the build, written without slashes.
+        assert!(message("zk:svc").contains("`zk` needs the `zookeeper` feature"));
+        assert_eq!(resolved_in(&r, "zk:2181"), ("dns".into(), "zk:2181".into()));
     }
 
     #[test]

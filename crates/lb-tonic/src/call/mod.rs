@@ -854,9 +854,17 @@ fn h2_request(
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
     *headers = head.headers.clone();
-    if !headers.contains_key(http::header::USER_AGENT) {
-        headers.insert(http::header::USER_AGENT, user_agent.clone());
-    }
+    // The channel's user agent, after the request's own if it has one (as tonic's).
+    let agent = match headers.get(http::header::USER_AGENT) {
+        None => user_agent.clone(),
+        Some(own) => {
+            let mut both = own.as_bytes().to_vec();
+            both.push(b' ');
+            both.extend_from_slice(user_agent.as_bytes());
+            http::HeaderValue::from_bytes(&both).unwrap_or_else(|_| user_agent.clone())
+        }
+    };
+    headers.insert(http::header::USER_AGENT, agent);
     if let Some(at) = deadline {
         // The server learns the time left: what the header said, less the wait.
         let left = at.saturating_duration_since(Instant::now());

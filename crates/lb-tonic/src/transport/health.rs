@@ -2,18 +2,12 @@
 //! on a subconn's own connection, whose answers decide whether the subconn counts as
 //! `READY` for its policy.
 
-use bytes::Bytes;
-use h2::client::SendRequest;
-use http::uri::{Authority, Scheme};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::HealthCheckResponse;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use std::sync::Arc;
-
-use super::frames::ConnSignals;
 use super::watch_stream::{Outbound, StreamEnd, server_stream};
 
 /// What the health service said.
@@ -36,22 +30,9 @@ const PATH: &str = "/grpc.health.v1.Health/Watch";
 /// listens any more.
 /// `signals`: the connection's, when its open streams are counted (keepalive
 /// without `while_idle` pings while this stream is open, as grpc-go does).
-pub(crate) async fn watch(
-    sender: SendRequest<Bytes>,
-    scheme: Scheme,
-    authority: Authority,
-    signals: Option<Arc<ConnSignals>>,
-    service: String,
-    tx: mpsc::UnboundedSender<Health>,
-) {
+pub(crate) async fn watch(to: Outbound, service: String, tx: mpsc::UnboundedSender<Health>) {
     let request = HealthCheckRequest { service }.encode_to_vec();
-    let stream = Outbound {
-        sender: &sender,
-        scheme,
-        authority,
-        signals: signals.as_ref(),
-    };
-    let end = server_stream(stream, PATH, &request, |message| {
+    let end = server_stream(&to, PATH, &request, |message| {
         let health = match HealthCheckResponse::decode(message) {
             Ok(r) => match ServingStatus::try_from(r.status) {
                 Ok(ServingStatus::Serving) => Health::Serving,

@@ -8,9 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
-use h2::client::SendRequest;
-use http::uri::{Authority, Scheme};
 use lb_core::{LoadReport, LoadReportListener, LoadReportWatch, ReportSource};
 
 /// A subconn's load-report watch, shared by its handle, its task and its
@@ -53,7 +50,6 @@ impl LoadWatch {
     }
 }
 
-use super::frames::ConnSignals;
 use super::watch_stream::{Outbound, StreamEnd, server_stream};
 
 /// The load report in a response's trailers, if the server sent a valid one. A
@@ -95,23 +91,14 @@ pub(crate) struct OobEnd {
 /// Streams load reports from the server of `sender`'s connection to `listener`,
 /// asking for one every `interval`, until the stream ends.
 pub(crate) async fn stream(
-    sender: SendRequest<Bytes>,
-    scheme: Scheme,
-    authority: Authority,
-    signals: Option<Arc<ConnSignals>>,
+    to: Outbound,
     interval: Duration,
     listener: Arc<dyn LoadReportListener>,
 ) -> OobEnd {
     let request = lb_orca::oob_request(interval);
     let mut received = false;
     let mut warned = false;
-    let to = Outbound {
-        sender: &sender,
-        scheme,
-        authority,
-        signals: signals.as_ref(),
-    };
-    let end = server_stream(to, lb_orca::STREAM_CORE_METRICS, &request, |message| {
+    let end = server_stream(&to, lb_orca::STREAM_CORE_METRICS, &request, |message| {
         match lb_orca::decode(&message) {
             Ok(report) => {
                 received = true;

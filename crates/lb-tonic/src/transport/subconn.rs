@@ -21,6 +21,7 @@ use super::connect::{self, Connection, Endpoint};
 use super::frames::ConnSignals;
 use super::health::{self, Health};
 use super::load_reports::{self, LoadWatch, OobEnd};
+use super::watch_stream::Outbound;
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::error::TransportError;
 use crate::introspect::SubConnStats;
@@ -401,12 +402,17 @@ async fn run(
                     backoff.reset();
                     reporter.report(ConnectivityState::Ready, None);
                 }
-                let checker = health_service.map(|service| HealthChecker {
-                    service,
+                // Where the health and load-report streams go.
+                let to = Outbound {
                     sender: sender.clone(),
                     scheme,
                     authority,
                     signals: conn.count_streams.then(|| signals.clone()),
+                    user_agent: options.user_agent.clone(),
+                };
+                let checker = health_service.map(|service| HealthChecker {
+                    service,
+                    to: to.clone(),
                     watch: None,
                     reopen_at: Some(Instant::now()),
                     backoff: Backoff::new(options.backoff),
@@ -426,10 +432,7 @@ async fn run(
                     backoff: &mut backoff,
                     oob: OobReporter {
                         watch: &load_watch,
-                        sender: conn.sender.clone(),
-                        scheme: options.scheme(),
-                        authority: conn.authority.clone(),
-                        signals: conn.count_streams.then(|| signals.clone()),
+                        to,
                         running: None,
                         reopen_at: None,
                         backoff: Backoff::new(options.backoff),
@@ -498,11 +501,8 @@ async fn run(
 /// A ready connection's health check (gRFC A17).
 struct HealthChecker {
     service: Arc<String>,
-    sender: SendRequest<Bytes>,
-    scheme: Scheme,
-    authority: Authority,
-    /// The connection's signals, when its open streams are counted (keepalive).
-    signals: Option<Arc<ConnSignals>>,
+    /// The connection the watch opens on.
+    to: Outbound,
     /// The running watch: its task (aborted, and its stream reset, when this is
     /// dropped with the connection or replaced) and its answers.
     watch: Option<(AbortOnDrop<()>, mpsc::UnboundedReceiver<Health>)>,
@@ -517,14 +517,7 @@ struct HealthChecker {
 impl HealthChecker {
     fn start(&mut self) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(health::watch(
-            self.sender.clone(),
-            self.scheme.clone(),
-            self.authority.clone(),
-            self.signals.clone(),
-            self.service.to_string(),
-            tx,
-        ));
+        let task = tokio::spawn(health::watch(self.to.clone(), self.service.to_string(), tx));
         self.watch = Some((AbortOnDrop(task), rx));
         self.reopen_at = None;
         self.received = false;
@@ -572,11 +565,7 @@ struct Serving<'a> {
 /// subconn ([`SubConnHandle::watch_load_reports`]).
 struct OobReporter<'a> {
     watch: &'a LoadWatch,
-    sender: SendRequest<Bytes>,
-    scheme: Scheme,
-    authority: Authority,
-    /// The connection's signals, when its open streams are counted (keepalive).
-    signals: Option<Arc<ConnSignals>>,
+    to: Outbound,
     /// The stream's task; aborted when dropped (the connection ended) or replaced.
     running: Option<AbortOnDrop<OobEnd>>,
     /// When to (re)open the stream after it ended.
@@ -598,10 +587,7 @@ impl OobReporter<'_> {
             return;
         }
         self.running = Some(AbortOnDrop(tokio::spawn(load_reports::stream(
-            self.sender.clone(),
-            self.scheme.clone(),
-            self.authority.clone(),
-            self.signals.clone(),
+            self.to.clone(),
             interval,
             listener,
         ))));

@@ -11,14 +11,17 @@ use std::sync::Arc;
 use super::frames::{ActiveStream, ConnSignals};
 use super::stream::{self, Chunks, NoBody, Outgoing};
 
-/// Where a subconn's own stream goes: its connection, as RPCs address it.
-pub(crate) struct Outbound<'a> {
-    pub(crate) sender: &'a SendRequest<Bytes>,
+/// Where a subconn's own streams go: its connection, as RPCs address it.
+#[derive(Clone)]
+pub(crate) struct Outbound {
+    pub(crate) sender: SendRequest<Bytes>,
     pub(crate) scheme: Scheme,
     pub(crate) authority: Authority,
     /// The connection's signals when its open streams are counted (keepalive
     /// without `while_idle`): the stream counts as one while it is open.
-    pub(crate) signals: Option<&'a Arc<ConnSignals>>,
+    pub(crate) signals: Option<Arc<ConnSignals>>,
+    /// The channel's `user-agent`, as every request of the connection carries.
+    pub(crate) user_agent: http::HeaderValue,
 }
 
 /// How a stream ended.
@@ -36,14 +39,14 @@ pub(crate) enum StreamEnd {
 /// hands every answer to `each` until the stream ends, or until `each` returns an
 /// error (the reason to stop). The stream is reset when this returns or is dropped.
 pub(crate) async fn server_stream(
-    to: Outbound<'_>,
+    to: &Outbound,
     path: &str,
     request: &[u8],
     mut each: impl FnMut(Bytes) -> Result<(), String>,
 ) -> StreamEnd {
     let uri = match http::Uri::builder()
-        .scheme(to.scheme)
-        .authority(to.authority)
+        .scheme(to.scheme.clone())
+        .authority(to.authority.clone())
         .path_and_query(path)
         .build()
     {
@@ -59,6 +62,7 @@ pub(crate) async fn server_stream(
         http::HeaderValue::from_static("application/grpc"),
     );
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    headers.insert(http::header::USER_AGENT, to.user_agent.clone());
     let mut frame = BytesMut::with_capacity(5 + request.len());
     frame.extend_from_slice(&[0]);
     frame.extend_from_slice(
@@ -71,12 +75,12 @@ pub(crate) async fn server_stream(
         data: Chunks::One(frame.freeze()),
         trailers: None,
     };
-    let opened = match stream::open(to.sender, head, body).await {
+    let opened = match stream::open(&to.sender, head, body).await {
         Ok(opened) => opened,
         Err(not) => return StreamEnd::Failed(format!("could not open the stream: {}", not.error)),
     };
     let _handle = opened.handle; // resets the stream when this returns
-    let _active = ActiveStream::new(to.signals);
+    let _active = ActiveStream::new(to.signals.as_ref());
     let response = match opened.response.await {
         Ok(r) => r,
         Err(e) => return StreamEnd::Failed(format!("the stream failed: {e}")),
