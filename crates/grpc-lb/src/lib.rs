@@ -39,8 +39,8 @@ pub use lb_core::*;
 pub use lb_policies as policies;
 pub use lb_resolvers as resolvers;
 
-/// The load-balancing channel (`lb-tonic`): [`LbChannel`](channel::LbChannel) and its
-/// [`Builder`](channel::Builder), per-call extensions, TLS, snapshots.
+/// The load-balancing channel (`lb-tonic`): [`LbChannel`] and its
+/// [`channel::Builder`], per-call extensions, TLS, snapshots.
 #[cfg(feature = "channel")]
 pub mod channel {
     pub use lb_tonic::*;
@@ -49,7 +49,7 @@ pub mod channel {
 #[cfg(feature = "channel")]
 pub use lb_tonic::LbChannel;
 
-/// The server side (`lb-server`): [`Shutdown`](server::Shutdown), the zero-downtime
+/// The server side (`lb-server`): [`server::Shutdown`], the zero-downtime
 /// stop of a self-registering tonic server, and the registrars of the registry
 /// features it deregisters.
 #[cfg(feature = "server")]
