@@ -229,17 +229,8 @@ async fn stall() -> String {
 }
 
 fn main() {
-    // A child process of the stall run serves here and exits (with its own runtime).
-    lb_testkit::child::serve_if_asked();
-    // Run only as a benchmark (`cargo bench` passes --bench), not as a test target.
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(run());
+    // The backends' child processes serve from here too.
+    common::bench_main(run);
 }
 
 async fn run() {

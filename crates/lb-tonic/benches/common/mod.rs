@@ -168,3 +168,19 @@ pub fn write_doc_section(marker: &str, section: &str) {
         Err(e) => eprintln!("cannot read {path}: {e}"),
     }
 }
+
+/// A bench's `main` when its backends may run in child processes: a child serves and
+/// exits ([`lb_testkit::child::serve_if_asked`], which builds its own runtime);
+/// anything but `cargo bench` (which passes `--bench`: not a test run, nor a
+/// `--list`) returns; the bench runs `run` on a multi-threaded runtime.
+pub fn bench_main<F: std::future::Future<Output = ()>>(run: impl FnOnce() -> F) {
+    lb_testkit::child::serve_if_asked();
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}
