@@ -173,12 +173,15 @@ impl Body for ResponseBody {
                     Poll::Ready(Ok(Some(trailers))) => {
                         this.phase = Phase::Ended;
                         if this.done.is_some() || this.report.is_some() {
-                            let status = status_from(&trailers).unwrap_or_else(|| {
-                                Status::new(Code::Unknown, "trailers without grpc-status")
-                            });
-                            this.ended(status.code());
+                            // The code alone, unless a callback wants the message.
+                            let code = code_from(&trailers).unwrap_or(Code::Unknown);
+                            this.ended(code);
                             if let Some(done) = &mut this.done {
-                                done.finish(&status, Some(&trailers));
+                                done.end(code, Some(&trailers), || {
+                                    status_from(&trailers).unwrap_or_else(|| {
+                                        Status::new(Code::Unknown, "trailers without grpc-status")
+                                    })
+                                });
                             }
                         }
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
@@ -282,15 +285,27 @@ impl DoneGuard {
     }
 
     pub(crate) fn finish(&mut self, status: &Status, trailers: Option<&HeaderMap>) {
+        self.end(status.code(), trailers, || status.clone());
+    }
+
+    /// Ends the attempt with `code`; `status` is made only if a callback or listener
+    /// will see it (an RPC with neither allocates nothing here).
+    pub(crate) fn end(
+        &mut self,
+        code: Code,
+        trailers: Option<&HeaderMap>,
+        status: impl FnOnce() -> Status,
+    ) {
         let Some(on_done) = self.on_done.take() else {
             return;
         };
         if let Some(stats) = &self.stats {
-            stats.ended(status.code());
+            stats.ended(code);
         }
         if on_done.is_empty() && self.per_call.is_none() {
             return;
         }
+        let status = &status();
         let report = crate::transport::from_trailers(trailers);
         // A policy's code must not take the RPC down with it.
         let called = catch_unwind(AssertUnwindSafe(|| {
@@ -312,21 +327,26 @@ impl DoneGuard {
 
 impl Drop for DoneGuard {
     fn drop(&mut self) {
-        self.finish(
-            &Status::new(Code::Cancelled, "the response was dropped before it ended"),
-            None,
-        );
+        self.end(Code::Cancelled, None, || {
+            Status::new(Code::Cancelled, "the response was dropped before it ended")
+        });
     }
 }
 
 /// The gRPC status in headers or trailers, if any.
 pub(crate) fn status_from(headers: &HeaderMap) -> Option<Status> {
+    let code = code_from(headers)?;
+    Some(Status::new(code, crate::grpc_message::of(headers)))
+}
+
+/// The code of `grpc-status` in headers or trailers, if any (an unknown number is
+/// `UNKNOWN`).
+fn code_from(headers: &HeaderMap) -> Option<Code> {
     let code = headers
         .get("grpc-status")?
         .to_str()
         .ok()?
         .parse::<i32>()
         .ok()?;
-    let code = Code::from_i32(code).unwrap_or(Code::Unknown);
-    Some(Status::new(code, crate::grpc_message::of(headers)))
+    Some(Code::from_i32(code).unwrap_or(Code::Unknown))
 }

@@ -22,6 +22,7 @@
 
 mod body;
 mod guard;
+mod headers;
 mod pick;
 mod replay;
 mod retry;
@@ -44,6 +45,7 @@ use tokio::time::Instant;
 use tonic::body::Body;
 
 use body::{Deadline, DoneGuard, ThrottleReport};
+use headers::AttemptHeaders;
 use pick::{PickError, pick};
 use replay::{Cursor, Prefetched};
 use retry::{Policy, Pushback};
@@ -309,7 +311,9 @@ impl Outcome {
 
 /// The request, as every attempt sends it.
 struct Request {
+    /// The head, its headers taken out into `headers`.
     head: http::request::Parts,
+    headers: AttemptHeaders,
     body: Prefetched,
 }
 
@@ -359,7 +363,8 @@ impl Run<'_> {
         request: http::Request<Body>,
         config: Option<KeptConfig>,
     ) -> Result<http::Response<ResponseBody>, tonic::Status> {
-        let (head, body) = request.into_parts();
+        let (mut head, body) = request.into_parts();
+        let headers = AttemptHeaders::new(std::mem::take(&mut head.headers));
         let method_config = config
             .as_ref()
             .and_then(|c| c.method_config(head.uri.path()));
@@ -375,12 +380,20 @@ impl Run<'_> {
         // A unary request's body is ready at once and kept whole; a stream is
         // recorded as it is sent, so that another attempt can replay it.
         let body = replay::prefetch(body, &self.core.budget).await?;
-        let request = Request { head, body };
+        let mut request = Request {
+            head,
+            headers,
+            body,
+        };
         let (answer, number) = match policy {
-            Policy::Hedge(h) => self.hedge(&request, h, throttle.as_deref()).await?,
+            Policy::Hedge(h) => Box::pin(self.hedge(&request, h, throttle.as_deref())).await?,
             _ => self.retry(&request, policy, throttle.as_deref()).await?,
         };
-        Ok(self.respond(answer, number, call, policy, throttle))
+        // The request's extensions (tonic's carry the method) are not needed any
+        // more: their map, emptied, holds the response's.
+        let mut extensions = std::mem::take(&mut request.head.extensions);
+        extensions.clear();
+        Ok(self.respond(answer, number, call, policy, throttle, extensions))
     }
 
     /// Attempts one after another: transparent retries, and the retry policy's.
@@ -601,10 +614,11 @@ impl Run<'_> {
     ) -> Outcome {
         let core = &self.core;
         let head = &request.head;
+        let headers = request.headers.take();
         let picked = match pick(
             core,
             head.uri.path(),
-            &head.headers,
+            &headers,
             self.attributes.as_ref(),
             self.wait_for_ready,
         )
@@ -628,6 +642,7 @@ impl Run<'_> {
         );
         let h2_head = match h2_request(
             head,
+            headers,
             &picked.connected,
             previous,
             self.deadline.map(|d| d.at),
@@ -721,6 +736,7 @@ impl Run<'_> {
         call: CallGuard,
         policy: Policy<'_>,
         throttle: Option<Arc<Throttle>>,
+        mut extensions: http::Extensions,
     ) -> http::Response<ResponseBody> {
         let Answered {
             mut parts,
@@ -729,6 +745,8 @@ impl Run<'_> {
             done,
             address,
         } = answer;
+        extensions.extend(std::mem::take(&mut parts.extensions));
+        parts.extensions = extensions;
         parts.extensions.insert(ServedBy(address.clone()));
         parts.extensions.insert(Attempt {
             number,
@@ -835,9 +853,11 @@ fn report(done: &mut Option<DoneGuard>, status: &tonic::Status) {
 }
 
 /// The request head for h2: the URI with the connection's scheme and authority, the
-/// time left, and the attempt count.
+/// attempt's headers with the channel's user agent, the time left, and the attempt
+/// count.
 fn h2_request(
     head: &http::request::Parts,
+    mut headers: http::HeaderMap,
     connected: &Connected,
     previous: u32,
     deadline: Option<Instant>,
@@ -852,8 +872,6 @@ fn h2_request(
     let mut request = http::Request::new(());
     *request.method_mut() = head.method.clone();
     *request.uri_mut() = uri;
-    let headers = request.headers_mut();
-    *headers = head.headers.clone();
     // The channel's user agent, after the request's own if it has one (as tonic's).
     let agent = match headers.get(http::header::USER_AGENT) {
         None => user_agent.clone(),
@@ -876,6 +894,7 @@ fn h2_request(
             http::HeaderValue::from(previous),
         );
     }
+    *request.headers_mut() = headers;
     Ok(request)
 }
 
