@@ -12,6 +12,7 @@
 //! * `pick.rs`: the pick, and waiting for the next picker.
 //! * `retry.rs`: gRFC A6's decisions between attempts (codes, backoff, pushback).
 //! * `replay.rs`: request bodies kept so that another attempt can send them again.
+//! * `headers.rs`: the request headers each attempt sends.
 //! * `body.rs`: the response body, bounded by the deadline, and the pick's
 //!   completion callbacks.
 //! * `timeout.rs`: the `grpc-timeout` header; `guard.rs`: the call's place in the
