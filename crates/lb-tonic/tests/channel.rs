@@ -401,11 +401,7 @@ async fn a_service_config_from_the_resolver_switches_policy_gracefully() {
         ResolverState::new(addrs.clone())
             .with_service_config(r#"{"loadBalancingConfig": [{"pick_first": {}}]}"#),
     );
-    let channel = LbChannel::builder("manual:///svc")
-        .resolvers(resolver.registry())
-        .backoff(fast_backoff())
-        .build()
-        .unwrap();
+    let channel = manual_channel(&resolver);
     let mut client = EchoClient::new(channel.clone());
     for _ in 0..10 {
         assert_eq!(echo(&mut client, wfr(echo_req("pf"))).await.unwrap(), "a");
@@ -543,11 +539,7 @@ async fn an_invalid_first_service_config_from_the_resolver_fails_the_channel_wit
         ResolverState::new(vec![Address::from(backend.addr())])
             .with_service_config(r#"{"loadBalancingConfig": []}"#),
     );
-    let channel = LbChannel::builder("manual:///svc")
-        .resolvers(resolver.registry())
-        .backoff(fast_backoff())
-        .build()
-        .unwrap();
+    let channel = manual_channel(&resolver);
     let mut client = EchoClient::new(channel.clone());
     // gRFC A21: no good config before it, so the channel fails (it does not fall
     // back to the default config and connect).
@@ -642,11 +634,7 @@ async fn a_policy_switch_completes_as_soon_as_the_new_policy_leaves_connecting()
         ResolverState::new(vec![Address::from(backend.addr())])
             .with_service_config(r#"{"loadBalancingConfig": [{"pick_first": {}}]}"#),
     );
-    let channel = LbChannel::builder("manual:///svc")
-        .resolvers(resolver.registry())
-        .backoff(fast_backoff())
-        .build()
-        .unwrap();
+    let channel = manual_channel(&resolver);
     let mut client = EchoClient::new(channel.clone());
     assert_eq!(echo(&mut client, wfr(echo_req("x"))).await.unwrap(), "a");
 

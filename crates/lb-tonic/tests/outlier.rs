@@ -130,11 +130,7 @@ async fn a_bad_outlier_detection_config_keeps_the_previous_one() {
     resolver.update(
         lb_core::ResolverState::new(addrs.clone()).with_service_config(config("round_robin")),
     );
-    let channel = LbChannel::builder("manual:///svc")
-        .resolvers(resolver.registry())
-        .backoff(fast_backoff())
-        .build()
-        .unwrap();
+    let channel = manual_channel(&resolver);
     let mut client = EchoClient::new(channel.clone());
     warm_up(&mut client, &["a", "b"]).await;
     assert_eq!(channel.policy(), "outlier_detection");

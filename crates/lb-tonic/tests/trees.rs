@@ -368,11 +368,7 @@ async fn a_target_that_leaves_and_comes_back_makes_no_new_connection() {
     let state =
         |config: &str| ResolverState::new(vec![a.clone(), b.clone()]).with_service_config(config);
     resolver.update(state(both));
-    let channel = LbChannel::builder("manual:///svc")
-        .resolvers(resolver.registry())
-        .backoff(fast_backoff())
-        .build()
-        .unwrap();
+    let channel = manual_channel(&resolver);
     let mut client = EchoClient::new(channel);
     warm_up(&mut client, &["a", "b"]).await;
     assert_eq!(proxy.accepted(), 1);
@@ -412,11 +408,7 @@ async fn an_idle_cluster_connects_for_the_rpc_routed_to_it_while_the_others_are_
         .with_service_config(config)
         .with_config_selector(Arc::new(Routes)),
     );
-    let channel = LbChannel::builder("manual:///svc")
-        .resolvers(resolver.registry())
-        .backoff(fast_backoff())
-        .build()
-        .unwrap();
+    let channel = manual_channel(&resolver);
     let mut client = EchoClient::new(channel.clone());
     let to_b = || {
         let mut req = echo_req("x");

@@ -11,6 +11,15 @@ use lb_testkit::{Backend, ManualResolver};
 use lb_tonic::{BackoffConfig, LbChannel, WaitForReady};
 use tonic::Request;
 
+/// A channel to `manual:///svc`, fed by `resolver`, with [`fast_backoff`].
+pub fn manual_channel(resolver: &ManualResolver) -> LbChannel {
+    LbChannel::builder("manual:///svc")
+        .resolvers(resolver.registry())
+        .backoff(fast_backoff())
+        .build()
+        .unwrap()
+}
+
 /// Short backoff so that restarts are noticed in well under a second.
 pub fn fast_backoff() -> BackoffConfig {
     BackoffConfig {
