@@ -539,6 +539,12 @@ struct Seen {
 }
 
 impl Authorities {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn record(&self, request: &http::HeaderMap, authority: Option<&str>) {
         let header = |name: &str| {
             request
@@ -547,10 +553,7 @@ impl Authorities {
                 .map(str::to_owned)
         };
         let authority = authority.unwrap_or("");
-        let mut seen = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self.seen();
         if seen.authorities.last().map(String::as_str) != Some(authority) {
             seen.authorities.retain(|a| a != authority);
             seen.authorities.push(authority.to_owned());
@@ -561,35 +564,19 @@ impl Authorities {
     }
 
     fn grpc_encoding(&self) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .grpc_encoding
-            .clone()
+        self.seen().grpc_encoding.clone()
     }
 
     fn user_agent(&self) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .user_agent
-            .clone()
+        self.seen().user_agent.clone()
     }
 
     fn get(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .authorities
-            .clone()
+        self.seen().authorities.clone()
     }
 
     fn grpc_timeout(&self) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .grpc_timeout
-            .clone()
+        self.seen().grpc_timeout.clone()
     }
 }
 
