@@ -60,6 +60,7 @@ mod target;
 
 pub mod balancer;
 pub mod base;
+pub mod channelz;
 pub mod child;
 pub mod hierarchy;
 pub mod resolver;
