@@ -7,11 +7,13 @@
 //! grpc-lb probe dns:///greeter.internal:50051 -n 1000 -c 16 --policy least_request
 //! grpc-lb register etcd://127.0.0.1:2379/greeter 127.0.0.1:50051 --ttl 10
 //! grpc-lb watch static:///127.0.0.1:50051,127.0.0.1:50052
+//! grpc-lb channelz 127.0.0.1:50051 --sockets              # any gRPC process's channelz
 //! ```
 //!
 //! Every subcommand takes `--json` (one JSON document, or one JSON line per event
 //! for `--watch` and `watch`). Errors are one line on stderr and a non-zero exit.
 
+mod channelz;
 mod duration;
 mod output;
 mod probe;
@@ -46,6 +48,9 @@ enum Command {
     Register(register::Args),
     /// Show a channel's subconn states and picker changes as they happen.
     Watch(watch::Args),
+    /// Print a gRPC process's channels, subchannels, servers and sockets, as its
+    /// channelz service (gRFC A14) reports them.
+    Channelz(channelz::Args),
 }
 
 /// A failure the tool reports as one line.
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
             Command::Probe(args) => probe::run(args).await,
             Command::Register(args) => register::run(args).await,
             Command::Watch(args) => watch::run(args).await,
+            Command::Channelz(args) => channelz::run(args).await,
         }
     });
     // Registry clients and channels may hold background tasks: do not wait on them.

@@ -134,5 +134,9 @@ fn server_sockets_page_and_leave_with_their_connection() {
     assert!(after.items.is_empty() && after.end);
     assert!(channelz::registry().socket(ids[3]).is_none());
     drop(server);
-    assert!(channelz::registry().server_sockets(server_id, 0, 0).is_none());
+    assert!(
+        channelz::registry()
+            .server_sockets(server_id, 0, 0)
+            .is_none()
+    );
 }

@@ -47,6 +47,9 @@
 //! in flight finish, so the sequence above costs its clients nothing; `cargo xtask
 //! bench` measures it with a rolling restart under load (`docs/benchmarks.md`).
 
+#[cfg(feature = "admin")]
+pub mod admin;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};

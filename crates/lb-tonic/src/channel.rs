@@ -133,6 +133,7 @@ impl LbChannel {
         let published = core.published.load();
         ChannelSnapshot {
             target: core.stats.target.clone(),
+            channelz_id: core.channelz.id(),
             policy: published.policy.to_string(),
             state: published.state,
             picker_updates: *core.picker_version.borrow(),
@@ -541,7 +542,7 @@ impl Builder {
             drain_after_stream_id: DRAIN_AFTER_STREAM_ID,
         });
         let stats = Arc::new(Stats::new(target.to_string(), self.metrics));
-        let core = Arc::new(Core::new(
+        let core = Core::new(
             tx.clone(),
             default_config.clone(),
             self.wait_for_ready,
@@ -552,7 +553,7 @@ impl Builder {
                 buffer: self.retry_buffer,
             },
             stats,
-        ));
+        );
         let mut control = Control::new(ControlParts {
             core: core.clone(),
             rx,

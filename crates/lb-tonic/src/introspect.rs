@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use lb_core::channelz::{self, CallCounts, ChannelData, Registration, Severity, Trace};
 use lb_core::{Address, Code, ConnectivityState, SubConnId};
 
 use crate::metrics::ChannelMetrics;
@@ -20,6 +21,8 @@ use crate::metrics::ChannelMetrics;
 pub struct ChannelSnapshot {
     /// The target the channel was built for.
     pub target: String,
+    /// The channel's id in channelz (gRFC A14; `lb_server::admin` serves it).
+    pub channelz_id: channelz::Id,
     /// The policy serving RPCs.
     pub policy: String,
     /// The aggregate connectivity state.
@@ -56,6 +59,8 @@ pub struct ResolverSnapshot {
 pub struct SubConnSnapshot {
     /// The subconn's id.
     pub id: SubConnId,
+    /// Its id in channelz, as a subchannel.
+    pub channelz_id: channelz::Id,
     /// The address it connects to.
     pub address: Address,
     /// Its state now.
@@ -94,6 +99,12 @@ pub(crate) struct Stats {
     resolver: Mutex<ResolverInfo>,
     /// Whether RPC attempts are counted (`Builder::disable_metrics` turns it off).
     pub(crate) count_rpcs: bool,
+    /// The channel's channelz trace.
+    pub(crate) trace: Trace,
+    /// Calls that ended, by outcome, and when the last one started (channelz ms).
+    calls_succeeded: AtomicU64,
+    calls_failed: AtomicU64,
+    last_call_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -116,7 +127,49 @@ impl Stats {
             subconns: Mutex::default(),
             resolver: Mutex::default(),
             count_rpcs: enabled,
+            trace: Trace::default(),
+            calls_succeeded: AtomicU64::new(0),
+            calls_failed: AtomicU64::new(0),
+            last_call_ms: AtomicU64::new(0),
         }
+    }
+
+    /// A call started (counted only with the per-RPC counters on).
+    #[inline]
+    pub(crate) fn call_started(&self) {
+        self.last_call_ms
+            .store(channelz::now_ms(), Ordering::Relaxed);
+    }
+
+    /// A call ended, with `OK` or not.
+    #[inline]
+    pub(crate) fn call_ended(&self, ok: bool) {
+        if ok {
+            self.calls_succeeded.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.calls_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The channel's data for channelz; `in_flight`: calls under way.
+    pub(crate) fn channel_data(&self, state: ConnectivityState, in_flight: u64) -> ChannelData {
+        let succeeded = self.calls_succeeded.load(Ordering::Relaxed);
+        let failed = self.calls_failed.load(Ordering::Relaxed);
+        let mut calls = CallCounts::new(succeeded + failed + in_flight, succeeded, failed);
+        calls.last_started = channelz::time_of(self.last_call_ms.load(Ordering::Relaxed));
+        let mut data = ChannelData::default();
+        data.target = self.target.clone();
+        data.state = Some(state);
+        data.calls = calls;
+        data.trace = Some(self.trace.data());
+        data.subchannels = self
+            .subconns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|s| s.channelz_id())
+            .collect();
+        data
     }
 
     fn ms(&self) -> u64 {
@@ -125,7 +178,11 @@ impl Stats {
 
     /// A new subconn's counters, registered for snapshots until it shuts down.
     pub(crate) fn subconn(self: &Arc<Self>, id: SubConnId, address: Address) -> Arc<SubConnStats> {
-        let stats = Arc::new(SubConnStats {
+        let stats = Arc::new_cyclic(|me: &std::sync::Weak<SubConnStats>| SubConnStats {
+            channelz: channelz::registry().register_subchannel(me.clone()),
+            trace: Trace::new(SUBCHANNEL_TRACE),
+            sockets: Mutex::default(),
+            last_call_ms: AtomicU64::new(0),
             id,
             address,
             channel: self.clone(),
@@ -137,6 +194,16 @@ impl Stats {
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         });
+        stats.trace.log(Severity::Info, "subchannel created");
+        self.trace.log_subchannel(
+            Severity::Info,
+            format!(
+                "subchannel {} created for {}",
+                stats.channelz_id(),
+                stats.address.addr()
+            ),
+            stats.channelz_id(),
+        );
         self.subconns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -145,15 +212,33 @@ impl Stats {
     }
 
     fn forget(&self, id: SubConnId) {
-        self.subconns
+        let removed = self
+            .subconns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        if let Some(s) = removed {
+            self.trace.log_subchannel(
+                Severity::Info,
+                format!(
+                    "subchannel {} for {} removed",
+                    s.channelz_id(),
+                    s.address.addr()
+                ),
+                s.channelz_id(),
+            );
+        }
     }
 
     pub(crate) fn resolver_update(&self, addresses: &[Address]) {
         self.metrics.resolver_update(addresses.len());
         let mut r = self.resolver.lock().unwrap_or_else(PoisonError::into_inner);
+        if r.addresses != addresses || r.updates == 0 {
+            self.trace.log(
+                Severity::Info,
+                format!("resolver update: {} addresses", addresses.len()),
+            );
+        }
         r.addresses = addresses.to_vec();
         r.updates += 1;
         r.last_error = None;
@@ -164,6 +249,8 @@ impl Stats {
         self.metrics.resolver_error();
         let mut r = self.resolver.lock().unwrap_or_else(PoisonError::into_inner);
         r.errors += 1;
+        self.trace
+            .log(Severity::Error, format!("resolver error: {error}"));
         r.last_error = Some(error);
         r.at = Some(Instant::now());
     }
@@ -190,8 +277,17 @@ impl Stats {
     }
 }
 
+/// Events a subchannel's trace keeps.
+const SUBCHANNEL_TRACE: usize = 32;
+
 /// One subconn's counters.
 pub(crate) struct SubConnStats {
+    channelz: Registration,
+    trace: Trace,
+    /// Its sockets' channelz ids: the connection, and draining ones.
+    sockets: Mutex<Vec<channelz::Id>>,
+    /// When an attempt last started on it (channelz ms).
+    last_call_ms: AtomicU64,
     id: SubConnId,
     address: Address,
     channel: Arc<Stats>,
@@ -220,6 +316,12 @@ impl SubConnStats {
         self.since_ms.store(self.channel.ms(), Ordering::Relaxed);
         let metrics = &self.channel.metrics;
         metrics.state_change(usize::from(now));
+        match &error {
+            Some(e) => self
+                .trace
+                .log(Severity::Warning, format!("{}: {e}", state.as_str())),
+            None => self.trace.log(Severity::Info, state.as_str()),
+        }
         match state {
             ConnectivityState::Connecting => {
                 self.connection_attempts.fetch_add(1, Ordering::Relaxed);
@@ -248,10 +350,26 @@ impl SubConnStats {
         self.channel.count_rpcs
     }
 
-    /// An RPC attempt was sent on the subconn.
+    /// Its channelz id.
+    pub(crate) fn channelz_id(&self) -> channelz::Id {
+        self.channelz.id()
+    }
+
+    /// A socket of the subconn's appeared or went away.
+    pub(crate) fn socket(&self, id: channelz::Id, open: bool) {
+        let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        if open {
+            sockets.push(id);
+        } else {
+            sockets.retain(|s| *s != id);
+        }
+    }
+
+    /// An RPC attempt was sent on the subconn at `now_ms` (channelz ms).
     #[inline]
-    pub(crate) fn started(&self) {
+    pub(crate) fn started(&self, now_ms: u64) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.last_call_ms.store(now_ms, Ordering::Relaxed);
     }
 
     /// An attempt sent on the subconn ended with `code`.
@@ -276,6 +394,7 @@ impl SubConnStats {
         let failed = self.failed.load(Ordering::Relaxed);
         SubConnSnapshot {
             id: self.id,
+            channelz_id: self.channelz_id(),
             address: self.address.clone(),
             state,
             in_state_for: Duration::from_millis(
@@ -294,5 +413,116 @@ impl SubConnStats {
                 in_flight,
             },
         }
+    }
+}
+
+impl channelz::SubchannelSource for SubConnStats {
+    fn subchannel_data(&self) -> ChannelData {
+        let snapshot = self.snapshot(self.channel.ms());
+        let mut calls = CallCounts::new(
+            snapshot.rpcs.started,
+            snapshot.rpcs.succeeded,
+            snapshot.rpcs.failed,
+        );
+        calls.last_started = channelz::time_of(self.last_call_ms.load(Ordering::Relaxed));
+        let mut data = ChannelData::default();
+        data.target = self.address.addr().to_owned();
+        data.state = Some(snapshot.state);
+        data.calls = calls;
+        data.trace = Some(self.trace.data());
+        data.sockets = self
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        data
+    }
+}
+
+/// One connection's counters: a channelz socket of its subconn.
+pub(crate) struct SocketStats {
+    channelz: Registration,
+    subconn: Arc<SubConnStats>,
+    local: Option<channelz::SocketAddress>,
+    remote: Option<channelz::SocketAddress>,
+    streams_started: AtomicU64,
+    streams_succeeded: AtomicU64,
+    streams_failed: AtomicU64,
+    keepalives_sent: AtomicU64,
+    last_stream_ms: AtomicU64,
+}
+
+impl SocketStats {
+    /// Registers a connection of `subconn` between `local` and `remote`.
+    pub(crate) fn new(
+        subconn: Arc<SubConnStats>,
+        local: Option<channelz::SocketAddress>,
+        remote: Option<channelz::SocketAddress>,
+    ) -> Arc<Self> {
+        let socket = Arc::new_cyclic(|me: &std::sync::Weak<SocketStats>| SocketStats {
+            channelz: channelz::registry().register_socket(me.clone()),
+            subconn,
+            local,
+            remote,
+            streams_started: AtomicU64::new(0),
+            streams_succeeded: AtomicU64::new(0),
+            streams_failed: AtomicU64::new(0),
+            keepalives_sent: AtomicU64::new(0),
+            last_stream_ms: AtomicU64::new(0),
+        });
+        socket.subconn.socket(socket.channelz.id(), true);
+        socket
+    }
+
+    /// An attempt opened a stream here: counted on the socket and its subconn.
+    #[inline]
+    pub(crate) fn started(&self) {
+        let now = channelz::now_ms();
+        self.streams_started.fetch_add(1, Ordering::Relaxed);
+        self.last_stream_ms.store(now, Ordering::Relaxed);
+        self.subconn.started(now);
+    }
+
+    /// The attempt ended with `code`; `eos`: the server ended the stream (trailers
+    /// came), rather than a reset or a drop.
+    #[inline]
+    pub(crate) fn ended(&self, code: Code, eos: bool) {
+        if eos {
+            self.streams_succeeded.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.streams_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.subconn.ended(code);
+    }
+
+    /// A keepalive ping went out.
+    pub(crate) fn keepalive_sent(&self) {
+        self.keepalives_sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SocketStats {
+    fn drop(&mut self) {
+        self.subconn.socket(self.channelz.id(), false);
+    }
+}
+
+impl channelz::SocketSource for SocketStats {
+    fn socket_data(&self) -> channelz::SocketData {
+        let mut data = channelz::SocketData::default();
+        data.local = self.local.clone();
+        data.remote = self.remote.clone();
+        let dialled = self.subconn.address.addr();
+        if !matches!(&self.remote, Some(channelz::SocketAddress::Tcp(a)) if a.to_string() == dialled)
+        {
+            data.remote_name = dialled.to_owned();
+        }
+        data.streams_started = self.streams_started.load(Ordering::Relaxed);
+        data.streams_succeeded = self.streams_succeeded.load(Ordering::Relaxed);
+        data.streams_failed = self.streams_failed.load(Ordering::Relaxed);
+        data.keepalives_sent = self.keepalives_sent.load(Ordering::Relaxed);
+        data.last_local_stream_created =
+            channelz::time_of(self.last_stream_ms.load(Ordering::Relaxed));
+        data
     }
 }

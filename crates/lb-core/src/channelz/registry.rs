@@ -204,11 +204,7 @@ impl Registry {
         let mut range = t
             .server_sockets
             .range((server, start.max(0))..=(server, Id::MAX))
-            .filter(|(_, socket)| {
-                t.sockets
-                    .get(socket)
-                    .is_some_and(|w| w.strong_count() > 0)
-            });
+            .filter(|(_, socket)| t.sockets.get(socket).is_some_and(|w| w.strong_count() > 0));
         for &(_, socket) in range.by_ref() {
             items.push((socket, ()));
             if items.len() == max {
@@ -270,7 +266,10 @@ fn live_page<S: ?Sized>(
 
 fn describe<S: ?Sized, T>(live: Vec<(Id, Arc<S>)>, end: bool, f: impl Fn(&S) -> T) -> Page<T> {
     Page {
-        items: live.into_iter().map(|(id, source)| (id, f(&source))).collect(),
+        items: live
+            .into_iter()
+            .map(|(id, source)| (id, f(&source)))
+            .collect(),
         end,
     }
 }

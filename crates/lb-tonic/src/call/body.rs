@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use lb_core::{Address, Callbacks, Code, DoneInfo, LoadReportListener, Status};
 
 use super::CallGuard;
-use crate::introspect::SubConnStats;
+use crate::introspect::SocketStats;
 use crate::transport::Held;
 
 /// The body of a response from an [`crate::LbChannel`]: the response stream's
@@ -30,7 +30,7 @@ pub struct ResponseBody {
     done: Option<DoneGuard>,
     addr: Address,
     report: Option<ThrottleReport>,
-    _call: CallGuard,
+    call: CallGuard,
 }
 
 /// What the channel's retry throttle learns from a call's final status: a success
@@ -94,12 +94,13 @@ impl ResponseBody {
             done,
             addr,
             report,
-            _call: call,
+            call,
         }
     }
 
     /// The call ended with `code`.
     fn ended(&mut self, code: Code) {
+        self.call.ended(code == Code::Ok);
         if let Some(report) = self.report.take() {
             report.count(code);
         }
@@ -172,7 +173,7 @@ impl Body for ResponseBody {
                 Phase::Trailers => match this.recv.poll_trailers(cx) {
                     Poll::Ready(Ok(Some(trailers))) => {
                         this.phase = Phase::Ended;
-                        if this.done.is_some() || this.report.is_some() {
+                        if this.done.is_some() || this.report.is_some() || this.call.counts() {
                             // The code alone, unless a callback wants the message.
                             let code = code_from(&trailers).unwrap_or(Code::Unknown);
                             this.ended(code);
@@ -248,8 +249,8 @@ pub(crate) struct DoneGuard {
     per_call: Option<Arc<dyn LoadReportListener>>,
     /// When it was picked, if a callback wants to know.
     picked_at: Option<std::time::Instant>,
-    /// The subconn's counters, when the channel counts RPCs.
-    stats: Option<Arc<SubConnStats>>,
+    /// The connection's counters (and its subconn's), when the channel counts RPCs.
+    stats: Option<Arc<SocketStats>>,
 }
 
 impl DoneGuard {
@@ -258,7 +259,7 @@ impl DoneGuard {
     pub(crate) fn new(
         callbacks: Callbacks,
         per_call: Option<Arc<dyn LoadReportListener>>,
-        stats: Option<Arc<SubConnStats>>,
+        stats: Option<Arc<SocketStats>>,
     ) -> Option<Self> {
         if callbacks.is_empty() && per_call.is_none() && stats.is_none() {
             return None;
@@ -300,7 +301,7 @@ impl DoneGuard {
             return;
         };
         if let Some(stats) = &self.stats {
-            stats.ended(code);
+            stats.ended(code, trailers.is_some());
         }
         if on_done.is_empty() && self.per_call.is_none() {
             return;

@@ -760,9 +760,14 @@ impl Run<'_> {
         });
         // The throttle counts the call's end: a trailers-only answer now (its failure,
         // if retryable, was counted when it was judged), else at the trailers.
-        let report = match (throttle, trailers_only_status(&parts.headers)) {
-            (Some(t), Some(status)) => {
-                if status.code() == tonic::Code::Ok {
+        let trailers_only = trailers_only_status(&parts.headers).map(|s| s.code());
+        let mut call = call;
+        if let Some(code) = trailers_only {
+            call.ended(code == tonic::Code::Ok);
+        }
+        let report = match (throttle, trailers_only) {
+            (Some(t), Some(code)) => {
+                if code == tonic::Code::Ok {
                     t.success();
                 }
                 None

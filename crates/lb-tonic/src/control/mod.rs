@@ -110,6 +110,16 @@ pub(crate) struct Core {
     pub(crate) retries: bool,
     /// Counters for snapshots and metrics.
     pub(crate) stats: Arc<Stats>,
+    /// The channel in channelz.
+    pub(crate) channelz: lb_core::channelz::Registration,
+}
+
+impl lb_core::channelz::ChannelSource for Core {
+    fn channel_data(&self) -> lb_core::channelz::ChannelData {
+        let state = self.published.load().state;
+        self.stats
+            .channel_data(state, self.activity.in_flight() as u64)
+    }
 }
 
 impl Core {
@@ -121,11 +131,16 @@ impl Core {
         transport: Arc<TransportOptions>,
         retry: RetrySettings,
         stats: Arc<Stats>,
-    ) -> Self {
+    ) -> Arc<Self> {
         let throttle = config
             .retry_throttling()
             .map(|t| Arc::new(Throttle::new(t)));
-        Self {
+        stats.trace.log(
+            lb_core::channelz::Severity::Info,
+            format!("channel created with policy {policy}"),
+        );
+        Arc::new_cyclic(|me: &std::sync::Weak<Self>| Self {
+            channelz: lb_core::channelz::registry().register_channel(me.clone()),
             published: ArcSwap::from_pointee(Published {
                 state: ConnectivityState::Connecting,
                 picker: Arc::new(QueuePicker),
@@ -148,7 +163,7 @@ impl Core {
             budget: Arc::new(Budget::new(retry.buffer)),
             retries: retry.enabled,
             stats,
-        }
+        })
     }
 
     /// Follows the service config's `healthCheckConfig`: the service the subconns'
@@ -217,11 +232,17 @@ impl Core {
             policy,
         }));
         self.picker_version.send_modify(|v| *v += 1);
-        self.state.send_if_modified(|s| {
+        let changed = self.state.send_if_modified(|s| {
             let changed = *s != state;
             *s = state;
             changed
         });
+        if changed {
+            self.stats.trace.log(
+                lb_core::channelz::Severity::Info,
+                format!("channel state: {}", state.as_str()),
+            );
+        }
     }
 }
 
@@ -686,9 +707,17 @@ impl Control {
         }
         let wanted = self.wanted.clone();
         let target = self.cc.target.clone();
+        let stats = self.cc.core.stats.clone();
         self.call(|s, cc| {
             if s.current_name() != Some(wanted.as_str()) || s.pending_name().is_some() {
                 tracing::info!(target = %target, from = ?s.current_name(), to = %wanted, "switching load-balancing policy");
+                stats.trace.log(
+                    lb_core::channelz::Severity::Info,
+                    format!(
+                        "switching load-balancing policy from {} to {wanted}",
+                        s.current_name().unwrap_or("none")
+                    ),
+                );
             }
             if let Err(error) = s.switch_to(&wanted, cc) {
                 tracing::error!(target = %target, %error, "cannot switch load-balancing policy");

@@ -12,7 +12,9 @@ use h2::client::{Connection as H2Connection, SendRequest};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::frames::{ConnSignals, Watched};
+use lb_core::channelz::SocketAddress;
+
+use super::frames::{ConnSignals, Ends, Watched};
 use super::subconn::TransportOptions;
 use crate::error::TransportError;
 
@@ -67,7 +69,7 @@ pub(crate) async fn connect(
     timeout: Duration,
 ) -> Result<(SendRequest<Bytes>, Connection, Arc<ConnSignals>), TransportError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let io = tokio::time::timeout_at(deadline, dial(addr, endpoint, options))
+    let (io, ends) = tokio::time::timeout_at(deadline, dial(addr, endpoint, options))
         .await
         .map_err(|_| TransportError::Timeout {
             addr: addr.to_owned(),
@@ -87,7 +89,7 @@ pub(crate) async fn connect(
     };
     #[cfg(not(feature = "tls"))]
     let _ = tls_name;
-    tokio::time::timeout_at(deadline, handshake(addr, io, options))
+    tokio::time::timeout_at(deadline, handshake(addr, io, ends, options))
         .await
         .map_err(|_| TransportError::NoPreface {
             addr: addr.to_owned(),
@@ -99,9 +101,10 @@ pub(crate) async fn connect(
 async fn handshake(
     addr: &str,
     io: Box<dyn Io>,
+    ends: Ends,
     options: &TransportOptions,
 ) -> Result<(SendRequest<Bytes>, Connection, Arc<ConnSignals>), TransportError> {
-    let signals = Arc::new(ConnSignals::new());
+    let signals = Arc::new(ConnSignals::new(ends));
     let (sender, mut connection) = h2_builder(options)
         .handshake(Watched::new(io, signals.clone()))
         .await
@@ -158,7 +161,7 @@ async fn dial(
     addr: &str,
     endpoint: &Endpoint,
     options: &TransportOptions,
-) -> Result<Box<dyn Io>, TransportError> {
+) -> Result<(Box<dyn Io>, Ends), TransportError> {
     let io_err = |source| TransportError::Connect {
         addr: addr.to_owned(),
         source,
@@ -170,7 +173,9 @@ async fn dial(
                 .map_err(io_err)?;
             // A connect to a dead local port in the ephemeral range can succeed by
             // connecting the socket to itself (TCP simultaneous open); no server.
-            if stream.local_addr().map_err(io_err)? == stream.peer_addr().map_err(io_err)? {
+            let local = stream.local_addr().map_err(io_err)?;
+            let remote = stream.peer_addr().map_err(io_err)?;
+            if local == remote {
                 return Err(TransportError::SelfConnect {
                     addr: addr.to_owned(),
                 });
@@ -182,14 +187,33 @@ async fn dial(
                     .set_tcp_keepalive(&keepalive)
                     .map_err(io_err)?;
             }
-            Ok(Box::new(stream))
+            let ends = Ends {
+                local: Some(SocketAddress::Tcp(local)),
+                remote: Some(SocketAddress::Tcp(remote)),
+            };
+            Ok((Box::new(stream), ends))
         }
-        Endpoint::Unix(path) => Ok(Box::new(
-            tokio::net::UnixStream::connect(path)
+        Endpoint::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path)
                 .await
-                .map_err(io_err)?,
-        )),
-        Endpoint::UnixAbstract(name) => Ok(Box::new(connect_abstract(name).map_err(io_err)?)),
+                .map_err(io_err)?;
+            let ends = Ends {
+                local: None,
+                remote: Some(SocketAddress::Unix(path.display().to_string())),
+            };
+            Ok((Box::new(stream), ends))
+        }
+        Endpoint::UnixAbstract(name) => {
+            let stream = connect_abstract(name).map_err(io_err)?;
+            let ends = Ends {
+                local: None,
+                remote: Some(SocketAddress::Unix(format!(
+                    "@{}",
+                    String::from_utf8_lossy(name)
+                ))),
+            };
+            Ok((Box::new(stream), ends))
+        }
     }
 }
 

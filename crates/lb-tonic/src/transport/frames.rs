@@ -48,6 +48,15 @@ pub(crate) struct ConnSignals {
     goaway_seen: Notify,
     /// Streams open on the connection, counted only when keepalive needs to know.
     active_streams: AtomicUsize,
+    /// The socket's local and remote ends, when known (for channelz).
+    pub(crate) ends: Ends,
+}
+
+/// A socket's two ends.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ends {
+    pub(crate) local: Option<lb_core::channelz::SocketAddress>,
+    pub(crate) remote: Option<lb_core::channelz::SocketAddress>,
 }
 
 /// Counts one open stream on a connection while it lives (for keepalive without
@@ -101,8 +110,9 @@ impl GoAway {
 }
 
 impl ConnSignals {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(ends: Ends) -> Self {
         Self {
+            ends,
             created: Instant::now(),
             preface: AtomicBool::new(false),
             bad_preface: AtomicU32::new(u32::MAX),
@@ -373,7 +383,7 @@ mod tests {
     /// fall everywhere.
     fn feed_all_ways(bytes: &[u8], check: impl Fn(&ConnSignals)) {
         for chunk in 1..=17 {
-            let signals = ConnSignals::new();
+            let signals = ConnSignals::new(Ends::default());
             let mut parser = FrameParser::new();
             for piece in bytes.chunks(chunk) {
                 parser.feed(piece, &signals);

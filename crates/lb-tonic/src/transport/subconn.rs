@@ -24,7 +24,7 @@ use super::load_reports::{self, LoadWatch, OobEnd};
 use super::watch_stream::Outbound;
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::error::TransportError;
-use crate::introspect::SubConnStats;
+use crate::introspect::{SocketStats, SubConnStats};
 
 /// HTTP/2 keepalive pings, as grpc-go's `keepalive.ClientParameters`.
 ///
@@ -161,8 +161,10 @@ pub(crate) struct Connected {
     cmds: mpsc::UnboundedSender<Cmd>,
     /// The subconn's load-report watch (per-call reports are handed to it).
     pub(crate) load_watch: Arc<LoadWatch>,
-    /// The subconn's counters, when the channel counts RPCs.
-    pub(crate) stats: Option<Arc<SubConnStats>>,
+    /// The connection's counters, when the channel counts RPCs.
+    pub(crate) stats: Option<Arc<SocketStats>>,
+    /// The connection in channelz (always registered).
+    socket: Arc<SocketStats>,
 }
 
 impl Connected {
@@ -384,6 +386,11 @@ async fn run(
                     .flatten()
                     .filter(|_| options.health_checks);
                 let scheme = options.scheme();
+                let socket = SocketStats::new(
+                    stats.clone(),
+                    signals.ends.local.clone(),
+                    signals.ends.remote.clone(),
+                );
                 let conn = Arc::new(Connected {
                     sender: sender.clone(),
                     healthy: AtomicBool::new(health_service.is_none()),
@@ -394,7 +401,8 @@ async fn run(
                     draining: AtomicBool::new(false),
                     cmds: drain,
                     load_watch: load_watch.clone(),
-                    stats: stats.counts_rpcs().then(|| stats.clone()),
+                    stats: stats.counts_rpcs().then(|| socket.clone()),
+                    socket: socket.clone(),
                 });
                 connected.store(Some(conn.clone()));
                 if health_service.is_none() {
@@ -448,9 +456,11 @@ async fn run(
                     Ended::Closed(error) => error,
                     Ended::Draining(connection) => {
                         // No new RPCs here; the ones in flight finish in the background
-                        // while the balancer decides whether to reconnect.
+                        // while the balancer decides whether to reconnect. The socket
+                        // stays in channelz until then.
                         tokio::spawn(async move {
                             let _ = connection.await;
+                            drop(socket);
                         });
                         TransportError::GoAway {
                             addr: addr.to_string(),
@@ -461,6 +471,7 @@ async fn run(
                         // closes (every sender is gone).
                         tokio::spawn(async move {
                             let _ = connection.await;
+                            drop(socket);
                         });
                         break 'idle;
                     }
@@ -762,6 +773,7 @@ async fn serve(mut this: Serving<'_>) -> Ended {
                     if let Err(e) = p.send_ping(h2::Ping::opaque()) {
                         return Ended::Closed(TransportError::Closed { addr, source: Some(e) });
                     }
+                    this.connected.socket.keepalive_sent();
                     let timeout = keepalive.map_or(interval, |k| k.timeout);
                     pong_due = Some(now + timeout);
                 }
