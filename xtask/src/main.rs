@@ -141,19 +141,67 @@ fn nextest_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// gRPC C-core's Python binding and its channelz, for the channelz interop tests:
+/// an independent implementation of both sides. Pinned, in a virtualenv under
+/// `target/`.
+const INTEROP_PYTHON_PACKAGES: &[&str] = &["grpcio==1.76.0", "grpcio-channelz==1.76.0"];
+
+/// The virtualenv's python, with [`INTEROP_PYTHON_PACKAGES`] installed.
+fn interop_python() -> Result<PathBuf> {
+    let venv = root().join("target").join("interop-venv");
+    let python = venv.join("bin").join("python");
+    let ready = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import grpc, grpc_channelz"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&python) {
+        return Ok(python);
+    }
+    let venv_works = Command::new("python3")
+        .args(["-m", "venv", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Command::new("python3")
+            .args(["-c", "import ensurepip"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !venv_works {
+        eprintln!("installing python3-venv");
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(["python3", "python3-venv"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(INTEROP_PYTHON_PACKAGES))?;
+    if ready(&python) {
+        Ok(python)
+    } else {
+        Err(format!("{} cannot import grpc_channelz after installing it", python.display()))
+    }
+}
+
 fn test() -> Result {
     install_prerequisites()?;
+    let python = interop_python()?;
     // nextest does not run doc tests; run them first so that nextest's summary is
     // the run's closing line.
     cargo(&["test", "--workspace", "--all-features", "--doc"])?;
-    cargo(&[
-        "nextest",
-        "run",
-        "--workspace",
-        "--all-features",
-        "--all-targets",
-        "--no-fail-fast",
-    ])
+    run(Command::new(cargo_bin())
+        .args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-features",
+            "--all-targets",
+            "--no-fail-fast",
+        ])
+        .env("GRPC_LB_PYTHON", python))
 }
 
 fn lint() -> Result {
