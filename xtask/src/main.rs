@@ -175,14 +175,19 @@ fn interop_python() -> Result<PathBuf> {
             .args(["python3", "python3-venv"])
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    run(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv))?;
     run(Command::new(&python)
         .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
         .args(INTEROP_PYTHON_PACKAGES))?;
     if ready(&python) {
         Ok(python)
     } else {
-        Err(format!("{} cannot import grpc_channelz after installing it", python.display()))
+        Err(format!(
+            "{} cannot import grpc_channelz after installing it",
+            python.display()
+        ))
     }
 }
 

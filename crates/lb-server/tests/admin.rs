@@ -225,6 +225,11 @@ async fn a_channel_with_a_dead_backend_shows_its_states_counts_sockets_and_trace
                 "every stream got its trailers"
             );
             assert_eq!(sd.streams_failed, 0);
+            // One request each; a reply for each success (a failure is trailers only).
+            assert_eq!(sd.messages_sent, data.calls_started);
+            assert_eq!(sd.messages_received, data.calls_succeeded);
+            assert!(sd.last_message_sent_timestamp.is_some());
+            assert!(sd.last_message_received_timestamp.is_some());
             assert!(sd.last_local_stream_created_timestamp.is_some());
         }
         assert_eq!(live_calls, 22);
@@ -377,6 +382,48 @@ async fn a_server_counts_its_calls_and_connections() {
         }
         // Trailers ended all six streams (the failure is a status, not a reset).
         assert_eq!(echo_streams, Some((6, 0)));
+        channel.close();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_messages_are_counted_whatever_their_framing() {
+    within("streams", async {
+        let a = Backend::start("a").await.unwrap();
+        let channel = LbChannel::builder(format!("static:///{}", a.addr()))
+            .build()
+            .unwrap();
+        let mut echo = EchoClient::new(channel.clone());
+        let mut replies = echo
+            .server_stream(EchoRequest {
+                message: "x".repeat(100_000),
+                count: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = 0;
+        while replies.message().await.unwrap().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 5);
+        let requests = tokio_stream::iter((0..3).map(|i| EchoRequest {
+            message: format!("m{i}"),
+            ..Default::default()
+        }));
+        echo.client_stream(requests).await.unwrap();
+        let snapshot = channel.snapshot();
+        let sub = lb_core::channelz::registry()
+            .subchannel(snapshot.subconns[0].channelz_id)
+            .unwrap();
+        let socket = lb_core::channelz::registry().socket(sub.sockets[0]).unwrap();
+        // 100 kB replies span several data frames each.
+        assert_eq!(socket.messages_received, 5 + 1);
+        assert_eq!(socket.messages_sent, 1 + 3);
+        assert_eq!(socket.streams_started, 2);
+        assert_eq!(socket.streams_succeeded, 2);
         channel.close();
     })
     .await;

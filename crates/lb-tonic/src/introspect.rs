@@ -450,6 +450,10 @@ pub(crate) struct SocketStats {
     streams_failed: AtomicU64,
     keepalives_sent: AtomicU64,
     last_stream_ms: AtomicU64,
+    messages_sent: AtomicU64,
+    messages_received: AtomicU64,
+    last_sent_ms: AtomicU64,
+    last_received_ms: AtomicU64,
 }
 
 impl SocketStats {
@@ -469,6 +473,10 @@ impl SocketStats {
             streams_failed: AtomicU64::new(0),
             keepalives_sent: AtomicU64::new(0),
             last_stream_ms: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
+            last_sent_ms: AtomicU64::new(0),
+            last_received_ms: AtomicU64::new(0),
         });
         socket.subconn.socket(socket.channelz.id(), true);
         socket
@@ -493,6 +501,22 @@ impl SocketStats {
             self.streams_failed.fetch_add(1, Ordering::Relaxed);
         }
         self.subconn.ended(code);
+    }
+
+    /// `n` whole gRPC messages went out.
+    #[inline]
+    pub(crate) fn messages_sent(&self, n: u64) {
+        self.messages_sent.fetch_add(n, Ordering::Relaxed);
+        self.last_sent_ms
+            .store(channelz::now_ms(), Ordering::Relaxed);
+    }
+
+    /// `n` whole gRPC messages came in.
+    #[inline]
+    pub(crate) fn messages_received(&self, n: u64) {
+        self.messages_received.fetch_add(n, Ordering::Relaxed);
+        self.last_received_ms
+            .store(channelz::now_ms(), Ordering::Relaxed);
     }
 
     /// A keepalive ping went out.
@@ -523,6 +547,87 @@ impl channelz::SocketSource for SocketStats {
         data.keepalives_sent = self.keepalives_sent.load(Ordering::Relaxed);
         data.last_local_stream_created =
             channelz::time_of(self.last_stream_ms.load(Ordering::Relaxed));
+        data.messages_sent = self.messages_sent.load(Ordering::Relaxed);
+        data.messages_received = self.messages_received.load(Ordering::Relaxed);
+        data.last_message_sent = channelz::time_of(self.last_sent_ms.load(Ordering::Relaxed));
+        data.last_message_received =
+            channelz::time_of(self.last_received_ms.load(Ordering::Relaxed));
         data
+    }
+}
+
+/// Counts whole gRPC messages (a 5-byte prefix, flag and big-endian length, then
+/// the payload) in a stream's data, whatever the chunks' boundaries.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct MessageCount {
+    /// Prefix bytes seen of the current message (5: in its payload).
+    prefix_seen: u8,
+    length: [u8; 4],
+    /// Payload bytes still to come.
+    remaining: u32,
+}
+
+impl MessageCount {
+    /// Takes the next chunk; returns how many messages it completed.
+    pub(crate) fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let mut completed = 0;
+        while !data.is_empty() {
+            if self.prefix_seen < 5 {
+                let byte = data[0];
+                data = &data[1..];
+                if self.prefix_seen > 0 {
+                    self.length[usize::from(self.prefix_seen) - 1] = byte;
+                }
+                self.prefix_seen += 1;
+                if self.prefix_seen == 5 {
+                    self.remaining = u32::from_be_bytes(self.length);
+                    if self.remaining == 0 {
+                        completed += 1;
+                        self.prefix_seen = 0;
+                    }
+                }
+                continue;
+            }
+            let take = data.len().min(self.remaining as usize);
+            data = &data[take..];
+            self.remaining -= take as u32;
+            if self.remaining == 0 {
+                completed += 1;
+                self.prefix_seen = 0;
+            }
+        }
+        completed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessageCount;
+
+    fn message(len: u32) -> Vec<u8> {
+        let mut m = vec![0];
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend(std::iter::repeat_n(7u8, len as usize));
+        m
+    }
+
+    #[test]
+    fn counts_messages_across_any_chunking() {
+        let mut all = Vec::new();
+        for len in [0, 1, 5, 300, 0, 70_000] {
+            all.extend(message(len));
+        }
+        for chunk in [1, 2, 3, 5, 7, 64, 1000, all.len()] {
+            let mut count = MessageCount::default();
+            let total: u64 = all.chunks(chunk).map(|c| count.feed(c)).sum();
+            assert_eq!(total, 6, "chunks of {chunk}");
+        }
+        let mut count = MessageCount::default();
+        assert_eq!(
+            count.feed(&all[..all.len() - 1]),
+            5,
+            "the last one is not whole"
+        );
+        assert_eq!(count.feed(&all[all.len() - 1..]), 1);
     }
 }

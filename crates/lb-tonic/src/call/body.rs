@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use lb_core::{Address, Callbacks, Code, DoneInfo, LoadReportListener, Status};
 
 use super::CallGuard;
-use crate::introspect::SocketStats;
+use crate::introspect::{MessageCount, SocketStats};
 use crate::transport::Held;
 
 /// The body of a response from an [`crate::LbChannel`]: the response stream's
@@ -31,6 +31,8 @@ pub struct ResponseBody {
     addr: Address,
     report: Option<ThrottleReport>,
     call: CallGuard,
+    /// Messages received so far, for channelz (with the per-RPC counters on).
+    received: MessageCount,
 }
 
 /// What the channel's retry throttle learns from a call's final status: a success
@@ -95,6 +97,7 @@ impl ResponseBody {
             addr,
             report,
             call,
+            received: MessageCount::default(),
         }
     }
 
@@ -162,6 +165,12 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(data))) => {
                         // Read: let the server send as much again.
                         let _ = this.recv.flow_control().release_capacity(data.len());
+                        if let Some(socket) = this.done.as_ref().and_then(DoneGuard::socket) {
+                            let n = this.received.feed(&data);
+                            if n > 0 {
+                                socket.messages_received(n);
+                            }
+                        }
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -283,6 +292,11 @@ impl DoneGuard {
             self.finish(&status, Some(headers));
         }
         self
+    }
+
+    /// The connection's counters, when the channel counts RPCs.
+    pub(crate) fn socket(&self) -> Option<&Arc<SocketStats>> {
+        self.stats.as_ref()
     }
 
     pub(crate) fn finish(&mut self, status: &Status, trailers: Option<&HeaderMap>) {

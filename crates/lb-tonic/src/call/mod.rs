@@ -652,7 +652,14 @@ impl Run<'_> {
             Ok(h) => h,
             Err(status) => return Outcome::failed(status, Unprocessed::No),
         };
-        let opened = match transport::open(&picked.connected.sender, h2_head, outgoing).await {
+        let opened = match transport::open(
+            &picked.connected.sender,
+            h2_head,
+            outgoing,
+            picked.connected.stats.as_ref(),
+        )
+        .await
+        {
             Ok(opened) => opened,
             Err(NotOpened { error }) => {
                 // Nothing reached the server. A connection that cannot open a stream

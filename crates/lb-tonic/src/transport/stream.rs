@@ -17,6 +17,7 @@ use http::HeaderMap;
 use tokio::sync::oneshot;
 
 use super::frames::ActiveStream;
+use crate::introspect::{MessageCount, SocketStats};
 
 /// One frame of a request body.
 #[derive(Clone, Debug)]
@@ -162,6 +163,7 @@ pub(crate) async fn open<B: BodySource>(
     sender: &SendRequest<Bytes>,
     mut head: http::Request<()>,
     body: Outgoing<B>,
+    counts: Option<&Arc<SocketStats>>,
 ) -> Result<Opened, NotOpened> {
     let sender = match sender.clone().ready().await {
         Ok(sender) => sender,
@@ -190,7 +192,12 @@ pub(crate) async fn open<B: BodySource>(
     let handle = match body {
         Outgoing::Complete { mut data, trailers } => {
             // Written now: h2 buffers what the flow-control window does not take yet.
+            let mut sent = MessageCount::default();
+            let mut messages = 0;
             while let Some(chunk) = data.pop() {
+                if counts.is_some() {
+                    messages += sent.feed(&chunk);
+                }
                 let last = data.is_empty() && trailers.is_none();
                 if send.send_data(chunk, last).is_err() {
                     break; // the stream is gone; the response says why
@@ -199,11 +206,14 @@ pub(crate) async fn open<B: BodySource>(
             if let Some(trailers) = trailers {
                 let _ = send.send_trailers(trailers);
             }
+            if let Some(counts) = counts.filter(|_| messages > 0) {
+                counts.messages_sent(messages);
+            }
             StreamHandle::Inline(send)
         }
         Outgoing::Piped(source) => {
             let (cancel, cancelled) = oneshot::channel();
-            tokio::spawn(pipe(source, send, cancelled));
+            tokio::spawn(pipe(source, send, cancelled, counts.cloned()));
             StreamHandle::Piped(Some(cancel))
         }
     };
@@ -221,7 +231,9 @@ async fn pipe(
     mut source: impl BodySource,
     mut send: SendStream<Bytes>,
     mut cancelled: oneshot::Receiver<()>,
+    counts: Option<Arc<SocketStats>>,
 ) {
+    let mut sent = MessageCount::default();
     loop {
         let chunk = tokio::select! {
             biased;
@@ -239,11 +251,15 @@ async fn pipe(
                 return send.send_reset(Reason::CANCEL);
             }
             Some(Ok(Chunk::Data(data))) => {
+                let messages = counts.as_ref().map_or(0, |_| sent.feed(&data));
                 if send_with_capacity(&mut send, data, false, &mut cancelled)
                     .await
                     .is_err()
                 {
                     return;
+                }
+                if let Some(counts) = counts.as_ref().filter(|_| messages > 0) {
+                    counts.messages_sent(messages);
                 }
             }
             Some(Ok(Chunk::Trailers(trailers))) => {

@@ -75,7 +75,7 @@ pub(crate) async fn server_stream(
         data: Chunks::One(frame.freeze()),
         trailers: None,
     };
-    let opened = match stream::open(&to.sender, head, body).await {
+    let opened = match stream::open(&to.sender, head, body, None).await {
         Ok(opened) => opened,
         Err(not) => return StreamEnd::Failed(format!("could not open the stream: {}", not.error)),
     };
