@@ -445,6 +445,7 @@ pub(crate) struct SocketStats {
     subconn: Arc<SubConnStats>,
     local: Option<channelz::SocketAddress>,
     remote: Option<channelz::SocketAddress>,
+    tls: Option<channelz::TlsData>,
     streams_started: AtomicU64,
     streams_succeeded: AtomicU64,
     streams_failed: AtomicU64,
@@ -457,17 +458,20 @@ pub(crate) struct SocketStats {
 }
 
 impl SocketStats {
-    /// Registers a connection of `subconn` between `local` and `remote`.
+    /// Registers a connection of `subconn` between `local` and `remote`, over `tls`
+    /// if it is a TLS session.
     pub(crate) fn new(
         subconn: Arc<SubConnStats>,
         local: Option<channelz::SocketAddress>,
         remote: Option<channelz::SocketAddress>,
+        tls: Option<channelz::TlsData>,
     ) -> Arc<Self> {
         let socket = Arc::new_cyclic(|me: &std::sync::Weak<SocketStats>| SocketStats {
             channelz: channelz::registry().register_socket(me.clone()),
             subconn,
             local,
             remote,
+            tls,
             streams_started: AtomicU64::new(0),
             streams_succeeded: AtomicU64::new(0),
             streams_failed: AtomicU64::new(0),
@@ -536,6 +540,7 @@ impl channelz::SocketSource for SocketStats {
         let mut data = channelz::SocketData::default();
         data.local = self.local.clone();
         data.remote = self.remote.clone();
+        data.tls = self.tls.clone();
         let dialled = self.subconn.address.addr();
         if !matches!(&self.remote, Some(channelz::SocketAddress::Tcp(a)) if a.to_string() == dialled)
         {

@@ -45,6 +45,15 @@ async fn rpcs_go_over_tls_to_every_backend() {
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(channel.state(), ConnectivityState::Ready);
+    // Channelz shows each connection's TLS session.
+    for sc in channel.snapshot().subconns {
+        let registry = lb_core::channelz::registry();
+        let sub = registry.subchannel(sc.channelz_id).unwrap();
+        let socket = registry.socket(sub.sockets[0]).unwrap();
+        let tls = socket.tls.expect("a TLS session");
+        assert!(tls.cipher_suite.starts_with("TLS"), "{}", tls.cipher_suite);
+        assert!(!tls.remote_certificate.is_empty());
+    }
 }
 
 /// The error of one RPC through a channel to `backend` with `tls`.

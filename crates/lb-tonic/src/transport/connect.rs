@@ -76,15 +76,19 @@ pub(crate) async fn connect(
             after: timeout,
         })??;
     #[cfg(feature = "tls")]
+    let mut ends = ends;
+    #[cfg(feature = "tls")]
     let io: Box<dyn Io> = match &options.tls {
-        Some(tls) => Box::new(
-            tokio::time::timeout_at(deadline, tls.connect(addr, tls_name, io))
+        Some(tls) => {
+            let stream = tokio::time::timeout_at(deadline, tls.connect(addr, tls_name, io))
                 .await
                 .map_err(|_| TransportError::Tls {
                     addr: addr.to_owned(),
                     reason: format!("no TLS handshake within {timeout:?}"),
-                })??,
-        ),
+                })??;
+            ends.tls = Some(super::tls::describe(&stream));
+            Box::new(stream)
+        }
         None => io,
     };
     #[cfg(not(feature = "tls"))]
@@ -190,6 +194,7 @@ async fn dial(
             let ends = Ends {
                 local: Some(SocketAddress::Tcp(local)),
                 remote: Some(SocketAddress::Tcp(remote)),
+                tls: None,
             };
             Ok((Box::new(stream), ends))
         }
@@ -200,6 +205,7 @@ async fn dial(
             let ends = Ends {
                 local: None,
                 remote: Some(SocketAddress::Unix(path.display().to_string())),
+                tls: None,
             };
             Ok((Box::new(stream), ends))
         }
@@ -211,6 +217,7 @@ async fn dial(
                     "@{}",
                     String::from_utf8_lossy(name)
                 ))),
+                tls: None,
             };
             Ok((Box::new(stream), ends))
         }

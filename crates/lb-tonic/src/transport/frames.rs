@@ -57,6 +57,8 @@ pub(crate) struct ConnSignals {
 pub(crate) struct Ends {
     pub(crate) local: Option<lb_core::channelz::SocketAddress>,
     pub(crate) remote: Option<lb_core::channelz::SocketAddress>,
+    /// The TLS session, on a TLS connection.
+    pub(crate) tls: Option<lb_core::channelz::TlsData>,
 }
 
 /// Counts one open stream on a connection while it lives (for keepalive without

@@ -390,6 +390,7 @@ async fn run(
                     stats.clone(),
                     signals.ends.local.clone(),
                     signals.ends.remote.clone(),
+                    signals.ends.tls.clone(),
                 );
                 let conn = Arc::new(Connected {
                     sender: sender.clone(),

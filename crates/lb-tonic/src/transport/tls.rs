@@ -133,3 +133,16 @@ mod tests {
         );
     }
 }
+
+/// A TLS connection's cipher suite and certificates, for channelz.
+pub(crate) fn describe<S>(stream: &TlsStream<S>) -> lb_core::channelz::TlsData {
+    let session = stream.get_ref().1;
+    let mut data = lb_core::channelz::TlsData::default();
+    if let Some(suite) = session.negotiated_cipher_suite() {
+        data.cipher_suite = format!("{:?}", suite.suite());
+    }
+    if let Some(first) = session.peer_certificates().and_then(|c| c.first()) {
+        data.remote_certificate = first.as_ref().to_vec();
+    }
+    data
+}
