@@ -82,7 +82,7 @@ async fn a_grpcio_client_reads_our_channelz() {
         String::from_utf8_lossy(&out.stderr)
     );
     let tree: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = channel.snapshot().channelz_id;
+    let id = channel.snapshot().channelz_id.unwrap();
     let ours = tree["channels"]
         .as_array()
         .unwrap()

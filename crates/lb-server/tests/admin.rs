@@ -116,7 +116,7 @@ async fn a_channel_with_a_dead_backend_shows_its_states_counts_sockets_and_trace
         for _ in 0..2 {
             echo.unary_echo(EchoRequest::default()).await.unwrap_err();
         }
-        let id = channel.snapshot().channelz_id;
+        let id = channel.snapshot().channelz_id.unwrap();
 
         let server = admin_server().await;
         let mut cz = client(server.addr);
@@ -272,7 +272,10 @@ async fn a_closed_channel_and_its_subchannels_leave_channelz() {
             .await
             .unwrap();
         let snapshot = channel.snapshot();
-        let (id, sub) = (snapshot.channelz_id, snapshot.subconns[0].channelz_id);
+        let (id, sub) = (
+            snapshot.channelz_id.unwrap(),
+            snapshot.subconns[0].channelz_id.unwrap(),
+        );
         let registry = lb_core::channelz::registry();
         assert!(registry.channel(id).is_some() && registry.subchannel(sub).is_some());
         channel.close();
@@ -416,9 +419,11 @@ async fn streaming_messages_are_counted_whatever_their_framing() {
         echo.client_stream(requests).await.unwrap();
         let snapshot = channel.snapshot();
         let sub = lb_core::channelz::registry()
-            .subchannel(snapshot.subconns[0].channelz_id)
+            .subchannel(snapshot.subconns[0].channelz_id.unwrap())
             .unwrap();
-        let socket = lb_core::channelz::registry().socket(sub.sockets[0]).unwrap();
+        let socket = lb_core::channelz::registry()
+            .socket(sub.sockets[0])
+            .unwrap();
         // 100 kB replies span several data frames each.
         assert_eq!(socket.messages_received, 5 + 1);
         assert_eq!(socket.messages_sent, 1 + 3);

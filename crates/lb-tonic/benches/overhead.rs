@@ -1,8 +1,11 @@
-//! What the channel's counters and metrics cost: the same channel with metrics on
-//! (the default, no recorder installed) and with `Builder::disable_metrics()`, in
-//! alternating rounds against the same three echo servers, compared by median
-//! throughput. gRFC A78-style metrics must stay within 2% of the channel without
-//! them.
+//! What the channel's counters cost, in alternating rounds against the same three
+//! echo servers, compared by median throughput:
+//!
+//! * metrics: metrics on (the default, no recorder installed) against
+//!   `Builder::disable_metrics()`, both with channelz off; gRFC A78-style metrics
+//!   must stay within 2% of the channel without them;
+//! * channelz: the default channel (metrics and channelz on) against
+//!   `Builder::channelz(false)`; keeping the channelz registry must stay within 1%.
 //!
 //! Run: `cargo bench -p lb-tonic --bench overhead`.
 
@@ -15,18 +18,15 @@ use std::time::Duration;
 use common::{Client, load, write_doc_section};
 use lb_testkit::Backend;
 use lb_testkit::pb::echo_client::EchoClient;
-use lb_tonic::LbChannel;
+use lb_tonic::{Builder, LbChannel};
 
 const ROUNDS: usize = 7;
 const RUN: Duration = Duration::from_secs(2);
 
-fn channel(addrs: &[String], metrics: bool) -> Client {
-    let mut builder =
+fn channel(addrs: &[String], configure: fn(Builder) -> Builder) -> Client {
+    let builder =
         LbChannel::builder(format!("static:///{}", addrs.join(","))).policy("round_robin");
-    if !metrics {
-        builder = builder.disable_metrics();
-    }
-    Client::Lb(EchoClient::new(builder.build().unwrap()))
+    Client::Lb(EchoClient::new(configure(builder).build().unwrap()))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -34,22 +34,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main]
-async fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let mut backends = Vec::new();
-    for name in ["a", "b", "c"] {
-        backends.push(Backend::start(name).await.unwrap());
-    }
-    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
-    let mut table = String::from(
-        "| concurrency | metrics on, no recorder (median RPC/s) | `disable_metrics()` (median RPC/s) | ratio |\n|---:|---:|---:|---:|\n",
+/// One comparison: `with` over `without`, at concurrency 1 and 16, as a table.
+async fn compare(
+    addrs: &[String],
+    name: &str,
+    (with_label, with_cfg): (&str, fn(Builder) -> Builder),
+    (without_label, without_cfg): (&str, fn(Builder) -> Builder),
+) -> String {
+    let mut table = format!(
+        "| concurrency | {with_label} (median RPC/s) | {without_label} (median RPC/s) | ratio |\n|---:|---:|---:|---:|\n",
     );
     for concurrency in [1, 16] {
-        let on = channel(&addrs, true);
-        let off = channel(&addrs, false);
+        let on = channel(addrs, with_cfg);
+        let off = channel(addrs, without_cfg);
         // Warm both up.
         load(&on, concurrency, Duration::from_millis(300)).await;
         load(&off, concurrency, Duration::from_millis(300)).await;
@@ -66,7 +63,7 @@ async fn main() {
         }
         let (w, wo) = (median(with), median(without));
         println!(
-            "c={concurrency}: metrics on {w:.0} RPC/s, off {wo:.0} RPC/s, ratio {:.3}",
+            "{name} c={concurrency}: with {w:.0} RPC/s, without {wo:.0} RPC/s, ratio {:.3}",
             w / wo
         );
         table.push_str(&format!(
@@ -75,5 +72,33 @@ async fn main() {
         ));
     }
     println!("{table}");
-    write_doc_section("overhead", &table);
+    table
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(Backend::start(name).await.unwrap());
+    }
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+    let metrics = compare(
+        &addrs,
+        "metrics",
+        ("metrics on, no recorder", |b| b.channelz(false)),
+        ("`disable_metrics()`", |b| b.channelz(false).disable_metrics()),
+    )
+    .await;
+    write_doc_section("overhead", &metrics);
+    let channelz = compare(
+        &addrs,
+        "channelz",
+        ("default (channelz on)", |b| b),
+        ("`channelz(false)`", |b| b.channelz(false)),
+    )
+    .await;
+    write_doc_section("channelz", &channelz);
 }

@@ -133,7 +133,10 @@ impl LbChannel {
         let published = core.published.load();
         ChannelSnapshot {
             target: core.stats.target.clone(),
-            channelz_id: core.channelz.id(),
+            channelz_id: core
+                .channelz
+                .as_ref()
+                .map(lb_core::channelz::Registration::id),
             policy: published.policy.to_string(),
             state: published.state,
             picker_updates: *core.picker_version.borrow(),
@@ -163,6 +166,7 @@ pub struct Builder {
     retry_buffer: BufferLimits,
     health_checks: bool,
     metrics: bool,
+    channelz: bool,
     user_agent: Option<String>,
     stream_window: u32,
     connection_window: u32,
@@ -196,6 +200,7 @@ impl Builder {
             retry_buffer: BufferLimits::default(),
             health_checks: true,
             metrics: true,
+            channelz: true,
             user_agent: None,
             stream_window: DEFAULT_STREAM_WINDOW,
             connection_window: DEFAULT_CONNECTION_WINDOW,
@@ -294,6 +299,17 @@ impl Builder {
     /// mostly to measure that.
     pub fn disable_metrics(mut self) -> Self {
         self.metrics = false;
+        self
+    }
+
+    /// Whether the channel is in channelz (gRFC A14; on by default): registered with
+    /// its subchannels and connections in `lb_core::channelz::registry()`, which
+    /// `lb_server::admin` serves, with their traces and, while the per-RPC counters
+    /// are on ([`Builder::disable_metrics`]), channelz's call, stream and message
+    /// counts. Off, the channel is not listed and counts only what
+    /// [`LbChannel::snapshot`] shows.
+    pub fn channelz(mut self, on: bool) -> Self {
+        self.channelz = on;
         self
     }
 
@@ -541,7 +557,7 @@ impl Builder {
             #[cfg(not(feature = "test-hooks"))]
             drain_after_stream_id: DRAIN_AFTER_STREAM_ID,
         });
-        let stats = Arc::new(Stats::new(target.to_string(), self.metrics));
+        let stats = Arc::new(Stats::new(target.to_string(), self.metrics, self.channelz));
         let core = Core::new(
             tx.clone(),
             default_config.clone(),

@@ -21,8 +21,9 @@ use crate::metrics::ChannelMetrics;
 pub struct ChannelSnapshot {
     /// The target the channel was built for.
     pub target: String,
-    /// The channel's id in channelz (gRFC A14; `lb_server::admin` serves it).
-    pub channelz_id: channelz::Id,
+    /// The channel's id in channelz (gRFC A14; `lb_server::admin` serves it);
+    /// `None` with `Builder::channelz(false)`.
+    pub channelz_id: Option<channelz::Id>,
     /// The policy serving RPCs.
     pub policy: String,
     /// The aggregate connectivity state.
@@ -59,8 +60,8 @@ pub struct ResolverSnapshot {
 pub struct SubConnSnapshot {
     /// The subconn's id.
     pub id: SubConnId,
-    /// Its id in channelz, as a subchannel.
-    pub channelz_id: channelz::Id,
+    /// Its id in channelz, as a subchannel; `None` with `Builder::channelz(false)`.
+    pub channelz_id: Option<channelz::Id>,
     /// The address it connects to.
     pub address: Address,
     /// Its state now.
@@ -99,6 +100,11 @@ pub(crate) struct Stats {
     resolver: Mutex<ResolverInfo>,
     /// Whether RPC attempts are counted (`Builder::disable_metrics` turns it off).
     pub(crate) count_rpcs: bool,
+    /// Whether the channel is in channelz.
+    pub(crate) channelz: bool,
+    /// Whether calls, streams and messages are counted for channelz (channelz on,
+    /// per-RPC counters on).
+    pub(crate) count_channelz: bool,
     /// The channel's channelz trace.
     pub(crate) trace: Trace,
     /// Calls that ended, by outcome, and when the last one started (channelz ms).
@@ -119,7 +125,7 @@ struct ResolverInfo {
 impl Stats {
     /// Counters for the channel to `target`; `enabled: false` turns off per-RPC
     /// counting and metrics (states are still tracked).
-    pub(crate) fn new(target: String, enabled: bool) -> Self {
+    pub(crate) fn new(target: String, enabled: bool, channelz: bool) -> Self {
         Self {
             metrics: ChannelMetrics::new(&target, enabled),
             target,
@@ -127,6 +133,8 @@ impl Stats {
             subconns: Mutex::default(),
             resolver: Mutex::default(),
             count_rpcs: enabled,
+            channelz,
+            count_channelz: enabled && channelz,
             trace: Trace::default(),
             calls_succeeded: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),
@@ -167,7 +175,7 @@ impl Stats {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .map(|s| s.channelz_id())
+            .filter_map(|s| s.channelz_id())
             .collect();
         data
     }
@@ -179,7 +187,9 @@ impl Stats {
     /// A new subconn's counters, registered for snapshots until it shuts down.
     pub(crate) fn subconn(self: &Arc<Self>, id: SubConnId, address: Address) -> Arc<SubConnStats> {
         let stats = Arc::new_cyclic(|me: &std::sync::Weak<SubConnStats>| SubConnStats {
-            channelz: channelz::registry().register_subchannel(me.clone()),
+            channelz: self
+                .channelz
+                .then(|| channelz::registry().register_subchannel(me.clone())),
             trace: Trace::new(SUBCHANNEL_TRACE),
             sockets: Mutex::default(),
             last_call_ms: AtomicU64::new(0),
@@ -195,15 +205,13 @@ impl Stats {
             failed: AtomicU64::new(0),
         });
         stats.trace.log(Severity::Info, "subchannel created");
-        self.trace.log_subchannel(
-            Severity::Info,
-            format!(
-                "subchannel {} created for {}",
-                stats.channelz_id(),
-                stats.address.addr()
-            ),
-            stats.channelz_id(),
-        );
+        if let Some(id) = stats.channelz_id() {
+            self.trace.log_subchannel(
+                Severity::Info,
+                format!("subchannel {id} created for {}", stats.address.addr()),
+                id,
+            );
+        }
         self.subconns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -217,15 +225,13 @@ impl Stats {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
-        if let Some(s) = removed {
+        if let Some(s) = removed
+            && let Some(id) = s.channelz_id()
+        {
             self.trace.log_subchannel(
                 Severity::Info,
-                format!(
-                    "subchannel {} for {} removed",
-                    s.channelz_id(),
-                    s.address.addr()
-                ),
-                s.channelz_id(),
+                format!("subchannel {id} for {} removed", s.address.addr()),
+                id,
             );
         }
     }
@@ -282,7 +288,7 @@ const SUBCHANNEL_TRACE: usize = 32;
 
 /// One subconn's counters.
 pub(crate) struct SubConnStats {
-    channelz: Registration,
+    channelz: Option<Registration>,
     trace: Trace,
     /// Its sockets' channelz ids: the connection, and draining ones.
     sockets: Mutex<Vec<channelz::Id>>,
@@ -350,9 +356,9 @@ impl SubConnStats {
         self.channel.count_rpcs
     }
 
-    /// Its channelz id.
-    pub(crate) fn channelz_id(&self) -> channelz::Id {
-        self.channelz.id()
+    /// Its channelz id, when the channel is in channelz.
+    pub(crate) fn channelz_id(&self) -> Option<channelz::Id> {
+        self.channelz.as_ref().map(Registration::id)
     }
 
     /// A socket of the subconn's appeared or went away.
@@ -365,11 +371,14 @@ impl SubConnStats {
         }
     }
 
-    /// An RPC attempt was sent on the subconn at `now_ms` (channelz ms).
+    /// An RPC attempt was sent on the subconn at `now_ms` (channelz ms; 0 when
+    /// channelz does not count).
     #[inline]
     pub(crate) fn started(&self, now_ms: u64) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.last_call_ms.store(now_ms, Ordering::Relaxed);
+        if now_ms != 0 {
+            self.last_call_ms.store(now_ms, Ordering::Relaxed);
+        }
     }
 
     /// An attempt sent on the subconn ended with `code`.
@@ -441,7 +450,9 @@ impl channelz::SubchannelSource for SubConnStats {
 
 /// One connection's counters: a channelz socket of its subconn.
 pub(crate) struct SocketStats {
-    channelz: Registration,
+    channelz: Option<Registration>,
+    /// Streams and messages are counted (channelz and per-RPC counters on).
+    counts: bool,
     subconn: Arc<SubConnStats>,
     local: Option<channelz::SocketAddress>,
     remote: Option<channelz::SocketAddress>,
@@ -466,8 +477,11 @@ impl SocketStats {
         remote: Option<channelz::SocketAddress>,
         tls: Option<channelz::TlsData>,
     ) -> Arc<Self> {
+        let channel = &subconn.channel;
+        let (registered, counts) = (channel.channelz, channel.count_channelz);
         let socket = Arc::new_cyclic(|me: &std::sync::Weak<SocketStats>| SocketStats {
-            channelz: channelz::registry().register_socket(me.clone()),
+            channelz: registered.then(|| channelz::registry().register_socket(me.clone())),
+            counts,
             subconn,
             local,
             remote,
@@ -482,27 +496,41 @@ impl SocketStats {
             last_sent_ms: AtomicU64::new(0),
             last_received_ms: AtomicU64::new(0),
         });
-        socket.subconn.socket(socket.channelz.id(), true);
+        if let Some(r) = &socket.channelz {
+            socket.subconn.socket(r.id(), true);
+        }
         socket
     }
 
     /// An attempt opened a stream here: counted on the socket and its subconn.
     #[inline]
     pub(crate) fn started(&self) {
+        if !self.counts {
+            return self.subconn.started(0);
+        }
         let now = channelz::now_ms();
         self.streams_started.fetch_add(1, Ordering::Relaxed);
         self.last_stream_ms.store(now, Ordering::Relaxed);
         self.subconn.started(now);
     }
 
+    /// Whether messages are worth counting.
+    #[inline]
+    pub(crate) fn counts_messages(&self) -> bool {
+        self.counts
+    }
+
     /// The attempt ended with `code`; `eos`: the server ended the stream (trailers
     /// came), rather than a reset or a drop.
     #[inline]
     pub(crate) fn ended(&self, code: Code, eos: bool) {
-        if eos {
-            self.streams_succeeded.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.streams_failed.fetch_add(1, Ordering::Relaxed);
+        if self.counts {
+            let counter = if eos {
+                &self.streams_succeeded
+            } else {
+                &self.streams_failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         self.subconn.ended(code);
     }
@@ -531,7 +559,9 @@ impl SocketStats {
 
 impl Drop for SocketStats {
     fn drop(&mut self) {
-        self.subconn.socket(self.channelz.id(), false);
+        if let Some(r) = &self.channelz {
+            self.subconn.socket(r.id(), false);
+        }
     }
 }
 

@@ -282,3 +282,56 @@ async fn metrics_count_queued_and_failed_picks() {
     assert_eq!(counter(&s, metric_names::PICKS, ("result", "queued")), 1);
     assert_eq!(counter(&s, metric_names::PICKS, ("result", "failed")), 1);
 }
+
+/// With channelz off the channel, its subchannels and its connections are not in
+/// the registry, and the snapshot still counts RPCs.
+#[tokio::test]
+async fn a_channel_without_channelz_is_not_registered_and_still_counts() {
+    let a = Backend::start("a").await.unwrap();
+    let on = LbChannel::builder(format!("static:///{}", a.addr()))
+        .build()
+        .unwrap();
+    let off = LbChannel::builder(format!("static:///{}", a.addr()))
+        .channelz(false)
+        .build()
+        .unwrap();
+    for channel in [&on, &off] {
+        let mut client = EchoClient::new(channel.clone());
+        for _ in 0..3 {
+            within(
+                "an RPC",
+                client.unary_echo(lb_testkit::pb::EchoRequest::default()),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let registry = lb_core::channelz::registry();
+    let snapshot = off.snapshot();
+    assert_eq!(snapshot.channelz_id, None);
+    assert_eq!(snapshot.subconns[0].channelz_id, None);
+    assert_eq!(snapshot.subconns[0].rpcs.succeeded, 3);
+    let target = snapshot.target.clone();
+    let mut listed_ids = Vec::new();
+    let mut start = 0;
+    loop {
+        let page = registry.top_channels(start, 0);
+        listed_ids.extend(
+            page.items
+                .iter()
+                .filter(|(_, data)| data.target == target)
+                .map(|(id, _)| *id),
+        );
+        if page.end {
+            break;
+        }
+        start = page.items.last().map_or(start, |(id, _)| id + 1);
+    }
+    assert_eq!(listed_ids, [on.snapshot().channelz_id.unwrap()]);
+    let listed = registry
+        .channel(on.snapshot().channelz_id.unwrap())
+        .unwrap();
+    assert_eq!(listed.calls.succeeded, 3);
+    on.close();
+    off.close();
+}

@@ -48,7 +48,7 @@ async fn rpcs_go_over_tls_to_every_backend() {
     // Channelz shows each connection's TLS session.
     for sc in channel.snapshot().subconns {
         let registry = lb_core::channelz::registry();
-        let sub = registry.subchannel(sc.channelz_id).unwrap();
+        let sub = registry.subchannel(sc.channelz_id.unwrap()).unwrap();
         let socket = registry.socket(sub.sockets[0]).unwrap();
         let tls = socket.tls.expect("a TLS session");
         assert!(tls.cipher_suite.starts_with("TLS"), "{}", tls.cipher_suite);

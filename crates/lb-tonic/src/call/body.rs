@@ -165,7 +165,9 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(data))) => {
                         // Read: let the server send as much again.
                         let _ = this.recv.flow_control().release_capacity(data.len());
-                        if let Some(socket) = this.done.as_ref().and_then(DoneGuard::socket) {
+                        if let Some(socket) = this.done.as_ref().and_then(DoneGuard::socket)
+                            && socket.counts_messages()
+                        {
                             let n = this.received.feed(&data);
                             if n > 0 {
                                 socket.messages_received(n);

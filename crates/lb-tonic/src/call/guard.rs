@@ -1,5 +1,5 @@
-//! One RPC counted in the channel's activity (for idleness) and, with the per-RPC
-//! counters on, in its channelz call counts, from the call until its response ends
+//! One RPC counted in the channel's activity (for idleness) and, with channelz and
+//! the per-RPC counters on, in its channelz call counts, from the call until its response ends
 //! or is dropped.
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ pub(crate) struct CallGuard {
 impl CallGuard {
     pub(crate) fn start(core: Arc<Core>) -> Self {
         core.activity.call_started();
-        if core.stats.count_rpcs {
+        if core.stats.count_channelz {
             core.stats.call_started();
         }
         Self { core, ok: false }
@@ -28,7 +28,7 @@ impl CallGuard {
 
     /// Whether the call's end is counted (so its code is worth reading).
     pub(crate) fn counts(&self) -> bool {
-        self.core.stats.count_rpcs
+        self.core.stats.count_channelz
     }
 
     /// The call's status arrived: `OK` or not.
@@ -39,7 +39,7 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if self.core.stats.count_rpcs {
+        if self.core.stats.count_channelz {
             self.core.stats.call_ended(self.ok);
         }
         self.core.activity.call_ended();

@@ -656,7 +656,11 @@ impl Run<'_> {
             &picked.connected.sender,
             h2_head,
             outgoing,
-            picked.connected.stats.as_ref(),
+            picked
+                .connected
+                .stats
+                .as_ref()
+                .filter(|s| s.counts_messages()),
         )
         .await
         {

@@ -110,8 +110,8 @@ pub(crate) struct Core {
     pub(crate) retries: bool,
     /// Counters for snapshots and metrics.
     pub(crate) stats: Arc<Stats>,
-    /// The channel in channelz.
-    pub(crate) channelz: lb_core::channelz::Registration,
+    /// The channel in channelz, unless the builder turned channelz off.
+    pub(crate) channelz: Option<lb_core::channelz::Registration>,
 }
 
 impl lb_core::channelz::ChannelSource for Core {
@@ -140,7 +140,9 @@ impl Core {
             format!("channel created with policy {policy}"),
         );
         Arc::new_cyclic(|me: &std::sync::Weak<Self>| Self {
-            channelz: lb_core::channelz::registry().register_channel(me.clone()),
+            channelz: stats
+                .channelz
+                .then(|| lb_core::channelz::registry().register_channel(me.clone())),
             published: ArcSwap::from_pointee(Published {
                 state: ConnectivityState::Connecting,
                 picker: Arc::new(QueuePicker),
