@@ -38,3 +38,11 @@ fn the_server_side_has_its_registrars() {
     let _ = server::EtcdOptions::default();
     let _ = server::ZkOptions::default();
 }
+
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn the_admin_services_and_channelz_come_from_the_facade() {
+    let _routes = server::admin::services();
+    let stats = server::admin::ServerStats::new();
+    assert!(channelz::registry().server(stats.id()).is_some());
+}

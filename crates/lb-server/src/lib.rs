@@ -46,6 +46,9 @@
 //! `lb_tonic`'s channel removes a deregistered address's subconn and lets its RPCs
 //! in flight finish, so the sequence above costs its clients nothing; `cargo xtask
 //! bench` measures it with a rolling restart under load (`docs/benchmarks.md`).
+//!
+//! With the `admin` feature, the `admin` module serves gRPC's admin services (channelz, gRFC
+//! A14) beside the application's, as grpc-go's `admin.Register`.
 
 #[cfg(feature = "admin")]
 pub mod admin;

@@ -67,16 +67,18 @@ enum Kind {
     Lb,
     LbRetry,
     LbNoMetrics,
+    LbNoChannelz,
     LbRaw,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 7] = [
         Kind::H2,
         Kind::Tonic,
         Kind::Lb,
         Kind::LbRetry,
         Kind::LbNoMetrics,
+        Kind::LbNoChannelz,
         Kind::LbRaw,
     ];
 
@@ -87,6 +89,7 @@ impl Kind {
             Kind::Lb => "`LbChannel` round_robin",
             Kind::LbRetry => "`LbChannel` round_robin, retry policy",
             Kind::LbNoMetrics => "`LbChannel` round_robin, `disable_metrics()`",
+            Kind::LbNoChannelz => "`LbChannel` round_robin, `channelz(false)`",
             Kind::LbRaw => "`LbChannel` round_robin, no tonic client",
         }
     }
@@ -212,7 +215,7 @@ impl Client {
                         .push(EchoClient::with_origin(HyperConn(send), origin));
                 }
             }
-            Kind::Lb | Kind::LbRetry | Kind::LbNoMetrics | Kind::LbRaw => {
+            Kind::Lb | Kind::LbRetry | Kind::LbNoMetrics | Kind::LbNoChannelz | Kind::LbRaw => {
                 let retry = r#", "methodConfig": [{"name": [{"service": "echo.Echo"}],
                     "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
                                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]"#;
@@ -225,6 +228,9 @@ impl Client {
                     .user_agent(USER_AGENT);
                 if kind == Kind::LbNoMetrics {
                     builder = builder.disable_metrics();
+                }
+                if kind == Kind::LbNoChannelz {
+                    builder = builder.channelz(false);
                 }
                 client.lb = Some(builder.build().unwrap());
             }

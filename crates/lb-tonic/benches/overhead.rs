@@ -89,7 +89,9 @@ async fn main() {
         &addrs,
         "metrics",
         ("metrics on, no recorder", |b| b.channelz(false)),
-        ("`disable_metrics()`", |b| b.channelz(false).disable_metrics()),
+        ("`disable_metrics()`", |b| {
+            b.channelz(false).disable_metrics()
+        }),
     )
     .await;
     write_doc_section("overhead", &metrics);

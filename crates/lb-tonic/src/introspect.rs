@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use lb_core::channelz::{self, CallCounts, ChannelData, Registration, Severity, Trace};
 use lb_core::{Address, Code, ConnectivityState, SubConnId};
 
+use crate::counters::Sharded;
 use crate::metrics::ChannelMetrics;
 
 /// A point-in-time view of one channel.
@@ -108,10 +109,13 @@ pub(crate) struct Stats {
     /// The channel's channelz trace.
     pub(crate) trace: Trace,
     /// Calls that ended, by outcome, and when the last one started (channelz ms).
-    calls_succeeded: AtomicU64,
-    calls_failed: AtomicU64,
-    last_call_ms: AtomicU64,
+    calls: Sharded<3>,
 }
+
+/// [`Stats::calls`]' fields.
+const CALLS_SUCCEEDED: usize = 0;
+const CALLS_FAILED: usize = 1;
+const CALLS_LAST: usize = 2;
 
 #[derive(Default)]
 struct ResolverInfo {
@@ -136,35 +140,29 @@ impl Stats {
             channelz,
             count_channelz: enabled && channelz,
             trace: Trace::default(),
-            calls_succeeded: AtomicU64::new(0),
-            calls_failed: AtomicU64::new(0),
-            last_call_ms: AtomicU64::new(0),
+            calls: Sharded::new(),
         }
     }
 
     /// A call started (counted only with the per-RPC counters on).
     #[inline]
     pub(crate) fn call_started(&self) {
-        self.last_call_ms
-            .store(channelz::now_ms(), Ordering::Relaxed);
+        self.calls.set(CALLS_LAST, channelz::now_ms());
     }
 
     /// A call ended, with `OK` or not.
     #[inline]
     pub(crate) fn call_ended(&self, ok: bool) {
-        if ok {
-            self.calls_succeeded.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.calls_failed.fetch_add(1, Ordering::Relaxed);
-        }
+        self.calls
+            .add(if ok { CALLS_SUCCEEDED } else { CALLS_FAILED }, 1);
     }
 
     /// The channel's data for channelz; `in_flight`: calls under way.
     pub(crate) fn channel_data(&self, state: ConnectivityState, in_flight: u64) -> ChannelData {
-        let succeeded = self.calls_succeeded.load(Ordering::Relaxed);
-        let failed = self.calls_failed.load(Ordering::Relaxed);
+        let succeeded = self.calls.sum(CALLS_SUCCEEDED);
+        let failed = self.calls.sum(CALLS_FAILED);
         let mut calls = CallCounts::new(succeeded + failed + in_flight, succeeded, failed);
-        calls.last_started = channelz::time_of(self.last_call_ms.load(Ordering::Relaxed));
+        calls.last_started = channelz::time_of(self.calls.max(CALLS_LAST));
         let mut data = ChannelData::default();
         data.target = self.target.clone();
         data.state = Some(state);
@@ -192,7 +190,6 @@ impl Stats {
                 .then(|| channelz::registry().register_subchannel(me.clone())),
             trace: Trace::new(SUBCHANNEL_TRACE),
             sockets: Mutex::default(),
-            last_call_ms: AtomicU64::new(0),
             id,
             address,
             channel: self.clone(),
@@ -200,9 +197,7 @@ impl Stats {
             since_ms: AtomicU64::new(self.ms()),
             last_error: Mutex::default(),
             connection_attempts: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            succeeded: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            rpcs: Sharded::new(),
         });
         stats.trace.log(Severity::Info, "subchannel created");
         if let Some(id) = stats.channelz_id() {
@@ -292,8 +287,6 @@ pub(crate) struct SubConnStats {
     trace: Trace,
     /// Its sockets' channelz ids: the connection, and draining ones.
     sockets: Mutex<Vec<channelz::Id>>,
-    /// When an attempt last started on it (channelz ms).
-    last_call_ms: AtomicU64,
     id: SubConnId,
     address: Address,
     channel: Arc<Stats>,
@@ -301,10 +294,15 @@ pub(crate) struct SubConnStats {
     since_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
     connection_attempts: AtomicU64,
-    in_flight: AtomicU64,
-    succeeded: AtomicU64,
-    failed: AtomicU64,
+    /// Attempts sent on it, by outcome, and when the last one started.
+    rpcs: Sharded<4>,
 }
+
+/// [`SubConnStats::rpcs`]' fields.
+const RPCS_STARTED: usize = 0;
+const RPCS_SUCCEEDED: usize = 1;
+const RPCS_FAILED: usize = 2;
+const RPCS_LAST: usize = 3;
 
 fn index(state: ConnectivityState) -> u8 {
     ConnectivityState::ALL
@@ -375,22 +373,24 @@ impl SubConnStats {
     /// channelz does not count).
     #[inline]
     pub(crate) fn started(&self, now_ms: u64) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.rpcs.add(RPCS_STARTED, 1);
         if now_ms != 0 {
-            self.last_call_ms.store(now_ms, Ordering::Relaxed);
+            self.rpcs.set(RPCS_LAST, now_ms);
         }
     }
 
     /// An attempt sent on the subconn ended with `code`.
     #[inline]
     pub(crate) fn ended(&self, code: Code) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.channel.metrics.attempt(code);
-        if code == Code::Ok {
-            self.succeeded.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
+        self.rpcs.add(
+            if code == Code::Ok {
+                RPCS_SUCCEEDED
+            } else {
+                RPCS_FAILED
+            },
+            1,
+        );
     }
 
     fn snapshot(&self, now_ms: u64) -> SubConnSnapshot {
@@ -398,9 +398,10 @@ impl SubConnStats {
             .get(usize::from(self.state.load(Ordering::Relaxed)))
             .copied()
             .unwrap_or(ConnectivityState::Idle);
-        let in_flight = self.in_flight.load(Ordering::Relaxed);
-        let succeeded = self.succeeded.load(Ordering::Relaxed);
-        let failed = self.failed.load(Ordering::Relaxed);
+        // Ended first: an attempt counted as ended is always counted as started.
+        let succeeded = self.rpcs.sum(RPCS_SUCCEEDED);
+        let failed = self.rpcs.sum(RPCS_FAILED);
+        let started = self.rpcs.sum(RPCS_STARTED).max(succeeded + failed);
         SubConnSnapshot {
             id: self.id,
             channelz_id: self.channelz_id(),
@@ -416,10 +417,10 @@ impl SubConnStats {
                 .clone(),
             connection_attempts: self.connection_attempts.load(Ordering::Relaxed),
             rpcs: RpcCounts {
-                started: in_flight + succeeded + failed,
+                started,
                 succeeded,
                 failed,
-                in_flight,
+                in_flight: started - succeeded - failed,
             },
         }
     }
@@ -433,7 +434,7 @@ impl channelz::SubchannelSource for SubConnStats {
             snapshot.rpcs.succeeded,
             snapshot.rpcs.failed,
         );
-        calls.last_started = channelz::time_of(self.last_call_ms.load(Ordering::Relaxed));
+        calls.last_started = channelz::time_of(self.rpcs.max(RPCS_LAST));
         let mut data = ChannelData::default();
         data.target = self.address.addr().to_owned();
         data.state = Some(snapshot.state);
@@ -457,16 +458,20 @@ pub(crate) struct SocketStats {
     local: Option<channelz::SocketAddress>,
     remote: Option<channelz::SocketAddress>,
     tls: Option<channelz::TlsData>,
-    streams_started: AtomicU64,
-    streams_succeeded: AtomicU64,
-    streams_failed: AtomicU64,
+    /// Streams and messages, with their last times (channelz ms).
+    streams: Sharded<8>,
     keepalives_sent: AtomicU64,
-    last_stream_ms: AtomicU64,
-    messages_sent: AtomicU64,
-    messages_received: AtomicU64,
-    last_sent_ms: AtomicU64,
-    last_received_ms: AtomicU64,
 }
+
+/// [`SocketStats::streams`]' fields.
+const STREAMS_STARTED: usize = 0;
+const STREAMS_SUCCEEDED: usize = 1;
+const STREAMS_FAILED: usize = 2;
+const STREAMS_LAST: usize = 3;
+const MESSAGES_SENT: usize = 4;
+const MESSAGES_RECEIVED: usize = 5;
+const MESSAGES_LAST_SENT: usize = 6;
+const MESSAGES_LAST_RECEIVED: usize = 7;
 
 impl SocketStats {
     /// Registers a connection of `subconn` between `local` and `remote`, over `tls`
@@ -486,15 +491,8 @@ impl SocketStats {
             local,
             remote,
             tls,
-            streams_started: AtomicU64::new(0),
-            streams_succeeded: AtomicU64::new(0),
-            streams_failed: AtomicU64::new(0),
+            streams: Sharded::new(),
             keepalives_sent: AtomicU64::new(0),
-            last_stream_ms: AtomicU64::new(0),
-            messages_sent: AtomicU64::new(0),
-            messages_received: AtomicU64::new(0),
-            last_sent_ms: AtomicU64::new(0),
-            last_received_ms: AtomicU64::new(0),
         });
         if let Some(r) = &socket.channelz {
             socket.subconn.socket(r.id(), true);
@@ -509,8 +507,8 @@ impl SocketStats {
             return self.subconn.started(0);
         }
         let now = channelz::now_ms();
-        self.streams_started.fetch_add(1, Ordering::Relaxed);
-        self.last_stream_ms.store(now, Ordering::Relaxed);
+        self.streams.add(STREAMS_STARTED, 1);
+        self.streams.set(STREAMS_LAST, now);
         self.subconn.started(now);
     }
 
@@ -525,30 +523,36 @@ impl SocketStats {
     #[inline]
     pub(crate) fn ended(&self, code: Code, eos: bool) {
         if self.counts {
-            let counter = if eos {
-                &self.streams_succeeded
-            } else {
-                &self.streams_failed
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            self.streams.add(
+                if eos {
+                    STREAMS_SUCCEEDED
+                } else {
+                    STREAMS_FAILED
+                },
+                1,
+            );
         }
         self.subconn.ended(code);
     }
 
-    /// `n` whole gRPC messages went out.
+    /// `n` whole gRPC messages went out; `streaming`: later in the stream rather
+    /// than with its start (whose time they then take, saving a clock read).
     #[inline]
-    pub(crate) fn messages_sent(&self, n: u64) {
-        self.messages_sent.fetch_add(n, Ordering::Relaxed);
-        self.last_sent_ms
-            .store(channelz::now_ms(), Ordering::Relaxed);
+    pub(crate) fn messages_sent(&self, n: u64, streaming: bool) {
+        self.streams.add(MESSAGES_SENT, n);
+        let at = if streaming {
+            channelz::now_ms()
+        } else {
+            self.streams.local(STREAMS_LAST)
+        };
+        self.streams.set(MESSAGES_LAST_SENT, at);
     }
 
     /// `n` whole gRPC messages came in.
     #[inline]
     pub(crate) fn messages_received(&self, n: u64) {
-        self.messages_received.fetch_add(n, Ordering::Relaxed);
-        self.last_received_ms
-            .store(channelz::now_ms(), Ordering::Relaxed);
+        self.streams.add(MESSAGES_RECEIVED, n);
+        self.streams.set(MESSAGES_LAST_RECEIVED, channelz::now_ms());
     }
 
     /// A keepalive ping went out.
@@ -576,17 +580,19 @@ impl channelz::SocketSource for SocketStats {
         {
             data.remote_name = dialled.to_owned();
         }
-        data.streams_started = self.streams_started.load(Ordering::Relaxed);
-        data.streams_succeeded = self.streams_succeeded.load(Ordering::Relaxed);
-        data.streams_failed = self.streams_failed.load(Ordering::Relaxed);
+        let s = &self.streams;
+        // Ended first: a stream counted as ended is always counted as started.
+        data.streams_succeeded = s.sum(STREAMS_SUCCEEDED);
+        data.streams_failed = s.sum(STREAMS_FAILED);
+        data.streams_started = s
+            .sum(STREAMS_STARTED)
+            .max(data.streams_succeeded + data.streams_failed);
         data.keepalives_sent = self.keepalives_sent.load(Ordering::Relaxed);
-        data.last_local_stream_created =
-            channelz::time_of(self.last_stream_ms.load(Ordering::Relaxed));
-        data.messages_sent = self.messages_sent.load(Ordering::Relaxed);
-        data.messages_received = self.messages_received.load(Ordering::Relaxed);
-        data.last_message_sent = channelz::time_of(self.last_sent_ms.load(Ordering::Relaxed));
-        data.last_message_received =
-            channelz::time_of(self.last_received_ms.load(Ordering::Relaxed));
+        data.last_local_stream_created = channelz::time_of(s.max(STREAMS_LAST));
+        data.messages_sent = s.sum(MESSAGES_SENT);
+        data.messages_received = s.sum(MESSAGES_RECEIVED);
+        data.last_message_sent = channelz::time_of(s.max(MESSAGES_LAST_SENT));
+        data.last_message_received = channelz::time_of(s.max(MESSAGES_LAST_RECEIVED));
         data
     }
 }

@@ -48,6 +48,7 @@ mod channel;
 // Small things the parts share.
 mod backoff;
 mod buffer;
+mod counters;
 mod error;
 mod grpc_message;
 mod introspect;
