@@ -87,7 +87,8 @@ async fn a_grpcio_client_reads_our_channelz() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["ref"]["channel_id"] == id.to_string())
+        // proto3 JSON writes int64 as a string.
+        .find(|c| c["ref"]["channel_id"].as_str() == Some(id.to_string().as_str()))
         .unwrap_or_else(|| panic!("channel {id} in {tree}"));
     assert_eq!(ours["data"]["target"], target);
     assert_eq!(ours["data"]["state"]["state"], "READY");
@@ -112,7 +113,7 @@ async fn a_grpcio_client_reads_our_channelz() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["ref"]["server_id"] == stats.id().to_string())
+        .find(|s| s["ref"]["server_id"].as_str() == Some(stats.id().to_string().as_str()))
         .unwrap_or_else(|| panic!("server {} in {tree}", stats.id()));
     assert!(
         server_entry["data"]["calls_started"]

@@ -115,6 +115,19 @@ impl TlsConfig {
     }
 }
 
+/// A TLS connection's cipher suite and certificates, for channelz.
+pub(crate) fn describe<S>(stream: &TlsStream<S>) -> lb_core::channelz::TlsData {
+    let session = stream.get_ref().1;
+    let mut data = lb_core::channelz::TlsData::default();
+    if let Some(suite) = session.negotiated_cipher_suite() {
+        data.cipher_suite = format!("{:?}", suite.suite());
+    }
+    if let Some(first) = session.peer_certificates().and_then(|c| c.first()) {
+        data.remote_certificate = first.as_ref().to_vec();
+    }
+    data
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,17 +145,4 @@ mod tests {
             "{err}"
         );
     }
-}
-
-/// A TLS connection's cipher suite and certificates, for channelz.
-pub(crate) fn describe<S>(stream: &TlsStream<S>) -> lb_core::channelz::TlsData {
-    let session = stream.get_ref().1;
-    let mut data = lb_core::channelz::TlsData::default();
-    if let Some(suite) = session.negotiated_cipher_suite() {
-        data.cipher_suite = format!("{:?}", suite.suite());
-    }
-    if let Some(first) = session.peer_certificates().and_then(|c| c.first()) {
-        data.remote_certificate = first.as_ref().to_vec();
-    }
-    data
 }
