@@ -193,7 +193,11 @@ fn interop_python() -> Result<PathBuf> {
 
 fn test() -> Result {
     install_prerequisites()?;
-    let python = interop_python()?;
+    // Without it only the interop tests fail, each saying what is missing.
+    let python = interop_python().unwrap_or_else(|e| {
+        eprintln!("warning: no python with grpcio for the interop tests: {e}");
+        PathBuf::from("python3")
+    });
     // nextest does not run doc tests; run them first so that nextest's summary is
     // the run's closing line.
     cargo(&["test", "--workspace", "--all-features", "--doc"])?;

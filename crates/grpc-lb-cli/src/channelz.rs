@@ -75,6 +75,16 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where the next page starts after one whose highest id is `last`: `None` at the
+/// end, or when a peer's ids do not move forward (a broken or hostile process must
+/// not make the walk loop or overflow).
+fn next_start(end: bool, start: i64, last: i64) -> Option<i64> {
+    if end || last < start {
+        return None;
+    }
+    last.checked_add(1)
+}
+
 struct Walk<'a> {
     args: &'a Args,
     address: &'a str,
@@ -117,9 +127,9 @@ impl Walk<'_> {
             for c in page.channel {
                 channels.push(self.channel(client, c, 0).await?);
             }
-            match last {
-                Some(id) if !page.end && id >= start => start = id + 1,
-                _ => break,
+            match last.and_then(|id| next_start(page.end, start, id)) {
+                Some(next) => start = next,
+                None => break,
             }
         }
         let mut servers = Vec::new();
@@ -142,9 +152,9 @@ impl Walk<'_> {
             for s in page.server {
                 servers.push(self.server(client, s).await?);
             }
-            match last {
-                Some(id) if !page.end && id >= start => start = id + 1,
-                _ => break,
+            match last.and_then(|id| next_start(page.end, start, id)) {
+                Some(next) => start = next,
+                None => break,
             }
         }
         Ok(json!({ "channels": channels, "servers": servers }))
@@ -233,20 +243,24 @@ impl Walk<'_> {
             let mut ids = Vec::new();
             let mut start = 0;
             loop {
-                let page = client
+                let page = match client
                     .get_server_sockets(proto::GetServerSocketsRequest {
                         server_id: id,
                         start_socket_id: start,
                         max_results: self.args.page_size,
                     })
                     .await
-                    .map_err(|s| self.failure(&s))?
-                    .into_inner();
+                {
+                    Ok(page) => page.into_inner(),
+                    // The server went away during the walk: no more sockets.
+                    Err(s) if s.code() == tonic::Code::NotFound => break,
+                    Err(s) => return Err(self.failure(&s)),
+                };
                 let last = page.socket_ref.iter().map(|r| r.socket_id).max();
                 ids.extend(page.socket_ref.iter().map(|r| r.socket_id));
-                match last {
-                    Some(last) if !page.end && last >= start => start = last + 1,
-                    _ => break,
+                match last.and_then(|id| next_start(page.end, start, id)) {
+                    Some(next) => start = next,
+                    None => break,
                 }
             }
             out["sockets"] = self.sockets(client, ids.into_iter()).await?;
@@ -278,8 +292,12 @@ impl Walk<'_> {
     }
 }
 
+/// Seconds of 10000-01-01T00:00:00Z: RFC 3339 has four-digit years.
+const YEAR_10000: i64 = 253_402_300_800;
+
 fn time(t: Option<&prost_types::Timestamp>) -> Value {
-    let Some(t) = t else {
+    // A peer may send any time; only 1970 to 9999 print as RFC 3339.
+    let Some(t) = t.filter(|t| (0..YEAR_10000).contains(&t.seconds)) else {
         return Value::Null;
     };
     let Ok(t) = SystemTime::try_from(*t) else {
@@ -482,5 +500,28 @@ fn print_text(tree: &Value) {
         for socket in s["sockets"].as_array().into_iter().flatten() {
             socket_text("  ", socket);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging_stops_at_the_end_and_on_ids_that_do_not_move_forward() {
+        assert_eq!(next_start(false, 0, 7), Some(8));
+        assert_eq!(next_start(true, 0, 7), None);
+        assert_eq!(next_start(false, 10, 3), None, "a page below its start");
+        assert_eq!(next_start(false, 0, i64::MAX), None, "no overflow");
+    }
+
+    #[test]
+    fn times_outside_rfc_3339_print_as_null() {
+        let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+        assert_eq!(time(Some(&at(-1))), Value::Null);
+        assert_eq!(time(Some(&at(YEAR_10000))), Value::Null);
+        assert_eq!(time(Some(&at(i64::MIN))), Value::Null);
+        assert_eq!(time(Some(&at(0))), json!("1970-01-01T00:00:00.000Z"));
+        assert_eq!(time(None), Value::Null);
     }
 }

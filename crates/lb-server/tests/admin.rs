@@ -364,6 +364,18 @@ async fn a_server_counts_its_calls_and_connections() {
             .into_inner();
         assert!(sockets.end);
         assert_eq!(sockets.socket_ref.len(), 2);
+        // The echo channel's connection, by its client-side address.
+        let echo_sub = lb_core::channelz::registry()
+            .subchannel(channel.snapshot().subconns[0].channelz_id.unwrap())
+            .unwrap();
+        let echo_local = match lb_core::channelz::registry()
+            .socket(echo_sub.sockets[0])
+            .unwrap()
+            .local
+        {
+            Some(lb_core::channelz::SocketAddress::Tcp(a)) => a,
+            other => panic!("{other:?}"),
+        };
         let mut echo_streams = None;
         for r in &sockets.socket_ref {
             let s = cz
@@ -379,12 +391,13 @@ async fn a_server_counts_its_calls_and_connections() {
             assert_eq!(tcp(s.local.as_ref()), Some(server.addr));
             let d = s.data.unwrap();
             assert!(d.last_remote_stream_created_timestamp.is_some());
-            if d.streams_started == 6 {
-                echo_streams = Some((d.streams_succeeded, d.streams_failed));
+            if tcp(s.remote.as_ref()) == Some(echo_local) {
+                assert!(echo_streams.is_none(), "one socket per connection");
+                echo_streams = Some((d.streams_started, d.streams_succeeded, d.streams_failed));
             }
         }
         // Trailers ended all six streams (the failure is a status, not a reset).
-        assert_eq!(echo_streams, Some((6, 0)));
+        assert_eq!(echo_streams, Some((6, 6, 0)));
         channel.close();
     })
     .await;

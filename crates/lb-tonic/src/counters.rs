@@ -73,12 +73,6 @@ impl<const F: usize> Sharded<F> {
         self.slot().0[field].store(value, Ordering::Relaxed);
     }
 
-    /// This thread's shard's value of `field`.
-    #[inline]
-    pub(crate) fn local(&self, field: usize) -> u64 {
-        self.slot().0[field].load(Ordering::Relaxed)
-    }
-
     /// Counter `field`'s total.
     pub(crate) fn sum(&self, field: usize) -> u64 {
         self.slots.iter().fold(0u64, |total, s| {
@@ -121,7 +115,6 @@ mod tests {
         assert_eq!(counters.sum(0), 24_000);
         assert!((100..108).contains(&counters.max(1)));
         counters.set(1, 500);
-        assert_eq!(counters.local(1), 500, "this thread reads its own shard");
         assert_eq!(counters.max(1), 500);
     }
 }

@@ -109,13 +109,14 @@ pub(crate) struct Stats {
     /// The channel's channelz trace.
     pub(crate) trace: Trace,
     /// Calls that ended, by outcome, and when the last one started (channelz ms).
-    calls: Sharded<3>,
+    calls: Sharded<4>,
 }
 
 /// [`Stats::calls`]' fields.
 const CALLS_SUCCEEDED: usize = 0;
 const CALLS_FAILED: usize = 1;
 const CALLS_LAST: usize = 2;
+const CALLS_STARTED: usize = 3;
 
 #[derive(Default)]
 struct ResolverInfo {
@@ -144,9 +145,10 @@ impl Stats {
         }
     }
 
-    /// A call started (counted only with the per-RPC counters on).
+    /// A call started (counted only with channelz and the per-RPC counters on).
     #[inline]
     pub(crate) fn call_started(&self) {
+        self.calls.add(CALLS_STARTED, 1);
         self.calls.set(CALLS_LAST, channelz::now_ms());
     }
 
@@ -157,11 +159,14 @@ impl Stats {
             .add(if ok { CALLS_SUCCEEDED } else { CALLS_FAILED }, 1);
     }
 
-    /// The channel's data for channelz; `in_flight`: calls under way.
-    pub(crate) fn channel_data(&self, state: ConnectivityState, in_flight: u64) -> ChannelData {
+    /// The channel's data for channelz (calls are counted while channelz and the
+    /// per-RPC counters are on).
+    pub(crate) fn channel_data(&self, state: ConnectivityState) -> ChannelData {
+        // Ended first: a call counted as ended is always counted as started.
         let succeeded = self.calls.sum(CALLS_SUCCEEDED);
         let failed = self.calls.sum(CALLS_FAILED);
-        let mut calls = CallCounts::new(succeeded + failed + in_flight, succeeded, failed);
+        let started = self.calls.sum(CALLS_STARTED).max(succeeded + failed);
+        let mut calls = CallCounts::new(started, succeeded, failed);
         calls.last_started = channelz::time_of(self.calls.max(CALLS_LAST));
         let mut data = ChannelData::default();
         data.target = self.target.clone();
@@ -500,16 +505,23 @@ impl SocketStats {
         socket
     }
 
-    /// An attempt opened a stream here: counted on the socket and its subconn.
+    /// An attempt was picked for this connection: counted on its subconn. Returns
+    /// when (channelz ms; 0 when channelz does not count), for
+    /// [`SocketStats::stream_opened`].
     #[inline]
-    pub(crate) fn started(&self) {
-        if !self.counts {
-            return self.subconn.started(0);
-        }
-        let now = channelz::now_ms();
-        self.streams.add(STREAMS_STARTED, 1);
-        self.streams.set(STREAMS_LAST, now);
+    pub(crate) fn attempt_started(&self) -> u64 {
+        let now = if self.counts { channelz::now_ms() } else { 0 };
         self.subconn.started(now);
+        now
+    }
+
+    /// The attempt's stream opened, at `at` (from [`SocketStats::attempt_started`]).
+    #[inline]
+    pub(crate) fn stream_opened(&self, at: u64) {
+        if self.counts {
+            self.streams.add(STREAMS_STARTED, 1);
+            self.streams.set(STREAMS_LAST, at);
+        }
     }
 
     /// Whether messages are worth counting.
@@ -518,11 +530,12 @@ impl SocketStats {
         self.counts
     }
 
-    /// The attempt ended with `code`; `eos`: the server ended the stream (trailers
-    /// came), rather than a reset or a drop.
+    /// The attempt ended with `code`; `stream`: `None` if its stream never opened,
+    /// else whether the server ended it (end of stream received) rather than a reset
+    /// or a drop.
     #[inline]
-    pub(crate) fn ended(&self, code: Code, eos: bool) {
-        if self.counts {
+    pub(crate) fn ended(&self, code: Code, stream: Option<bool>) {
+        if let Some(eos) = stream.filter(|_| self.counts) {
             self.streams.add(
                 if eos {
                     STREAMS_SUCCEEDED
@@ -535,17 +548,11 @@ impl SocketStats {
         self.subconn.ended(code);
     }
 
-    /// `n` whole gRPC messages went out; `streaming`: later in the stream rather
-    /// than with its start (whose time they then take, saving a clock read).
+    /// `n` whole gRPC messages went out.
     #[inline]
-    pub(crate) fn messages_sent(&self, n: u64, streaming: bool) {
+    pub(crate) fn messages_sent(&self, n: u64) {
         self.streams.add(MESSAGES_SENT, n);
-        let at = if streaming {
-            channelz::now_ms()
-        } else {
-            self.streams.local(STREAMS_LAST)
-        };
-        self.streams.set(MESSAGES_LAST_SENT, at);
+        self.streams.set(MESSAGES_LAST_SENT, channelz::now_ms());
     }
 
     /// `n` whole gRPC messages came in.

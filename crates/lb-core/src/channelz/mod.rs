@@ -153,7 +153,8 @@ pub struct SocketData {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TlsData {
-    /// The cipher suite's standard name (`TLS13_AES_128_GCM_SHA256`).
+    /// The cipher suite's IANA name (`TLS_AES_128_GCM_SHA256`), or another name
+    /// for a suite without one.
     pub cipher_suite: String,
     /// This end's certificate, DER.
     pub local_certificate: Vec<u8>,

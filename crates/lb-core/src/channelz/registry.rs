@@ -122,14 +122,17 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn id(&self) -> Id {
+    /// The next id; taken under the write lock, so that ids enter the tables in
+    /// order and a reader paging from an id it has seen misses no later entry.
+    fn id(&self, _tables: &mut Tables) -> Id {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Registers a top-level channel.
     pub fn register_channel(&self, source: Weak<dyn ChannelSource>) -> Registration {
-        let id = self.id();
-        self.write().channels.insert(id, source);
+        let mut t = self.write();
+        let id = self.id(&mut t);
+        t.channels.insert(id, source);
         Registration {
             id,
             kind: Kind::Channel,
@@ -138,8 +141,9 @@ impl Registry {
 
     /// Registers a subchannel.
     pub fn register_subchannel(&self, source: Weak<dyn SubchannelSource>) -> Registration {
-        let id = self.id();
-        self.write().subchannels.insert(id, source);
+        let mut t = self.write();
+        let id = self.id(&mut t);
+        t.subchannels.insert(id, source);
         Registration {
             id,
             kind: Kind::Subchannel,
@@ -148,8 +152,9 @@ impl Registry {
 
     /// Registers a socket of a channel's subchannel, or a listening socket.
     pub fn register_socket(&self, source: Weak<dyn SocketSource>) -> Registration {
-        let id = self.id();
-        self.write().sockets.insert(id, source);
+        let mut t = self.write();
+        let id = self.id(&mut t);
+        t.sockets.insert(id, source);
         Registration {
             id,
             kind: Kind::Socket,
@@ -158,8 +163,9 @@ impl Registry {
 
     /// Registers a server.
     pub fn register_server(&self, source: Weak<dyn ServerSource>) -> Registration {
-        let id = self.id();
-        self.write().servers.insert(id, source);
+        let mut t = self.write();
+        let id = self.id(&mut t);
+        t.servers.insert(id, source);
         Registration {
             id,
             kind: Kind::Server,
@@ -172,8 +178,8 @@ impl Registry {
         server: Id,
         source: Weak<dyn SocketSource>,
     ) -> Registration {
-        let id = self.id();
         let mut t = self.write();
+        let id = self.id(&mut t);
         t.sockets.insert(id, source);
         t.server_sockets.insert((server, id));
         Registration {

@@ -56,17 +56,18 @@ struct ServerInner {
     trace: Trace,
     succeeded: AtomicU64,
     failed: AtomicU64,
-    in_flight: AtomicU64,
+    started: AtomicU64,
     last_call_ms: AtomicU64,
     listen: Mutex<Vec<Id>>,
 }
 
 impl ServerSource for ServerInner {
     fn server_data(&self) -> ServerData {
+        // Ended first: a call counted as ended is always counted as started.
         let succeeded = self.succeeded.load(Ordering::Relaxed);
         let failed = self.failed.load(Ordering::Relaxed);
-        let in_flight = self.in_flight.load(Ordering::Relaxed);
-        let mut calls = CallCounts::new(succeeded + failed + in_flight, succeeded, failed);
+        let started = self.started.load(Ordering::Relaxed).max(succeeded + failed);
+        let mut calls = CallCounts::new(started, succeeded, failed);
         calls.last_started = channelz::time_of(self.last_call_ms.load(Ordering::Relaxed));
         let mut data = ServerData::default();
         data.calls = calls;
@@ -94,7 +95,7 @@ impl ServerStats {
             trace: Trace::default(),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
+            started: AtomicU64::new(0),
             last_call_ms: AtomicU64::new(0),
             listen: Mutex::default(),
         });
@@ -359,7 +360,6 @@ struct CallEnd {
 impl CallEnd {
     fn end(self, ok: bool, eos: bool) {
         let CallEnd { server, socket } = self;
-        server.in_flight.fetch_sub(1, Ordering::Relaxed);
         let counter = if ok {
             &server.succeeded
         } else {
@@ -421,7 +421,7 @@ where
             socket.started.fetch_add(1, Ordering::Relaxed);
             socket.last_remote_stream_ms.store(now, Ordering::Relaxed);
         }
-        self.server.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.server.started.fetch_add(1, Ordering::Relaxed);
         self.server.last_call_ms.store(now, Ordering::Relaxed);
         let mut pending = Pending(Some(CallEnd {
             server: self.server.clone(),

@@ -192,9 +192,11 @@ fn socket(id: Id, data: SocketData, summary: bool) -> proto::Socket {
         // A summary is the counters alone.
         security: data.tls.filter(|_| !summary).map(|tls| proto::Security {
             model: Some(proto::security::Model::Tls(proto::security::Tls {
-                cipher_suite: Some(proto::security::tls::CipherSuite::StandardName(
-                    tls.cipher_suite,
-                )),
+                cipher_suite: Some(if tls.cipher_suite.starts_with("TLS_") {
+                    proto::security::tls::CipherSuite::StandardName(tls.cipher_suite)
+                } else {
+                    proto::security::tls::CipherSuite::OtherName(tls.cipher_suite)
+                }),
                 local_certificate: tls.local_certificate,
                 remote_certificate: tls.remote_certificate,
             })),

@@ -201,6 +201,7 @@ impl Body for ResponseBody {
                     Poll::Ready(Ok(None)) => {
                         this.phase = Phase::Ended;
                         if let Some(done) = &mut this.done {
+                            done.end_of_stream();
                             done.finish(
                                 &Status::new(
                                     Code::Unknown,
@@ -262,6 +263,11 @@ pub(crate) struct DoneGuard {
     picked_at: Option<std::time::Instant>,
     /// The connection's counters (and its subconn's), when the channel counts RPCs.
     stats: Option<Arc<SocketStats>>,
+    /// When the attempt started (channelz ms), for its stream's start.
+    started_ms: u64,
+    /// Its stream opened; and the server ended it (end of stream received).
+    opened: bool,
+    eos: bool,
 }
 
 impl DoneGuard {
@@ -275,14 +281,15 @@ impl DoneGuard {
         if callbacks.is_empty() && per_call.is_none() && stats.is_none() {
             return None;
         }
-        if let Some(stats) = &stats {
-            stats.started();
-        }
+        let started_ms = stats.as_ref().map_or(0, |s| s.attempt_started());
         Some(Self {
             picked_at: (!callbacks.is_empty()).then(std::time::Instant::now),
             on_done: Some(callbacks),
             per_call,
             stats,
+            started_ms,
+            opened: false,
+            eos: false,
         })
     }
 
@@ -301,6 +308,19 @@ impl DoneGuard {
         self.stats.as_ref()
     }
 
+    /// The attempt's stream opened on the connection.
+    pub(crate) fn stream_opened(&mut self) {
+        self.opened = true;
+        if let Some(stats) = &self.stats {
+            stats.stream_opened(self.started_ms);
+        }
+    }
+
+    /// The server ended the stream, with or without trailers.
+    pub(crate) fn end_of_stream(&mut self) {
+        self.eos = true;
+    }
+
     pub(crate) fn finish(&mut self, status: &Status, trailers: Option<&HeaderMap>) {
         self.end(status.code(), trailers, || status.clone());
     }
@@ -317,7 +337,8 @@ impl DoneGuard {
             return;
         };
         if let Some(stats) = &self.stats {
-            stats.ended(code, trailers.is_some());
+            let eos = self.eos || trailers.is_some();
+            stats.ended(code, self.opened.then_some(eos));
         }
         if on_done.is_empty() && self.per_call.is_none() {
             return;

@@ -676,6 +676,9 @@ impl Run<'_> {
                 return Outcome::failed(status, Unprocessed::NeverSent);
             }
         };
+        if let Some(done) = &mut done {
+            done.stream_opened();
+        }
         if opened.stream_id > core.transport.drain_after_stream_id.saturating_sub(2) {
             // The next id would pass grpc-go's limit: new RPCs go to a new connection
             // while this one finishes what it has.

@@ -116,9 +116,7 @@ pub(crate) struct Core {
 
 impl lb_core::channelz::ChannelSource for Core {
     fn channel_data(&self) -> lb_core::channelz::ChannelData {
-        let state = self.published.load().state;
-        self.stats
-            .channel_data(state, self.activity.in_flight() as u64)
+        self.stats.channel_data(self.published.load().state)
     }
 }
 

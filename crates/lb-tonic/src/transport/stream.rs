@@ -207,7 +207,7 @@ pub(crate) async fn open<B: BodySource>(
                 let _ = send.send_trailers(trailers);
             }
             if let Some(counts) = counts.filter(|_| messages > 0) {
-                counts.messages_sent(messages, false);
+                counts.messages_sent(messages);
             }
             StreamHandle::Inline(send)
         }
@@ -259,7 +259,7 @@ async fn pipe(
                     return;
                 }
                 if let Some(counts) = counts.as_ref().filter(|_| messages > 0) {
-                    counts.messages_sent(messages, true);
+                    counts.messages_sent(messages);
                 }
             }
             Some(Ok(Chunk::Trailers(trailers))) => {

@@ -120,7 +120,7 @@ pub(crate) fn describe<S>(stream: &TlsStream<S>) -> lb_core::channelz::TlsData {
     let session = stream.get_ref().1;
     let mut data = lb_core::channelz::TlsData::default();
     if let Some(suite) = session.negotiated_cipher_suite() {
-        data.cipher_suite = format!("{:?}", suite.suite());
+        data.cipher_suite = standard_name(&format!("{:?}", suite.suite()));
     }
     if let Some(first) = session.peer_certificates().and_then(|c| c.first()) {
         data.remote_certificate = first.as_ref().to_vec();
@@ -128,8 +128,35 @@ pub(crate) fn describe<S>(stream: &TlsStream<S>) -> lb_core::channelz::TlsData {
     data
 }
 
+/// The IANA name of a suite rustls names by its `Debug`: its TLS 1.3 suites are
+/// `TLS13_*` there and `TLS_*` in the registry; TLS 1.2 suites already match; an
+/// unknown one (`CipherSuite(0x1234)`) keeps rustls's text, which channelz then
+/// sends as a non-standard name.
+fn standard_name(debug: &str) -> String {
+    match debug.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => debug.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cipher_suites_take_their_iana_names() {
+        assert_eq!(
+            super::standard_name("TLS13_AES_128_GCM_SHA256"),
+            "TLS_AES_128_GCM_SHA256"
+        );
+        assert_eq!(
+            super::standard_name("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+        );
+        assert_eq!(
+            super::standard_name("CipherSuite(0x1234)"),
+            "CipherSuite(0x1234)"
+        );
+    }
+
     use super::*;
 
     #[test]
