@@ -4,12 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
-use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{admin, run};
 use lb_core::{
     Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, ClientConn, ClientConnState,
     ConnectivityState, Error, FailPicker, SharedError, Status, SubConn, SubConnState,
@@ -19,47 +20,6 @@ use lb_testkit::pb::EchoRequest;
 use lb_testkit::pb::echo_client::EchoClient;
 use lb_tonic::LbChannel;
 use serde_json::Value;
-use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_grpc-lb");
-
-async fn run(args: &[&str]) -> Output {
-    let child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(60), child)
-        .await
-        .unwrap_or_else(|_| panic!("grpc-lb {args:?} did not end"))
-        .unwrap()
-}
-
-/// A tonic server with the admin services; stops when dropped.
-struct Admin {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Admin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn admin() -> Admin {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stats = lb_server::admin::ServerStats::new();
-    let incoming = stats.incoming(listener).unwrap();
-    let router = tonic::transport::Server::builder()
-        .layer(stats.layer())
-        .add_routes(lb_server::admin::services());
-    let task = tokio::spawn(async move {
-        let _ = router.serve_with_incoming(incoming).await;
-    });
-    Admin { addr, task }
-}
 
 /// A policy that holds a subconn per address and never connects: thousands of
 /// subchannels that cost nothing.

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,8 +18,6 @@ use lb_tonic::LbChannel;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_grpc-lb");
 
 /// The python with grpcio and grpcio-channelz.
 fn python() -> PathBuf {
@@ -53,29 +53,13 @@ async fn a_grpcio_client_reads_our_channelz() {
     for _ in 0..4 {
         echo.unary_echo(EchoRequest::default()).await.unwrap();
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stats = lb_server::admin::ServerStats::new();
-    let incoming = stats.incoming(listener).unwrap();
-    let router = tonic::transport::Server::builder()
-        .layer(stats.layer())
-        .add_routes(lb_server::admin::services());
-    let server = tokio::spawn(async move {
-        let _ = router.serve_with_incoming(incoming).await;
-    });
-
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new(python())
-            .arg(script("channelz_reader.py"))
-            .arg(addr.to_string())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the reader ends")
-    .unwrap();
+    let server = common::admin().await;
+    let (addr, stats) = (server.addr, &server.stats);
+    let mut reader = Command::new(python());
+    reader
+        .arg(script("channelz_reader.py"))
+        .arg(addr.to_string());
+    let out = common::output(reader).await;
     assert!(
         out.status.success(),
         "{}",
@@ -123,7 +107,7 @@ async fn a_grpcio_client_reads_our_channelz() {
             .unwrap()
             >= 3
     );
-    server.abort();
+    drop(server);
     channel.close();
 }
 
@@ -145,24 +129,16 @@ async fn grpc_lb_channelz_reads_a_grpcio_process() {
     let mut words = first.split_whitespace();
     let port: u16 = words.next().unwrap().parse().unwrap();
     let calls: u64 = words.next().unwrap().parse().unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new(BIN)
-            .args([
-                "channelz",
-                &format!("127.0.0.1:{port}"),
-                "--json",
-                "--sockets",
-                "--page-size",
-                "1",
-            ])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("grpc-lb ends")
-    .unwrap();
+    let port_arg = format!("127.0.0.1:{port}");
+    let out = common::run(&[
+        "channelz",
+        &port_arg,
+        "--json",
+        "--sockets",
+        "--page-size",
+        "1",
+    ])
+    .await;
     assert!(
         out.status.success(),
         "{}",

@@ -53,12 +53,14 @@ async fn admin_server() -> AdminServer {
     }
 }
 
+fn channel_to(addr: SocketAddr) -> LbChannel {
+    LbChannel::builder(format!("static:///{addr}"))
+        .build()
+        .unwrap()
+}
+
 fn client(addr: SocketAddr) -> ChannelzClient<LbChannel> {
-    ChannelzClient::new(
-        LbChannel::builder(format!("static:///{addr}"))
-            .build()
-            .unwrap(),
-    )
+    ChannelzClient::new(channel_to(addr))
 }
 
 async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
@@ -264,9 +266,7 @@ async fn a_channel_with_a_dead_backend_shows_its_states_counts_sockets_and_trace
 async fn a_closed_channel_and_its_subchannels_leave_channelz() {
     within("closing", async {
         let a = Backend::start("a").await.unwrap();
-        let channel = LbChannel::builder(format!("static:///{}", a.addr()))
-            .build()
-            .unwrap();
+        let channel = channel_to(a.addr());
         EchoClient::new(channel.clone())
             .unary_echo(EchoRequest::default())
             .await
@@ -291,9 +291,7 @@ async fn a_closed_channel_and_its_subchannels_leave_channelz() {
 async fn a_server_counts_its_calls_and_connections() {
     within("the server's channelz", async {
         let server = admin_server().await;
-        let channel = LbChannel::builder(format!("static:///{}", server.addr))
-            .build()
-            .unwrap();
+        let channel = channel_to(server.addr);
         let mut echo = EchoClient::new(channel.clone());
         for _ in 0..5 {
             echo.unary_echo(EchoRequest::default()).await.unwrap();
@@ -407,9 +405,7 @@ async fn a_server_counts_its_calls_and_connections() {
 async fn streaming_messages_are_counted_whatever_their_framing() {
     within("streams", async {
         let a = Backend::start("a").await.unwrap();
-        let channel = LbChannel::builder(format!("static:///{}", a.addr()))
-            .build()
-            .unwrap();
+        let channel = channel_to(a.addr());
         let mut echo = EchoClient::new(channel.clone());
         let mut replies = echo
             .server_stream(EchoRequest {

@@ -20,8 +20,9 @@ fn page_size(max_results: i64) -> Result<usize, Status> {
     })
 }
 
-fn not_found(what: &str, id: Id) -> Status {
-    Status::not_found(format!("no {what} with id {id}"))
+/// The entity the registry found, or NOT_FOUND naming what was asked for.
+fn found<T>(entity: Option<T>, what: &str, id: Id) -> Result<T, Status> {
+    entity.ok_or_else(|| Status::not_found(format!("no {what} with id {id}")))
 }
 
 fn state(state: Option<ConnectivityState>) -> proto::ChannelConnectivityState {
@@ -265,9 +266,7 @@ impl Channelz for ChannelzService {
         request: Request<proto::GetServerRequest>,
     ) -> Result<Response<proto::GetServerResponse>, Status> {
         let id = request.into_inner().server_id;
-        let data = channelz::registry()
-            .server(id)
-            .ok_or_else(|| not_found("server", id))?;
+        let data = found(channelz::registry().server(id), "server", id)?;
         Ok(Response::new(proto::GetServerResponse {
             server: Some(server(id, data)),
         }))
@@ -278,9 +277,15 @@ impl Channelz for ChannelzService {
         request: Request<proto::GetServerSocketsRequest>,
     ) -> Result<Response<proto::GetServerSocketsResponse>, Status> {
         let r = request.into_inner();
-        let page = channelz::registry()
-            .server_sockets(r.server_id, r.start_socket_id, page_size(r.max_results)?)
-            .ok_or_else(|| not_found("server", r.server_id))?;
+        let page = found(
+            channelz::registry().server_sockets(
+                r.server_id,
+                r.start_socket_id,
+                page_size(r.max_results)?,
+            ),
+            "server",
+            r.server_id,
+        )?;
         Ok(Response::new(proto::GetServerSocketsResponse {
             socket_ref: page
                 .items
@@ -296,9 +301,7 @@ impl Channelz for ChannelzService {
         request: Request<proto::GetChannelRequest>,
     ) -> Result<Response<proto::GetChannelResponse>, Status> {
         let id = request.into_inner().channel_id;
-        let data = channelz::registry()
-            .channel(id)
-            .ok_or_else(|| not_found("channel", id))?;
+        let data = found(channelz::registry().channel(id), "channel", id)?;
         Ok(Response::new(proto::GetChannelResponse {
             channel: Some(channel(id, data)),
         }))
@@ -309,9 +312,7 @@ impl Channelz for ChannelzService {
         request: Request<proto::GetSubchannelRequest>,
     ) -> Result<Response<proto::GetSubchannelResponse>, Status> {
         let id = request.into_inner().subchannel_id;
-        let data = channelz::registry()
-            .subchannel(id)
-            .ok_or_else(|| not_found("subchannel", id))?;
+        let data = found(channelz::registry().subchannel(id), "subchannel", id)?;
         Ok(Response::new(proto::GetSubchannelResponse {
             subchannel: Some(subchannel(id, data)),
         }))
@@ -322,9 +323,11 @@ impl Channelz for ChannelzService {
         request: Request<proto::GetSocketRequest>,
     ) -> Result<Response<proto::GetSocketResponse>, Status> {
         let r = request.into_inner();
-        let data = channelz::registry()
-            .socket(r.socket_id)
-            .ok_or_else(|| not_found("socket", r.socket_id))?;
+        let data = found(
+            channelz::registry().socket(r.socket_id),
+            "socket",
+            r.socket_id,
+        )?;
         Ok(Response::new(proto::GetSocketResponse {
             socket: Some(socket(r.socket_id, data, r.summary)),
         }))
