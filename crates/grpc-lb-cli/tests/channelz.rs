@@ -144,17 +144,12 @@ async fn channelz_pages_through_2500_subchannels_and_prints_each_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channelz_prints_a_channel_its_subchannels_sockets_and_servers() {
-    let a = Backend::start("a").await.unwrap();
-    let dead = format!("127.0.0.1:{}", lb_testkit::free_port().unwrap());
-    let target = format!("static:///{},{dead}", a.addr());
-    let channel = LbChannel::builder(target.clone())
-        .policy("round_robin")
-        .build()
-        .unwrap();
-    let mut echo = EchoClient::new(channel.clone());
-    for _ in 0..3 {
-        echo.unary_echo(EchoRequest::default()).await.unwrap();
-    }
+    let common::LiveAndDead {
+        live: a,
+        dead,
+        target,
+        channel,
+    } = common::live_and_dead(3).await;
     let server = admin().await;
     let out = run(&["channelz", &server.addr.to_string(), "--sockets"]).await;
     assert!(

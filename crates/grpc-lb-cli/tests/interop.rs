@@ -11,10 +11,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use lb_testkit::Backend;
-use lb_testkit::pb::EchoRequest;
-use lb_testkit::pb::echo_client::EchoClient;
-use lb_tonic::LbChannel;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -42,17 +38,12 @@ fn script(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpcio_client_reads_our_channelz() {
-    let a = Backend::start("a").await.unwrap();
-    let dead = format!("127.0.0.1:{}", lb_testkit::free_port().unwrap());
-    let target = format!("static:///{},{dead}", a.addr());
-    let channel = LbChannel::builder(target.clone())
-        .policy("round_robin")
-        .build()
-        .unwrap();
-    let mut echo = EchoClient::new(channel.clone());
-    for _ in 0..4 {
-        echo.unary_echo(EchoRequest::default()).await.unwrap();
-    }
+    let common::LiveAndDead {
+        live: a,
+        dead,
+        target,
+        channel,
+    } = common::live_and_dead(4).await;
     let server = common::admin().await;
     let (addr, stats) = (server.addr, &server.stats);
     let mut reader = Command::new(python());

@@ -54,3 +54,33 @@ pub async fn admin() -> Admin {
     });
     Admin { addr, stats, task }
 }
+
+/// One live echo backend and one dead address behind a round_robin channel that has
+/// sent `rpcs` successful RPCs.
+pub struct LiveAndDead {
+    pub live: lb_testkit::Backend,
+    pub dead: String,
+    pub target: String,
+    pub channel: lb_tonic::LbChannel,
+}
+
+pub async fn live_and_dead(rpcs: usize) -> LiveAndDead {
+    use lb_testkit::pb::{EchoRequest, echo_client::EchoClient};
+    let live = lb_testkit::Backend::start("live").await.unwrap();
+    let dead = format!("127.0.0.1:{}", lb_testkit::free_port().unwrap());
+    let target = format!("static:///{},{dead}", live.addr());
+    let channel = lb_tonic::LbChannel::builder(target.clone())
+        .policy("round_robin")
+        .build()
+        .unwrap();
+    let mut echo = EchoClient::new(channel.clone());
+    for _ in 0..rpcs {
+        echo.unary_echo(EchoRequest::default()).await.unwrap();
+    }
+    LiveAndDead {
+        live,
+        dead,
+        target,
+        channel,
+    }
+}
