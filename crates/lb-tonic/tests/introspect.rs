@@ -335,3 +335,70 @@ async fn a_channel_without_channelz_is_not_registered_and_still_counts() {
     on.close();
     off.close();
 }
+
+/// An h2 server that answers every stream with gRPC headers and one empty message
+/// that ends the stream: no trailers, so no status.
+async fn bare_end_of_stream_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                    let response = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    if let Ok(mut send) = respond.send_response(response, false) {
+                        let _ = send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A server that ends a stream without trailers (a bare end of stream): the RPC
+/// fails, its subchannel counts a failed attempt, and its connection a stream the
+/// server ended, as A14 counts streams.
+#[tokio::test]
+async fn a_bare_end_of_stream_is_a_failed_call_on_a_stream_that_succeeded() {
+    let (addr, server) = bare_end_of_stream_server().await;
+    let channel = LbChannel::builder(format!("static:///{addr}"))
+        .build()
+        .unwrap();
+    let status = within(
+        "an RPC",
+        EchoClient::new(channel.clone()).unary_echo(lb_testkit::pb::EchoRequest::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_ne!(status.code(), tonic::Code::Ok);
+    let snapshot = channel.snapshot();
+    let registry = lb_core::channelz::registry();
+    let sub = registry
+        .subchannel(snapshot.subconns[0].channelz_id.unwrap())
+        .unwrap();
+    assert_eq!((sub.calls.started, sub.calls.failed), (1, 1));
+    let socket = registry.socket(sub.sockets[0]).unwrap();
+    assert_eq!(
+        (
+            socket.streams_started,
+            socket.streams_succeeded,
+            socket.streams_failed
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(socket.messages_received, 1);
+    let calls = registry
+        .channel(snapshot.channelz_id.unwrap())
+        .unwrap()
+        .calls;
+    assert_eq!((calls.started, calls.succeeded, calls.failed), (1, 0, 1));
+    channel.close();
+    server.abort();
+}
