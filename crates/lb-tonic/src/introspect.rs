@@ -548,11 +548,11 @@ impl SocketStats {
         self.subconn.ended(code);
     }
 
-    /// `n` whole gRPC messages went out.
+    /// `n` whole gRPC messages went out at `at_ms` (channelz ms).
     #[inline]
-    pub(crate) fn messages_sent(&self, n: u64) {
+    pub(crate) fn messages_sent(&self, n: u64, at_ms: u64) {
         self.streams.add(MESSAGES_SENT, n);
-        self.streams.set(MESSAGES_LAST_SENT, channelz::now_ms());
+        self.streams.set(MESSAGES_LAST_SENT, at_ms);
     }
 
     /// `n` whole gRPC messages came in.

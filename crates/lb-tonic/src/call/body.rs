@@ -308,6 +308,15 @@ impl DoneGuard {
         self.stats.as_ref()
     }
 
+    /// Where the attempt's messages are counted, with its start time (channelz
+    /// ms), when channelz counts them.
+    pub(crate) fn message_counts(&self) -> Option<(&Arc<SocketStats>, u64)> {
+        self.stats
+            .as_ref()
+            .filter(|s| s.counts_messages())
+            .map(|s| (s, self.started_ms))
+    }
+
     /// The attempt's stream opened on the connection.
     pub(crate) fn stream_opened(&mut self) {
         self.opened = true;
@@ -379,7 +388,7 @@ pub(crate) fn status_from(headers: &HeaderMap) -> Option<Status> {
 
 /// The code of `grpc-status` in headers or trailers, if any (an unknown number is
 /// `UNKNOWN`).
-fn code_from(headers: &HeaderMap) -> Option<Code> {
+pub(super) fn code_from(headers: &HeaderMap) -> Option<Code> {
     let code = headers
         .get("grpc-status")?
         .to_str()

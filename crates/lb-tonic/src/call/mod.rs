@@ -656,11 +656,7 @@ impl Run<'_> {
             &picked.connected.sender,
             h2_head,
             outgoing,
-            picked
-                .connected
-                .stats
-                .as_ref()
-                .filter(|s| s.counts_messages()),
+            done.as_ref().and_then(DoneGuard::message_counts),
         )
         .await
         {
@@ -774,14 +770,14 @@ impl Run<'_> {
         });
         // The throttle counts the call's end: a trailers-only answer now (its failure,
         // if retryable, was counted when it was judged), else at the trailers.
-        let trailers_only = trailers_only_status(&parts.headers).map(|s| s.code());
+        let trailers_only = body::code_from(&parts.headers);
         let mut call = call;
         if let Some(code) = trailers_only {
-            call.ended(code == tonic::Code::Ok);
+            call.ended(code == lb_core::Code::Ok);
         }
         let report = match (throttle, trailers_only) {
             (Some(t), Some(code)) => {
-                if code == tonic::Code::Ok {
+                if code == lb_core::Code::Ok {
                     t.success();
                 }
                 None

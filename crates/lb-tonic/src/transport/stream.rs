@@ -163,7 +163,7 @@ pub(crate) async fn open<B: BodySource>(
     sender: &SendRequest<Bytes>,
     mut head: http::Request<()>,
     body: Outgoing<B>,
-    counts: Option<&Arc<SocketStats>>,
+    counts: Option<(&Arc<SocketStats>, u64)>,
 ) -> Result<Opened, NotOpened> {
     let sender = match sender.clone().ready().await {
         Ok(sender) => sender,
@@ -206,14 +206,20 @@ pub(crate) async fn open<B: BodySource>(
             if let Some(trailers) = trailers {
                 let _ = send.send_trailers(trailers);
             }
-            if let Some(counts) = counts.filter(|_| messages > 0) {
-                counts.messages_sent(messages);
+            // Written with the stream's start: they take its time.
+            if let Some((counts, at)) = counts.filter(|_| messages > 0) {
+                counts.messages_sent(messages, at);
             }
             StreamHandle::Inline(send)
         }
         Outgoing::Piped(source) => {
             let (cancel, cancelled) = oneshot::channel();
-            tokio::spawn(pipe(source, send, cancelled, counts.cloned()));
+            tokio::spawn(pipe(
+                source,
+                send,
+                cancelled,
+                counts.map(|(c, _)| c.clone()),
+            ));
             StreamHandle::Piped(Some(cancel))
         }
     };
@@ -259,7 +265,7 @@ async fn pipe(
                     return;
                 }
                 if let Some(counts) = counts.as_ref().filter(|_| messages > 0) {
-                    counts.messages_sent(messages);
+                    counts.messages_sent(messages, lb_core::channelz::now_ms());
                 }
             }
             Some(Ok(Chunk::Trailers(trailers))) => {
