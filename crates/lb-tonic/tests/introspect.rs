@@ -402,3 +402,60 @@ async fn a_bare_end_of_stream_is_a_failed_call_on_a_stream_that_succeeded() {
     channel.close();
     server.abort();
 }
+
+/// A backend that dies and comes back: its connection leaves channelz with it, and
+/// the new connection is a new socket whose counts start at zero, while the
+/// subchannel's span both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_backend_gets_a_new_channelz_socket() {
+    let mut backend = Backend::start_restartable("a").await.unwrap();
+    let channel = LbChannel::builder(format!("static:///{}", backend.addr()))
+        .backoff(fast_backoff())
+        .wait_for_ready(true)
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    for _ in 0..3 {
+        within(
+            "an RPC",
+            client.unary_echo(lb_testkit::pb::EchoRequest::default()),
+        )
+        .await
+        .unwrap();
+    }
+    let registry = lb_core::channelz::registry();
+    let sub_id = channel.snapshot().subconns[0].channelz_id.unwrap();
+    let first = registry.subchannel(sub_id).unwrap().sockets[0];
+    assert_eq!(registry.socket(first).unwrap().streams_started, 3);
+
+    backend.kill().await;
+    within("the dead connection to leave channelz", async {
+        while registry.socket(first).is_some()
+            || registry
+                .subchannel(sub_id)
+                .unwrap()
+                .sockets
+                .contains(&first)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    backend.restart().await.unwrap();
+    for _ in 0..2 {
+        within(
+            "an RPC after the restart",
+            client.unary_echo(lb_testkit::pb::EchoRequest::default()),
+        )
+        .await
+        .unwrap();
+    }
+    let sub = registry.subchannel(sub_id).unwrap();
+    assert_eq!(sub.sockets.len(), 1);
+    let second = sub.sockets[0];
+    assert_ne!(second, first);
+    let socket = registry.socket(second).unwrap();
+    assert_eq!((socket.streams_started, socket.streams_succeeded), (2, 2));
+    assert_eq!((sub.calls.started, sub.calls.succeeded), (5, 5));
+    channel.close();
+}
