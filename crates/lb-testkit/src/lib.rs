@@ -35,6 +35,7 @@ mod manual;
 mod peers;
 mod proxy;
 mod tls;
+pub mod xds;
 mod zookeeper;
 
 pub use dns::DnsServer;

@@ -185,8 +185,8 @@ impl Builder {
     fn new(target: String) -> Self {
         Self {
             target,
-            resolvers: lb_resolvers::registry(),
-            balancers: lb_policies::registry(),
+            resolvers: default_resolvers(),
+            balancers: default_balancers(),
             default_service_config: None,
             policy: None,
             use_resolver_config: true,
@@ -644,4 +644,24 @@ fn serde_json_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// The resolvers a channel has unless told otherwise: `lb_resolvers::registry()`,
+/// and `xds` with the `xds` feature.
+fn default_resolvers() -> ResolverRegistry {
+    #[allow(unused_mut)]
+    let mut registry = lb_resolvers::registry();
+    #[cfg(feature = "xds")]
+    registry.register(crate::xds::resolver());
+    registry
+}
+
+/// The policies a channel has unless told otherwise: `lb_policies::registry()`, and
+/// the xDS tree's `xds_cluster_impl_experimental` with the `xds` feature.
+fn default_balancers() -> BalancerRegistry {
+    #[allow(unused_mut)]
+    let mut registry = lb_policies::registry();
+    #[cfg(feature = "xds")]
+    lb_xds::register_policies(&mut registry);
+    registry
 }

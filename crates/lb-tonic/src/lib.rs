@@ -55,6 +55,10 @@ mod introspect;
 mod metrics;
 mod throttle;
 
+/// xDS (feature `xds`).
+#[cfg(feature = "xds")]
+pub mod xds;
+
 pub use backoff::BackoffConfig;
 pub use buffer::BufferLimits;
 pub use call::{Attempt, ResponseBody, ServedBy, WaitForReady};
