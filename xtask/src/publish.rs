@@ -16,6 +16,7 @@ pub(crate) const PUBLISHED: &[&str] = &[
     "lb-orca",
     "lb-policies",
     "lb-resolvers",
+    "lb-xds",
     "lb-server",
     "lb-tonic",
     "grpc-lb",

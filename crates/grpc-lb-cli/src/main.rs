@@ -21,6 +21,7 @@ mod register;
 mod resolve;
 mod secure;
 mod watch;
+mod xds;
 
 use std::process::ExitCode;
 use std::time::Duration;

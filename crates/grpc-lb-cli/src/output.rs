@@ -19,6 +19,11 @@ fn metadata(address: &Address) -> Option<&serde_json::Value> {
         .map(|m| &m.0)
 }
 
+/// Where an xDS endpoint sits in its channel's tree.
+fn xds(address: &Address) -> Option<&lb_xds::XdsEndpoint> {
+    address.attributes().get::<lb_xds::XdsEndpoint>()
+}
+
 /// One address as a text line: `host:port  weight W  [authority A]  [metadata {...}]`.
 pub(crate) fn address_line(address: &Address) -> String {
     let mut line = format!("{:<24} weight {}", address.addr(), address.weight().get());
@@ -27,6 +32,9 @@ pub(crate) fn address_line(address: &Address) -> String {
     }
     if let Some(m) = metadata(address) {
         line.push_str(&format!("  metadata {m}"));
+    }
+    if let Some(x) = xds(address) {
+        line.push_str(&format!("  {x}"));
     }
     line
 }
@@ -38,6 +46,11 @@ pub(crate) fn address_json(address: &Address) -> Value {
         "weight": address.weight().get(),
         "authority": address.authority(),
         "metadata": metadata(address),
+        "xds": xds(address).map(|x| json!({
+            "cluster": &*x.cluster,
+            "priority": &*x.priority,
+            "locality": x.locality.to_string(),
+        })),
     })
 }
 

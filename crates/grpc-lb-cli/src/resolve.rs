@@ -122,12 +122,16 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, Failure> {
 }
 
 fn print_state(args: &Args, state: &ResolverState) {
+    let xds = is_xds(&args.target).then(crate::xds::resources);
     if args.json {
         let mut value = json!({
             "target": args.target,
             "addresses": state.addresses.iter().map(address_json).collect::<Vec<_>>(),
             "service_config": state.service_config,
         });
+        if let Some(xds) = &xds {
+            value["xds"] = crate::xds::json(xds);
+        }
         if let Some(error) = &state.service_config_error {
             value["service_config_error"] = json!(error.to_string());
         }
@@ -159,6 +163,16 @@ fn print_state(args: &Args, state: &ResolverState) {
     if let Some(error) = &state.service_config_error {
         println!("  service config: invalid: {error}");
     }
+    if let Some(xds) = &xds {
+        println!("xDS resources:");
+        for line in crate::xds::lines(xds) {
+            println!("  {line}");
+        }
+    }
+}
+
+fn is_xds(target: &str) -> bool {
+    target.starts_with("xds:")
 }
 
 /// What the resolver said about how it resolved (where it looked).

@@ -179,6 +179,8 @@ impl RegistryArgs {
         let scheme = target.split_once("://").map_or("", |(scheme, _)| scheme);
         self.check_for(scheme)?;
         let mut registry = lb_resolvers::registry();
+        // `xds:///name`: the bootstrap from GRPC_XDS_BOOTSTRAP(_CONFIG), as gRPC.
+        registry.register(lb_tonic::xds::resolver());
         if self.etcd_cacert.is_some() || self.etcd_user.is_some() {
             // Targets without a host use etcd's default port on this machine.
             let base = EtcdOptions::default().with_endpoints(self.etcd_endpoints("127.0.0.1:2379"));

@@ -9,6 +9,7 @@
 //! | [`grpc_lb::policies`](policies) | `pick_first`, `round_robin`, `weighted_round_robin` (ORCA), `least_request`, `peak_ewma`, `ring_hash`, `outlier_detection`, and the tree policies `priority`, `weighted_target`, `xds_cluster_manager` | always |
 //! | [`grpc_lb::resolvers`](resolvers) | `static`, `passthrough`, `unix` always; DNS, etcd, ZooKeeper resolvers and registrars | `dns`, `etcd`, `zookeeper` |
 //! | `grpc_lb::server` | the zero-downtime stop of a self-registering tonic server (`lb-server`), with the registrars of the registry features | `server` |
+//! | `grpc_lb::xds` | xDS: `xds:///name` targets from a control plane over ADS (`lb-xds`); the scheme is in every channel's registry | `xds` |
 //! | `grpc_lb::orca` | ORCA load reports on the server side, for `weighted_round_robin` clients (`lb-orca`) | `orca-server` |
 //!
 //! The names of the channel's module do not shadow the `tonic` crate: after
@@ -61,6 +62,11 @@ pub mod server {
     #[cfg(feature = "zookeeper")]
     pub use lb_resolvers::zookeeper::{ZkOptions, ZkRegistrar};
 }
+
+/// xDS (`lb-xds`): the bootstrap, the shared client, the resources and the `xds`
+/// resolver; with this feature every channel resolves `xds:///` targets.
+#[cfg(feature = "xds")]
+pub use lb_xds as xds;
 
 /// ORCA load reports (`lb-orca`) with their server side: a recorder, a tower layer
 /// for per-call reports, and the out-of-band service.

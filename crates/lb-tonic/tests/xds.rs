@@ -404,3 +404,64 @@ async fn drop_overloads_and_max_requests_fail_rpcs_at_once() {
     until_served_by(&mut client, "a").await;
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_unrequested_resources_are_nacked_or_ignored_as_grpc_go_does() {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use envoy_types::pb::google::protobuf::Any;
+    let backends = start(&["a"]).await;
+    let server = AdsServer::start().await.unwrap();
+    server.set_all(simple(
+        "echo",
+        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
+    ));
+    let mut client = EchoClient::new(channel(&server, "garbage", "echo"));
+    until_served_by(&mut client, "a").await;
+
+    // Garbage bytes, and an invalid cluster nobody subscribed to: NACKed.
+    let mut bad = eds_cluster("unsubscribed");
+    bad.lb_policy = cluster::cluster::LbPolicy::Maglev as i32;
+    server.send_raw(DiscoveryResponse {
+        version_info: "raw-1".into(),
+        type_url: CLUSTER.into(),
+        nonce: "raw-nonce".into(),
+        resources: vec![
+            any(&eds_cluster("c")),
+            any(&bad),
+            Any {
+                type_url: CLUSTER.into(),
+                value: vec![0xff, 0xff, 0x01],
+            },
+        ],
+        ..Default::default()
+    });
+    let nack = server
+        .wait_for_request(Duration::from_secs(5), |r| r.response_nonce == "raw-nonce")
+        .await
+        .expect("a reply to the raw response");
+    let detail = nack.error_detail.expect("a NACK").message;
+    assert!(
+        detail.contains("\"unsubscribed\"") && detail.contains("lb_policy"),
+        "{detail}"
+    );
+    assert!(detail.contains("resource [2]"), "{detail}");
+    assert_ne!(nack.version_info, "raw-1");
+
+    // A type never requested: neither ACKed nor NACKed.
+    server.send_raw(DiscoveryResponse {
+        version_info: "raw-2".into(),
+        type_url: "type.googleapis.com/some.Other".into(),
+        nonce: "other-nonce".into(),
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.response_nonce != "other-nonce")
+    );
+    // And the channel kept serving throughout.
+    let counts = spread(&mut client, 10).await;
+    assert_eq!(counts.get("a"), Some(&10), "{counts:?}");
+}

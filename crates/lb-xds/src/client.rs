@@ -355,7 +355,10 @@ fn node(bootstrap: &Bootstrap) -> core_pb::Node {
         user_agent_version_type: Some(core_pb::node::UserAgentVersionType::UserAgentVersion(
             env!("CARGO_PKG_VERSION").to_owned(),
         )),
-        client_features: vec!["envoy.lb.does_not_support_overprovisioning".to_owned()],
+        client_features: vec![
+            "envoy.lb.does_not_support_overprovisioning".to_owned(),
+            "xds.config.resource-in-sotw".to_owned(),
+        ],
         metadata: Some(crate::json::to_struct(&n.metadata)),
         ..Default::default()
     }
@@ -392,7 +395,7 @@ impl Ads {
                     let reason: Arc<str> =
                         format!("xDS management server {}: {reason}", self.server.uri).into();
                     tracing::warn!(%reason, "xDS stream ended");
-                    self.failed(&reason);
+                    self.failed(&reason, got_response);
                     if got_response {
                         backoff = self.options.initial_backoff;
                     }
@@ -413,15 +416,19 @@ impl Ads {
         }
     }
 
-    /// The stream broke: timers stop, watchers without a value hear why.
-    fn failed(&self, reason: &Arc<str>) {
+    /// The stream broke: timers stop until the next stream asks again. Unless a
+    /// response had arrived on it (gRFC A57: the server was reachable, and the next
+    /// stream will likely be too), watchers without a value hear why.
+    fn failed(&self, reason: &Arc<str>, got_response: bool) {
         let mut state = lock(&self.state);
-        state.stream_error = Some(reason.clone());
         state.nonces.clear();
+        if !got_response {
+            state.stream_error = Some(reason.clone());
+        }
         for (ty, entries) in &mut state.entries {
             for (name, entry) in entries.iter_mut() {
                 entry.deadline = None;
-                if entry.value.is_none() && !entry.does_not_exist {
+                if !got_response && entry.value.is_none() && !entry.does_not_exist {
                     entry.notify(*ty, name, WatchEvent::Error(reason.clone()));
                 }
             }
@@ -460,7 +467,13 @@ impl Ads {
             let new: HashSet<&String> = names.iter().filter(|n| !before.contains(n)).collect();
             if let Some(entries) = state.entries.get_mut(&ty) {
                 for (name, entry) in entries.iter_mut() {
-                    if new.contains(name) && entry.value.is_none() && !entry.does_not_exist {
+                    // Only what never arrived waits: a resource received invalid
+                    // exists.
+                    if new.contains(name)
+                        && entry.value.is_none()
+                        && entry.error.is_none()
+                        && !entry.does_not_exist
+                    {
                         entry.deadline = Some(deadline);
                     }
                 }
@@ -502,8 +515,9 @@ impl Ads {
                             metrics::gauge!("grpc.xds_client.connected", "grpc.xds.server" => self.server.uri.clone())
                                 .set(1.0);
                         }
-                        let reply = self.handle(response);
-                        let _ = tx.send(reply);
+                        if let Some(reply) = self.handle(response) {
+                            let _ = tx.send(reply);
+                        }
                     }
                     Ok(None) => return Ended::Failed("the server closed the ADS stream".into(), got_response),
                     Err(status) => return Ended::Failed(describe(&status), got_response),
@@ -549,20 +563,13 @@ impl Ads {
         }
     }
 
-    /// Applies a response and returns its ACK or NACK.
-    fn handle(&self, response: DiscoveryResponse) -> DiscoveryRequest {
+    /// Applies a response and returns its ACK or NACK; `None` for a type this
+    /// client never asked for, which it neither ACKs nor NACKs (as grpc-go).
+    fn handle(&self, response: DiscoveryResponse) -> Option<DiscoveryRequest> {
         let mut state = lock(&self.state);
         let Some(ty) = ResourceType::from_type_url(&response.type_url) else {
-            return DiscoveryRequest {
-                type_url: response.type_url.clone(),
-                response_nonce: response.nonce,
-                error_detail: Some(envoy_types::pb::google::rpc::Status {
-                    code: 3,
-                    message: format!("unsupported resource type {:?}", response.type_url),
-                    details: vec![],
-                }),
-                ..Default::default()
-            };
+            tracing::warn!(type_url = %response.type_url, "xDS response of a type never requested, ignored");
+            return None;
         };
         let mut errors = Vec::new();
         let mut seen = HashSet::new();
@@ -579,13 +586,15 @@ impl Ads {
                 }
                 continue;
             };
-            if !seen.insert(name.clone()) {
-                invalid += 1;
-                errors.push(format!("{ty} {name:?}: sent twice in one response"));
-                continue;
-            }
+            // Sent twice in one response: the last one stands (as grpc-go).
+            seen.insert(name.clone());
             let Some(entry) = entries.get_mut(&name) else {
-                // Not subscribed (any more): gRPC ignores it.
+                // Not subscribed (any more): ignored, but an invalid one is still
+                // NACKed, as grpc-go decodes and judges every resource.
+                if let Err(e) = decoded.result {
+                    invalid += 1;
+                    errors.push(format!("{ty} {name:?}: {e}"));
+                }
                 continue;
             };
             entry.deadline = None;
@@ -639,7 +648,7 @@ impl Ads {
                 details: vec![],
             });
         }
-        reply
+        Some(reply)
     }
 }
 

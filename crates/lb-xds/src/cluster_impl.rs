@@ -193,10 +193,13 @@ impl ClusterImplBalancer {
             );
             return;
         }
+        let state = self.switch.state();
         cc.update_state(
-            self.switch.state(),
+            state,
             Arc::new(ClusterImplPicker {
                 child: self.switch.picker(),
+                // Drops apply only while the child is READY, as grpc-go's.
+                drop: state == ConnectivityState::Ready,
                 config: config.clone(),
                 done: Arc::new(Release(counter.clone())),
                 counter: counter.clone(),
@@ -273,6 +276,7 @@ impl OnDone for Release {
 
 struct ClusterImplPicker {
     child: Arc<dyn Picker>,
+    drop: bool,
     config: Arc<ClusterImplConfig>,
     counter: Arc<AtomicU32>,
     done: Arc<dyn OnDone>,
@@ -280,7 +284,7 @@ struct ClusterImplPicker {
 
 impl Picker for ClusterImplPicker {
     fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_> {
-        for (category, per_million) in &self.config.drops {
+        for (category, per_million) in self.config.drops.iter().filter(|_| self.drop) {
             if *per_million > 0 && fastrand::u32(0..1_000_000) < *per_million {
                 return PickResult::Drop(Status::unavailable(format!(
                     "RPC dropped by cluster {}'s drop category {category}",

@@ -96,9 +96,10 @@ impl XdsSelector {
             if let Some(value) = value {
                 // Envoy's combination of several policies' hashes.
                 hash = Some(hash.map_or(value, |h| h.rotate_left(1) ^ value));
-                if terminal {
-                    break;
-                }
+            }
+            // A terminal policy ends the walk once any hash is made (grpc-go, Envoy).
+            if terminal && hash.is_some() {
+                break;
             }
         }
         hash

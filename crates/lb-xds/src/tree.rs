@@ -206,6 +206,10 @@ fn cluster_tree(
             }
             ClusterKind::Aggregate { .. } => continue,
         };
+        // A LOGICAL_DNS cluster is one endpoint with every address the name
+        // resolves to (A61): pick_first over them, whatever the cluster's policy.
+        let dns = matches!(leaf.kind, ClusterKind::LogicalDns { .. });
+        let per_locality = top_cluster.locality_weighted && !dns;
         for (p, localities) in endpoints.priorities.iter().enumerate() {
             let name: Arc<str> = format!("{}/p{p}", leaf.name).into();
             let mut targets = Map::new();
@@ -217,7 +221,7 @@ fn cluster_tree(
                     locality: l.locality.clone(),
                 };
                 for e in l.endpoints.iter().filter(|e| e.usable()) {
-                    let weight = if top_cluster.locality_weighted {
+                    let weight = if per_locality {
                         e.weight
                     } else {
                         e.weight.saturating_mul(l.weight)
@@ -226,7 +230,7 @@ fn cluster_tree(
                         .with_attribute(Weight::new(weight).unwrap_or(Weight::DEFAULT))
                         .with_attribute(info.clone());
                     let mut path = vec![top_child.to_string(), name.to_string()];
-                    if top_cluster.locality_weighted {
+                    if per_locality {
                         path.push(key.clone());
                     }
                     addresses.push(with_path(address, path));
@@ -236,7 +240,9 @@ fn cluster_tree(
                     json!({"weight": l.weight, "childPolicy": top_cluster.endpoint_policy}),
                 );
             }
-            let mut child = if top_cluster.locality_weighted {
+            let mut child = if dns {
+                json!({lb_policies::pick_first::NAME: {}})
+            } else if per_locality {
                 json!({lb_policies::weighted_target::NAME: {"targets": targets}})
             } else {
                 top_cluster

@@ -151,6 +151,15 @@ fn validate(c: pb::Cluster) -> Result<ClusterUpdate, ResourceError> {
         }
         None => legacy_policy(&c)?,
     };
+    if let Some(lrs) = &c.lrs_server {
+        use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+        if !matches!(
+            lrs.config_source_specifier,
+            Some(ConfigSourceSpecifier::Self_(_))
+        ) {
+            return Err(ResourceError::new("lrs_server", "must be self"));
+        }
+    }
     let max_requests = c
         .circuit_breakers
         .as_ref()
@@ -219,10 +228,23 @@ fn logical_dns_target(c: &pb::Cluster) -> Result<String, ResourceError> {
             "is required",
         ));
     };
+    let at = format!("{field}.endpoints[0].lb_endpoints[0].endpoint.address.socket_address");
     if socket.address.is_empty() {
         return Err(ResourceError::new(
-            format!("{field}.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"),
+            format!("{at}.address"),
             "must not be empty",
+        ));
+    }
+    if port == 0 || port > 65535 {
+        return Err(ResourceError::new(
+            format!("{at}.port_value"),
+            format!("{port} is not a port"),
+        ));
+    }
+    if !socket.resolver_name.is_empty() {
+        return Err(ResourceError::new(
+            format!("{at}.resolver_name"),
+            "custom resolvers are not supported",
         ));
     }
     Ok(super::endpoint::host_port(&socket.address, port))
@@ -233,14 +255,16 @@ fn ring_size(
     max: Option<u64>,
     field: &str,
 ) -> Result<Map<String, Value>, ResourceError> {
-    let (min, max) = (min.unwrap_or(1024), max.unwrap_or(MAX_RING_SIZE));
+    // Zero means the default, as grpc-go's ring_hash config reads it.
+    let min = min.filter(|&m| m > 0).unwrap_or(1024);
+    let max = max.filter(|&m| m > 0).unwrap_or(MAX_RING_SIZE);
     if max > MAX_RING_SIZE {
         return Err(ResourceError::new(
             format!("{field}.maximum_ring_size"),
             format!("{max} is more than {MAX_RING_SIZE}"),
         ));
     }
-    if min > max || min == 0 {
+    if min > max {
         return Err(ResourceError::new(
             format!("{field}.minimum_ring_size"),
             format!("{min} is not in 1..=maximum_ring_size ({max})"),
@@ -270,7 +294,7 @@ fn legacy_policy(c: &pb::Cluster) -> Result<(Value, bool), ResourceError> {
             }
             Ok((
                 json!([{"least_request_experimental": {"choiceCount": choice_count.min(10)}}]),
-                true,
+                false, // grpc-go: every endpoint of a priority, not per locality
             ))
         }
         Ok(LbPolicy::RingHash) => {
@@ -344,7 +368,8 @@ fn policy_list(
             .as_ref()
             .and_then(|t| t.typed_config.as_ref())
         else {
-            return Err(ResourceError::new(field, "is required"));
+            // Nothing to run: skipped, as grpc-go skips it.
+            continue;
         };
         if let Some(found) = policy(any, depth).map_err(|e| e.within(&field))? {
             return Ok(found);
@@ -370,12 +395,15 @@ fn policy(any: &Any, depth: usize) -> Result<Option<(Value, bool)>, ResourceErro
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            if known_policies().get(&name).is_none() {
+            let Some(builder) = known_policies().get(&name) else {
                 return Ok(None);
-            }
+            };
             let config = ts
                 .value
                 .map_or_else(|| json!({}), |s| crate::json::from_struct(&s));
+            builder
+                .parse_config_in(&config, known_policies())
+                .map_err(|e| ResourceError::new("value", format!("{name}: {e}")))?;
             return Ok(Some((json!([{ name: config }]), false)));
         }
         return Ok(None);

@@ -93,6 +93,10 @@ fn validate(c: pb::ClusterLoadAssignment) -> Result<EndpointsUpdate, ResourceErr
             sub_zone: locality.sub_zone,
         };
         let weight = l.load_balancing_weight.map_or(0, |w| w.value);
+        // A locality without weight gets no traffic (A27): left out unread.
+        if weight == 0 {
+            continue;
+        }
         let mut endpoints = Vec::with_capacity(l.lb_endpoints.len());
         let mut total: u64 = 0;
         for (j, e) in l.lb_endpoints.into_iter().enumerate() {
@@ -113,10 +117,6 @@ fn validate(c: pb::ClusterLoadAssignment) -> Result<EndpointsUpdate, ResourceErr
                 format!("weights sum to {total}, more than {}", u32::MAX),
             ));
         }
-        // A locality without weight gets no traffic (A27): left out.
-        if weight == 0 {
-            continue;
-        }
         let priority = usize::try_from(l.priority).unwrap_or(usize::MAX);
         if priority > 1 << 16 {
             return Err(ResourceError::new(
@@ -128,6 +128,16 @@ fn validate(c: pb::ClusterLoadAssignment) -> Result<EndpointsUpdate, ResourceErr
             priorities.resize_with(priority + 1, Vec::new);
         }
         let same = &mut priorities[priority];
+        let sum: u64 = same.iter().map(|l| u64::from(l.weight)).sum::<u64>() + u64::from(weight);
+        if sum > u64::from(u32::MAX) {
+            return Err(ResourceError::new(
+                format!("{field}.load_balancing_weight"),
+                format!(
+                    "the weights of priority {priority} sum to {sum}, more than {}",
+                    u32::MAX
+                ),
+            ));
+        }
         if same.iter().any(|other| other.locality == locality) {
             return Err(ResourceError::new(
                 format!("{field}.locality"),
@@ -152,13 +162,11 @@ fn validate(c: pb::ClusterLoadAssignment) -> Result<EndpointsUpdate, ResourceErr
     let mut drops = Vec::new();
     if let Some(policy) = c.policy {
         for (i, d) in policy.drop_overloads.into_iter().enumerate() {
-            let per_million = d.drop_percentage.as_ref().map_or(0, per_million);
-            if d.category.is_empty() {
-                return Err(ResourceError::new(
-                    format!("policy.drop_overloads[{i}].category"),
-                    "must not be empty",
-                ));
-            }
+            let per_million = d
+                .drop_percentage
+                .as_ref()
+                .map_or(Ok(0), per_million)
+                .map_err(|e| e.within(&format!("policy.drop_overloads[{i}].drop_percentage")))?;
             drops.push(DropCategory {
                 category: d.category,
                 per_million,

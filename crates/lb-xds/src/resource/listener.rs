@@ -55,6 +55,16 @@ fn validate(listener: Listener) -> Result<Resource, ResourceError> {
 }
 
 fn validate_hcm(hcm: HttpConnectionManager) -> Result<ListenerUpdate, ResourceError> {
+    // gRFC A41: a client does not see client addresses to trust or detect.
+    if hcm.xff_num_trusted_hops != 0 {
+        return Err(ResourceError::new("xff_num_trusted_hops", "must be 0"));
+    }
+    if !hcm.original_ip_detection_extensions.is_empty() {
+        return Err(ResourceError::new(
+            "original_ip_detection_extensions",
+            "must be empty",
+        ));
+    }
     let route = match hcm.route_specifier {
         Some(RouteSpecifier::Rds(rds)) => {
             ads_or_self(rds.config_source.as_ref(), "rds.config_source")?;

@@ -214,6 +214,12 @@ pub(crate) fn decoded<M: Message + Default>(
         },
         Ok(message) => {
             let name = name(&message).to_owned();
+            if name.is_empty() {
+                return Decoded {
+                    name: None,
+                    result: Err(ResourceError::new("name", format!("a {what} needs a name"))),
+                };
+            }
             Decoded {
                 name: Some(name),
                 result: validate(message),
@@ -253,14 +259,23 @@ pub(crate) fn unpack<M: Message + Default>(
         .map_err(|e| ResourceError::new(field, format!("not a valid {type_url}: {e}")))
 }
 
-/// A `FractionalPercent` as parts per million (capped at a million).
-pub(crate) fn per_million(f: &envoy_types::pb::envoy::r#type::v3::FractionalPercent) -> u32 {
+/// A `FractionalPercent` as parts per million (capped at a million); an unknown
+/// denominator is an error.
+pub(crate) fn per_million(
+    f: &envoy_types::pb::envoy::r#type::v3::FractionalPercent,
+) -> Result<u32, ResourceError> {
     let scale = match f.denominator {
         0 => 10_000,
         1 => 100,
-        _ => 1,
+        2 => 1,
+        other => {
+            return Err(ResourceError::new(
+                "denominator",
+                format!("unknown value {other}"),
+            ));
+        }
     };
-    f.numerator.saturating_mul(scale).min(1_000_000)
+    Ok(f.numerator.saturating_mul(scale).min(1_000_000))
 }
 
 /// A `ConfigSource` must point at the ADS stream (`ads`) or this server (`self`).

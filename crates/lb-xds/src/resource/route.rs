@@ -3,6 +3,7 @@
 //! weighted clusters, with a timeout (`max_stream_duration`), a retry policy (A44)
 //! and hash policies (A42).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,9 +222,37 @@ pub(super) fn decode(bytes: &[u8]) -> Decoded {
 pub(super) fn validate_config(
     config: pb::RouteConfiguration,
 ) -> Result<RouteConfigUpdate, ResourceError> {
+    let mut plugins = HashSet::new();
+    for (i, p) in config.cluster_specifier_plugins.iter().enumerate() {
+        let field = format!("cluster_specifier_plugins[{i}]");
+        let extension = p
+            .extension
+            .as_ref()
+            .ok_or_else(|| ResourceError::new(format!("{field}.extension"), "is required"))?;
+        if !p.is_optional {
+            let kind = extension
+                .typed_config
+                .as_ref()
+                .map_or("", |a| a.type_url.as_str());
+            return Err(ResourceError::new(
+                format!("{field}.extension"),
+                format!(
+                    "{kind:?} is not supported (no cluster specifier plugin is) and the plugin is not optional"
+                ),
+            ));
+        }
+        if !plugins.insert(extension.name.clone()) {
+            return Err(ResourceError::new(
+                format!("{field}.extension.name"),
+                format!("{:?} is declared twice", extension.name),
+            ));
+        }
+    }
     let mut virtual_hosts = Vec::with_capacity(config.virtual_hosts.len());
     for (i, vh) in config.virtual_hosts.into_iter().enumerate() {
-        virtual_hosts.push(virtual_host(vh).map_err(|e| e.within(&format!("virtual_hosts[{i}]")))?);
+        virtual_hosts.push(
+            virtual_host(vh, &plugins).map_err(|e| e.within(&format!("virtual_hosts[{i}]")))?,
+        );
     }
     Ok(RouteConfigUpdate {
         name: config.name,
@@ -231,7 +260,10 @@ pub(super) fn validate_config(
     })
 }
 
-fn virtual_host(vh: pb::VirtualHost) -> Result<VirtualHost, ResourceError> {
+fn virtual_host(
+    vh: pb::VirtualHost,
+    plugins: &HashSet<String>,
+) -> Result<VirtualHost, ResourceError> {
     let vh_retry = match &vh.retry_policy {
         Some(p) => retry_policy(p).map_err(|e| e.within("retry_policy"))?,
         None => None,
@@ -239,7 +271,7 @@ fn virtual_host(vh: pb::VirtualHost) -> Result<VirtualHost, ResourceError> {
     let mut routes = Vec::new();
     for (i, r) in vh.routes.into_iter().enumerate() {
         if let Some(route) =
-            route(r, vh_retry.as_ref()).map_err(|e| e.within(&format!("routes[{i}]")))?
+            route(r, vh_retry.as_ref(), plugins).map_err(|e| e.within(&format!("routes[{i}]")))?
         {
             routes.push(route);
         }
@@ -256,7 +288,11 @@ fn virtual_host(vh: pb::VirtualHost) -> Result<VirtualHost, ResourceError> {
 }
 
 /// A route, or `None` for one gRPC ignores.
-fn route(r: pb::Route, vh_retry: Option<&RetryPolicy>) -> Result<Option<Route>, ResourceError> {
+fn route(
+    r: pb::Route,
+    vh_retry: Option<&RetryPolicy>,
+    plugins: &HashSet<String>,
+) -> Result<Option<Route>, ResourceError> {
     use pb::route_match::PathSpecifier;
     let m = r
         .r#match
@@ -269,7 +305,12 @@ fn route(r: pb::Route, vh_retry: Option<&RetryPolicy>) -> Result<Option<Route>, 
         Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p),
         Some(PathSpecifier::Path(p)) => PathMatch::Path(p),
         Some(PathSpecifier::SafeRegex(re)) => PathMatch::Regex(regex(&re, "match.safe_regex")?),
-        Some(_) => return Ok(None),
+        Some(_) => {
+            return Err(ResourceError::new(
+                "match.path_specifier",
+                "is not one of prefix, path and safe_regex",
+            ));
+        }
         None => return Err(ResourceError::new("match.path_specifier", "is required")),
     };
     let case_sensitive = m.case_sensitive.is_none_or(|c| c.value);
@@ -280,8 +321,9 @@ fn route(r: pb::Route, vh_retry: Option<&RetryPolicy>) -> Result<Option<Route>, 
     let fraction_per_million = m
         .runtime_fraction
         .as_ref()
-        .and_then(|f| f.default_value.as_ref())
-        .map(per_million);
+        .map(|f| f.default_value.as_ref().map_or(Ok(0), per_million))
+        .transpose()
+        .map_err(|e| e.within("match.runtime_fraction.default_value"))?;
     let matcher = RouteMatch {
         path,
         case_sensitive,
@@ -290,7 +332,7 @@ fn route(r: pb::Route, vh_retry: Option<&RetryPolicy>) -> Result<Option<Route>, 
     };
     let action = match r.action {
         Some(pb::route::Action::Route(action)) => {
-            match route_action(action, vh_retry).map_err(|e| e.within("route"))? {
+            match route_action(action, vh_retry, plugins).map_err(|e| e.within("route"))? {
                 Some(action) => action,
                 None => return Ok(None),
             }
@@ -299,7 +341,7 @@ fn route(r: pb::Route, vh_retry: Option<&RetryPolicy>) -> Result<Option<Route>, 
             RouteAction::Fail("the matching route has a non-forwarding action".into())
         }
         Some(_) => RouteAction::Fail("the matching route's action is not supported".into()),
-        None => return Err(ResourceError::new("action", "is required")),
+        None => RouteAction::Fail("the matching route has no action".into()),
     };
     Ok(Some(Route { matcher, action }))
 }
@@ -307,6 +349,7 @@ fn route(r: pb::Route, vh_retry: Option<&RetryPolicy>) -> Result<Option<Route>, 
 fn route_action(
     action: pb::RouteAction,
     vh_retry: Option<&RetryPolicy>,
+    plugins: &HashSet<String>,
 ) -> Result<Option<RouteAction>, ResourceError> {
     use pb::route_action::ClusterSpecifier;
     let clusters = match action.cluster_specifier {
@@ -344,9 +387,22 @@ fn route_action(
             }
             clusters
         }
-        // `cluster_header` and cluster specifier plugins: gRPC ignores the route.
-        Some(_) => return Ok(None),
-        None => return Err(ResourceError::new("cluster_specifier", "is required")),
+        // A plugin must be declared by the route configuration; none is supported
+        // here, so only optional ones are, and their routes are ignored (A28's RLS
+        // rules).
+        Some(ClusterSpecifier::ClusterSpecifierPlugin(name)) => {
+            if !plugins.contains(&name) {
+                return Err(ResourceError::new(
+                    "cluster_specifier_plugin",
+                    format!(
+                        "{name:?} is not in the route configuration's cluster_specifier_plugins"
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        // `cluster_header`, inline plugins, and none at all: gRPC ignores the route.
+        Some(_) | None => return Ok(None),
     };
     let timeout = match &action.max_stream_duration {
         Some(m) => match (&m.grpc_timeout_header_max, &m.max_stream_duration) {
@@ -368,12 +424,9 @@ fn route_action(
                 let field = format!("hash_policy[{i}].header");
                 let rewrite = match &header.regex_rewrite {
                     Some(r) => {
-                        let pattern = r.pattern.as_ref().ok_or_else(|| {
-                            ResourceError::new(
-                                format!("{field}.regex_rewrite.pattern"),
-                                "is required",
-                            )
-                        })?;
+                        // No pattern compiles as the empty one, as grpc-go reads it.
+                        let empty = RegexMatcher::default();
+                        let pattern = r.pattern.as_ref().unwrap_or(&empty);
                         Some((
                             unanchored(pattern, &format!("{field}.regex_rewrite.pattern"))?,
                             r.substitution.clone(),
@@ -418,7 +471,11 @@ fn retry_code(name: &str) -> Option<Code> {
 
 /// A retry policy as A44: `None` when it names no code gRPC retries.
 fn retry_policy(p: &pb::RetryPolicy) -> Result<Option<RetryPolicy>, ResourceError> {
-    let codes: Vec<Code> = p.retry_on.split(',').filter_map(retry_code).collect();
+    let codes: Vec<Code> = p
+        .retry_on
+        .split(',')
+        .filter_map(|c| retry_code(&c.to_ascii_lowercase()))
+        .collect();
     let retries = p.num_retries.map_or(1, |n| n.value);
     if retries == 0 {
         return Err(ResourceError::new("num_retries", "must be at least 1"));
@@ -440,12 +497,14 @@ fn retry_policy(p: &pb::RetryPolicy) -> Result<Option<RetryPolicy>, ResourceErro
             Some(m) => duration(m, "retry_back_off.max_interval")?,
             None => base.saturating_mul(10),
         };
-        if max < base {
+        if max.is_zero() {
             return Err(ResourceError::new(
                 "retry_back_off.max_interval",
-                "must not be less than base_interval",
+                "must be greater than 0",
             ));
         }
+        // A maximum under the base: every backoff is the maximum.
+        base = base.min(max);
     }
     if codes.is_empty() {
         return Ok(None);
@@ -466,16 +525,12 @@ fn header_matcher(h: &pb::HeaderMatcher) -> Result<HeaderMatcher, ResourceError>
     let kind = match &h.header_match_specifier {
         Some(S::ExactMatch(s)) => HeaderMatch::Exact(s.clone(), false),
         Some(S::SafeRegexMatch(re)) => HeaderMatch::Regex(regex(re, "safe_regex_match")?),
-        Some(S::RangeMatch(r)) => {
-            if r.start > r.end {
-                return Err(ResourceError::new("range_match", "start is after end"));
-            }
-            HeaderMatch::Range(r.start, r.end)
-        }
+        // A range whose start is past its end matches nothing, as in grpc-go.
+        Some(S::RangeMatch(r)) => HeaderMatch::Range(r.start, r.end),
         Some(S::PresentMatch(p)) => HeaderMatch::Present(*p),
-        Some(S::PrefixMatch(s)) => HeaderMatch::Prefix(s.clone(), false),
-        Some(S::SuffixMatch(s)) => HeaderMatch::Suffix(s.clone(), false),
-        Some(S::ContainsMatch(s)) => HeaderMatch::Contains(s.clone(), false),
+        Some(S::PrefixMatch(s)) => HeaderMatch::Prefix(non_empty(s, "prefix_match")?, false),
+        Some(S::SuffixMatch(s)) => HeaderMatch::Suffix(non_empty(s, "suffix_match")?, false),
+        Some(S::ContainsMatch(s)) => HeaderMatch::Contains(non_empty(s, "contains_match")?, false),
         Some(S::StringMatch(m)) => string_match(m, "string_match")?,
         None => return Err(ResourceError::new("header_match_specifier", "is required")),
     };
@@ -486,13 +541,28 @@ fn header_matcher(h: &pb::HeaderMatcher) -> Result<HeaderMatcher, ResourceError>
     })
 }
 
+/// A prefix, suffix or substring to match: empty ones are invalid (as grpc-go's
+/// `StringMatcherFromProto`).
+fn non_empty(s: &str, field: &str) -> Result<String, ResourceError> {
+    if s.is_empty() {
+        return Err(ResourceError::new(field, "must not be empty"));
+    }
+    Ok(s.to_owned())
+}
+
 fn string_match(m: &StringMatcher, field: &str) -> Result<HeaderMatch, ResourceError> {
     let ic = m.ignore_case;
     Ok(match &m.match_pattern {
         Some(MatchPattern::Exact(s)) => HeaderMatch::Exact(s.clone(), ic),
-        Some(MatchPattern::Prefix(s)) => HeaderMatch::Prefix(s.clone(), ic),
-        Some(MatchPattern::Suffix(s)) => HeaderMatch::Suffix(s.clone(), ic),
-        Some(MatchPattern::Contains(s)) => HeaderMatch::Contains(s.clone(), ic),
+        Some(MatchPattern::Prefix(s)) => {
+            HeaderMatch::Prefix(non_empty(s, &format!("{field}.prefix"))?, ic)
+        }
+        Some(MatchPattern::Suffix(s)) => {
+            HeaderMatch::Suffix(non_empty(s, &format!("{field}.suffix"))?, ic)
+        }
+        Some(MatchPattern::Contains(s)) => {
+            HeaderMatch::Contains(non_empty(s, &format!("{field}.contains"))?, ic)
+        }
         Some(MatchPattern::SafeRegex(re)) => {
             HeaderMatch::Regex(regex(re, &format!("{field}.safe_regex"))?)
         }
