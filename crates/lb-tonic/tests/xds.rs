@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::UInt32Value;
+use lb_testkit::Backend;
 use lb_testkit::pb::echo_client::EchoClient;
 use lb_testkit::xds::{
     AdsServer, CLUSTER, ENDPOINTS, LISTENER, ROUTE, TestLocality, aggregate_cluster, any,
@@ -464,4 +465,325 @@ async fn garbage_and_unrequested_resources_are_nacked_or_ignored_as_grpc_go_does
     // And the channel kept serving throughout.
     let counts = spread(&mut client, 10).await;
     assert_eq!(counts.get("a"), Some(&10), "{counts:?}");
+}
+
+/// The config of `simple` with the route (and virtual host) replaced.
+fn with_routes(
+    clusters: &[(&str, Vec<TestLocality>)],
+    routes: Vec<envoy_types::pb::envoy::config::route::v3::Route>,
+) -> Vec<(&'static str, String, envoy_types::pb::google::protobuf::Any)> {
+    let mut all = simple("echo", clusters);
+    all[1].2 = route_config("echo-route", routes);
+    all
+}
+
+fn route_action(
+    route: &mut envoy_types::pb::envoy::config::route::v3::Route,
+) -> &mut envoy_types::pb::envoy::config::route::v3::RouteAction {
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    match route.action.as_mut() {
+        Some(Action::Route(a)) => a,
+        _ => unreachable!(),
+    }
+}
+
+fn header_req(name: &'static str, value: &str) -> tonic::Request<lb_testkit::pb::EchoRequest> {
+    let mut req = wfr(echo_req("x"));
+    req.metadata_mut().insert(name, value.parse().unwrap());
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_with_a_header_hash_policy_keeps_each_user_on_one_backend() {
+    use envoy_types::pb::envoy::config::route::v3::route_action::{HashPolicy, hash_policy};
+    let backends = start(&["a", "b", "c"]).await;
+    let server = AdsServer::start().await.unwrap();
+    let addrs: Vec<_> = backends.iter().map(Backend::addr).collect();
+    let mut route = route_to("c1");
+    route_action(&mut route).hash_policy.push(HashPolicy {
+        policy_specifier: Some(hash_policy::PolicySpecifier::Header(hash_policy::Header {
+            header_name: "x-user".into(),
+            regex_rewrite: None,
+        })),
+        terminal: false,
+    });
+    let mut all = with_routes(
+        &[("c1", vec![TestLocality::new("z", 0, &addrs)])],
+        vec![route],
+    );
+    let mut ring = eds_cluster("c1");
+    ring.lb_policy = cluster::cluster::LbPolicy::RingHash as i32;
+    all[2].2 = any(&ring);
+    server.set_all(all);
+    let mut client = EchoClient::new(channel(&server, "ring", "echo"));
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..12 {
+        let user = format!("user-{user}");
+        let first = within("a hashed RPC", async {
+            loop {
+                if let Ok(name) = echo(&mut client, header_req("x-user", &user)).await {
+                    return name;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        for _ in 0..5 {
+            let name = echo(&mut client, header_req("x-user", &user))
+                .await
+                .unwrap();
+            assert_eq!(name, first, "{user} moved");
+        }
+        homes.insert(first);
+    }
+    assert!(homes.len() >= 2, "12 users all on {homes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_headers_and_a_route_to_a_missing_cluster_fails_alone() {
+    use envoy_types::pb::envoy::config::route::v3 as route;
+    let backends = start(&["stable", "canary"]).await;
+    let server = AdsServer::start().await.unwrap();
+    let mut canary = route_to("canary");
+    canary.r#match.as_mut().unwrap().headers.push(route::HeaderMatcher {
+        name: "x-canary".into(),
+        header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
+            envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                ignore_case: true,
+                match_pattern: Some(
+                    envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact("yes".into()),
+                ),
+            },
+        )),
+        ..Default::default()
+    });
+    let mut streams = route_to("missing");
+    streams.r#match.as_mut().unwrap().path_specifier = Some(
+        route::route_match::PathSpecifier::Path("/echo.Echo/ServerStream".into()),
+    );
+    server.set_all(with_routes(
+        &[
+            (
+                "stable",
+                vec![TestLocality::new("z", 0, &[backends[0].addr()])],
+            ),
+            (
+                "canary",
+                vec![TestLocality::new("z", 0, &[backends[1].addr()])],
+            ),
+        ],
+        vec![canary, streams, route_to("stable")],
+    ));
+    let mut client = EchoClient::new(channel(&server, "headers", "echo"));
+    until_served_by(&mut client, "stable").await;
+    for _ in 0..5 {
+        assert_eq!(
+            echo(&mut client, header_req("x-canary", "YES"))
+                .await
+                .unwrap(),
+            "canary"
+        );
+        assert_eq!(
+            echo(&mut client, header_req("x-canary", "no"))
+                .await
+                .unwrap(),
+            "stable"
+        );
+    }
+    // The cluster of the streaming route does not exist: those RPCs fail saying
+    // so, once its does-not-exist timer has run out, and the others go on.
+    let status = within("the missing cluster's RPCs to fail", async {
+        loop {
+            let request = lb_testkit::pb::EchoRequest {
+                message: "x".into(),
+                count: 1,
+                ..Default::default()
+            };
+            match client.server_stream(request).await {
+                Err(s) if s.message().contains("does not exist") => return s,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("\"missing\""), "{status:?}");
+    assert_eq!(echo(&mut client, echo_req("x")).await.unwrap(), "stable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_timeout_and_retry_policy_apply_to_its_rpcs() {
+    use envoy_types::pb::envoy::config::route::v3 as route;
+    use envoy_types::pb::google::protobuf::Duration as PbDuration;
+    let backends = start(&["a", "b"]).await;
+    let server = AdsServer::start().await.unwrap();
+    let mut r = route_to("c");
+    let action = route_action(&mut r);
+    action.max_stream_duration = Some(route::route_action::MaxStreamDuration {
+        max_stream_duration: Some(PbDuration {
+            seconds: 0,
+            nanos: 200_000_000,
+        }),
+        ..Default::default()
+    });
+    action.retry_policy = Some(route::RetryPolicy {
+        retry_on: "unavailable".into(),
+        num_retries: Some(UInt32Value { value: 3 }),
+        ..Default::default()
+    });
+    let addrs = [backends[0].addr(), backends[1].addr()];
+    server.set_all(with_routes(
+        &[("c", vec![TestLocality::new("z", 0, &addrs)])],
+        vec![r],
+    ));
+    let mut client = EchoClient::new(channel(&server, "timeout", "echo"));
+    warm_up(&mut client, &["a", "b"]).await;
+
+    // One backend answers UNAVAILABLE: the route's retries take every RPC to the
+    // other.
+    backends[0]
+        .service()
+        .set_failure(100, tonic::Code::Unavailable);
+    for _ in 0..20 {
+        assert_eq!(echo(&mut client, echo_req("x")).await.unwrap(), "b");
+    }
+    backends[0].service().set_failure(0, tonic::Code::Ok);
+
+    // Slow backends: the route's 200 ms ends the RPC.
+    for b in &backends {
+        b.service().set_delay(Duration::from_secs(2));
+    }
+    let started = Instant::now();
+    let status = echo(&mut client, echo_req("x")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_weights_split_rpcs_two_to_one() {
+    let backends = start(&["heavy", "light"]).await;
+    let server = AdsServer::start().await.unwrap();
+    server.set_all(simple(
+        "echo",
+        &[(
+            "c",
+            vec![
+                TestLocality::new("z1", 0, &[backends[0].addr()]).weight(2),
+                TestLocality::new("z2", 0, &[backends[1].addr()]),
+            ],
+        )],
+    ));
+    let mut client = EchoClient::new(channel(&server, "localities", "echo"));
+    warm_up(&mut client, &["heavy", "light"]).await;
+    let counts = spread(&mut client, 1_500).await;
+    let heavy = counts.get("heavy").copied().unwrap_or(0) as f64 / 1_500.0;
+    // Two thirds, ± 5 points (weighted_target's picker is random).
+    assert!((0.617..=0.717).contains(&heavy), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logical_dns_cluster_resolves_its_name() {
+    use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+    let backends = start(&["dns"]).await;
+    let server = AdsServer::start().await.unwrap();
+    let mut all = simple("echo", &[("c", vec![])]);
+    let mut dns = eds_cluster("c");
+    dns.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
+        cluster::cluster::DiscoveryType::LogicalDns as i32,
+    ));
+    dns.eds_cluster_config = None;
+    let mut assignment =
+        endpoints_message("c", &[TestLocality::new("z", 0, &[backends[0].addr()])]);
+    if let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(e)) =
+        &mut assignment.endpoints[0].lb_endpoints[0].host_identifier
+    {
+        e.address = Some(lb_testkit::xds::socket_address(backends[0].addr()));
+        if let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) =
+            e.address.as_mut().and_then(|a| a.address.as_mut())
+        {
+            s.address = "localhost".into();
+        }
+    }
+    dns.load_assignment = Some(assignment);
+    all[2].2 = any(&dns);
+    all.truncate(3);
+    server.set_all(all);
+    let mut client = EchoClient::new(channel(&server, "dns", "echo"));
+    until_served_by(&mut client, "dns").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_listener_fails_rpcs_unless_the_server_ignores_deletions() {
+    let backends = start(&["a"]).await;
+    let server = AdsServer::start().await.unwrap();
+    server.set_all(simple(
+        "echo",
+        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
+    ));
+    let mut client = EchoClient::new(channel(&server, "deleted", "echo"));
+    let json = server
+        .bootstrap_json("kept")
+        .replace("\"xds_v3\"", "\"xds_v3\", \"ignore_resource_deletion\"");
+    let mut kept = EchoClient::new(channel_with(Bootstrap::parse(&json).unwrap(), "echo"));
+    until_served_by(&mut client, "a").await;
+    until_served_by(&mut kept, "a").await;
+    server.remove(LISTENER, "echo");
+    let status = first_failure(&mut client, "the deletion", |s| {
+        s.message().contains("does not exist")
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    // gRFC A53: the other client keeps the listener it had.
+    let counts = spread(&mut kept, 10).await;
+    assert_eq!(counts.get("a"), Some(&10), "{counts:?}");
+    // Put back, it serves again.
+    server.set(LISTENER, "echo", listener_rds("echo", "echo-route"));
+    until_served_by(&mut client, "a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clusters_outlier_detection_ejects_a_failing_backend() {
+    use envoy_types::pb::google::protobuf::Duration as PbDuration;
+    let backends = start(&["good", "bad"]).await;
+    let server = AdsServer::start().await.unwrap();
+    let addrs = [backends[0].addr(), backends[1].addr()];
+    let mut all = simple("echo", &[("c", vec![TestLocality::new("z", 0, &addrs)])]);
+    let mut c = eds_cluster("c");
+    c.outlier_detection = Some(cluster::OutlierDetection {
+        interval: Some(PbDuration {
+            seconds: 0,
+            nanos: 300_000_000,
+        }),
+        base_ejection_time: Some(PbDuration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        max_ejection_percent: Some(UInt32Value { value: 50 }),
+        enforcing_success_rate: Some(UInt32Value { value: 0 }),
+        enforcing_failure_percentage: Some(UInt32Value { value: 100 }),
+        failure_percentage_minimum_hosts: Some(UInt32Value { value: 2 }),
+        failure_percentage_request_volume: Some(UInt32Value { value: 5 }),
+        failure_percentage_threshold: Some(UInt32Value { value: 50 }),
+        ..Default::default()
+    });
+    all[2].2 = any(&c);
+    server.set_all(all);
+    let mut client = EchoClient::new(channel(&server, "outliers", "echo"));
+    warm_up(&mut client, &["good", "bad"]).await;
+    backends[1]
+        .service()
+        .set_failure(100, tonic::Code::Internal);
+    within("the failing backend to be ejected", async {
+        loop {
+            let counts = spread(&mut client, 20).await;
+            if counts.get("good") == Some(&20) {
+                return;
+            }
+        }
+    })
+    .await;
 }
