@@ -69,6 +69,7 @@ impl Shared {
 pub struct AdsServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -76,6 +77,16 @@ impl AdsServer {
     /// Starts serving on a port outside the ephemeral range, so that it can be
     /// stopped and restarted on the same port ([`AdsServer::restart`]).
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts serving over TLS with `pki`'s server certificate (and accepting its
+    /// client certificate), for clients whose bootstrap has `tls` credentials.
+    pub async fn start_tls(pki: &super::TestPki) -> std::io::Result<Self> {
+        Self::start_with(Some(pki.acceptor()))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Self> {
         let (changed, _) = watch::channel(0);
         let (closing, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -88,6 +99,7 @@ impl AdsServer {
         let mut server = Self {
             addr,
             shared,
+            tls,
             task: None,
         };
         server.serve(listener);
@@ -96,18 +108,16 @@ impl AdsServer {
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let service = AggregatedDiscoveryServiceServer::new(Ads(self.shared.clone()));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let incoming = tokio_stream::StreamExt::map(incoming, |s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
-        self.task = Some(tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await;
-        }));
+        let routes = tonic::service::Routes::new(service).prepare();
+        // The backends' accept loop: TCP_NODELAY, TLS when asked, and every
+        // connection dropped with the task.
+        self.task = Some(tokio::spawn(super::accept_loop(
+            super::Listener::Tcp(listener),
+            super::Served::Routes(routes),
+            Arc::default(),
+            self.tls.clone(),
+            super::Authorities::default(),
+        )));
     }
 
     /// Where it listens.

@@ -787,3 +787,125 @@ async fn the_clusters_outlier_detection_ejects_a_failing_backend() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ads_stream_runs_over_tls_with_a_client_certificate() {
+    let backends = start(&["a"]).await;
+    let pki = lb_testkit::TestPki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = pki.write_files(dir.path()).unwrap();
+    let server = AdsServer::start_tls(&pki).await.unwrap();
+    server.set_all(simple(
+        "echo",
+        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
+    ));
+    let bootstrap = |creds: serde_json::Value| {
+        Bootstrap::parse(
+            &serde_json::json!({
+                "xds_servers": [{"server_uri": server.uri(), "channel_creds": [creds]}],
+                "node": {"id": format!("tls-{}", fastrand::u64(..))},
+            })
+            .to_string(),
+        )
+        .unwrap()
+    };
+    let tls = bootstrap(serde_json::json!({"type": "tls", "config": {
+        "ca_certificate_file": files.ca, "certificate_file": files.client_cert,
+        "private_key_file": files.client_key}}));
+    let mut client = EchoClient::new(channel_with(tls, "echo"));
+    until_served_by(&mut client, "a").await;
+
+    // Plaintext to a TLS server never gets an answer; RPCs fail naming the server.
+    let mut plain = EchoClient::new(channel_with(
+        bootstrap(serde_json::json!({"type": "insecure"})),
+        "echo",
+    ));
+    let status = first_failure(&mut plain, "UNAVAILABLE", |s| {
+        s.code() == tonic::Code::Unavailable
+    })
+    .await;
+    assert!(status.message().contains(&server.uri()), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(non_snake_case)] // the gRFC's name
+async fn the_client_reports_gRFC_A78_metrics() {
+    use metrics_util::MetricKind;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    // The ADS task records on the global recorder (this test's process alone).
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().unwrap();
+    let backends = start(&["a"]).await;
+    let server = AdsServer::start().await.unwrap();
+    server.set_all(simple(
+        "echo",
+        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
+    ));
+    let mut client = EchoClient::new(channel(&server, "metrics", "echo"));
+    until_served_by(&mut client, "a").await;
+    let mut bad = eds_cluster("c");
+    bad.lb_policy = cluster::cluster::LbPolicy::Maglev as i32;
+    server.set(CLUSTER, "c", any(&bad));
+    server
+        .wait_for_request(Duration::from_secs(5), |r| r.error_detail.is_some())
+        .await
+        .unwrap();
+    let snapshot = snapshotter.snapshot().into_vec();
+    let value = |name: &str, kind: MetricKind, ty: Option<&str>| -> f64 {
+        snapshot
+            .iter()
+            .filter(|(k, _, _, _)| k.kind() == kind && k.key().name() == name)
+            .filter(|(k, _, _, _)| {
+                ty.is_none_or(|ty| {
+                    k.key()
+                        .labels()
+                        .any(|l| l.key() == "grpc.xds.resource_type" && l.value() == ty)
+                })
+            })
+            .filter(|(k, _, _, _)| {
+                k.key()
+                    .labels()
+                    .any(|l| l.key() == "grpc.xds.server" && l.value() == server.uri())
+            })
+            .map(|(_, _, _, v)| match v {
+                DebugValue::Counter(n) => *n as f64,
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Histogram(_) => 0.0,
+            })
+            .sum()
+    };
+    let cluster_type = Some("envoy.config.cluster.v3.Cluster");
+    // The test server sends every subscribed type on every change: each valid copy
+    // counts.
+    assert!(
+        value(
+            "grpc.xds_client.resource_updates_valid",
+            MetricKind::Counter,
+            Some("envoy.config.listener.v3.Listener")
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "grpc.xds_client.resource_updates_valid",
+            MetricKind::Counter,
+            cluster_type
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            "grpc.xds_client.resource_updates_invalid",
+            MetricKind::Counter,
+            cluster_type
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("grpc.xds_client.connected", MetricKind::Gauge, None),
+        1.0
+    );
+    assert_eq!(
+        value("grpc.xds_client.server_failure", MetricKind::Counter, None),
+        0.0
+    );
+}
