@@ -17,13 +17,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryRequest, DiscoveryResponse,
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
+use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -104,14 +105,26 @@ pub struct CachedResource {
     pub name: String,
     /// The value, if one was received.
     pub value: Option<Resource>,
+    /// The value as the server sent it.
+    pub raw: Option<Any>,
+    /// The version of the response that carried the value.
+    pub version: String,
+    /// When the value arrived.
+    pub last_updated: Option<SystemTime>,
     /// Whether it does not exist.
     pub does_not_exist: bool,
     /// The error of its last rejected update.
     pub error: Option<String>,
+    /// The last rejected update: its version and when it came.
+    pub failed: Option<(String, SystemTime)>,
 }
 
 struct Entry {
     value: Option<Resource>,
+    raw: Option<Any>,
+    version: String,
+    updated: Option<SystemTime>,
+    failed: Option<(String, SystemTime)>,
     does_not_exist: bool,
     error: Option<Arc<str>>,
     watchers: HashMap<u64, mpsc::UnboundedSender<Event>>,
@@ -123,6 +136,10 @@ impl Entry {
     fn new() -> Self {
         Self {
             value: None,
+            raw: None,
+            version: String::new(),
+            updated: None,
+            failed: None,
             does_not_exist: false,
             error: None,
             watchers: HashMap::new(),
@@ -273,6 +290,22 @@ impl XdsClient {
         Ok(Self { shared })
     }
 
+    /// Every xDS client of the process still in use (for CSDS).
+    pub fn all() -> Vec<XdsClient> {
+        clients()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|shared| XdsClient { shared })
+            .collect()
+    }
+
+    /// The node this client sends, as the protobuf the server sees.
+    pub fn node(&self) -> core_pb::Node {
+        node(&self.shared.bootstrap)
+    }
+
     /// The bootstrap this client was made for.
     pub fn bootstrap(&self) -> &Bootstrap {
         &self.shared.bootstrap
@@ -331,8 +364,12 @@ impl XdsClient {
                     ty: *ty,
                     name: name.clone(),
                     value: e.value.clone(),
+                    raw: e.raw.clone(),
+                    version: e.version.clone(),
+                    last_updated: e.updated,
                     does_not_exist: e.does_not_exist,
                     error: e.error.as_deref().map(str::to_owned),
+                    failed: e.failed.clone(),
                 })
             })
             .collect();
@@ -601,6 +638,9 @@ impl Ads {
             match decoded.result {
                 Ok(value) => {
                     valid += 1;
+                    entry.raw = Some(any.clone());
+                    entry.version = response.version_info.clone();
+                    entry.updated = Some(SystemTime::now());
                     entry.error = None;
                     entry.does_not_exist = false;
                     if entry.value.as_ref() != Some(&value) {
@@ -614,6 +654,7 @@ impl Ads {
                     tracing::warn!(%message, "xDS resource rejected");
                     let reason: Arc<str> = message.clone().into();
                     entry.error = Some(reason.clone());
+                    entry.failed = Some((response.version_info.clone(), SystemTime::now()));
                     entry.notify(ty, &name, WatchEvent::Error(reason));
                     errors.push(message);
                 }
@@ -623,6 +664,7 @@ impl Ads {
             for (name, entry) in entries.iter_mut() {
                 if !seen.contains(name) && entry.value.is_some() {
                     entry.value = None;
+                    entry.raw = None;
                     entry.does_not_exist = true;
                     entry.deadline = None;
                     tracing::info!(%ty, %name, "xDS resource deleted by the server");
