@@ -77,6 +77,8 @@ impl BalancerBuilder for WeightedTarget {
             children: ChildManager::new(options.clone()),
             weights: HashMap::new(),
             counted: BTreeMap::new(),
+            last: None,
+            dirty: false,
         }))
     }
 
@@ -109,6 +111,11 @@ struct WeightedTargetBalancer {
     /// Each target's state as the aggregate counts it ([`counted_state`]), in name
     /// order (the picker's order, the same every time).
     counted: BTreeMap<String, ConnectivityState>,
+    /// The state last published, and whether the picker published with it is the
+    /// one over READY targets (so a failing target's news cannot change it).
+    last: Option<ConnectivityState>,
+    /// Targets changed (added, removed, reweighted) since the last publication.
+    dirty: bool,
 }
 
 impl WeightedTargetBalancer {
@@ -130,6 +137,10 @@ impl WeightedTargetBalancer {
                     .insert(key.clone(), ConnectivityState::Connecting);
             }
         }
+        // Whether the READY set's pickers may differ from those last published: a
+        // target that is READY now published a new picker, or one's counted state
+        // changed.
+        let mut ready_pickers_changed = std::mem::take(&mut self.dirty) || forced;
         for key in &published {
             if let Some((state, _)) = self.children.child(key) {
                 let before = self
@@ -137,8 +148,9 @@ impl WeightedTargetBalancer {
                     .get(key)
                     .copied()
                     .unwrap_or(ConnectivityState::Connecting);
-                self.counted
-                    .insert(key.clone(), counted_state(before, state));
+                let now = counted_state(before, state);
+                ready_pickers_changed |= now != before || now == ConnectivityState::Ready;
+                self.counted.insert(key.clone(), now);
             }
         }
         self.counted.retain(|k, _| self.weights.contains_key(k));
@@ -152,6 +164,16 @@ impl WeightedTargetBalancer {
             return;
         }
         let state = lb_core::child::aggregate(self.counted.values().copied());
+        // A failing target's retries (thousands of dead endpoints each cycling
+        // through backoff) change nothing a READY or IDLE picker holds: skip them
+        // instead of republishing up the tree on every one.
+        if !ready_pickers_changed
+            && self.last == Some(state)
+            && matches!(state, ConnectivityState::Ready | ConnectivityState::Idle)
+        {
+            return;
+        }
+        self.last = Some(state);
         let picker: Arc<dyn Picker> = match state {
             ConnectivityState::Connecting => Arc::new(QueuePicker),
             ConnectivityState::TransientFailure => {
@@ -242,6 +264,7 @@ impl Parent for WeightedTargetBalancer {
         for key in gone {
             self.children.remove(&key, cc);
             self.weights.remove(&key);
+            self.dirty = true;
         }
         let mut reweighted = false;
         for (name, target) in config.targets {

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+#[cfg(feature = "xds")]
+pub mod xds;
+
 use lb_core::{BalancerRegistry, ConnectivityState, ResolverRegistry, ServiceConfig};
 use tokio::sync::{mpsc, watch};
 use tonic::body::Body;
@@ -652,7 +655,7 @@ fn default_resolvers() -> ResolverRegistry {
     #[allow(unused_mut)]
     let mut registry = lb_resolvers::registry();
     #[cfg(feature = "xds")]
-    registry.register(crate::xds::resolver());
+    registry.register(xds::resolver());
     registry
 }
 

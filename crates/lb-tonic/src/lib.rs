@@ -55,13 +55,12 @@ mod introspect;
 mod metrics;
 mod throttle;
 
-/// xDS (feature `xds`).
-#[cfg(feature = "xds")]
-pub mod xds;
-
 pub use backoff::BackoffConfig;
 pub use buffer::BufferLimits;
 pub use call::{Attempt, ResponseBody, ServedBy, WaitForReady};
+/// xDS (feature `xds`): the `xds` scheme's transport and resolver builder.
+#[cfg(feature = "xds")]
+pub use channel::xds;
 pub use channel::{
     Builder, DEFAULT_CONNECTION_WINDOW, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_LIST_SIZE,
     DEFAULT_STREAM_WINDOW, LbChannel, ResponseFuture,
