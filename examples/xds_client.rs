@@ -49,10 +49,10 @@ async fn tally(
             message: "hi".into(),
             ..Default::default()
         });
-        if let Some((name, value)) = header {
-            if let Ok(value) = value.parse() {
-                request.metadata_mut().insert(name, value);
-            }
+        if let Some((name, value)) = header
+            && let Ok(value) = value.parse()
+        {
+            request.metadata_mut().insert(name, value);
         }
         let who = match client.unary_echo(request).await {
             Ok(reply) => reply.into_inner().server,

@@ -206,8 +206,7 @@ async fn a_rejected_update_is_nacked_naming_the_field_and_the_last_good_one_serv
     let acked = server
         .requests()
         .into_iter()
-        .filter(|r| r.type_url == CLUSTER && r.error_detail.is_none() && !r.version_info.is_empty())
-        .next_back()
+        .rfind(|r| r.type_url == CLUSTER && r.error_detail.is_none() && !r.version_info.is_empty())
         .unwrap();
     assert_eq!(nack.version_info, acked.version_info);
     let counts = spread(&mut client, 10).await;
@@ -390,10 +389,10 @@ async fn drop_overloads_and_max_requests_fail_rpcs_at_once() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let second = echo(&mut client, echo_req("x")).await;
             let _ = first.await;
-            if let Err(s) = second {
-                if s.message().contains("max_requests") {
-                    return s;
-                }
+            if let Err(s) = second
+                && s.message().contains("max_requests")
+            {
+                return s;
             }
         }
     })

@@ -388,10 +388,10 @@ impl Task {
                     },
                 );
             }
-            if let Some(Ok(c)) = self.clusters[&name].slot.get("") {
-                if let ClusterKind::Aggregate { clusters } = &c.kind {
-                    queue.extend(clusters.iter().cloned());
-                }
+            if let Some(Ok(c)) = self.clusters[&name].slot.get("")
+                && let ClusterKind::Aggregate { clusters } = &c.kind
+            {
+                queue.extend(clusters.iter().cloned());
             }
         }
         self.clusters.retain(|name, _| reachable.contains(name));
@@ -524,10 +524,10 @@ pub(crate) fn pick_virtual_host<'a>(
             } else {
                 None
             };
-            if let Some((kind, len)) = rank {
-                if best.is_none_or(|(k, l, _)| (kind, len) > (k, l)) {
-                    best = Some((kind, len, vh));
-                }
+            if let Some((kind, len)) = rank
+                && best.is_none_or(|(k, l, _)| (kind, len) > (k, l))
+            {
+                best = Some((kind, len, vh));
             }
         }
     }

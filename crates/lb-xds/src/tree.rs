@@ -296,10 +296,10 @@ pub(crate) fn eds_names(resources: &dyn Resources, clusters: &[String]) -> Vec<S
         // Partial walks still name the leaves found so far.
         let _ = walk(resources, top, &mut path, &mut out);
         for leaf in out {
-            if let ClusterKind::Eds { service_name } = &leaf.kind {
-                if seen.insert(service_name.clone(), ()).is_none() {
-                    names.push(service_name.clone());
-                }
+            if let ClusterKind::Eds { service_name } = &leaf.kind
+                && seen.insert(service_name.clone(), ()).is_none()
+            {
+                names.push(service_name.clone());
             }
         }
     }

@@ -560,14 +560,12 @@ fn endpoints_grpc_rejects_are_rejected_naming_the_field() {
     if let Some(
         envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e),
     ) = &mut no_port.endpoints[0].lb_endpoints[0].host_identifier
-    {
-        if let Some(core::address::Address::SocketAddress(s)) =
+        && let Some(core::address::Address::SocketAddress(s)) =
             e.address.as_mut().and_then(|a| a.address.as_mut())
-        {
-            s.port_specifier = Some(core::socket_address::PortSpecifier::NamedPort(
-                "http".into(),
-            ));
-        }
+    {
+        s.port_specifier = Some(core::socket_address::PortSpecifier::NamedPort(
+            "http".into(),
+        ));
     }
     rejected(
         "a named port",
