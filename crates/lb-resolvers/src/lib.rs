@@ -83,7 +83,9 @@ pub fn registry() -> ResolverRegistry {
             );
         }
     }
-    registry.note_missing("xds", "an xDS client, which grpc-lb does not have yet");
+    // The xds resolver lives in lb-xds, which carries its ADS stream over lb-tonic's
+    // channel; lb-tonic's `xds` feature registers it in every channel's registry.
+    registry.note_missing("xds", "the `xds` feature of grpc-lb (or lb-tonic)");
     registry
 }
 
@@ -112,6 +114,6 @@ mod tests {
             }
         }
         let message = registry.resolve("xds:///svc").err().unwrap().to_string();
-        assert!(message.contains("does not have yet"), "{message}");
+        assert!(message.contains("the `xds` feature"), "{message}");
     }
 }

@@ -277,7 +277,18 @@ async fn an_unreachable_management_server_fails_rpcs_naming_it_and_the_channel_r
     })
     .await;
     assert!(status.message().contains(&server.uri()), "{status:?}");
+    // A wait-for-ready RPC waits for the server instead (a transient error, as
+    // gRPC reports it), and is served once it is back.
+    let mut waiting = client.clone();
+    let rpc = tokio::spawn(async move { echo(&mut waiting, wfr(echo_req("x"))).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !rpc.is_finished(),
+        "the wait-for-ready RPC failed: {:?}",
+        rpc.await
+    );
     server.restart().await.unwrap();
+    assert_eq!(within("the waiting RPC", rpc).await.unwrap().unwrap(), "a");
     until_served_by(&mut client, "a").await;
 }
 

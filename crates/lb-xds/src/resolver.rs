@@ -183,13 +183,32 @@ impl<T> Slot<T> {
     /// The value; `None` while waiting; `Err` when it does not exist or failed
     /// before any value came.
     fn get(&self, what: &str) -> Option<Result<&Arc<T>, String>> {
-        match (&self.value, self.missing, &self.error) {
-            (Some(v), _, _) => Some(Ok(v)),
-            (None, true, _) => Some(Err(format!("{what} does not exist"))),
-            (None, false, Some(e)) => Some(Err(format!("{what}: {e}"))),
-            (None, false, None) => None,
+        match self.state(what) {
+            Needed::Value(v) => Some(Ok(v)),
+            Needed::Waiting => None,
+            Needed::Missing(e) | Needed::Failing(e) => Some(Err(e)),
         }
     }
+
+    fn state(&self, what: &str) -> Needed<'_, T> {
+        match (&self.value, self.missing, &self.error) {
+            (Some(v), _, _) => Needed::Value(v),
+            (None, true, _) => Needed::Missing(format!("{what} does not exist")),
+            (None, false, Some(e)) => Needed::Failing(format!("{what}: {e}")),
+            (None, false, None) => Needed::Waiting,
+        }
+    }
+}
+
+/// Where a resource the channel needs stands.
+enum Needed<'a, T> {
+    Value(&'a Arc<T>),
+    Waiting,
+    /// It does not exist: the RPCs that need it fail, wait-for-ready or not.
+    Missing(String),
+    /// None has come, and the server cannot be reached or sent an invalid one:
+    /// a transient error, as gRPC reports it (wait-for-ready RPCs wait).
+    Failing(String),
 }
 
 struct Watched<T> {
@@ -305,11 +324,12 @@ impl Task {
     fn reconcile(&mut self) {
         let listener = match self
             .listener
-            .get(&format!("listener {:?}", self.listener_name))
+            .state(&format!("listener {:?}", self.listener_name))
         {
-            None => return,
-            Some(Err(e)) => return self.fail(e),
-            Some(Ok(l)) => l.clone(),
+            Needed::Waiting => return,
+            Needed::Missing(e) => return self.fail(e),
+            Needed::Failing(e) => return self.transient(e),
+            Needed::Value(l) => l.clone(),
         };
         let route = match &listener.route {
             RouteSource::Inline(route) => {
@@ -325,10 +345,11 @@ impl Task {
                         .watch(ResourceType::RouteConfig, name, self.tx.clone());
                     self.rds = Some((name.clone(), watch));
                 }
-                match self.route.get(&format!("route configuration {name:?}")) {
-                    None => return,
-                    Some(Err(e)) => return self.fail(e),
-                    Some(Ok(r)) => r.clone(),
+                match self.route.state(&format!("route configuration {name:?}")) {
+                    Needed::Waiting => return,
+                    Needed::Missing(e) => return self.fail(e),
+                    Needed::Failing(e) => return self.transient(e),
+                    Needed::Value(r) => r.clone(),
                 }
             }
         };
@@ -443,6 +464,15 @@ impl Task {
         );
     }
 
+    /// The channel cannot route yet, for a reason that may pass (the management
+    /// server is unreachable, or sent only invalid versions): reported as a resolver
+    /// error, so the channel keeps any state it has, RPCs fail with `reason`, and
+    /// wait-for-ready ones wait.
+    fn transient(&mut self, reason: String) {
+        tracing::debug!(%reason, "xds: waiting for resources");
+        self.cc.report_error(Arc::new(XdsError(reason)));
+    }
+
     /// Every RPC fails with `reason`, until the resources come back.
     fn fail(&mut self, reason: String) {
         tracing::debug!(%reason, "xds: channel cannot route");
@@ -456,6 +486,11 @@ impl Task {
         self.cc.update_state(state);
     }
 }
+
+/// Why an xDS channel cannot route yet.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct XdsError(String);
 
 /// Fails every RPC with why the channel cannot route.
 struct FailSelector(String);

@@ -152,6 +152,27 @@ pub(crate) async fn call(
             None => resolved.await,
         }
     }
+    // A resolver that has only failed so far gave no config: a wait-for-ready RPC
+    // waits for one (its config selector may be what routes it), within the caller's
+    // deadline; the others go on, and fail with the resolver's error.
+    if !core.is_configured()
+        && request
+            .extensions()
+            .get::<WaitForReady>()
+            .map_or(core.wait_for_ready, |w| w.0)
+    {
+        let configured = core.configured();
+        match caller {
+            Some(CallDeadline { at, timeout }) => {
+                tokio::time::timeout_at(at, configured).await.map_err(|_| {
+                    tonic::Status::deadline_exceeded(format!(
+                        "deadline of {timeout:?} exceeded while waiting for name resolution"
+                    ))
+                })?
+            }
+            None => configured.await,
+        }
+    }
     let (wait_for_ready, method_timeout, config, attributes) = {
         let config = core.config.load();
         // With a config selector (gRFC A31), it decides the method config and the

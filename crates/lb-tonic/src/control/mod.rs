@@ -33,7 +33,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -54,6 +54,11 @@ use crate::buffer::{Budget, BufferLimits};
 use crate::introspect::Stats;
 use crate::throttle::Throttle;
 use crate::transport::{SubConnEvents, TransportOptions, new_transport};
+
+/// The resolver has reported an error, and no state yet.
+const REPORTED: u8 = 1;
+/// The resolver has sent a state (or the channel closed).
+const CONFIGURED: u8 = 2;
 
 /// A message to the control task.
 pub(crate) enum Msg {
@@ -90,11 +95,14 @@ pub(crate) struct Core {
     /// Bumped on every publication: queued RPCs wait on it.
     pub(crate) picker_version: watch::Sender<u64>,
     pub(crate) state: watch::Sender<ConnectivityState>,
-    /// The resolver has reported once (a state or an error): RPCs wait for it before
+    /// How far the resolver has come: 0 nothing yet, [`REPORTED`] an error only,
+    /// [`CONFIGURED`] a state (or the channel closed). RPCs wait for a report before
     /// choosing their config, as grpc-go's do, so that the resolver's service config
-    /// and config selector apply from the first RPC.
-    resolved: AtomicBool,
-    resolved_watch: watch::Sender<bool>,
+    /// and config selector apply from the first RPC; wait-for-ready RPCs wait for a
+    /// state, so that a resolver that failed first (an unreachable xDS server) does
+    /// not leave them without the selector that routes them.
+    resolved: AtomicU8,
+    resolved_watch: watch::Sender<u8>,
     /// The service config in force, with the resolver's config selector if any.
     pub(crate) config: ArcSwap<ChannelConfig>,
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
@@ -148,8 +156,8 @@ impl Core {
             }),
             picker_version: watch::Sender::new(0),
             state: watch::Sender::new(ConnectivityState::Connecting),
-            resolved: AtomicBool::new(false),
-            resolved_watch: watch::Sender::new(false),
+            resolved: AtomicU8::new(0),
+            resolved_watch: watch::Sender::new(0),
             config: ArcSwap::from_pointee(ChannelConfig {
                 service: config,
                 selector: None,
@@ -190,30 +198,55 @@ impl Core {
     /// Whether the resolver has reported once.
     #[inline]
     pub(crate) fn is_resolved(&self) -> bool {
-        self.resolved.load(Ordering::Acquire)
+        self.resolved.load(Ordering::Acquire) >= REPORTED
+    }
+
+    /// Whether the resolver has sent a state (or the channel closed).
+    #[inline]
+    pub(crate) fn is_configured(&self) -> bool {
+        self.resolved.load(Ordering::Acquire) >= CONFIGURED
     }
 
     /// Waits until the resolver has reported once.
     pub(crate) async fn resolved(&self) {
-        if self.is_resolved() {
+        self.reached(REPORTED).await;
+    }
+
+    /// Waits until the resolver has sent a state (or the channel closed).
+    pub(crate) async fn configured(&self) {
+        self.reached(CONFIGURED).await;
+    }
+
+    async fn reached(&self, level: u8) {
+        if self.resolved.load(Ordering::Acquire) >= level {
             return;
         }
         let mut rx = self.resolved_watch.subscribe();
         // The sender lives as long as `self`.
-        let _ = rx.wait_for(|resolved| *resolved).await;
+        let _ = rx.wait_for(|reached| *reached >= level).await;
     }
 
-    /// The resolver reported (a state or an error): RPCs go on.
+    /// The resolver reported an error: RPCs go on (and wait-for-ready ones wait
+    /// for a state).
     fn mark_resolved(&self) {
-        if !self.resolved.swap(true, Ordering::AcqRel) {
-            self.resolved_watch.send_replace(true);
+        self.raise(REPORTED);
+    }
+
+    /// The resolver sent a state, or the channel closed: every RPC goes on.
+    fn mark_configured(&self) {
+        self.raise(CONFIGURED);
+    }
+
+    fn raise(&self, level: u8) {
+        if self.resolved.fetch_max(level, Ordering::AcqRel) < level {
+            self.resolved_watch.send_replace(level);
         }
     }
 
     /// The channel went idle: RPCs wait for the next resolver's first report.
     fn unmark_resolved(&self) {
-        if self.resolved.swap(false, Ordering::AcqRel) {
-            self.resolved_watch.send_replace(false);
+        if self.resolved.swap(0, Ordering::AcqRel) != 0 {
+            self.resolved_watch.send_replace(0);
         }
     }
 
@@ -694,7 +727,7 @@ impl Control {
             selector,
         }));
         // Only now: an RPC that waited must find this config.
-        self.cc.core.mark_resolved();
+        self.cc.core.mark_configured();
     }
 
     /// Gives the policy a resolver state with the current config (switching policy
@@ -812,7 +845,7 @@ impl Control {
             self.wanted.as_str().into(),
         );
         // RPCs waiting for a first resolution go on, to the closing picker.
-        self.cc.core.mark_resolved();
+        self.cc.core.mark_configured();
         tracing::debug!(target = %self.cc.target, "channel closed");
     }
 }
