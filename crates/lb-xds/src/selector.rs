@@ -19,9 +19,9 @@ pub(crate) fn child_name(cluster: &str) -> String {
 
 struct CompiledRoute {
     route: Route,
-    /// Per cluster: its child name, the cumulative weight up to it, and the
-    /// attributes its RPCs carry.
-    clusters: Vec<(Arc<str>, u64)>,
+    /// Per cluster: the attributes its RPCs carry (its child name, made once: an
+    /// RPC clones a reference), and the cumulative weight up to it.
+    clusters: Vec<(Attributes, u64)>,
     total: u64,
     method_config: Arc<MethodConfig>,
 }
@@ -56,7 +56,8 @@ impl XdsSelector {
                     method_config.retry_policy = retry.clone();
                     for c in weighted {
                         total += u64::from(c.weight);
-                        clusters.push((Arc::from(child_name(&c.name)), total));
+                        let picked = PickedCluster(Arc::from(child_name(&c.name)));
+                        clusters.push((Attributes::new().with(picked), total));
                     }
                 }
                 CompiledRoute {
@@ -123,15 +124,19 @@ impl ConfigSelector for XdsSelector {
             RouteAction::Fail(reason) => return Err(Status::unavailable(reason.clone())),
             RouteAction::Forward { hash_policies, .. } => hash_policies,
         };
-        let at = fastrand::u64(0..compiled.total.max(1));
-        let cluster = compiled
-            .clusters
-            .iter()
-            .find(|(_, upto)| at < *upto)
-            .or(compiled.clusters.last())
-            .map(|(name, _)| name.clone())
+        let chosen = match &compiled.clusters[..] {
+            [only] => Some(only),
+            several => {
+                let at = fastrand::u64(0..compiled.total.max(1));
+                several
+                    .iter()
+                    .find(|(_, upto)| at < *upto)
+                    .or(several.last())
+            }
+        };
+        let mut attributes = chosen
+            .map(|(attributes, _)| attributes.clone())
             .ok_or_else(|| Status::unavailable("the xDS route has no cluster"))?;
-        let mut attributes = Attributes::new().with(PickedCluster(cluster));
         if let Some(hash) = self.hash(hash_policies, rpc.headers) {
             attributes = attributes.with(RequestHash(hash));
         }
