@@ -28,6 +28,23 @@ async fn setup() -> (AdsServer, Backend, Backend) {
     (server, a, b)
 }
 
+/// Runs the command with `args` and a `GRPC_XDS_BOOTSTRAP_CONFIG` naming `server`
+/// (node `node`); its JSON output.
+async fn with_inline_bootstrap(server: &AdsServer, node: &str, args: &[&str]) -> Value {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("GRPC_XDS_BOOTSTRAP")
+        .env("GRPC_XDS_BOOTSTRAP_CONFIG", server.bootstrap_json(node));
+    let out = output(command).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn resolve_prints_the_xds_tree_from_a_bootstrap_file() {
     let (server, a, b) = setup().await;
@@ -66,21 +83,8 @@ async fn resolve_prints_the_xds_tree_from_a_bootstrap_file() {
 #[tokio::test]
 async fn resolve_json_and_probe_work_with_an_inline_bootstrap() {
     let (server, _a, _b) = setup().await;
-    let mut command = Command::new(BIN);
-    command
-        .args(["resolve", "xds:///echo", "--json"])
-        .env_remove("GRPC_XDS_BOOTSTRAP")
-        .env(
-            "GRPC_XDS_BOOTSTRAP_CONFIG",
-            server.bootstrap_json("cli-json"),
-        );
-    let out = output(command).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let value =
+        with_inline_bootstrap(&server, "cli-json", &["resolve", "xds:///echo", "--json"]).await;
     let resources = value["xds"].as_array().unwrap();
     assert_eq!(resources.len(), 4, "{value}");
     assert!(resources.iter().all(|r| r["status"] == "ACKed"), "{value}");
@@ -95,21 +99,12 @@ async fn resolve_json_and_probe_work_with_an_inline_bootstrap() {
     assert_eq!(value["addresses"][0]["xds"]["cluster"], "c1");
 
     // Priority 0 serves every RPC of a probe.
-    let mut command = Command::new(BIN);
-    command
-        .args(["probe", "xds:///echo", "-n", "50", "--json"])
-        .env_remove("GRPC_XDS_BOOTSTRAP")
-        .env(
-            "GRPC_XDS_BOOTSTRAP_CONFIG",
-            server.bootstrap_json("cli-probe"),
-        );
-    let out = output(command).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let value = with_inline_bootstrap(
+        &server,
+        "cli-probe",
+        &["probe", "xds:///echo", "-n", "50", "--json"],
+    )
+    .await;
     assert_eq!(value["succeeded"], 50, "{value}");
 }
 

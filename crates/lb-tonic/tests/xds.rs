@@ -55,6 +55,27 @@ fn channel_with(bootstrap: Bootstrap, target: &str) -> LbChannel {
         .unwrap()
 }
 
+/// Listener `echo` → cluster `c` → one locality with `backend`.
+fn one_cluster(server: &AdsServer, backend: &Backend) {
+    server.set_all(simple(
+        "echo",
+        &[("c", vec![TestLocality::new("z", 0, &[backend.addr()])])],
+    ));
+}
+
+/// Sets cluster `c` to MAGLEV, which gRPC does not run, and waits for the NACK.
+async fn nack_maglev(
+    server: &AdsServer,
+) -> envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
+    let mut bad = eds_cluster("c");
+    bad.lb_policy = cluster::cluster::LbPolicy::Maglev as i32;
+    server.set(CLUSTER, "c", any(&bad));
+    server
+        .wait_for_request(Duration::from_secs(5), |r| r.error_detail.is_some())
+        .await
+        .expect("a NACK")
+}
+
 /// RPCs for `count` rounds; what each backend served (failures under "error").
 async fn spread(client: &mut EchoClient<LbChannel>, count: usize) -> HashMap<String, usize> {
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -180,22 +201,13 @@ async fn priority_one_serves_while_priority_zero_is_down_and_traffic_returns() {
 async fn a_rejected_update_is_nacked_naming_the_field_and_the_last_good_one_serves() {
     let backends = start(&["a", "b"]).await;
     let server = AdsServer::start().await.unwrap();
-    server.set_all(simple(
-        "echo",
-        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
-    ));
+    one_cluster(&server, &backends[0]);
     let mut client = EchoClient::new(channel(&server, "nack", "echo"));
     until_served_by(&mut client, "a").await;
 
     // MAGLEV is not a gRPC policy: the cluster is NACKed, and the channel keeps the
     // cluster it had.
-    let mut bad = eds_cluster("c");
-    bad.lb_policy = cluster::cluster::LbPolicy::Maglev as i32;
-    server.set(CLUSTER, "c", any(&bad));
-    let nack = server
-        .wait_for_request(Duration::from_secs(5), |r| r.error_detail.is_some())
-        .await
-        .expect("a NACK");
+    let nack = nack_maglev(&server).await;
     let detail = nack.error_detail.unwrap().message;
     assert_eq!(nack.type_url, CLUSTER);
     assert!(
@@ -225,10 +237,7 @@ async fn a_rejected_update_is_nacked_naming_the_field_and_the_last_good_one_serv
 async fn the_channel_serves_through_a_management_server_restart_and_follows_it_after() {
     let backends = start(&["a", "b"]).await;
     let mut server = AdsServer::start().await.unwrap();
-    server.set_all(simple(
-        "echo",
-        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
-    ));
+    one_cluster(&server, &backends[0]);
     let mut client = EchoClient::new(channel(&server, "restart", "echo"));
     until_served_by(&mut client, "a").await;
     server.stop().await;
@@ -266,10 +275,7 @@ async fn a_listener_that_does_not_exist_fails_rpcs_saying_so() {
 async fn an_unreachable_management_server_fails_rpcs_naming_it_and_the_channel_recovers() {
     let backends = start(&["a"]).await;
     let mut server = AdsServer::start().await.unwrap();
-    server.set_all(simple(
-        "echo",
-        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
-    ));
+    one_cluster(&server, &backends[0]);
     server.stop().await;
     let mut client = EchoClient::new(channel(&server, "unreachable", "echo"));
     let status = first_failure(&mut client, "UNAVAILABLE", |s| {
@@ -296,10 +302,7 @@ async fn an_unreachable_management_server_fails_rpcs_naming_it_and_the_channel_r
 async fn a_second_channel_shares_the_stream_and_starts_from_the_cache() {
     let backends = start(&["a"]).await;
     let server = AdsServer::start().await.unwrap();
-    server.set_all(simple(
-        "echo",
-        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
-    ));
+    one_cluster(&server, &backends[0]);
     let mut first = EchoClient::new(channel(&server, "shared", "echo"));
     until_served_by(&mut first, "a").await;
     let requests = server.requests().len();
@@ -422,10 +425,7 @@ async fn garbage_and_unrequested_resources_are_nacked_or_ignored_as_grpc_go_does
     use envoy_types::pb::google::protobuf::Any;
     let backends = start(&["a"]).await;
     let server = AdsServer::start().await.unwrap();
-    server.set_all(simple(
-        "echo",
-        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
-    ));
+    one_cluster(&server, &backends[0]);
     let mut client = EchoClient::new(channel(&server, "garbage", "echo"));
     until_served_by(&mut client, "a").await;
 
@@ -730,10 +730,7 @@ async fn a_logical_dns_cluster_resolves_its_name() {
 async fn a_deleted_listener_fails_rpcs_unless_the_server_ignores_deletions() {
     let backends = start(&["a"]).await;
     let server = AdsServer::start().await.unwrap();
-    server.set_all(simple(
-        "echo",
-        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
-    ));
+    one_cluster(&server, &backends[0]);
     let mut client = EchoClient::new(channel(&server, "deleted", "echo"));
     let json = server
         .bootstrap_json("kept")
@@ -805,10 +802,7 @@ async fn the_ads_stream_runs_over_tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let files = pki.write_files(dir.path()).unwrap();
     let server = AdsServer::start_tls(&pki).await.unwrap();
-    server.set_all(simple(
-        "echo",
-        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
-    ));
+    one_cluster(&server, &backends[0]);
     let bootstrap = |creds: serde_json::Value| {
         Bootstrap::parse(
             &serde_json::json!({
@@ -848,19 +842,10 @@ async fn the_client_reports_gRFC_A78_metrics() {
     recorder.install().unwrap();
     let backends = start(&["a"]).await;
     let server = AdsServer::start().await.unwrap();
-    server.set_all(simple(
-        "echo",
-        &[("c", vec![TestLocality::new("z", 0, &[backends[0].addr()])])],
-    ));
+    one_cluster(&server, &backends[0]);
     let mut client = EchoClient::new(channel(&server, "metrics", "echo"));
     until_served_by(&mut client, "a").await;
-    let mut bad = eds_cluster("c");
-    bad.lb_policy = cluster::cluster::LbPolicy::Maglev as i32;
-    server.set(CLUSTER, "c", any(&bad));
-    server
-        .wait_for_request(Duration::from_secs(5), |r| r.error_detail.is_some())
-        .await
-        .unwrap();
+    nack_maglev(&server).await;
     let snapshot = snapshotter.snapshot().into_vec();
     let value = |name: &str, kind: MetricKind, ty: Option<&str>| -> f64 {
         snapshot
