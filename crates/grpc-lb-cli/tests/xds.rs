@@ -136,3 +136,47 @@ async fn resolve_without_a_bootstrap_says_which_variables_it_read() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn watch_follows_an_xds_channel() {
+    let (server, a, _b) = setup().await;
+    let mut command = Command::new(BIN);
+    command
+        .args(["watch", "xds:///echo", "--for", "1s", "--json"])
+        .env_remove("GRPC_XDS_BOOTSTRAP")
+        .env(
+            "GRPC_XDS_BOOTSTRAP_CONFIG",
+            server.bootstrap_json("cli-watch"),
+        );
+    let out = output(command).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The tree's root policy, and both priorities' endpoints resolved; priority 0's
+    // subconn is the one that connects.
+    assert!(
+        events.iter().any(|e| e["event"] == "channel"
+            && e["policy"] == "xds_cluster_manager_experimental"
+            && e["state"] == "READY"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "resolver"
+                && e["addresses"].as_array().is_some_and(|a| a.len() == 2)),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "subconn"
+            && e["subconn"]["address"] == a.addr().to_string()
+            && e["subconn"]["state"] == "READY"),
+        "{events:?}"
+    );
+}
