@@ -162,3 +162,178 @@ async fn grpc_lb_channelz_reads_a_grpcio_process() {
     drop(process.stdin.take()); // it stops when its stdin closes
     let _ = tokio::time::timeout(Duration::from_secs(10), process.wait()).await;
 }
+
+/// gRPC C-core's xDS client (grpcio) against our test ADS server: it reads the same
+/// resources our client does and routes by them, and it NACKs each invalid resource
+/// of the bad-input table that our decoder rejects, and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_c_core_follows_our_ads_server_and_rejects_what_we_reject() {
+    use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+    use lb_testkit::xds::{
+        AdsServer, CLUSTER, ENDPOINTS, LISTENER, ROUTE, TestLocality, any, eds_cluster,
+        endpoints_message, listener_with, route_config, route_weighted, simple,
+    };
+    use lb_xds::resource::{ResourceType, decode};
+    use tokio::io::AsyncWriteExt;
+
+    let a = lb_testkit::Backend::start("a").await.unwrap();
+    let b = lb_testkit::Backend::start("b").await.unwrap();
+    let server = AdsServer::start().await.unwrap();
+    let mut good = simple(
+        "echo",
+        &[
+            ("ca", vec![TestLocality::new("z", 0, &[a.addr()])]),
+            ("cb", vec![TestLocality::new("z", 0, &[b.addr()])]),
+        ],
+    );
+    good[1].2 = route_config(
+        "echo-route",
+        vec![route_weighted(&[("ca", 80), ("cb", 20)])],
+    );
+    server.set_all(good.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = dir.path().join("bootstrap.json");
+    std::fs::write(&bootstrap, server.bootstrap_json("grpcio")).unwrap();
+
+    let mut process = Command::new(python())
+        .arg(script("xds_client.py"))
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = process.stdin.take().unwrap();
+    let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
+    let mut rpcs = async |n: usize| -> Value {
+        stdin
+            .write_all(format!("rpcs {n}\n").as_bytes())
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("grpcio answered")
+            .unwrap()
+            .expect("a line");
+        serde_json::from_str(&line).unwrap()
+    };
+
+    // C-core ACKs every resource and splits 80/20 by our route.
+    let counts = rpcs(1_000).await;
+    let share = counts["a"].as_u64().unwrap_or(0);
+    assert!((730..=870).contains(&share), "{counts}");
+    assert!(server.nacks().is_empty(), "{:?}", server.nacks());
+    for type_url in [LISTENER, ROUTE, CLUSTER, ENDPOINTS] {
+        assert!(
+            server.requests().iter().any(|r| r.type_url == type_url
+                && !r.version_info.is_empty()
+                && r.error_detail.is_none()),
+            "C-core ACKed no {type_url}"
+        );
+    }
+
+    // The bad-input table's rows, each NACKed by C-core and rejected by us.
+    let mut maglev = eds_cluster("ca");
+    maglev.lb_policy = cluster::cluster::LbPolicy::Maglev as i32;
+    let mut ring = eds_cluster("ca");
+    ring.lb_policy = cluster::cluster::LbPolicy::RingHash as i32;
+    ring.lb_config = Some(cluster::cluster::LbConfig::RingHashLbConfig(
+        cluster::cluster::RingHashLbConfig {
+            maximum_ring_size: Some(UInt64Value {
+                value: 8 * 1024 * 1024 + 1,
+            }),
+            ..Default::default()
+        },
+    ));
+    let mut no_locality = endpoints_message("ca", &[TestLocality::new("z", 0, &[a.addr()])]);
+    no_locality.endpoints[0].locality = None;
+    let no_router = listener_with(
+        "echo",
+        hcm::HttpConnectionManager {
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(envoy_types::pb::envoy::config::core::v3::ConfigSource {
+                    config_source_specifier: Some(
+                        envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(
+                            Default::default(),
+                        ),
+                    ),
+                    ..Default::default()
+                }),
+                route_config_name: "echo-route".into(),
+            })),
+            ..Default::default()
+        },
+    );
+    let bad = [
+        (
+            "an unknown lb_policy",
+            CLUSTER,
+            ResourceType::Cluster,
+            "ca",
+            any(&maglev),
+        ),
+        (
+            "a ring size past the cap",
+            CLUSTER,
+            ResourceType::Cluster,
+            "ca",
+            any(&ring),
+        ),
+        (
+            "weights summing to 0",
+            ROUTE,
+            ResourceType::RouteConfig,
+            "echo-route",
+            route_config("echo-route", vec![route_weighted(&[("ca", 0), ("cb", 0)])]),
+        ),
+        (
+            "an EDS locality without a locality",
+            ENDPOINTS,
+            ResourceType::Endpoints,
+            "ca",
+            any(&no_locality),
+        ),
+        (
+            "a listener without the router",
+            LISTENER,
+            ResourceType::Listener,
+            "echo",
+            no_router,
+        ),
+    ];
+    for (what, type_url, ty, name, resource) in bad {
+        assert!(decode(ty, &resource).result.is_err(), "we accept {what}");
+        let before = server.nacks().len();
+        server.set(type_url, name, resource);
+        let nacked = tokio::time::timeout(Duration::from_secs(10), async {
+            while server.nacks().len() == before {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(nacked.is_ok(), "C-core did not NACK {what}");
+        let nack = server.nacks().pop().unwrap();
+        assert_eq!(nack.type_url, type_url, "{what}: {nack:?}");
+        // It keeps serving from the last good version.
+        let counts = rpcs(20).await;
+        let served: u64 = ["a", "b"].iter().filter_map(|n| counts[n].as_u64()).sum();
+        assert_eq!(served, 20, "{what}: {counts}");
+        // Put the good one back.
+        let restore = good
+            .iter()
+            .find(|(t, n, _)| *t == type_url && n == name)
+            .unwrap();
+        server.set(type_url, name, restore.2.clone());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.set_all(vec![]);
+    }
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(30), process.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}
