@@ -457,11 +457,6 @@ impl Task {
             }
         }
         self.dns.retain(|target, _| dns.contains(target));
-        debug_assert!(
-            tree::eds_names(&*self, tops)
-                .iter()
-                .all(|n| self.eds.contains_key(n))
-        );
     }
 
     /// The channel cannot route yet, for a reason that may pass (the management

@@ -84,7 +84,9 @@ impl XdsSelector {
                     terminal,
                 } => {
                     let value = header_value(headers, name).map(|v| match rewrite {
-                        Some((re, with)) => re.replace_all(&v, with.as_str()).into_owned(),
+                        Some((re, with)) => {
+                            std::borrow::Cow::Owned(re.replace_all(&v, with.as_str()).into_owned())
+                        }
                         None => v,
                     });
                     (

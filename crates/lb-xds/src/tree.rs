@@ -15,7 +15,6 @@
 //! weighted_round_robin from `load_balancing_policy`), the endpoint policy sees every
 //! endpoint of the priority, weighted by locality weight × endpoint weight.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -284,24 +283,4 @@ fn cluster_tree(
     }
     Some(Ok(json!({lb_policies::priority::NAME: {
         "children": children, "priorities": priorities}})))
-}
-
-/// Every leaf's endpoint resource names: what EDS must watch for `clusters`.
-pub(crate) fn eds_names(resources: &dyn Resources, clusters: &[String]) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    let mut seen = HashMap::new();
-    for top in clusters {
-        let mut path = Vec::new();
-        let mut out = Vec::new();
-        // Partial walks still name the leaves found so far.
-        let _ = walk(resources, top, &mut path, &mut out);
-        for leaf in out {
-            if let ClusterKind::Eds { service_name } = &leaf.kind
-                && seen.insert(service_name.clone(), ()).is_none()
-            {
-                names.push(service_name.clone());
-            }
-        }
-    }
-    names
 }

@@ -3,6 +3,7 @@
 //! weighted clusters, with a timeout (`max_stream_duration`), a retry policy (A44)
 //! and hash policies (A42).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -637,21 +638,26 @@ impl RouteMatch {
 
 /// A header's value as gRPC's matchers see it: binary headers never, `content-type`
 /// always `application/grpc`, repeated values joined with `,`.
-pub(crate) fn header_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+/// Borrowed unless the header is repeated: a route match allocates nothing for
+/// the usual single-valued header.
+pub(crate) fn header_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<Cow<'a, str>> {
     if name.ends_with("-bin") {
         return None;
     }
     if name == "content-type" {
-        return Some("application/grpc".to_owned());
+        return Some(Cow::Borrowed("application/grpc"));
     }
     let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
     let first = values.next()?;
-    let mut joined = first.to_owned();
+    let Some(second) = values.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut joined = format!("{first},{second}");
     for v in values {
         joined.push(',');
         joined.push_str(v);
     }
-    Some(joined)
+    Some(Cow::Owned(joined))
 }
 
 impl HeaderMatcher {
